@@ -61,8 +61,8 @@ class Body(nn.Module):
         model: the network (its parameters keep their names under ``body.model.``).
         exit_at: dotted name of the module whose output ends the forward, or ``None`` to run it whole.
         method: name of the method to call instead of ``forward`` (e.g. ``"forward_features"``).
-        select_main: when running whole, return the main tensor of a structured output (``logits`` of a
-            Hugging Face output, the first element of GoogLeNet's tuple).
+        select_main: return the main tensor of a structured output (``logits`` or the first tensor of a
+            Hugging Face output, the first element of GoogLeNet's tuple) instead of the whole structure.
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class Body(nn.Module):
         try:
             run(x)
         except _ExitForward as stop:
-            return stop.output
+            return main_tensor(stop.output) if self.select_main else stop.output
         finally:
             self._armed = False
         raise RuntimeError(f"Body: module '{self.exit_at}' did not run, so the body has no output.")

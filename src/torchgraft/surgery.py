@@ -203,7 +203,10 @@ def _exit_body(
             f"{', '.join(candidate_cuts(model, eval_trace))}) or pass a callable."
         )
     removed, notes = _remove_aux_heads(model, size, eval_trace)
-    return Body(model, exit_at=name), method, info, removed, notes
+    # the automatic cut wants the feature tensor; a user cut keeps a tuple (multi-scale backbones) whole
+    # but unwraps a mapping (a Hugging Face ModelOutput) to its main tensor
+    select_main = method == "unpooled" or isinstance(eval_trace.by_name[name][0].output, dict)
+    return Body(model, exit_at=name, select_main=select_main), method, info, removed, notes
 
 
 def _replace_classifier(

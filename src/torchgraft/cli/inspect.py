@@ -1,0 +1,95 @@
+"""``torchgraft inspect ARCH_OR_FILE``: show how a network would be grafted, or what a checkpoint holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchgraft.describe import describe
+from torchgraft.surgery import graft
+from torchgraft.zoo import build_model
+
+__all__ = ["add_parser", "run", "summarize_checkpoint"]
+
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def add_parser(commands: Any) -> None:
+    """Register the ``inspect`` subcommand."""
+    parser = commands.add_parser(
+        "inspect",
+        help="show the graft of a model, or the tensors of a checkpoint",
+        description="Graft ARCH (a torchvision builder, or timm/NAME) on the meta device — no weights are "
+        "downloaded or allocated — and print what was cut, the body's output and the head; or list the "
+        "tensors of a checkpoint FILE (read with weights_only=True).",
+    )
+    parser.add_argument("target", metavar="ARCH_OR_FILE", help="e.g. resnet50, timm/convnext_tiny, model.pth")
+    parser.add_argument("--n-out", type=int, default=10, help="outputs of the new head (default: 10)")
+    parser.add_argument("--head", choices=("linear", "mlp"), default="linear", help="head type (default: linear)")
+    parser.add_argument("--pool", choices=("model", "avg", "max", "concat", "token"), default=None,
+                        help="keep the network's pooling (model, default) or cut before it")
+    parser.add_argument("--cut", default=None, help="module name (or int index) where the body ends")
+    parser.add_argument("--in-chans", type=int, default=None, help="adapt the first convolution")
+    parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None)
+    parser.add_argument("--json", action="store_true", help="print the graft record as JSON")
+    parser.set_defaults(run=run)
+
+
+def summarize_checkpoint(path: Path) -> str:
+    """Tensor counts per top-level prefix of a checkpoint, read safely."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="meta", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, tensor in tensors.items():
+        prefix = name.split(".")[0]
+        groups[prefix][0] += 1
+        groups[prefix][1] += tensor.numel()
+    lines = [f"{path.name}: {len(tensors)} tensors, {sum(g[1] for g in groups.values()):,} values"]
+    lines += [f"  {prefix:<30} {count:>5} tensors {values:>14,} values" for prefix, (count, values) in groups.items()]
+    last = [n for n, t in tensors.items() if t.ndim == 2]
+    if last:
+        lines.append(f"  last 2-D weight (likely classifier): {last[-1]} {tuple(tensors[last[-1]].shape)}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``inspect``."""
+    target = Path(args.target)
+    if target.suffix in _CHECKPOINT_SUFFIXES:
+        if not target.is_file():
+            raise FileNotFoundError(f"no such checkpoint file: {target}")
+        print(summarize_checkpoint(target))
+        return 0
+    cut: Any = int(args.cut) if args.cut is not None and args.cut.lstrip("-").isdigit() else args.cut
+    model = graft(
+        build_model(args.target),
+        args.n_out,
+        cut=cut,
+        head=args.head,
+        pool=args.pool,
+        in_chans=args.in_chans,
+        input_size=args.input_size,
+    )
+    if args.json:
+        info = model.info
+        record = {k: getattr(info, k) for k in ("source", "method", "cut_at", "classifier", "removed",
+                                                 "removed_params", "input_size", "body_output", "layout", "pool")}
+        record["pretrained_parameters"] = sum(p.numel() for _, p in model.pretrained_parameters())
+        record["new_parameters"] = sum(p.numel() for _, p in model.new_parameters())
+        print(json.dumps(record, indent=2))
+    else:
+        print(describe(model))
+    return 0

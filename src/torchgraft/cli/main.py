@@ -1,0 +1,43 @@
+"""Entry point of the ``torchgraft`` command: parses arguments and dispatches to a subcommand module.
+
+User errors (bad arguments, missing files, unknown models) print one line and exit with code 2; no
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from torchgraft import __version__
+from torchgraft.cli import inspect as inspect_command
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="torchgraft", description="Fine-tune pretrained PyTorch networks.")
+    parser.add_argument("--version", action="version", version=f"torchgraft {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    inspect_command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        print(f"torchgraft {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
