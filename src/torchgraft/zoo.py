@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torchvision
 from torch import nn
 
-__all__ = ["UnknownModelError", "build_model", "torchvision_classifiers"]
+__all__ = ["UnknownModelError", "build_model", "parameters_on_meta", "torchvision_classifiers"]
 
 
 class UnknownModelError(ValueError):
@@ -28,6 +30,45 @@ def _timm() -> object:
         raise ImportError("timm models need timm: pip install 'torchgraft[timm]'") from error
 
 
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Move every parameter and buffer to the meta device as modules register them.
+
+    For builders that compute with real tensors while they construct (torchvision's RegNet width
+    arithmetic calls ``.item()``), which ``with torch.device("meta")`` cannot run. Each layer is still
+    initialised on the CPU, one at a time, so memory stays at one layer.
+    """
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def on_meta_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def on_meta_buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, tensor.to("meta") if tensor is not None else None, persistent)
+
+    nn.Module.register_parameter = on_meta_parameter  # type: ignore[method-assign]
+    nn.Module.register_buffer = on_meta_buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+
+
+def _on_device(builder: Callable[[], nn.Module], device: str | torch.device) -> nn.Module:
+    if torch.device(device).type != "meta":
+        with torch.device(device):
+            return builder()
+    try:
+        with torch.device("meta"):
+            return builder()
+    except NotImplementedError:  # the builder needs real tensors while it constructs
+        with parameters_on_meta():
+            return builder()
+
+
 def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
     """Build ``name`` with random weights on ``device`` (``"meta"``: no memory, any size).
 
@@ -40,17 +81,16 @@ def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
         >>> build_model("vit_h_14").heads.head.weight.device
         device(type='meta')
     """
-    with torch.device(device):
-        if name.startswith(("timm/", "timm:")):
-            timm = _timm()
-            arch = name[5:]
-            if arch not in timm.list_models():
-                close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-                raise UnknownModelError(f"unknown timm model {arch!r}; close names: {', '.join(close) or '-'}.")
-            return timm.create_model(arch, pretrained=False)
-        known = torchvision_classifiers()
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=5)
-            hint = f"close names: {', '.join(close)}" if close else "see torchvision.models.list_models()"
-            raise UnknownModelError(f"unknown model {name!r} ({hint}; timm models: timm/<name>).")
-        return torchvision.models.get_model(name, weights=None)
+    if name.startswith(("timm/", "timm:")):
+        timm = _timm()
+        arch = name[5:]
+        if arch not in timm.list_models():
+            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+            raise UnknownModelError(f"unknown timm model {arch!r}; close names: {', '.join(close) or '-'}.")
+        return _on_device(lambda: timm.create_model(arch, pretrained=False), device)
+    known = torchvision_classifiers()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5)
+        hint = f"close names: {', '.join(close)}" if close else "see torchvision.models.list_models()"
+        raise UnknownModelError(f"unknown model {name!r} ({hint}; timm models: timm/<name>).")
+    return _on_device(lambda: torchvision.models.get_model(name, weights=None), device)
