@@ -74,7 +74,9 @@ def _timm_classifier(model: nn.Module) -> ClassifierInfo | None:
     heads = found if isinstance(found, tuple | list) else (found,)
     names = _module_names(model)
     head_names = tuple(names[id(h)] for h in heads if isinstance(h, nn.Module) and id(h) in names)
-    if not head_names or all(isinstance(h, nn.Identity) for h in heads):
+    if all(isinstance(h, nn.Identity) for h in heads):  # built with num_classes=0: already headless
+        return ClassifierInfo(names=(), in_features=int(model.num_features), n_classes=0, method="timm")
+    if not head_names:
         return None
     first = heads[0]
     in_features = int(getattr(first, "in_features", getattr(first, "in_channels", 0)) or model.num_features)
@@ -83,12 +85,15 @@ def _timm_classifier(model: nn.Module) -> ClassifierInfo | None:
 
 
 def _out_features(call: ModuleCall) -> int | None:
-    module = call.module
+    """Outputs of a projection layer (Linear, 1x1 Conv, or any module with a >=2-D ``weight``); ``None``
+    for anything else (a LayerNorm's output width is not a class count)."""
+    weight = getattr(call.module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+        return None
     for attr in ("out_features", "out_channels"):
-        if isinstance(getattr(module, attr, None), int):
-            return getattr(module, attr)
-    shape = call.main_shape
-    return int(shape[1]) if shape is not None and len(shape) >= 2 else None
+        if isinstance(getattr(call.module, attr, None), int):
+            return getattr(call.module, attr)
+    return int(weight.shape[0])
 
 
 def _in_features(module: nn.Module) -> int:

@@ -75,7 +75,7 @@ def describe(model: nn.Module) -> str:
             f"torchgraft.graft(model, n_out)."
         )
     n_out = getattr(list(model.head.modules())[-1], "out_features", "?")
-    names = ", ".join(f"'{n}'" for n in info.classifier) or "-"
+    names = ", ".join(f"'{n}'" for n in info.classifier) or "(none: the network was headless)"
     lines = [
         f"torchgraft: {info.source} grafted -> {n_out} outputs",
         f"  cut          {_METHODS[info.method].format(names=names, cut=info.cut_at, pool=info.pool)}",
