@@ -1,0 +1,76 @@
+"""The command line: inspect on architectures and checkpoint files, and its error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from torchgraft import describe, graft
+from torchgraft.cli.main import main
+
+
+def test_inspect_torchvision_model(capsys):
+    assert main(["inspect", "mobilenet_v2", "--n-out", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "MobileNetV2 grafted -> 7 outputs" in out
+    assert "classifier 'classifier.1' replaced" in out
+    assert "body output  (1280,) [nc]" in out
+
+
+def test_inspect_huge_model_on_meta_device(capsys):
+    """regnet_y_128gf (644M parameters) is inspected without allocating its weights."""
+    assert main(["inspect", "regnet_y_128gf", "--pool", "concat", "--head", "mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "cut after 'trunk_output'" in out
+
+
+def test_inspect_timm_json(capsys):
+    pytest.importorskip("timm")
+    assert main(["inspect", "timm/convnext_atto", "--json", "--in-chans", "1"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["method"] == "timm"
+    assert record["input_size"] == [1, 224, 224]
+    assert record["new_parameters"] == 320 * 10 + 10
+
+
+def test_inspect_checkpoint_file(tmp_path, capsys):
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "122 tensors" in out and "likely classifier): fc.weight (1000, 512)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["inspect", "resnt50"], "unknown model 'resnt50' (close names: resnet50"),
+        (["inspect", "missing.pth"], "no such checkpoint file: missing.pth"),
+        (["inspect", "resnet18", "--cut", "layer9"], "cut='layer9' is not a module of ResNet"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, message):
+    result = subprocess.run([sys.executable, "-m", "torchgraft.cli.main", *argv], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_argument_exit_2():
+    result = subprocess.run([sys.executable, "-m", "torchgraft.cli.main", "inspect"], capture_output=True, text=True)
+    assert result.returncode == 2 and "ARCH_OR_FILE" in result.stderr
+
+
+def test_describe_table():
+    text = describe(graft(torchvision.models.resnet18(), 7, in_chans=1, input_size=(3, 64, 64)))
+    assert "in_chans     'conv1': 3 -> 1 channels (sum)" in text
+    assert "removed      fc (513,000 parameters)" in text
+    body_row = next(line for line in text.splitlines() if line.split()[:1] == ["body"] and "output" not in line)
+    assert body_row.split()[1] == body_row.split()[2]  # all body parameters are pretrained
+    with pytest.raises(TypeError, match="not a grafted model"):
+        describe(torch.nn.Linear(2, 2))
