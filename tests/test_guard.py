@@ -42,8 +42,10 @@ def test_initialising_only_the_head_is_fine(grafted):
 
 
 def test_training_steps_do_not_trip_it(grafted):
-    for optimizer in (torch.optim.AdamW(grafted.parameters(), lr=1e-3),
-                      torch.optim.SGD(grafted.parameters(), lr=0.1, momentum=0.9, foreach=False)):
+    for optimizer in (
+        torch.optim.AdamW(grafted.parameters(), lr=1e-3),
+        torch.optim.SGD(grafted.parameters(), lr=0.1, momentum=0.9, foreach=False),
+    ):
         for _ in range(3):
             loss = grafted(torch.randn(4, 3, 64, 64)).logsumexp(1).mean()
             optimizer.zero_grad()

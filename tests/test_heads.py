@@ -19,7 +19,9 @@ def test_pool_modes_nchw():
 
 def test_pool_nhwc_equals_nchw_of_permuted():
     x = torch.randn(2, 5, 5, 4)
-    torch.testing.assert_close(Pool(mode="concat", layout="nhwc")(x), Pool(mode="concat", layout="nchw")(x.permute(0, 3, 1, 2)))
+    torch.testing.assert_close(
+        Pool(mode="concat", layout="nhwc")(x), Pool(mode="concat", layout="nchw")(x.permute(0, 3, 1, 2))
+    )
 
 
 def test_pool_tokens():

@@ -188,8 +188,14 @@ def test_user_head_callable_gets_body_shape():
 
 def test_mlp_head_options_and_y_range():
     grafted = graft(
-        torchvision.models.resnet18(), 1, head="mlp", pool="concat", hidden=(64, 32), dropout=0.2,
-        y_range=(-1.0, 3.0), input_size=(3, 64, 64),
+        torchvision.models.resnet18(),
+        1,
+        head="mlp",
+        pool="concat",
+        hidden=(64, 32),
+        dropout=0.2,
+        y_range=(-1.0, 3.0),
+        input_size=(3, 64, 64),
     )
     linears = [m for m in grafted.head if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(1024, 64), (64, 32), (32, 1)]
@@ -212,12 +218,23 @@ hf = pytest.importorskip("transformers")
 @pytest.mark.parametrize(
     ("model_cls", "config"),
     [
-        ("ViTForImageClassification", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                          intermediate_size=128, image_size=64, patch_size=16)),
+        (
+            "ViTForImageClassification",
+            dict(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=128,
+                image_size=64,
+                patch_size=16,
+            ),
+        ),
         ("ResNetForImageClassification", dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])),
         ("ConvNextForImageClassification", dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])),
-        ("SwinForImageClassification", dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], image_size=64,
-                                            window_size=4)),
+        (
+            "SwinForImageClassification",
+            dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], image_size=64, window_size=4),
+        ),
     ],
 )
 @pytest.mark.parametrize("pool", [None, "concat"])

@@ -15,9 +15,27 @@ from torchgraft.zoo import build_model, torchvision_classifiers
 BUILDERS = torchvision_classifiers()
 META_ONLY = {"vit_h_14", "regnet_y_128gf"}  # 600M+ parameters: checked on the meta device
 SLOW = {
-    "vit_l_16", "vit_l_32", "regnet_y_32gf", "regnet_x_32gf", "regnet_y_16gf", "regnet_x_16gf", "efficientnet_v2_l",
-    "efficientnet_b7", "efficientnet_b6", "convnext_large", "convnext_base", "swin_v2_b", "swin_b", "vgg19_bn",
-    "vgg19", "vgg16_bn", "vgg16", "resnext101_64x4d", "resnext101_32x8d", "wide_resnet101_2", "densenet161",
+    "vit_l_16",
+    "vit_l_32",
+    "regnet_y_32gf",
+    "regnet_x_32gf",
+    "regnet_y_16gf",
+    "regnet_x_16gf",
+    "efficientnet_v2_l",
+    "efficientnet_b7",
+    "efficientnet_b6",
+    "convnext_large",
+    "convnext_base",
+    "swin_v2_b",
+    "swin_b",
+    "vgg19_bn",
+    "vgg19",
+    "vgg16_bn",
+    "vgg16",
+    "resnext101_64x4d",
+    "resnext101_32x8d",
+    "wide_resnet101_2",
+    "densenet161",
 }
 
 

@@ -19,7 +19,7 @@ from torchgraft.guard import (
     check_pretrained,
 )
 from torchgraft.heads import Pool, SigmoidRange, linear_head, mlp_head
-from torchgraft.surgery import GraftInfo, Grafted, graft
+from torchgraft.surgery import Grafted, GraftInfo, graft
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "PretrainedGuard",
     "PretrainedWeightsChangedError",
     "SigmoidRange",
+    "Trace",
     "__version__",
     "accept_pretrained",
     "adapt_conv_weight",

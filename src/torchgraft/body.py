@@ -21,7 +21,7 @@ from torchgraft.dryrun import main_tensor
 __all__ = ["Body", "PrunedModule", "replace_module"]
 
 
-class _ExitForward(Exception):  # noqa: N818 - control flow, not an error
+class _ExitForward(Exception):
     def __init__(self, output: Any) -> None:
         super().__init__()
         self.output = output

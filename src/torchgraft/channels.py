@@ -90,8 +90,9 @@ def adapt_input_channels(
     """
     name, conv = find_input_conv(model, input_size)
     if conv.groups != 1:
-        raise ValueError(f"in_chans: the first convolution '{name}' is grouped (groups={conv.groups}); "
-                         f"adapt it yourself.")
+        raise ValueError(
+            f"in_chans: the first convolution '{name}' is grouped (groups={conv.groups}); adapt it yourself."
+        )
     source = conv.in_channels
     if in_chans == source:
         return InputAdaptation(name, source, in_chans, "unchanged")

@@ -132,8 +132,10 @@ def find_classifier(model: nn.Module, trace: Trace) -> ClassifierInfo:
     with_params = [call for call in trace.calls if call.has_own_params]
     last = with_params[-1] if with_params else None
     if last is None or _out_features(last) != n_classes:
-        seen = f"the last layer with parameters is '{last.name}' ({type(last.module).__name__})" if last else (
-            "no layer with parameters ran"
+        seen = (
+            f"the last layer with parameters is '{last.name}' ({type(last.module).__name__})"
+            if last
+            else ("no layer with parameters ran")
         )
         raise ClassifierNotFoundError(
             f"graft: no classifier found in {owner}: the model returns {n_classes} outputs but {seen}, "

@@ -21,9 +21,10 @@ def _count(params: list[nn.Parameter]) -> int:
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(
-        zip(cells, widths, strict=True)
-    )).rstrip()
+    return "  ".join(
+        cell.ljust(width) if i == 0 else cell.rjust(width)
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+    ).rstrip()
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -71,8 +72,7 @@ def describe(model: nn.Module) -> str:
     info = getattr(model, "info", None)
     if info is None or not hasattr(info, "method"):
         raise TypeError(
-            f"describe: {type(model).__name__} is not a grafted model. Graft it first: "
-            f"torchgraft.graft(model, n_out)."
+            f"describe: {type(model).__name__} is not a grafted model. Graft it first: torchgraft.graft(model, n_out)."
         )
     n_out = getattr(list(model.head.modules())[-1], "out_features", "?")
     names = ", ".join(f"'{n}'" for n in info.classifier) or "(none: the network was headless)"
@@ -84,8 +84,9 @@ def describe(model: nn.Module) -> str:
     ]
     if info.in_chans is not None:
         adapt = info.in_chans
-        lines.append(f"  in_chans     '{adapt.module}': {adapt.from_channels} -> {adapt.to_channels} channels "
-                     f"({adapt.rule})")
+        lines.append(
+            f"  in_chans     '{adapt.module}': {adapt.from_channels} -> {adapt.to_channels} channels ({adapt.rule})"
+        )
     output = f"{info.body_output} [{info.layout}]" if info.body_output is not None else "structured output"
     lines += [f"  body output  {output}", "  head"]
     lines += _head_lines(model.head)

@@ -77,8 +77,10 @@ def shapes_of(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {key: shapes_of(value) for key, value in obj.items()}
     if isinstance(obj, tuple | list):
-        return type(obj)(shapes_of(value) for value in obj) if not hasattr(obj, "_fields") else tuple(
-            shapes_of(value) for value in obj
+        return (
+            type(obj)(shapes_of(value) for value in obj)
+            if not hasattr(obj, "_fields")
+            else tuple(shapes_of(value) for value in obj)
         )
     return None
 
@@ -170,7 +172,7 @@ def trace(
     if example is None:
         try:
             return _run(model, size, train=train, device="meta")
-        except Exception:  # noqa: BLE001 - any meta failure means: try for real
+        except Exception:
             pass
     device = next((t.device for t in _tensors(model) if t.device.type != "meta"), torch.device("cpu"))
     return _run(model, size, train=train, device=str(device), example=example)

@@ -8,6 +8,7 @@ encoders). :class:`Pool` turns any of them into vectors, so every head works on 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -156,7 +157,7 @@ def mlp_head(
     """
     widths = [pooled_features(channels, pool if layout != "nc" else "avg"), *hidden, n_out]
     layers: list[nn.Module] = [Pool(mode=pool, layout=layout)]
-    for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (width_in, width_out) in enumerate(pairwise(widths)):
         if batch_norm:
             layers.append(nn.BatchNorm1d(width_in))
         p = dropout / 2 if i == 0 else dropout

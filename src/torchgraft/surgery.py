@@ -125,7 +125,7 @@ def _train_size(model: nn.Module, size: tuple[int, ...]) -> tuple[int, ...] | No
         try:
             trace(model, candidate, train=True)
             return candidate
-        except Exception:  # noqa: BLE001, S112 - try the next size
+        except Exception:
             continue
     return None
 
@@ -135,14 +135,16 @@ def _remove_aux_heads(model: nn.Module, size: tuple[int, ...], eval_trace: Trace
     removed, notes = [], []
     train_size = _train_size(model, size)
     if train_size is None:
-        return [], [f"the network does not run in training mode at {size} or larger standard sizes, so "
-                    f"auxiliary heads could not be looked for; pass input_size=."]
+        return [], [
+            f"the network does not run in training mode at {size} or larger standard sizes, so "
+            f"auxiliary heads could not be looked for; pass input_size=."
+        ]
     for name in find_aux_heads(eval_trace, trace(model, train_size, train=True)):
         old = replace_module(model, name, None)
         try:
             trace(model, train_size, train=True)
             removed.append(name)
-        except Exception as error:  # noqa: BLE001 - the forward needs it: keep it
+        except Exception as error:
             replace_module(model, name, old)
             notes.append(f"auxiliary head '{name}' kept: the forward needs it in training mode ({error}).")
     return removed, notes
@@ -166,7 +168,9 @@ def _prune_unused(body: Body, size: tuple[int, ...], source_ran: set[str]) -> li
 
 def _check_pool(pool: str | None) -> None:
     if pool is not None and pool != "model" and pool not in POOLS:
-        raise ValueError(f"graft: unknown pool={pool!r}. Choose 'model' (keep the network's pooling) or one of {POOLS}.")
+        raise ValueError(
+            f"graft: unknown pool={pool!r}. Choose 'model' (keep the network's pooling) or one of {POOLS}."
+        )
 
 
 def _build_body(
@@ -238,8 +242,14 @@ def _make_head(
     channels = int(shape[1] if layout in ("nc", "nchw") else shape[-1])
     mode = "avg" if pool == "model" else pool
     if head == "linear":
-        return linear_head(channels, n_out, layout=layout, pool=mode, dropout=options.get("dropout") or 0.0,
-                           y_range=options.get("y_range"))
+        return linear_head(
+            channels,
+            n_out,
+            layout=layout,
+            pool=mode,
+            dropout=options.get("dropout") or 0.0,
+            y_range=options.get("y_range"),
+        )
     if head == "mlp":
         mode = "concat" if pool == "model" and layout != "nc" else mode
         kwargs = {k: v for k, v in options.items() if v is not None}
@@ -280,7 +290,11 @@ def graft(
             :func:`torchgraft.adapt_input_channels`).
         input_size: per-sample input shape for the dry runs (default: from the model's metadata, else
             ``(C, 224, 224)``).
-        hidden, dropout, batch_norm, y_range: head options (``hidden``/``batch_norm`` for ``"mlp"``).
+        hidden: hidden layer widths of the ``"mlp"`` head (default ``(512,)``).
+        dropout: dropout of the head (``"mlp"``: ``dropout / 2`` before the first layer; default 0.5 for
+            ``"mlp"``, none for ``"linear"``).
+        batch_norm: BatchNorm layers in the ``"mlp"`` head (default ``True``).
+        y_range: squash outputs into ``(low, high)`` with a scaled sigmoid (regression).
         guard: fingerprint the pretrained tensors (see :func:`torchgraft.check_pretrained`).
 
     Returns:
@@ -359,4 +373,3 @@ def _layout(body_trace: Trace, info: ClassifierInfo | None, model: nn.Module) ->
         return None
     fmt = getattr(model, "output_fmt", None)
     return infer_layout(shape, channels=info.in_features if info else None, fmt=str(fmt) if fmt else None)
-

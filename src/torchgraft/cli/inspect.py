@@ -31,8 +31,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("target", metavar="ARCH_OR_FILE", help="e.g. resnet50, timm/convnext_tiny, model.pth")
     parser.add_argument("--n-out", type=int, default=10, help="outputs of the new head (default: 10)")
     parser.add_argument("--head", choices=("linear", "mlp"), default="linear", help="head type (default: linear)")
-    parser.add_argument("--pool", choices=("model", "avg", "max", "concat", "token"), default=None,
-                        help="keep the network's pooling (model, default) or cut before it")
+    parser.add_argument(
+        "--pool",
+        choices=("model", "avg", "max", "concat", "token"),
+        default=None,
+        help="keep the network's pooling (model, default) or cut before it",
+    )
     parser.add_argument("--cut", default=None, help="module name (or int index) where the body ends")
     parser.add_argument("--in-chans", type=int, default=None, help="adapt the first convolution")
     parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None)
@@ -85,8 +89,21 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         info = model.info
-        record = {k: getattr(info, k) for k in ("source", "method", "cut_at", "classifier", "removed",
-                                                 "removed_params", "input_size", "body_output", "layout", "pool")}
+        record = {
+            k: getattr(info, k)
+            for k in (
+                "source",
+                "method",
+                "cut_at",
+                "classifier",
+                "removed",
+                "removed_params",
+                "input_size",
+                "body_output",
+                "layout",
+                "pool",
+            )
+        }
         record["pretrained_parameters"] = sum(p.numel() for _, p in model.pretrained_parameters())
         record["new_parameters"] = sum(p.numel() for _, p in model.new_parameters())
         print(json.dumps(record, indent=2))

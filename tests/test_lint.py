@@ -1,0 +1,20 @@
+"""Style is part of the test suite: ruff lint and format checks over the package and the tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_ruff(command):
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is part of the test extra: pip install -e '.[test]'")
+    result = subprocess.run([ruff, *command, "src", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
