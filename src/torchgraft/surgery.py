@@ -117,15 +117,14 @@ def _named_child_cut(model: nn.Module, index: int) -> str:
     return children[position - 1]
 
 
-def _train_size(model: nn.Module, size: tuple[int, ...]) -> tuple[int, ...] | None:
-    """An input size at which the network runs in training mode (auxiliary heads may need a larger one
-    than the classifier path: Inception v3's needs 299 px)."""
+def _train_trace(model: nn.Module, size: tuple[int, ...]) -> Trace | None:
+    """A training-mode dry run, at ``size`` or a larger standard size (auxiliary heads may need more than
+    the classifier path: Inception v3's needs 299 px); ``None`` if none runs."""
     sizes = [size] + [(size[0], side, side) for side in (299, 384) if len(size) == 3 and max(size[1:]) < side]
     for candidate in sizes:
         try:
-            trace(model, candidate, train=True)
-            return candidate
-        except Exception:
+            return trace(model, candidate, train=True)
+        except Exception:  # try the next size
             continue
     return None
 
@@ -133,18 +132,18 @@ def _train_size(model: nn.Module, size: tuple[int, ...]) -> tuple[int, ...] | No
 def _remove_aux_heads(model: nn.Module, size: tuple[int, ...], eval_trace: Trace) -> tuple[list[str], list[str]]:
     """Drop train-only heads (GoogLeNet ``aux1``/``aux2``, Inception ``AuxLogits``) if the forward allows."""
     removed, notes = [], []
-    train_size = _train_size(model, size)
-    if train_size is None:
+    train_trace = _train_trace(model, size)
+    if train_trace is None:
         return [], [
             f"the network does not run in training mode at {size} or larger standard sizes, so "
             f"auxiliary heads could not be looked for; pass input_size=."
         ]
-    for name in find_aux_heads(eval_trace, trace(model, train_size, train=True)):
+    for name in find_aux_heads(eval_trace, train_trace):
         old = replace_module(model, name, None)
         try:
-            trace(model, train_size, train=True)
+            trace(model, train_trace.input_shape, train=True)
             removed.append(name)
-        except Exception as error:
+        except Exception as error:  # the forward needs it: keep it
             replace_module(model, name, old)
             notes.append(f"auxiliary head '{name}' kept: the forward needs it in training mode ({error}).")
     return removed, notes
