@@ -25,6 +25,7 @@ __all__ = [
     "infer_input_size",
     "main_tensor",
     "shapes_of",
+    "spatial_extent",
     "trace",
 ]
 
@@ -76,12 +77,9 @@ def shapes_of(obj: Any) -> Any:
         return obj.shape
     if isinstance(obj, Mapping):
         return {key: shapes_of(value) for key, value in obj.items()}
-    if isinstance(obj, tuple | list):
-        return (
-            type(obj)(shapes_of(value) for value in obj)
-            if not hasattr(obj, "_fields")
-            else tuple(shapes_of(value) for value in obj)
-        )
+    if isinstance(obj, tuple | list):  # namedtuples (GoogLeNetOutputs) become plain tuples
+        values = [shapes_of(value) for value in obj]
+        return values if isinstance(obj, list) else tuple(values)
     return None
 
 
