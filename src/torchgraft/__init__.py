@@ -11,6 +11,8 @@ from torchgraft.channels import InputAdaptation, adapt_conv_weight, adapt_input_
 from torchgraft.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
 from torchgraft.describe import describe
 from torchgraft.dryrun import Trace, trace
+from torchgraft.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
+from torchgraft.groups import GroupSpec, LayerGroup, LayerGroups, layer_groups
 from torchgraft.guard import (
     GuardReport,
     PretrainedGuard,
@@ -19,6 +21,16 @@ from torchgraft.guard import (
     check_pretrained,
 )
 from torchgraft.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.optim import (
+    OptimizerReport,
+    StaleOptimizerError,
+    SyncReport,
+    check_optimizer,
+    group_lrs,
+    param_groups,
+    sync_optimizer,
+    watch_optimizer,
+)
 from torchgraft.surgery import Grafted, GraftInfo, graft
 
 __version__ = "0.1.0"
@@ -28,22 +40,39 @@ __all__ = [
     "ClassifierNotFoundError",
     "GraftInfo",
     "Grafted",
+    "GroupSpec",
     "GuardReport",
     "InputAdaptation",
+    "LayerGroup",
+    "LayerGroups",
+    "OptimizerReport",
     "Pool",
     "PretrainedGuard",
     "PretrainedWeightsChangedError",
     "SigmoidRange",
+    "StaleOptimizerError",
+    "SyncReport",
     "Trace",
     "__version__",
     "accept_pretrained",
     "adapt_conv_weight",
     "adapt_input_channels",
+    "check_optimizer",
     "check_pretrained",
     "describe",
     "find_classifier",
+    "freeze",
+    "freeze_to",
+    "gradual_unfreeze",
     "graft",
+    "group_lrs",
+    "layer_groups",
     "linear_head",
     "mlp_head",
+    "param_groups",
+    "refreeze",
+    "sync_optimizer",
     "trace",
+    "unfreeze",
+    "watch_optimizer",
 ]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from torchgraft.groups import layer_groups
+from torchgraft.optim import LRSpec, group_lrs
+
 __all__ = ["describe"]
 
 _METHODS = {
@@ -59,9 +62,10 @@ def _head_lines(head: nn.Module) -> list[str]:
     return lines
 
 
-def describe(model: nn.Module) -> str:
+def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
     """Describe a grafted model: the cut, what was removed, input and body output shapes, the head's
-    layers, and parameter counts (pretrained, new, trainable) per part.
+    layers, parameter counts (pretrained, new, trainable) per part, and the layer-group plan (with the
+    learning rate of each group when ``lr`` is given, as for :func:`torchgraft.param_groups`).
 
     Example:
         >>> print(describe(graft(torchvision.models.resnet18(), 7)))
@@ -92,4 +96,7 @@ def describe(model: nn.Module) -> str:
     lines += _head_lines(model.head)
     lines += [f"  note         {note}" for note in info.notes]
     lines += ["", *("  " + line for line in _table(_parameter_rows(model)))]
+    groups = layer_groups(model)
+    lrs = group_lrs(lr, len(groups), names=[g.name for g in groups]) if lr is not None else None
+    lines += ["", "  layer groups", *("  " + line for line in groups.table(lrs).splitlines())]
     return "\n".join(lines)
