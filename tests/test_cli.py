@@ -74,3 +74,38 @@ def test_describe_table():
     assert body_row.split()[1] == body_row.split()[2]  # all body parameters are pretrained
     with pytest.raises(TypeError, match="not a grafted model"):
         describe(torch.nn.Linear(2, 2))
+
+
+def test_inspect_prints_the_group_plan_with_learning_rates(capsys):
+    assert main(["inspect", "resnet50", "--lr", "1e-5:1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "layer groups" in out
+    assert "body0  conv1–layer2     1,444,928  1e-05   trainable" in out
+    assert "head   head                20,490  0.001   trainable" in out
+
+
+def test_inspect_groups_json(capsys):
+    assert main(["inspect", "vit_b_16", "--groups", "5", "--lr", "1e-4", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [g["name"] for g in record["groups"]] == ["body0", "body1", "body2", "body3", "head"]
+    assert {g["lr"] for g in record["groups"]} == {1e-4}
+    assert record["split"].startswith("auto: 4 body groups")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--groups", "1"], "--groups 1: give an int >= 2"),
+        (["--groups", "many"], "--groups many: give an int >= 2"),
+        (["--lr", "fast"], "invalid learning rate 'fast'"),
+        (["--lr", "1e-5,1e-3"], "lr has 2 values but the model has 3 layer groups (body0, body1, head)"),
+    ],
+)
+def test_inspect_group_errors(args, message, capsys):
+    try:
+        code = main(["inspect", "resnet18", *args])
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

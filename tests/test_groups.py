@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from test_surgery_timm import ARCHS as TIMM_ARCHS
 from torchgraft import describe, graft, layer_groups
 from torchgraft.classifier import find_classifier
 from torchgraft.dryrun import infer_input_size, trace
 from torchgraft.zoo import build_model, torchvision_classifiers
-
-from test_surgery_timm import ARCHS as TIMM_ARCHS
 
 pytestmark = pytest.mark.filterwarnings("ignore:The default weight initialization")
 

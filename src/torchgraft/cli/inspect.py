@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from torchgraft.describe import describe
+from torchgraft.groups import layer_groups
+from torchgraft.optim import LRSpec, group_lrs
 from torchgraft.surgery import graft
 from torchgraft.zoo import build_model
 
@@ -40,8 +42,43 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--cut", default=None, help="module name (or int index) where the body ends")
     parser.add_argument("--in-chans", type=int, default=None, help="adapt the first convolution")
     parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None)
+    parser.add_argument(
+        "--groups",
+        default=None,
+        metavar="N",
+        help="layer groups including the head: an int >= 2 or 'blocks' (default: the family rule, else 3)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=parse_lr,
+        default=None,
+        help="learning rates to show per group: 1e-3, LO:HI (geometric, e.g. 1e-5:1e-3) or a comma list",
+    )
     parser.add_argument("--json", action="store_true", help="print the graft record as JSON")
     parser.set_defaults(run=run)
+
+
+def parse_lr(text: str) -> LRSpec:
+    """``"1e-3"`` -> 0.001, ``"1e-5:1e-3"`` -> ``slice(1e-5, 1e-3)``, ``"1e-5,1e-4,1e-3"`` -> a list."""
+    try:
+        if ":" in text:
+            low, high = text.split(":", 1)
+            return slice(float(low) if low else None, float(high))
+        if "," in text:
+            return [float(v) for v in text.split(",")]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid learning rate {text!r}: write 1e-3, a range 1e-5:1e-3, or a list 1e-5,1e-4,1e-3"
+        ) from None
+
+
+def _groups_arg(text: str | None) -> int | str | None:
+    if text is None or text == "blocks":
+        return text
+    if text.isdigit() and int(text) >= 2:
+        return int(text)
+    raise ValueError(f"--groups {text}: give an int >= 2 (body groups + head) or 'blocks'.")
 
 
 def summarize_checkpoint(path: Path) -> str:
@@ -77,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no such checkpoint file: {target}")
         print(summarize_checkpoint(target))
         return 0
+    n_groups = _groups_arg(args.groups)
     cut: Any = int(args.cut) if args.cut is not None and args.cut.lstrip("-").isdigit() else args.cut
     model = graft(
         build_model(args.target),
@@ -87,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         in_chans=args.in_chans,
         input_size=args.input_size,
     )
+    groups = layer_groups(model, n=n_groups)
+    lrs = group_lrs(args.lr, len(groups), names=[g.name for g in groups]) if args.lr is not None else None
     if args.json:
         info = model.info
         record = {
@@ -106,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
         }
         record["pretrained_parameters"] = sum(p.numel() for _, p in model.pretrained_parameters())
         record["new_parameters"] = sum(p.numel() for _, p in model.new_parameters())
+        record["groups"] = [
+            {"name": g.name, "modules": g.modules, "parameters": g.n_params, "lr": lrs[i] if lrs else None}
+            for i, g in enumerate(groups)
+        ]
+        record["split"] = groups.spec.method
         print(json.dumps(record, indent=2))
     else:
-        print(describe(model))
+        print(describe(model, lr=args.lr))
     return 0
