@@ -5,15 +5,11 @@ Run: python bench/graft_meta.py  (appends a dated section to docs/benchmarks.md 
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import platform
 import resource
 import time
 import tracemalloc
 
-import torch
-
+from _report import machine, report, should_write
 from torchgraft import graft
 from torchgraft.zoo import build_model
 
@@ -36,9 +32,7 @@ def measure(name: str, pool: str | None) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--write", action="store_true", help="append the results to docs/benchmarks.md")
-    args = parser.parse_args()
+    write = should_write()
     rows = []
     for name in MODELS:
         params = sum(p.numel() for p in build_model(name, device="meta").parameters())
@@ -50,22 +44,14 @@ def main() -> None:
             )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     lines = [
-        f"## graft on the meta device ({datetime.date.today()})",
-        "",
-        f"`python bench/graft_meta.py --write` on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}. Peak heap is Python-side allocation "
+        f"`python bench/graft_meta.py --write` on {machine()}. Peak heap is Python-side allocation "
         f"during `graft` (tracemalloc); parameter memory on meta is zero. Process peak RSS: {rss:,.0f} MiB.",
         "",
         "| model | parameters | pool | build (s) | graft (s) | graft peak heap (MiB) |",
         "|---|---|---|---|---|---|",
         *rows,
-        "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open("docs/benchmarks.md", "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    report("graft on the meta device", lines, write=write)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from torch import nn
 
@@ -184,8 +185,8 @@ class _Unit:
 class _Splitter:
     """Cuts a body into units at natural boundaries (see the module docstring)."""
 
-    def __init__(self, root: nn.Module, prefix: str, sizes: dict[str, int]) -> None:
-        self.root, self.prefix, self.sizes = root, prefix, sizes
+    def __init__(self, root: nn.Module, sizes: dict[str, int]) -> None:
+        self.sizes = sizes  # parameter count of every module path of the body (the head excluded)
         self.blocks = self._block_classes(root)
         self._contains: dict[int, bool] = {}
 
@@ -289,7 +290,7 @@ class _Splitter:
             ):
                 largest.expandable = False
                 continue
-            at = units.index(largest)
+            at = next(i for i, unit in enumerate(units) if unit is largest)
             units[at : at + 1] = parts
         return units
 
@@ -322,7 +323,7 @@ def _partition(units: list[_Unit], n_body: int) -> list[list[_Unit]]:
     n_body = max(1, min(n_body, len(units)))
     sizes = [u.size for u in units]
     total = sum(sizes) or 1
-    cumulative = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    cumulative = list(accumulate(sizes))
     cuts, previous = [], -1
     for k in range(1, n_body):
         target, window = k * total / n_body, 0.25 * total / n_body
@@ -460,7 +461,7 @@ def _auto_spec(
     run: Trace | None,
 ) -> GroupSpec:
     root, prefix = _body_scope(model)
-    splitter = _Splitter(root, prefix, sizes)
+    splitter = _Splitter(root, sizes)
     units, idle = _forward_order(splitter.units(root, prefix), run)
     if idle:  # auxiliary heads are output layers: train them with the head
         head = (*head, *(m for unit in idle for m, _ in unit.members))
