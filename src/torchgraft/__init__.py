@@ -7,7 +7,9 @@ Graft a new head onto any pretrained network without touching its weights::
     print(torchgraft.describe(model))
 """
 
+from torchgraft.align import Alignment, Match, align_keys
 from torchgraft.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
+from torchgraft.checkpoint import Checkpoint, UnsafeCheckpointError, read_checkpoint, save_weights
 from torchgraft.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
 from torchgraft.describe import describe
 from torchgraft.dryrun import Trace, trace
@@ -21,6 +23,7 @@ from torchgraft.guard import (
     check_pretrained,
 )
 from torchgraft.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.load import LoadError, LoadReport, load_weights
 from torchgraft.optim import (
     OptimizerReport,
     StaleOptimizerError,
@@ -36,6 +39,8 @@ from torchgraft.surgery import Grafted, GraftInfo, graft
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alignment",
+    "Checkpoint",
     "ClassifierInfo",
     "ClassifierNotFoundError",
     "GraftInfo",
@@ -45,6 +50,9 @@ __all__ = [
     "InputAdaptation",
     "LayerGroup",
     "LayerGroups",
+    "LoadError",
+    "LoadReport",
+    "Match",
     "OptimizerReport",
     "Pool",
     "PretrainedGuard",
@@ -53,10 +61,12 @@ __all__ = [
     "StaleOptimizerError",
     "SyncReport",
     "Trace",
+    "UnsafeCheckpointError",
     "__version__",
     "accept_pretrained",
     "adapt_conv_weight",
     "adapt_input_channels",
+    "align_keys",
     "check_optimizer",
     "check_pretrained",
     "describe",
@@ -68,9 +78,12 @@ __all__ = [
     "group_lrs",
     "layer_groups",
     "linear_head",
+    "load_weights",
     "mlp_head",
     "param_groups",
+    "read_checkpoint",
     "refreeze",
+    "save_weights",
     "sync_optimizer",
     "trace",
     "unfreeze",

@@ -1,0 +1,235 @@
+"""Read checkpoints safely (whatever wraps them) and save weights as safetensors.
+
+Checkpoints are untrusted input. ``.pth``/``.pt``/``.bin``/``.ckpt`` files are read with
+``torch.load(weights_only=True)``: a file that needs code from itself to unpickle is refused, and only an
+explicit ``trust_pickle=True`` loads it. ``.safetensors`` files hold no code at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Checkpoint", "UnsafeCheckpointError", "read_checkpoint", "save_weights"]
+
+NESTED_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
+EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
+_ALIASES = "torchgraft.aliases"
+_ORDER = "torchgraft.order"
+_NUMBER = re.compile(r"(\d+)")
+
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint needs arbitrary code to unpickle and was not loaded."""
+
+
+@dataclass
+class Checkpoint:
+    """The tensors of a checkpoint, and where they came from.
+
+    Attributes:
+        tensors: key -> tensor, in saved order.
+        description: a readable account (file, nesting, number of tensors).
+        metadata: string metadata (safetensors header, or the keys found beside the weights).
+        aliases: key -> the key it duplicates (tied weights written once by :func:`save_weights`).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    description: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+def _load_file(path: Path, *, trust_pickle: bool) -> tuple[Any, dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"load_weights: no such checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        return load_file(str(path)), metadata
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle), {}
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()
+        detail = next(
+            (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""
+        )
+        raise UnsafeCheckpointError(
+            f"load_weights: refused {path}: unpickling it would run code named in the file ({detail.strip()}). "
+            f"If you trust where it came from, pass trust_pickle=True (this runs that code); better, convert it "
+            f"once to safetensors."
+        ) from None
+
+
+def _tensor_share(value: Any) -> float:
+    if not isinstance(value, Mapping) or not value:
+        return 0.0
+    return sum(isinstance(v, torch.Tensor) for v in value.values()) / len(value)
+
+
+def _unwrap(obj: Any, key: str | None, notes: list[str]) -> Mapping[str, Any]:
+    """Find the state dict inside a training checkpoint (Lightning, timm, torchvision references, ...)."""
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            found = ", ".join(map(repr, list(obj)[:10])) if isinstance(obj, Mapping) else type(obj).__name__
+            raise KeyError(f"load_weights: key={key!r} is not in the checkpoint (it holds {found}).")
+        notes.append(f"nested under {key!r}")
+        return _unwrap(obj[key], None, notes)
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"load_weights: the checkpoint holds a {type(obj).__name__}, not a state dict.")
+    if _tensor_share(obj) >= 0.5:
+        return obj
+    for name in (*NESTED_KEYS, *EMA_KEYS):
+        if isinstance(obj.get(name), Mapping) and (
+            _tensor_share(obj[name]) > 0 or any(isinstance(v, Mapping) for v in obj[name].values())
+        ):
+            notes.append(
+                f"nested under {name!r}" + (" (EMA weights: no other state dict found)" if name in EMA_KEYS else "")
+            )
+            return _unwrap(obj[name], None, notes)
+    raise ValueError(
+        f"load_weights: no state dict found in the checkpoint; its keys are {', '.join(map(repr, list(obj)[:10]))}. "
+        f"Pass key=... naming the one that holds the weights."
+    )
+
+
+def read_checkpoint(
+    source: str | Path | Mapping[str, Any] | nn.Module, *, key: str | None = None, trust_pickle: bool = False
+) -> Checkpoint:
+    """Read the tensors of a checkpoint file, a (possibly nested) state dict or a module.
+
+    Args:
+        source: a ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` path, a mapping, or an ``nn.Module``.
+        key: the entry holding the weights in a training checkpoint (default: found automatically among
+            ``state_dict``, ``model_state_dict``, ``model``, ``module``, ``net``, ``network``, ``weights``, then EMA
+            entries).
+        trust_pickle: load pickles that need code from the file (never for files you did not make).
+
+    Raises:
+        UnsafeCheckpointError: the file needs arbitrary code to unpickle and ``trust_pickle`` is false.
+        FileNotFoundError: no such file.
+        KeyError, ValueError: no state dict inside.
+
+    Example:
+        >>> read_checkpoint("lightning.ckpt").description
+        "lightning.ckpt, nested under 'state_dict', 322 tensors"
+    """
+    notes: list[str] = []
+    metadata: dict[str, str] = {}
+    if isinstance(source, nn.Module):
+        obj: Any = source.state_dict()
+        where = f"{type(source).__name__} module"
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        obj, metadata = _load_file(path, trust_pickle=trust_pickle)
+        where = path.name
+    elif isinstance(source, Mapping):
+        obj, where = source, "state dict"
+    else:
+        raise TypeError(
+            f"load_weights: source must be a file path, a state dict or an nn.Module, got {type(source).__name__}."
+        )
+    state = _unwrap(obj, key, notes)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    skipped = len(state) - len(tensors)
+    if skipped:
+        notes.append(f"{skipped} non-tensor entries ignored")
+    aliases = json.loads(metadata.get(_ALIASES, "{}"))
+    tensors = (
+        _saved_order(tensors, metadata)
+        if isinstance(source, (str, Path)) and str(source).endswith(".safetensors")
+        else tensors
+    )
+    description = ", ".join([where, *notes, f"{len(tensors)} tensors"])
+    return Checkpoint(tensors, description, metadata, aliases)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in _NUMBER.split(name)]
+
+
+def _saved_order(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """safetensors sorts its keys: restore the order recorded by save_weights, else use natural order."""
+    recorded = json.loads(metadata.get(_ORDER, "[]"))
+    if set(recorded) == set(tensors):
+        return {name: tensors[name] for name in recorded}
+    return {name: tensors[name] for name in sorted(tensors, key=_natural)}
+
+
+def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors to write (each storage once: safetensors refuses shared memory) and alias -> kept key."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    aliases: dict[str, str] = {}
+    pointers: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        view = (
+            tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size(),
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.dtype,
+        )
+        if view in seen:
+            aliases[name] = seen[view]
+            continue
+        pointer = tensor.untyped_storage().data_ptr()
+        shared = pointer in pointers and tensor.numel() > 0
+        kept[name] = tensor.clone().contiguous() if shared or not tensor.is_contiguous() else tensor
+        seen[view] = name
+        pointers.add(pointer)
+    return kept, aliases
+
+
+def save_weights(model: nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save ``model``'s state dict: safetensors (default, no code in the file) or, for a ``.pt``/``.pth``
+    path, ``torch.save``. Tied weights are written once; the metadata records them (and the model class
+    and torchgraft version) so that :func:`torchgraft.load_weights` restores every key.
+
+    Returns:
+        The path written (``.safetensors`` is added when the path has no suffix).
+
+    Example:
+        >>> save_weights(model, "run/model.safetensors")
+        >>> load_weights(fresh_model, "run/model.safetensors").ok
+        True
+    """
+    from torchgraft import __version__
+
+    path = Path(path)
+    path = path if path.suffix else path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    partial = path.with_name(path.name + ".partial")  # written whole, then renamed: never half a file
+    if path.suffix in (".pt", ".pth"):
+        torch.save(state, partial)
+        os.replace(partial, path)
+        return path
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_weights: unknown format {path.suffix!r}; use .safetensors (default), .pt or .pth.")
+    from safetensors.torch import save_file
+
+    tensors, aliases = _dedupe(state)
+    header = {
+        "format": "pt",
+        "torchgraft.version": __version__,
+        "torchgraft.model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        _ALIASES: json.dumps(aliases),
+        _ORDER: json.dumps(list(tensors)),
+        **dict(metadata or {}),
+    }
+    save_file(tensors, str(partial), metadata=header)
+    os.replace(partial, path)
+    return path
