@@ -46,6 +46,22 @@ def test_inspect_checkpoint_file(tmp_path, capsys):
     assert "122 tensors" in out and "likely classifier): fc.weight (1000, 512)" in out
 
 
+class _Exploit:
+    def __reduce__(self) -> tuple:
+        return (print, ("code from the checkpoint ran",))
+
+
+def test_inspect_refuses_a_pickle_that_runs_code(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Exploit()}, path)
+    result = subprocess.run(
+        [sys.executable, "-m", "torchgraft.cli.main", "inspect", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "refused" in result.stderr and "trust_pickle" in result.stderr
+    assert "code from the checkpoint ran" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -4,6 +4,7 @@ refusal of unsafe pickles, strict mode, safetensors round trips."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def test_imagenet_checkpoint_into_a_ten_class_graft(resnet50_source):
         ("fc.bias", (1000,), (10,)),
     ]
     assert torch.equal(plain.fc.weight, fc_before)
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["mismatched"][0] == {"from": "fc.weight", "to": "fc.weight", "saved": [1000, 2048], "model": [10, 2048]}
+    assert len(data["loaded"]) == len(report.loaded) and data["loaded"][0]["how"] == "exact"
     assert "mismatched      2  skipped, the model keeps its own values" in str(report)
 
 

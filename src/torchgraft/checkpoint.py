@@ -51,7 +51,7 @@ class Checkpoint:
 
 def _load_file(path: Path, *, trust_pickle: bool) -> tuple[Any, dict[str, str]]:
     if not path.is_file():
-        raise FileNotFoundError(f"load_weights: no such checkpoint file: {path}")
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -67,7 +67,7 @@ def _load_file(path: Path, *, trust_pickle: bool) -> tuple[Any, dict[str, str]]:
             (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""
         )
         raise UnsafeCheckpointError(
-            f"load_weights: refused {path}: unpickling it would run code named in the file ({detail.strip()}). "
+            f"refused {path}: unpickling it would run code named in the file ({detail.strip()}). "
             f"If you trust where it came from, pass trust_pickle=True (this runs that code); better, convert it "
             f"once to safetensors."
         ) from None
@@ -84,11 +84,11 @@ def _unwrap(obj: Any, key: str | None, notes: list[str]) -> Mapping[str, Any]:
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             found = ", ".join(map(repr, list(obj)[:10])) if isinstance(obj, Mapping) else type(obj).__name__
-            raise KeyError(f"load_weights: key={key!r} is not in the checkpoint (it holds {found}).")
+            raise KeyError(f"key={key!r} is not in the checkpoint (it holds {found}).")
         notes.append(f"nested under {key!r}")
         return _unwrap(obj[key], None, notes)
     if not isinstance(obj, Mapping):
-        raise TypeError(f"load_weights: the checkpoint holds a {type(obj).__name__}, not a state dict.")
+        raise TypeError(f"the checkpoint holds a {type(obj).__name__}, not a state dict.")
     if _tensor_share(obj) >= 0.5:
         return obj
     for name in (*NESTED_KEYS, *EMA_KEYS):
@@ -100,7 +100,7 @@ def _unwrap(obj: Any, key: str | None, notes: list[str]) -> Mapping[str, Any]:
             )
             return _unwrap(obj[name], None, notes)
     raise ValueError(
-        f"load_weights: no state dict found in the checkpoint; its keys are {', '.join(map(repr, list(obj)[:10]))}. "
+        f"no state dict found in the checkpoint; its keys are {', '.join(map(repr, list(obj)[:10]))}. "
         f"Pass key=... naming the one that holds the weights."
     )
 
@@ -138,9 +138,7 @@ def read_checkpoint(
     elif isinstance(source, Mapping):
         obj, where = source, "state dict"
     else:
-        raise TypeError(
-            f"load_weights: source must be a file path, a state dict or an nn.Module, got {type(source).__name__}."
-        )
+        raise TypeError(f"source must be a file path, a state dict or an nn.Module, got {type(source).__name__}.")
     state = _unwrap(obj, key, notes)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     skipped = len(state) - len(tensors)

@@ -64,6 +64,19 @@ class LoadReport:
         """Every model key loaded and every checkpoint key used (excluded keys aside)."""
         return not (self.missing or self.unexpected or self.mismatched or self.ambiguous)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (JSON-serialisable)."""
+        return {
+            "source": self.source,
+            "loaded": [{"from": m.source, "to": m.target, "how": m.how} for m in self.loaded],
+            "adapted": [{"from": s, "to": t, "what": w} for s, t, w in self.adapted],
+            "mismatched": [{"from": s, "to": t, "saved": list(a), "model": list(b)} for s, t, a, b in self.mismatched],
+            "missing": list(self.missing),
+            "unexpected": list(self.unexpected),
+            "ambiguous": {k: list(v) for k, v in self.ambiguous.items()},
+            "excluded": list(self.excluded),
+        }
+
     def problems(self) -> list[str]:
         """Every problem, one line each (what ``strict=True`` raises with)."""
         lines = [f"missing in the checkpoint: {name}" for name in self.missing]

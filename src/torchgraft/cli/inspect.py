@@ -8,8 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from torchgraft.checkpoint import read_checkpoint
 from torchgraft.describe import describe
 from torchgraft.groups import layer_groups
 from torchgraft.optim import LRSpec, group_lrs
@@ -82,23 +81,15 @@ def _groups_arg(text: str | None) -> int | str | None:
 
 
 def summarize_checkpoint(path: Path) -> str:
-    """Tensor counts per top-level prefix of a checkpoint, read safely."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="meta", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    """Tensor counts per top-level prefix of a checkpoint, read safely (see :func:`torchgraft.read_checkpoint`)."""
+    checkpoint = read_checkpoint(path)
+    tensors = checkpoint.tensors
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, tensor in tensors.items():
         prefix = name.split(".")[0]
         groups[prefix][0] += 1
         groups[prefix][1] += tensor.numel()
-    lines = [f"{path.name}: {len(tensors)} tensors, {sum(g[1] for g in groups.values()):,} values"]
+    lines = [f"{checkpoint.description}, {sum(g[1] for g in groups.values()):,} values"]
     lines += [f"  {prefix:<30} {count:>5} tensors {values:>14,} values" for prefix, (count, values) in groups.items()]
     last = [n for n, t in tensors.items() if t.ndim == 2]
     if last:

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
         print(f"torchgraft {args.command}: error: {error}", file=sys.stderr)
         return 2
 
