@@ -23,7 +23,10 @@ from torchgraft.guard import (
     check_pretrained,
 )
 from torchgraft.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.learner import Learner, TrainingDivergedError
 from torchgraft.load import LoadError, LoadReport, load_weights
+from torchgraft.lr_finder import LRFind
+from torchgraft.metrics import accuracy, error_rate, top_k_accuracy
 from torchgraft.optim import (
     OptimizerReport,
     StaleOptimizerError,
@@ -48,8 +51,10 @@ __all__ = [
     "GroupSpec",
     "GuardReport",
     "InputAdaptation",
+    "LRFind",
     "LayerGroup",
     "LayerGroups",
+    "Learner",
     "LoadError",
     "LoadReport",
     "Match",
@@ -61,15 +66,18 @@ __all__ = [
     "StaleOptimizerError",
     "SyncReport",
     "Trace",
+    "TrainingDivergedError",
     "UnsafeCheckpointError",
     "__version__",
     "accept_pretrained",
+    "accuracy",
     "adapt_conv_weight",
     "adapt_input_channels",
     "align_keys",
     "check_optimizer",
     "check_pretrained",
     "describe",
+    "error_rate",
     "find_classifier",
     "freeze",
     "freeze_to",
@@ -85,6 +93,7 @@ __all__ = [
     "refreeze",
     "save_weights",
     "sync_optimizer",
+    "top_k_accuracy",
     "trace",
     "unfreeze",
     "watch_optimizer",

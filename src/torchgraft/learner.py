@@ -1,0 +1,405 @@
+"""The Learner: a training loop over plain DataLoaders and torch optimizers, with fine-tuning recipes.
+
+Readable top to bottom: ``fit`` (constant rates) and ``fit_one_cycle`` (``OneCycleLR`` with each layer
+group's own maximum) both run :meth:`Learner._run`, which runs epochs of :meth:`Learner._train_epoch` and
+:meth:`Learner._validate`, writes a checkpoint after each epoch and prints one line per epoch.
+``fine_tune`` trains the head with the body frozen, then everything with discriminative rates.
+
+The optimizer is built from :func:`torchgraft.param_groups` and kept in sync with the model before every
+``fit`` (:func:`torchgraft.sync_optimizer`), and checked before every step (:func:`torchgraft.watch_optimizer`),
+so freezing, unfreezing and surgery between calls never leave a parameter untrained.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchgraft.freeze import BNPolicy, freeze, unfreeze
+from torchgraft.lr_finder import LRFind, lr_find
+from torchgraft.metrics import Metric, resolve_metrics
+from torchgraft.optim import LRSpec, param_groups, sync_optimizer, watch_optimizer
+from torchgraft.runstate import get_rng_state, read_state, set_rng_state, write_state
+
+__all__ = ["HOOKS", "Learner", "TrainingDivergedError"]
+
+HOOKS = ("epoch_begin", "epoch_end", "step_begin", "step_end")
+Hook = Callable[["Learner"], None]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def _amp_dtype(amp: str | None) -> torch.dtype | None:
+    if amp in (None, False, "no"):
+        return None
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"Learner: amp={amp!r} is not a mode. Choose None, 'bf16' or 'fp16'.")
+    return dtypes[amp]
+
+
+class Learner:
+    """Train ``model`` on ``train_dl``, evaluate on ``valid_dl``.
+
+    Args:
+        model: any module (a :func:`torchgraft.graft` result gets discriminative rates by layer group).
+        train_dl: a DataLoader (or any iterable with ``len``) of ``(inputs, targets)`` batches.
+        valid_dl: batches to evaluate after each epoch (optional).
+        loss: ``loss(outputs, targets)`` (default: cross-entropy).
+        metrics: names (``"accuracy"``, ``"error_rate"``, ``"top5"``) or callables ``(outputs, targets)``.
+        optimizer: a ``torch.optim`` optimizer class, built from :func:`torchgraft.param_groups`.
+        weight_decay: weight decay of decayed parameters (none on biases, norms, embeddings).
+        device: where to train (default: CUDA if available, else CPU).
+        amp: ``None``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a gradient scaler).
+        channels_last: put the model and 4-D inputs in channels-last memory format.
+        accumulate: number of batches whose gradients are summed before a step.
+        clip_grad: clip the gradient norm to this value.
+        checkpoint_dir: write ``last.pt`` after every epoch (and ``best.pt`` for the best first metric),
+            atomically; ``resume=`` continues from one.
+        progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
+        quiet: print nothing.
+        hooks: ``{"epoch_begin"|"epoch_end"|"step_begin"|"step_end": callable(learner) or a list of them}``.
+
+    Example:
+        >>> learner = Learner(graft(resnet18(weights="DEFAULT"), 10), train_dl, valid_dl)
+        >>> learner.fine_tune(3)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dl: Iterable[Any],
+        valid_dl: Iterable[Any] | None = None,
+        *,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        metrics: Sequence[str | Metric] | str | Metric | None = ("accuracy",),
+        optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        weight_decay: float = 0.01,
+        device: str | torch.device | None = None,
+        amp: str | None = None,
+        channels_last: bool = False,
+        accumulate: int = 1,
+        clip_grad: float | None = None,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool | None = None,
+        quiet: bool = False,
+        hooks: dict[str, Hook | Sequence[Hook]] | None = None,
+    ) -> None:
+        if accumulate < 1:
+            raise ValueError(f"Learner: accumulate must be >= 1, got {accumulate}.")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.amp_dtype = _amp_dtype(amp)
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("Learner: amp='fp16' needs CUDA; on CPU use amp='bf16'.")
+        self.channels_last = channels_last
+        memory = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory)
+        self.train_dl, self.valid_dl = train_dl, valid_dl
+        self.loss = loss or nn.functional.cross_entropy
+        self.metrics = resolve_metrics(metrics)
+        self.optimizer_class, self.weight_decay = optimizer, weight_decay
+        self.accumulate, self.clip_grad = accumulate, clip_grad
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.quiet = quiet
+        self.hooks: dict[str, list[Hook]] = {name: [] for name in HOOKS}
+        for name, hook in (hooks or {}).items():
+            for fn in [hook] if callable(hook) else hook:
+                self.add_hook(name, fn)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+        self.history: list[dict[str, Any]] = []
+        self.lr_history: list[list[float]] = []
+        self.epoch = 0  # epochs completed in the current fit
+        self.step = 0  # optimizer steps in the current fit
+        self._phase = 0  # fit calls so far (fine_tune's phases)
+        self._watch: Any = None
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def add_hook(self, event: str, hook: Hook) -> None:
+        """Call ``hook(learner)`` at ``event`` (one of :data:`HOOKS`)."""
+        if event not in self.hooks:
+            raise ValueError(f"Learner: unknown hook event {event!r}. Choose from {HOOKS}.")
+        self.hooks[event].append(hook)
+
+    def _call(self, event: str) -> None:
+        for hook in self.hooks[event]:
+            hook(self)
+
+    def _prepare_optimizer(self, lr: LRSpec) -> torch.optim.Optimizer:
+        """An optimizer with ``lr`` per layer group; moments of a previous optimizer carry over."""
+        groups = param_groups(self.model, lr=lr, weight_decay=self.weight_decay)
+        optimizer = self.optimizer_class(groups)
+        if self.optimizer is not None:
+            sync_optimizer(self.optimizer, self.model)
+            for param, state in self.optimizer.state.items():
+                optimizer.state[param] = state
+        if self._watch is not None:
+            self._watch.remove()
+        self._watch = watch_optimizer(optimizer, self.model)
+        self.optimizer = optimizer
+        return optimizer
+
+    def _to_device(self, batch: Any) -> tuple[Any, Any]:
+        inputs, targets = batch[0], batch[1]
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, targets.to(self.device, non_blocking=True)
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ----------------------------------------------------------------------------------------- the loop
+
+    def _train_epoch(self, epoch: int) -> float:
+        model, optimizer, accumulate = self.model, self.optimizer, self.accumulate
+        assert optimizer is not None
+        model.train()
+        total, count = torch.zeros((), device=self.device), 0
+        n_batches = len(self.train_dl)  # type: ignore[arg-type]
+        optimizer.zero_grad(set_to_none=True)
+        bar = self._bar(self.train_dl, f"epoch {epoch + 1}")
+        for i, batch in enumerate(bar):
+            self._call("step_begin")
+            inputs, targets = self._to_device(batch)
+            with self._autocast():
+                loss = self.loss(model(inputs), targets)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
+                    f"{self._last_good()}Lower the learning rate, or clip gradients (clip_grad=1.0)."
+                )
+            scaled = loss / accumulate if accumulate > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if (i + 1) % accumulate == 0 or i + 1 == n_batches:
+                self._optimizer_step()
+            total += loss.detach() * len(targets)
+            count += len(targets)
+            self._call("step_end")
+        return (total / max(count, 1)).item()
+
+    def _optimizer_step(self) -> None:
+        optimizer = self.optimizer
+        assert optimizer is not None
+        if self.clip_grad is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        self.lr_history.append([group["lr"] for group in optimizer.param_groups])
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        """Mean loss and metrics over ``valid_dl``, weighted by batch size."""
+        if self.valid_dl is None:
+            return {}
+        self.model.eval()
+        sums = {name: torch.zeros((), device=self.device) for name in ("valid_loss", *self.metrics)}
+        count = 0
+        for batch in self._bar(self.valid_dl, "valid"):
+            inputs, targets = self._to_device(batch)
+            with self._autocast():
+                outputs = self.model(inputs)
+            outputs = outputs.float()
+            n = len(targets)
+            sums["valid_loss"] += self.loss(outputs, targets) * n
+            for name, metric in self.metrics.items():
+                sums[name] += metric(outputs, targets) * n
+            count += n
+        return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+
+    def _bar(self, iterable: Iterable[Any], desc: str) -> Iterable[Any]:
+        if not self.progress or self.quiet:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, leave=False)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def _state(self, kind: str, epochs: int) -> dict[str, Any]:
+        assert self.optimizer is not None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "phase": self._phase,
+            "fit": {"kind": kind, "epochs": epochs},
+            "history": self.history,
+            "lr_history": self.lr_history,
+            "rng": get_rng_state(),
+        }
+
+    def _save(self, name: str, kind: str, epochs: int) -> None:
+        if self.checkpoint_dir is not None:
+            write_state(self.checkpoint_dir / name, self._state(kind, epochs))
+
+    def _last_good(self) -> str:
+        path = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
+        return f"The last good checkpoint is {path}. " if path is not None and path.is_file() else ""
+
+    def _restore(self, path: str | Path, kind: str, epochs: int) -> None:
+        state = read_state(path)
+        if state["fit"] != {"kind": kind, "epochs": epochs}:
+            raise ValueError(
+                f"resume: {path} was written by {state['fit']['kind']}({state['fit']['epochs']} epochs), not "
+                f"{kind}({epochs} epochs); resume with the same call."
+            )
+        assert self.optimizer is not None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.lr_history = list(state["history"]), [list(r) for r in state["lr_history"]]
+        set_rng_state(state["rng"])
+
+    # ----------------------------------------------------------------------------------------- fitting
+
+    def _run(
+        self,
+        kind: str,
+        epochs: int,
+        lr: LRSpec,
+        schedule: Callable[[torch.optim.Optimizer, int], Any],
+        resume: str | Path | None,
+    ) -> list[dict[str, Any]]:
+        if epochs < 1:
+            raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
+        optimizer = self._prepare_optimizer(lr)
+        steps = math.ceil(len(self.train_dl) / self.accumulate) * epochs  # type: ignore[arg-type]
+        self.scheduler = schedule(optimizer, steps)
+        self.epoch, self.step = 0, 0
+        if resume is not None:
+            self._restore(resume, kind, epochs)
+        else:
+            self._save("last.pt", kind, epochs)  # resumable even if stopped during the first epoch
+        best = max(
+            (r.get(self._monitor(), -math.inf) for r in self.history if r.get("phase") == self._phase),
+            default=-math.inf,
+        )
+        try:
+            while self.epoch < epochs:
+                best = self._one_epoch(kind, epochs, best)
+        except KeyboardInterrupt:
+            if not self.quiet:
+                where = f"; resume with resume={self.checkpoint_dir / 'last.pt'}" if self.checkpoint_dir else ""
+                print(f"interrupted after {self.epoch} of {epochs} epochs{where}", file=sys.stderr)
+            raise
+        self._phase += 1
+        return self.history
+
+    def _monitor(self) -> str:
+        return next(iter(self.metrics), "valid_loss")
+
+    def _one_epoch(self, kind: str, epochs: int, best: float) -> float:
+        self._call("epoch_begin")
+        start = time.perf_counter()
+        train_loss = self._train_epoch(self.epoch)
+        record = {"phase": self._phase, "epoch": self.epoch + 1, "train_loss": train_loss, **self._validate()}
+        record["seconds"] = time.perf_counter() - start
+        self.history.append(record)
+        self.epoch += 1
+        self._print(record)
+        self._save("last.pt", kind, epochs)
+        score = record.get(self._monitor())
+        if score is not None:
+            score = -score if self._monitor() in ("valid_loss", "error_rate") else score
+            if score > best:
+                best = score
+                self._save("best.pt", kind, epochs)
+        self._call("epoch_end")
+        return best
+
+    def _print(self, record: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        columns = [k for k in record if k not in ("phase",)]
+        if len(self.history) == 1 or self.history[-2].keys() != record.keys():
+            print("  ".join(f"{c:>10}" for c in columns))
+        cells = [f"{record[c]:>10.4f}" if isinstance(record[c], float) else f"{record[c]:>10}" for c in columns]
+        print("  ".join(cells), flush=True)
+
+    def fit(self, epochs: int, lr: LRSpec = 1e-3, *, resume: str | Path | None = None) -> list[dict[str, Any]]:
+        """Train for ``epochs`` at constant learning rate(s) ``lr`` (a float, ``slice(lo, hi)`` over the layer
+        groups, or one per group). Returns the history (one dict per epoch)."""
+        return self._run("fit", epochs, lr, lambda optimizer, steps: None, resume)
+
+    def fit_one_cycle(
+        self,
+        epochs: int,
+        lr_max: LRSpec = 1e-3,
+        *,
+        pct_start: float = 0.25,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        resume: str | Path | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``epochs`` on a one-cycle schedule (``torch.optim.lr_scheduler.OneCycleLR``): each
+        parameter group warms up to its own maximum rate, then anneals; momentum (Adam's beta1) cycles
+        the other way."""
+
+        def schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
+            return torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[group["lr"] for group in optimizer.param_groups],
+                total_steps=steps,
+                pct_start=pct_start,
+                div_factor=div_factor,
+                final_div_factor=final_div_factor,
+            )
+
+        return self._run("fit_one_cycle", epochs, lr_max, schedule, resume)
+
+    def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFind:
+        """Sweep the learning rate and suggest one (see :func:`torchgraft.lr_finder.lr_find`); the model,
+        the optimizer and every random generator are left exactly as they were."""
+        return lr_find(self, start=start, end=end, steps=steps)
+
+    def fine_tune(
+        self,
+        epochs: int,
+        base_lr: float = 1e-3,
+        *,
+        freeze_epochs: int = 1,
+        lr_mult: float = 10.0,
+        bn: BNPolicy = "frozen",
+        pct_start: float = 0.25,
+    ) -> list[dict[str, Any]]:
+        """Transfer-learning recipe: ``freeze_epochs`` of one-cycle training of the head alone (body frozen
+        with BatchNorm policy ``bn``), then ``epochs`` of the whole network with discriminative rates from
+        ``base_lr / lr_mult`` (first group) to ``base_lr`` (head)."""
+        if freeze_epochs > 0:
+            freeze(self.model, bn=bn)
+            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=pct_start)
+        unfreeze(self.model)
+        return self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start)

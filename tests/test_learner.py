@@ -1,0 +1,259 @@
+"""The Learner on real data (sklearn's digits; the real ImageNet EfficientNet-Lite0 for fine_tune)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from torchgraft import Learner, TrainingDivergedError, accuracy, error_rate, graft, layer_groups, top_k_accuracy
+from torchgraft.runstate import read_state
+
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+SCRIPT = Path(__file__).parent / "scripts" / "train_digits.py"
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    data = sklearn_datasets.load_digits()
+    return torch.tensor(data.images, dtype=torch.float32)[:, None] / 16, torch.tensor(data.target)
+
+
+def _loaders(digits, *, batch: int = 64, shuffle: bool = True, size: int | None = None, rgb: bool = False):
+    x, y = digits
+    if size is not None:
+        x = nn.functional.interpolate(x, size=size, mode="bilinear")
+    if rgb:
+        x = x.repeat(1, 3, 1, 1)
+    train = torch.utils.data.TensorDataset(x[:1400], y[:1400])
+    valid = torch.utils.data.TensorDataset(x[1400:], y[1400:])
+    return (
+        torch.utils.data.DataLoader(train, batch_size=batch, shuffle=shuffle),
+        torch.utils.data.DataLoader(valid, batch_size=256),
+    )
+
+
+def _cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+def test_fit_one_cycle_learns_digits(digits, capsys):
+    learner = Learner(_cnn(), *_loaders(digits), metrics=["accuracy", "error_rate"])
+    history = learner.fit_one_cycle(5, 3e-2)
+    assert history[-1]["accuracy"] > 0.9 and history[-1]["error_rate"] == pytest.approx(1 - history[-1]["accuracy"])
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    out = capsys.readouterr().out
+    assert "train_loss  valid_loss    accuracy" in out and len(out.strip().splitlines()) == 6
+
+
+def test_one_cycle_rates_follow_each_groups_schedule(digits):
+    train, valid = _loaders(digits)
+    model = _cnn()
+    learner = Learner(model, train, valid, quiet=True)
+    epochs, pct = 2, 0.3
+    learner.fit_one_cycle(epochs, slice(1e-4, 1e-2), pct_start=pct)
+    total = len(train) * epochs
+    maxima = [g["max_lr"] for g in learner.optimizer.param_groups]
+    assert len({round(m, 12) for m in maxima}) == len(layer_groups(model))
+    end_warmup = pct * total - 1
+
+    def expected(peak: float, step: int) -> float:
+        start, low = peak / 25, peak / 25 / 1e4
+        a, b, frac = (
+            (start, peak, step / end_warmup)
+            if step <= end_warmup
+            else (peak, low, (step - end_warmup) / (total - 1 - end_warmup))
+        )
+        return b + (a - b) / 2 * (math.cos(math.pi * frac) + 1)
+
+    for step in (0, 5, 13, 20, total - 2):  # lr_history[k]: the rates after step k + 1
+        assert learner.lr_history[step] == pytest.approx([expected(m, step + 1) for m in maxima], rel=1e-9)
+
+
+def test_fine_tune_frozen_phase_changes_only_the_head(lite0, digits):
+    model = graft(lite0, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}
+
+    def after_epoch(learner: Learner) -> None:
+        if learner._phase == 0:
+            seen["frozen"] = {k: v.clone() for k, v in learner.model.state_dict().items()}
+
+    x, y = digits
+    small = (x[:320], y[:320])
+    learner = Learner(
+        model, *_loaders(small, batch=32, size=32, rgb=True), quiet=True, hooks={"epoch_end": after_epoch}
+    )
+    learner.fine_tune(1, 1e-3, freeze_epochs=1)
+    changed = {k for k, v in seen["frozen"].items() if not torch.equal(v, before[k])}
+    assert changed == {k for k in before if k.startswith("head.")}
+    final = model.state_dict()
+    assert any(not torch.equal(final[k], before[k]) for k in before if k.startswith("body.") and "weight" in k)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_lr_find_leaves_everything_bit_identical(digits):
+    model = _cnn()
+    learner = Learner(model, *_loaders(digits), quiet=True)
+    learner.fit(1, 1e-3)
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    optimizer_state = copy.deepcopy(learner.optimizer.state_dict())
+    rng = torch.get_rng_state()
+    model.eval()
+    result = learner.lr_find(steps=60)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in tensors.items())
+    assert list(model.parameters()) == params and all(p.grad is None for p in params)
+    assert not any(m.training for m in model.modules())
+    state = learner.optimizer.state_dict()
+    for key, values in optimizer_state["state"].items():
+        assert all(torch.equal(v, state["state"][key][name]) for name, v in values.items())
+    assert state["param_groups"] == optimizer_state["param_groups"]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert 1e-5 < result.suggestion < 1 and len(result.lrs) == len(result.losses) > 10
+
+
+def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True, check=True)
+
+
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
+    _run(tmp_path / "straight")
+    reference = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), str(killed)], stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:  # kill in the middle of the second epoch
+        if line.startswith("step 1 ") and int(line.split()[2]) >= 38 + 19:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    state = read_state(killed / "last.pt")  # never half-written: it loads
+    assert state["epoch"] == 1
+    _run(killed, "--resume")
+    resumed = torch.load(killed / "final.pt", weights_only=True)
+    assert all(torch.equal(resumed[k], v) for k, v in reference.items())
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+    calls = {"n": 0}
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        value = nn.functional.cross_entropy(outputs, targets)
+        # epoch 1: 22 training + 2 validation batches; then batch 5 of epoch 2
+        return value * math.nan if calls["n"] == 22 + 2 + 5 else value
+
+    model = _cnn()
+    learner = Learner(model, *_loaders(digits), loss=loss, quiet=True, checkpoint_dir=tmp_path)
+    with pytest.raises(
+        TrainingDivergedError, match=r"loss is nan at epoch 2, batch 5.*last good checkpoint is .*last\.pt"
+    ):
+        learner.fit(3, 1e-3)
+    state = read_state(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(digits):
+    def run(batch: int, accumulate: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+        train, valid = _loaders(digits, batch=batch, shuffle=False)
+        learner = Learner(
+            model, train, valid, optimizer=torch.optim.SGD, weight_decay=0.0, accumulate=accumulate, quiet=True
+        )
+        learner.fit(1, 0.1)
+        return model.state_dict()
+
+    big, accumulated = run(40, 1), run(20, 2)
+    assert all(torch.allclose(big[k], accumulated[k], atol=1e-6) for k in big)
+    assert not all(torch.allclose(big[k], run(20, 1)[k], atol=1e-6) for k in big)
+
+
+def test_gradient_clipping_bounds_each_step(digits):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(digits[0][:64], digits[1][:64]), batch_size=64)
+    learner = Learner(model, train, optimizer=torch.optim.SGD, weight_decay=0.0, clip_grad=1e-3, quiet=True)
+    learner.fit(1, 1.0)
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert 0 < moved <= 1e-3 * 1.0001
+
+
+def test_channels_last_and_bf16_autocast_on_cpu(digits):
+    def run(lr: float, epochs: int, **options: object) -> list[dict]:
+        torch.manual_seed(0)
+        model = _cnn()
+        learner = Learner(model, *_loaders(digits, shuffle=False), quiet=True, **options)
+        if options.get("channels_last"):
+            assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        return learner.fit(epochs, lr)
+
+    # same arithmetic in another memory layout: equal up to float rounding (a small rate keeps it from growing)
+    plain, last = run(1e-4, 1), run(1e-4, 1, channels_last=True)
+    assert last[-1]["train_loss"] == pytest.approx(plain[-1]["train_loss"], rel=1e-4)
+    assert last[-1]["valid_loss"] == pytest.approx(plain[-1]["valid_loss"], rel=1e-4)
+    reference, bf16 = run(1e-2, 2), run(1e-2, 2, amp="bf16")
+    assert math.isfinite(bf16[-1]["train_loss"]) and bf16[-1]["train_loss"] < bf16[0]["train_loss"]
+    assert bf16[-1]["valid_loss"] == pytest.approx(reference[-1]["valid_loss"], abs=0.15)
+
+
+def test_surgery_between_fits_is_trained_and_hooks_run(digits):
+    model = graft(_cnn(), 10, cut="6", head="linear", input_size=(1, 8, 8))
+    counts = {event: 0 for event in ("epoch_begin", "epoch_end", "step_begin", "step_end")}
+    hooks = {event: (lambda learner, e=event: counts.__setitem__(e, counts[e] + 1)) for event in counts}
+    train, valid = _loaders(digits)
+    learner = Learner(model, train, valid, quiet=True, hooks=hooks)
+    learner.fit(1, 1e-3)
+    model.head[-1] = nn.Linear(32, 10)  # surgery after the optimizer exists
+    new = model.head[-1].weight.detach().clone()
+    learner.fit(1, 1e-3)
+    assert not torch.equal(new, model.head[-1].weight)
+    assert counts == {"epoch_begin": 2, "epoch_end": 2, "step_begin": 2 * len(train), "step_end": 2 * len(train)}
+
+
+def test_metrics():
+    outputs = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.4, 0.35, 0.25]])
+    targets = torch.tensor([1, 1, 2, 2])
+    assert accuracy(outputs, targets).item() == 0.5
+    assert error_rate(outputs, targets).item() == 0.5
+    assert top_k_accuracy(outputs, targets, k=2).item() == 0.75
+    assert top_k_accuracy(outputs, targets, k=10).item() == 1.0
+
+
+def test_learner_argument_errors(digits, tmp_path):
+    train, valid = _loaders(digits)
+    with pytest.raises(ValueError, match="amp='fp8' is not a mode"):
+        Learner(_cnn(), train, amp="fp8")
+    with pytest.raises(ValueError, match="needs CUDA"):
+        Learner(_cnn(), train, amp="fp16", device="cpu")
+    with pytest.raises(ValueError, match="unknown metric 'acc'"):
+        Learner(_cnn(), train, metrics=["acc"])
+    with pytest.raises(ValueError, match="unknown hook event 'batch_end'"):
+        Learner(_cnn(), train, hooks={"batch_end": print})
+    learner = Learner(_cnn(), train, valid, quiet=True, checkpoint_dir=tmp_path)
+    learner.fit(1, 1e-3)
+    with pytest.raises(ValueError, match=r"written by fit\(1 epochs\), not fit_one_cycle\(2 epochs\)"):
+        learner.fit_one_cycle(2, 1e-3, resume=tmp_path / "last.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        learner.fit(1, resume=tmp_path / "nope.pt")
