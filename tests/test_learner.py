@@ -13,7 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from torchgraft import Learner, TrainingDivergedError, accuracy, error_rate, graft, layer_groups, top_k_accuracy
+from torchgraft import (
+    Learner,
+    TrainingDivergedError,
+    accuracy,
+    error_rate,
+    freeze,
+    graft,
+    layer_groups,
+    top_k_accuracy,
+    unfreeze,
+)
+from torchgraft.cache import FeatureCacheError
 from torchgraft.runstate import read_state
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -27,13 +38,15 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _loaders(digits, *, batch: int = 64, shuffle: bool = True, size: int | None = None, rgb: bool = False):
+    """Train on the first 1400 (or 2/3 of the) samples, validate on the rest."""
     x, y = digits
+    cut = 1400 if len(x) > 1400 else 2 * len(x) // 3
     if size is not None:
         x = nn.functional.interpolate(x, size=size, mode="bilinear")
     if rgb:
         x = x.repeat(1, 3, 1, 1)
-    train = torch.utils.data.TensorDataset(x[:1400], y[:1400])
-    valid = torch.utils.data.TensorDataset(x[1400:], y[1400:])
+    train = torch.utils.data.TensorDataset(x[:cut], y[:cut])
+    valid = torch.utils.data.TensorDataset(x[cut:], y[cut:])
     return (
         torch.utils.data.DataLoader(train, batch_size=batch, shuffle=shuffle),
         torch.utils.data.DataLoader(valid, batch_size=256),
@@ -257,3 +270,75 @@ def test_learner_argument_errors(digits, tmp_path):
         learner.fit_one_cycle(2, 1e-3, resume=tmp_path / "last.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         learner.fit(1, resume=tmp_path / "nope.pt")
+
+
+def _frozen_phase(lite0: nn.Module, digits, *, cache: bool) -> tuple[nn.Module, list[dict]]:
+    torch.manual_seed(0)
+    model = graft(copy.deepcopy(lite0), 10)
+    freeze(model, bn="frozen")
+    x, y = digits
+    used: list[bool] = []
+    learner = Learner(
+        model,
+        *_loaders((x[:480], y[:480]), batch=32, size=32, rgb=True),
+        quiet=True,
+        cache_features=cache,
+        hooks={"epoch_end": lambda learner: used.append(learner._cache is not None)},
+    )
+    history = learner.fit_one_cycle(3, 3e-3)
+    assert used == [cache] * 3
+    return model, history
+
+
+def test_feature_cache_trains_the_same_head(lite0, digits):
+    cached, cached_history = _frozen_phase(lite0, digits, cache=True)
+    plain, plain_history = _frozen_phase(lite0, digits, cache=False)
+    for (name, a), b in zip(cached.head.state_dict().items(), plain.head.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4), name
+    for a, b in zip(cached_history, plain_history, strict=True):
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-4)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(cached.body.state_dict().values(), plain.body.state_dict().values(), strict=True)
+    )
+
+
+class _Noisy(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i] + 0.01 * torch.randn_like(self.x[i]), self.y[i]  # random augmentation
+
+
+def test_feature_cache_refuses_augmented_data_and_skips_a_trainable_body(digits, capsys):
+    model = graft(_cnn(), 10, cut="6", input_size=(1, 8, 8))
+    freeze(model, bn="frozen")
+    x, y = digits
+    noisy = torch.utils.data.DataLoader(_Noisy(x[:64], y[:64]), batch_size=32)
+    with pytest.raises(FeatureCacheError, match="augmented randomly"):
+        Learner(model, noisy, quiet=True, cache_features=True).fit(1)
+    unfreeze(model)
+    learner = Learner(model, *_loaders(digits), cache_features=True)
+    learner.fit(1)
+    assert "feature cache" not in capsys.readouterr().err  # the body is trainable: no cache, a normal fit
+
+
+DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_digits.py"
+
+
+def test_two_process_gloo_ddp_equals_one_process_with_the_combined_batch(tmp_path):
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*run, str(DDP_SCRIPT), str(tmp_path / "ddp.pt"), "20"], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(DDP_SCRIPT), str(tmp_path / "one.pt"), "40"], check=True, capture_output=True)
+    ddp, one = (torch.load(tmp_path / name, weights_only=True) for name in ("ddp.pt", "one.pt"))
+    assert ddp["world"] == 2 and one["world"] == 1
+    for name, tensor in one["weights"].items():
+        assert torch.allclose(ddp["weights"][name], tensor, atol=1e-5), name
+    for a, b in zip(ddp["history"], one["history"], strict=True):  # metrics reduced over both ranks
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-5)
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)

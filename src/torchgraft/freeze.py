@@ -27,7 +27,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchgraft.groups import LayerGroups, layer_groups
 
-__all__ = ["BN_POLICIES", "FreezeState", "freeze", "freeze_to", "gradual_unfreeze", "is_norm", "refreeze", "unfreeze"]
+__all__ = [
+    "BN_POLICIES",
+    "FreezeState",
+    "freeze",
+    "freeze_to",
+    "frozen_batchnorm",
+    "gradual_unfreeze",
+    "is_norm",
+    "refreeze",
+    "unfreeze",
+]
 
 BNPolicy = Literal["frozen", "train", "adapt"]
 BN_POLICIES: tuple[str, ...] = ("frozen", "train", "adapt")
@@ -57,8 +67,13 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
     module.training = False
 
 
+def frozen_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` is held in evaluation mode by the ``"frozen"`` BatchNorm policy."""
+    return any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
+
+
 def _set_bn_frozen(module: nn.Module, frozen: bool, training: bool) -> None:
-    hooked = any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
+    hooked = frozen_batchnorm(module)
     if frozen:
         module.training = False
         if not hooked:

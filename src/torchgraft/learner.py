@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
 
+from torchgraft.cache import cache_problem, cached_loader
+from torchgraft.distributed import is_main, reduce_sum, setup, shard_loader
 from torchgraft.freeze import BNPolicy, freeze, unfreeze
 from torchgraft.lr_finder import LRFind, lr_find
 from torchgraft.metrics import Metric, resolve_metrics
@@ -69,6 +72,12 @@ class Learner:
         progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
         quiet: print nothing.
         hooks: ``{"epoch_begin"|"epoch_end"|"step_begin"|"step_end": callable(learner) or a list of them}``.
+        cache_features: while the body of a grafted model is fully frozen (``bn="frozen"``), compute its
+            features once and train the head on them (:mod:`torchgraft.cache`); other fits run normally.
+
+    Under ``torchrun`` with several processes the Learner trains with ``DistributedDataParallel`` (gloo on
+    CPU, NCCL on CUDA): each rank reads its shard of the data, losses and metrics are reduced over all
+    ranks, and only rank 0 prints and writes checkpoints (:mod:`torchgraft.distributed`).
 
     Example:
         >>> learner = Learner(graft(resnet18(weights="DEFAULT"), 10), train_dl, valid_dl)
@@ -94,6 +103,7 @@ class Learner:
         progress: bool | None = None,
         quiet: bool = False,
         hooks: dict[str, Hook | Sequence[Hook]] | None = None,
+        cache_features: bool = False,
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"Learner: accumulate must be >= 1, got {accumulate}.")
@@ -104,6 +114,13 @@ class Learner:
         self.channels_last = channels_last
         memory = torch.channels_last if channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory)
+        self.distributed = setup(self.device)
+        self.network: nn.Module = self.model  # what runs the forward: the model, or DDP around it
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            train_dl = shard_loader(train_dl)  # type: ignore[arg-type]
+            valid_dl = shard_loader(valid_dl, shuffle=False) if valid_dl is not None else None  # type: ignore[arg-type]
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.loss = loss or nn.functional.cross_entropy
         self.metrics = resolve_metrics(metrics)
@@ -125,6 +142,8 @@ class Learner:
         self.step = 0  # optimizer steps in the current fit
         self._phase = 0  # fit calls so far (fine_tune's phases)
         self._watch: Any = None
+        self.cache_features = cache_features
+        self._cache: tuple[Any, Any] | None = None  # (train, valid) feature loaders while the body is frozen
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -159,6 +178,26 @@ class Learner:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs, targets.to(self.device, non_blocking=True)
 
+    def _forward(self) -> nn.Module:
+        """What maps a batch to outputs: the head alone while features are cached, else the model."""
+        return self.model.head if self._cache else self.network
+
+    def _set_cache(self) -> None:
+        """Cache body features for this fit if asked and the body cannot change; else run normally."""
+        self._cache = None
+        if not self.cache_features or cache_problem(self.model) is not None or self.distributed:
+            return
+        move = self._to_device
+        train = cached_loader(self.model, self.train_dl, device=self.device, move=move, train=True)
+        valid = (
+            cached_loader(self.model, self.valid_dl, device=self.device, move=move, train=False)
+            if self.valid_dl is not None
+            else None
+        )
+        self._cache = (train, valid)
+        if not self.quiet:
+            print(f"feature cache: body features of {len(train.dataset)} samples computed once", file=sys.stderr)
+
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
             return nullcontext()
@@ -167,13 +206,14 @@ class Learner:
     # ----------------------------------------------------------------------------------------- the loop
 
     def _train_epoch(self, epoch: int) -> float:
-        model, optimizer, accumulate = self.model, self.optimizer, self.accumulate
+        model, optimizer, accumulate = self._forward(), self.optimizer, self.accumulate
         assert optimizer is not None
         model.train()
+        loader = self._cache[0] if self._cache else self.train_dl
         total, count = torch.zeros((), device=self.device), 0
-        n_batches = len(self.train_dl)  # type: ignore[arg-type]
+        n_batches = len(loader)  # type: ignore[arg-type]
         optimizer.zero_grad(set_to_none=True)
-        bar = self._bar(self.train_dl, f"epoch {epoch + 1}")
+        bar = self._bar(loader, f"epoch {epoch + 1}")
         for i, batch in enumerate(bar):
             self._call("step_begin")
             inputs, targets = self._to_device(batch)
@@ -191,7 +231,8 @@ class Learner:
             total += loss.detach() * len(targets)
             count += len(targets)
             self._call("step_end")
-        return (total / max(count, 1)).item()
+        count_ = reduce_sum(torch.tensor(float(count), device=self.device))
+        return (reduce_sum(total) / count_.clamp(min=1)).item()
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizer
@@ -217,23 +258,25 @@ class Learner:
         """Mean loss and metrics over ``valid_dl``, weighted by batch size."""
         if self.valid_dl is None:
             return {}
-        self.model.eval()
+        model = self._forward()
+        model.eval()
         sums = {name: torch.zeros((), device=self.device) for name in ("valid_loss", *self.metrics)}
         count = 0
-        for batch in self._bar(self.valid_dl, "valid"):
+        for batch in self._bar(self._cache[1] if self._cache else self.valid_dl, "valid"):
             inputs, targets = self._to_device(batch)
             with self._autocast():
-                outputs = self.model(inputs)
+                outputs = model(inputs)
             outputs = outputs.float()
             n = len(targets)
             sums["valid_loss"] += self.loss(outputs, targets) * n
             for name, metric in self.metrics.items():
                 sums[name] += metric(outputs, targets) * n
             count += n
-        return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+        total = reduce_sum(torch.tensor(float(count), device=self.device)).clamp(min=1)
+        return {name: (reduce_sum(value) / total).item() for name, value in sums.items()}
 
     def _bar(self, iterable: Iterable[Any], desc: str) -> Iterable[Any]:
-        if not self.progress or self.quiet:
+        if not self.progress or self.quiet or not is_main():
             return iterable
         from tqdm.auto import tqdm
 
@@ -258,7 +301,7 @@ class Learner:
         }
 
     def _save(self, name: str, kind: str, epochs: int) -> None:
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and is_main():
             write_state(self.checkpoint_dir / name, self._state(kind, epochs))
 
     def _last_good(self) -> str:
@@ -296,6 +339,7 @@ class Learner:
         if epochs < 1:
             raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
         optimizer = self._prepare_optimizer(lr)
+        self._set_cache()
         steps = math.ceil(len(self.train_dl) / self.accumulate) * epochs  # type: ignore[arg-type]
         self.scheduler = schedule(optimizer, steps)
         self.epoch, self.step = 0, 0
@@ -316,6 +360,7 @@ class Learner:
                 print(f"interrupted after {self.epoch} of {epochs} epochs{where}", file=sys.stderr)
             raise
         self._phase += 1
+        self._cache = None
         return self.history
 
     def _monitor(self) -> str:
@@ -324,6 +369,9 @@ class Learner:
     def _one_epoch(self, kind: str, epochs: int, best: float) -> float:
         self._call("epoch_begin")
         start = time.perf_counter()
+        sampler = getattr(self.train_dl, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(self.epoch)  # a new shuffle each epoch, the same on every rank
         train_loss = self._train_epoch(self.epoch)
         record = {"phase": self._phase, "epoch": self.epoch + 1, "train_loss": train_loss, **self._validate()}
         record["seconds"] = time.perf_counter() - start
@@ -341,7 +389,7 @@ class Learner:
         return best
 
     def _print(self, record: dict[str, Any]) -> None:
-        if self.quiet:
+        if self.quiet or not is_main():
             return
         columns = [k for k in record if k not in ("phase",)]
         if len(self.history) == 1 or self.history[-2].keys() != record.keys():

@@ -1,0 +1,43 @@
+"""Train an MLP on sklearn's digits with the Learner, under torchrun or alone; used by the DDP test.
+
+Usage: [torchrun --nproc_per_node 2] ddp_digits.py OUT_FILE BATCH_PER_PROCESS. Rank 0 writes the final
+weights and the history to OUT_FILE.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from torchgraft import Learner
+from torchgraft.distributed import is_main, world_size
+
+
+def main() -> None:
+    out, batch = sys.argv[1], int(sys.argv[2])
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).flatten(1) / 16
+    y = torch.tensor(digits.target)
+    train = torch.utils.data.TensorDataset(x[:1400], y[:1400])
+    valid = torch.utils.data.TensorDataset(x[1400:1796], y[1400:1796])
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    learner = Learner(
+        model,
+        torch.utils.data.DataLoader(train, batch_size=batch, shuffle=False),
+        torch.utils.data.DataLoader(valid, batch_size=66),
+        optimizer=torch.optim.SGD,
+        weight_decay=0.0,
+        quiet=True,
+    )
+    history = learner.fit(2, 0.2)
+    if is_main():
+        torch.save({"weights": model.state_dict(), "history": history, "world": world_size()}, out)
+
+
+if __name__ == "__main__":
+    main()
