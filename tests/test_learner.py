@@ -342,3 +342,24 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_combined_batch(tmp_pat
         assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-5)
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+
+
+def test_plots_of_the_run_and_of_lr_find(digits, tmp_path):
+    image = pytest.importorskip("matplotlib.image")
+    learner = Learner(_cnn(), *_loaders(digits), quiet=True, metrics=["accuracy", "top3"])
+    learner.fit_one_cycle(2, slice(1e-3, 1e-2))
+    written = learner.plot(tmp_path / "plots")
+    written.append(learner.lr_find(steps=30).plot(tmp_path / "plots" / "lr_find.png"))
+    assert [p.name for p in written] == ["loss.png", "lr.png", "lr_find.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = image.imread(path)
+        assert pixels.shape[0] > 200 and pixels.std() > 0.01  # a real picture, not a blank canvas
+
+
+def test_plots_explain_a_missing_matplotlib(monkeypatch, tmp_path):
+    from torchgraft.plots import plot_history
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plot_history([{"epoch": 1, "train_loss": 1.0}], tmp_path / "x.png")

@@ -428,6 +428,22 @@ class Learner:
 
         return self._run("fit_one_cycle", epochs, lr_max, schedule, resume)
 
+    def plot(self, directory: str | Path) -> list[Path]:
+        """Write ``loss.png`` (loss and metric curves) and ``lr.png`` (each optimizer group's rate per step)
+        into ``directory``; needs matplotlib."""
+        from torchgraft.plots import plot_history, plot_lrs
+
+        directory = Path(directory)
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        names = [
+            f"group {i}: max {g.get('max_lr', g['lr']):.2g}" + (", no decay" if g.get("weight_decay") == 0 else "")
+            for i, g in enumerate(groups)
+        ]
+        return [
+            plot_history(self.history, directory / "loss.png"),
+            plot_lrs(self.lr_history, directory / "lr.png", names=names),
+        ]
+
     def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFind:
         """Sweep the learning rate and suggest one (see :func:`torchgraft.lr_finder.lr_find`); the model,
         the optimizer and every random generator are left exactly as they were."""

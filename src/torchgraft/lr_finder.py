@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,6 +38,12 @@ class LRFind:
     losses: tuple[float, ...]
     suggestion: float
     minimum: float
+
+    def plot(self, path: str | Path) -> Path:
+        """Write the curve (log scale, suggestion marked) as a PNG; needs matplotlib."""
+        from torchgraft.plots import plot_lr_find
+
+        return plot_lr_find(self, path)
 
 
 def _suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:

@@ -1,0 +1,80 @@
+"""Plots of a training run as PNG files: loss and metric curves, each group's learning rate, the lr_find
+curve. matplotlib is imported only here, and only when a plot is asked for (``pip install matplotlib``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_history", "plot_lr_find", "plot_lrs"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install matplotlib (or torchgraft[plot])") from None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Training and validation loss per epoch (left) and every metric (right), as a PNG at ``path``.
+
+    Raises:
+        ValueError: an empty history.
+    """
+    if not history:
+        raise ValueError("plot_history: the history is empty; train for at least one epoch first.")
+    plt = _pyplot()
+    steps = list(range(1, len(history) + 1))
+    metrics = [k for k in history[0] if k not in ("phase", "epoch", "seconds", "train_loss", "valid_loss")]
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("train_loss", "valid_loss"):
+        if key in history[0]:
+            losses.plot(steps, [r[key] for r in history], marker="o", label=key.replace("_", " "))
+    losses.set(xlabel="epoch", ylabel="loss", title="loss")
+    losses.legend()
+    for key in metrics:
+        scores.plot(steps, [r[key] for r in history], marker="o", label=key)
+    scores.set(xlabel="epoch", title="metrics")
+    if metrics:
+        scores.legend()
+    return _save(figure, path)
+
+
+def plot_lrs(lr_history: Sequence[Sequence[float]], path: str | Path, *, names: Sequence[str] = ()) -> Path:
+    """The learning rate of every optimizer group at every step (log scale), as a PNG at ``path``."""
+    if not lr_history:
+        raise ValueError("plot_lrs: no steps recorded; train first.")
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for i in range(len(lr_history[0])):
+        label = names[i] if i < len(names) else f"group {i}"
+        axis.plot([row[i] for row in lr_history], label=label)
+    axis.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate per group")
+    axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_lr_find(result: Any, path: str | Path) -> Path:
+    """The smoothed loss against the learning rate (log scale) with the suggestion marked."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(result.lrs, result.losses)
+    axis.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggestion {result.suggestion:.2g}")
+    axis.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="lr_find")
+    axis.legend()
+    return _save(figure, path)
