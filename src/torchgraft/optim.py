@@ -124,7 +124,9 @@ def decay_exempt(model: nn.Module) -> set[str]:
 def _entries(
     groups: LayerGroups, lrs: list[float], exempt: set[str], weight_decay: float | None, no_decay: bool
 ) -> list[tuple[tuple[float, float | None], list[tuple[str, nn.Parameter]]]]:
-    """(lr, weight decay) -> parameters, merged across layer groups with identical settings."""
+    """(lr, weight decay) -> parameters, merged across layer groups with identical settings; inside a merged
+    group parameters keep the model's order (the order a hand-built optimizer would step them in)."""
+    order = {name: i for i, name in enumerate(n for group in groups for n in group.names)}
     merged: dict[tuple[float, float | None], list[tuple[str, nn.Parameter]]] = {}
     for group, lr in zip(groups, lrs, strict=True):
         for decays in (True, False):
@@ -135,7 +137,7 @@ def _entries(
             ]
             if chosen:
                 merged.setdefault((lr, weight_decay if decays else 0.0), []).extend(chosen)
-    return list(merged.items())
+    return [(key, sorted(members, key=lambda item: order[item[0]])) for key, members in merged.items()]
 
 
 def param_groups(
