@@ -363,3 +363,28 @@ def test_plots_explain_a_missing_matplotlib(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         plot_history([{"epoch": 1, "train_loss": 1.0}], tmp_path / "x.png")
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(digits, tmp_path, capsys):
+    def interrupt(learner: Learner) -> None:
+        if learner.epoch == 1 and learner.step == 22 + 3:  # third batch of the second epoch
+            raise KeyboardInterrupt
+
+    learner = Learner(_cnn(), *_loaders(digits), checkpoint_dir=tmp_path, hooks={"step_end": interrupt})
+    with pytest.raises(KeyboardInterrupt):
+        learner.fit(3, 1e-3)
+    assert f"interrupted after 1 of 3 epochs; resume with resume={tmp_path / 'last.pt'}" in capsys.readouterr().err
+    state = read_state(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and not list(tmp_path.glob("*.partial"))
+    resumed = Learner(_cnn(), *_loaders(digits), quiet=True, checkpoint_dir=tmp_path)
+    history = resumed.fit(3, 1e-3, resume=tmp_path / "last.pt")
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_progress_bars_on_request_and_plain_lines_otherwise(digits, capsys):
+    Learner(_cnn(), *_loaders(digits), progress=True).fit(1, 1e-3)
+    captured = capsys.readouterr()
+    assert "epoch 1" in captured.err and "it/s" in captured.err  # tqdm, on stderr
+    Learner(_cnn(), *_loaders(digits), progress=False).fit(1, 1e-3)
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.strip().splitlines()) == 2  # header and one epoch line
