@@ -330,9 +330,13 @@ def test_feature_cache_refuses_augmented_data_and_skips_a_trainable_body(digits,
 DDP_SCRIPT = Path(__file__).parent / "scripts" / "ddp_digits.py"
 
 
-def test_two_process_gloo_ddp_equals_one_process_with_the_combined_batch(tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_process_gloo_ddp_equals_one_process_with_the_combined_batch(tmp_path, accumulate):
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    subprocess.run([*run, str(DDP_SCRIPT), str(tmp_path / "ddp.pt"), "20"], check=True, capture_output=True)
+    per_process = str(20 // accumulate)
+    subprocess.run(
+        [*run, str(DDP_SCRIPT), str(tmp_path / "ddp.pt"), per_process, str(accumulate)], check=True, capture_output=True
+    )
     subprocess.run([sys.executable, str(DDP_SCRIPT), str(tmp_path / "one.pt"), "40"], check=True, capture_output=True)
     ddp, one = (torch.load(tmp_path / name, weights_only=True) for name in ("ddp.pt", "one.pt"))
     assert ddp["world"] == 2 and one["world"] == 1
@@ -388,3 +392,29 @@ def test_progress_bars_on_request_and_plain_lines_otherwise(digits, capsys):
     Learner(_cnn(), *_loaders(digits), progress=False).fit(1, 1e-3)
     captured = capsys.readouterr()
     assert captured.err == "" and len(captured.out.strip().splitlines()) == 2  # header and one epoch line
+
+
+@pytest.mark.parametrize("stop_in", ["frozen", "unfrozen"])
+def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
+    def learner_for(directory: Path, hooks: dict | None = None) -> tuple[Learner, nn.Module]:
+        torch.manual_seed(0)
+        model = graft(_cnn(), 10, cut="6", input_size=(1, 8, 8))
+        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, hooks=hooks), model
+
+    straight, reference = learner_for(tmp_path / "a")
+    straight.fine_tune(2, 1e-2, freeze_epochs=2)
+
+    def stop(learner: Learner) -> None:
+        if learner._stage == stop_in and learner.epoch == 1 and learner.step == 22 + 4:
+            raise KeyboardInterrupt
+
+    interrupted, _ = learner_for(tmp_path / "b", {"step_end": stop})
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fine_tune(2, 1e-2, freeze_epochs=2)
+    assert read_state(tmp_path / "b" / "last.pt")["stage"] == stop_in
+    resumed, model = learner_for(tmp_path / "b")
+    history = resumed.fine_tune(2, 1e-2, freeze_epochs=2, resume=tmp_path / "b" / "last.pt")
+    assert len(history) == 4
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+    )

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["is_main", "reduce_sum", "setup", "shard_loader", "world_size"]
+__all__ = ["cleanup", "is_main", "reduce_sum", "setup", "shard_loader", "world_size"]
 
 
 def world_size() -> int:
@@ -62,3 +62,11 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def cleanup() -> None:
+    """Leave the process group at the end of a ``torchrun`` script (a no-op when not distributed); without
+    it, gloo's threads may abort the process at exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -141,6 +141,7 @@ class Learner:
         self.epoch = 0  # epochs completed in the current fit
         self.step = 0  # optimizer steps in the current fit
         self._phase = 0  # fit calls so far (fine_tune's phases)
+        self._stage: str | None = None  # which part of a recipe is running ("frozen", "unfrozen")
         self._watch: Any = None
         self.cache_features = cache_features
         self._cache: tuple[Any, Any] | None = None  # (train, valid) feature loaders while the body is frozen
@@ -216,7 +217,9 @@ class Learner:
         for i, batch in enumerate(bar):
             self._call("step_begin")
             inputs, targets = self._to_device(batch)
-            with self._autocast():
+            step_now = (i + 1) % accumulate == 0 or i + 1 == n_batches
+            local = self.distributed and not step_now and model is self.network
+            with self._local(local), self._autocast():
                 loss = self.loss(model(inputs), targets)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -228,8 +231,9 @@ class Learner:
                 # again (measured ~4% faster on CPU than zeroing after the step)
                 optimizer.zero_grad(set_to_none=True)
             scaled = loss / accumulate if accumulate > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            if (i + 1) % accumulate == 0 or i + 1 == n_batches:
+            with self._local(local):
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if step_now:
                 self._optimizer_step()
             total += loss.detach() * len(targets)
             count += len(targets)
@@ -237,6 +241,10 @@ class Learner:
         optimizer.zero_grad(set_to_none=True)  # free the last gradients
         count_ = reduce_sum(torch.tensor(float(count), device=self.device))
         return (reduce_sum(total) / count_.clamp(min=1)).item()
+
+    def _local(self, local: bool) -> Any:
+        """DDP's ``no_sync`` for the micro-batches before a step (one all-reduce per step), else nothing."""
+        return self.network.no_sync() if local else nullcontext()  # type: ignore[operator]
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizer
@@ -297,6 +305,7 @@ class Learner:
             "epoch": self.epoch,
             "step": self.step,
             "phase": self._phase,
+            "stage": self._stage,
             "fit": {"kind": kind, "epochs": epochs},
             "history": self.history,
             "lr_history": self.lr_history,
@@ -461,12 +470,21 @@ class Learner:
         lr_mult: float = 10.0,
         bn: BNPolicy = "frozen",
         pct_start: float = 0.25,
+        resume: str | Path | None = None,
     ) -> list[dict[str, Any]]:
         """Transfer-learning recipe: ``freeze_epochs`` of one-cycle training of the head alone (body frozen
         with BatchNorm policy ``bn``), then ``epochs`` of the whole network with discriminative rates from
-        ``base_lr / lr_mult`` (first group) to ``base_lr`` (head)."""
-        if freeze_epochs > 0:
-            freeze(self.model, bn=bn)
-            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=pct_start)
-        unfreeze(self.model)
-        return self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start)
+        ``base_lr / lr_mult`` (first group) to ``base_lr`` (head). ``resume=`` continues a run of the same
+        call from its ``last.pt``, in whichever of the two stages it stopped."""
+        stage = read_state(resume).get("stage") if resume is not None else None
+        try:
+            if freeze_epochs > 0 and stage != "unfrozen":
+                self._stage = "frozen"
+                freeze(self.model, bn=bn)
+                self.fit_one_cycle(freeze_epochs, base_lr, pct_start=pct_start, resume=resume)
+                resume = None
+            self._stage = "unfrozen"
+            unfreeze(self.model)
+            return self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, resume=resume)
+        finally:
+            self._stage = None

@@ -1,6 +1,6 @@
 """Train an MLP on sklearn's digits with the Learner, under torchrun or alone; used by the DDP test.
 
-Usage: [torchrun --nproc_per_node 2] ddp_digits.py OUT_FILE BATCH_PER_PROCESS. Rank 0 writes the final
+Usage: [torchrun --nproc_per_node 2] ddp_digits.py OUT_FILE BATCH_PER_PROCESS [ACCUMULATE]. Rank 0 writes the final
 weights and the history to OUT_FILE.
 """
 
@@ -13,11 +13,12 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from torchgraft import Learner
-from torchgraft.distributed import is_main, world_size
+from torchgraft.distributed import cleanup, is_main, world_size
 
 
 def main() -> None:
     out, batch = sys.argv[1], int(sys.argv[2])
+    accumulate = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     torch.set_num_threads(1)
     torch.manual_seed(0)
     digits = load_digits()
@@ -32,11 +33,13 @@ def main() -> None:
         torch.utils.data.DataLoader(valid, batch_size=66),
         optimizer=torch.optim.SGD,
         weight_decay=0.0,
+        accumulate=accumulate,
         quiet=True,
     )
     history = learner.fit(2, 0.2)
     if is_main():
         torch.save({"weights": model.state_dict(), "history": history, "world": world_size()}, out)
+    cleanup()
 
 
 if __name__ == "__main__":
