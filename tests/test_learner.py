@@ -418,3 +418,18 @@ def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
     )
+
+
+def test_adam_moments_carry_over_from_one_fit_to_the_next(digits):
+    model = _cnn()
+    seen = {}
+
+    def first_step(learner: Learner) -> None:
+        if learner._phase == 1 and learner.step == 0:
+            seen["state"] = {k: v.clone() for k, v in learner.optimizer.state[model[0].weight].items()}
+
+    learner = Learner(model, *_loaders(digits), quiet=True, hooks={"step_begin": first_step})
+    learner.fit(1, 1e-3)
+    after_first = {k: v.clone() for k, v in learner.optimizer.state[model[0].weight].items()}
+    learner.fit(1, slice(1e-4, 1e-3))  # a new optimizer (other groups and rates), the same moments
+    assert all(torch.equal(seen["state"][k], v) for k, v in after_first.items())

@@ -5,9 +5,10 @@ group's own maximum) both run :meth:`Learner._run`, which runs epochs of :meth:`
 :meth:`Learner._validate`, writes a checkpoint after each epoch and prints one line per epoch.
 ``fine_tune`` trains the head with the body frozen, then everything with discriminative rates.
 
-The optimizer is built from :func:`torchgraft.param_groups` and kept in sync with the model before every
-``fit`` (:func:`torchgraft.sync_optimizer`), and checked before every step (:func:`torchgraft.watch_optimizer`),
-so freezing, unfreezing and surgery between calls never leave a parameter untrained.
+The optimizer is rebuilt from :func:`torchgraft.param_groups` at the start of every ``fit`` from the model's
+current parameters (moments of the parameters still there carry over), and checked before every step
+(:func:`torchgraft.watch_optimizer`), so freezing, unfreezing and surgery between calls never leave a
+parameter untrained — and surgery in the middle of a fit is caught before the next step.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torchgraft.distributed import is_main, reduce_sum, setup, shard_loader
 from torchgraft.freeze import BNPolicy, freeze, unfreeze
 from torchgraft.lr_finder import LRFind, lr_find
 from torchgraft.metrics import Metric, resolve_metrics
-from torchgraft.optim import LRSpec, param_groups, sync_optimizer, watch_optimizer
+from torchgraft.optim import LRSpec, param_groups, watch_optimizer
 from torchgraft.runstate import get_rng_state, read_state, set_rng_state, write_state
 
 __all__ = ["HOOKS", "Learner", "TrainingDivergedError"]
@@ -162,10 +163,11 @@ class Learner:
         """An optimizer with ``lr`` per layer group; moments of a previous optimizer carry over."""
         groups = param_groups(self.model, lr=lr, weight_decay=self.weight_decay)
         optimizer = self.optimizer_class(groups)
-        if self.optimizer is not None:
-            sync_optimizer(self.optimizer, self.model)
+        if self.optimizer is not None:  # carry the moments of parameters still in the model over
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             for param, state in self.optimizer.state.items():
-                optimizer.state[param] = state
+                if id(param) in held:
+                    optimizer.state[param] = state
         if self._watch is not None:
             self._watch.remove()
         self._watch = watch_optimizer(optimizer, self.model)
