@@ -433,3 +433,12 @@ def test_adam_moments_carry_over_from_one_fit_to_the_next(digits):
     after_first = {k: v.clone() for k, v in learner.optimizer.state[model[0].weight].items()}
     learner.fit(1, slice(1e-4, 1e-3))  # a new optimizer (other groups and rates), the same moments
     assert all(torch.equal(seen["state"][k], v) for k, v in after_first.items())
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = tmp_path / "nan.pt"
+    subprocess.run([*run, str(DDP_SCRIPT), str(out), "20", "1", "1"], check=True, capture_output=True, timeout=120)
+    for rank in (0, 1):  # rank 0's loss was finite: it stopped because rank 1's was not
+        assert "at epoch 1, batch 5; training stopped" in (tmp_path / f"nan.pt.rank{rank}").read_text()
+    assert not out.exists()

@@ -223,7 +223,7 @@ class Learner:
             local = self.distributed and not step_now and model is self.network
             with self._local(local), self._autocast():
                 loss = self.loss(model(inputs), targets)
-            if not torch.isfinite(loss):
+            if self._diverged(loss):
                 raise TrainingDivergedError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
                     f"{self._last_good()}Lower the learning rate, or clip gradients (clip_grad=1.0)."
@@ -243,6 +243,13 @@ class Learner:
         optimizer.zero_grad(set_to_none=True)  # free the last gradients
         count_ = reduce_sum(torch.tensor(float(count), device=self.device))
         return (reduce_sum(total) / count_.clamp(min=1)).item()
+
+    def _diverged(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is NaN/inf — on any rank, so that all ranks stop together instead of waiting."""
+        bad = ~torch.isfinite(loss.detach())
+        if self.distributed:
+            bad = reduce_sum(bad.float()) > 0
+        return bool(bad)
 
     def _local(self, local: bool) -> Any:
         """DDP's ``no_sync`` for the micro-batches before a step (one all-reduce per step), else nothing."""
