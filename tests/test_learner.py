@@ -442,3 +442,9 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
     for rank in (0, 1):  # rank 0's loss was finite: it stopped because rank 1's was not
         assert "at epoch 1, batch 5; training stopped" in (tmp_path / f"nan.pt.rank{rank}").read_text()
     assert not out.exists()
+
+
+def test_one_cycle_with_an_optimizer_without_momentum(digits):
+    learner = Learner(_cnn(), *_loaders(digits), optimizer=torch.optim.Adagrad, quiet=True)
+    history = learner.fit_one_cycle(1, 1e-2)
+    assert math.isfinite(history[-1]["valid_loss"]) and "momentum" not in learner.optimizer.param_groups[0]

@@ -435,7 +435,7 @@ class Learner:
     ) -> list[dict[str, Any]]:
         """Train for ``epochs`` on a one-cycle schedule (``torch.optim.lr_scheduler.OneCycleLR``): each
         parameter group warms up to its own maximum rate, then anneals; momentum (Adam's beta1) cycles
-        the other way."""
+        the other way, for optimizers that have one."""
 
         def schedule(optimizer: torch.optim.Optimizer, steps: int) -> Any:
             return torch.optim.lr_scheduler.OneCycleLR(
@@ -445,6 +445,7 @@ class Learner:
                 pct_start=pct_start,
                 div_factor=div_factor,
                 final_div_factor=final_div_factor,
+                cycle_momentum="momentum" in optimizer.defaults or "betas" in optimizer.defaults,
             )
 
         return self._run("fit_one_cycle", epochs, lr_max, schedule, resume)
