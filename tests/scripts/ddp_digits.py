@@ -7,6 +7,7 @@ Rank 0 writes the final weights and the history to OUT_FILE.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import torch
@@ -47,16 +48,18 @@ def main() -> None:
         loss=loss,
         quiet=True,
     )
+    stopped, history = None, []
     try:
         history = learner.fit(2, 0.2)
     except TrainingDivergedError as error:
-        rank = torch.distributed.get_rank()
-        with open(f"{out}.rank{rank}", "w") as handle:
-            handle.write(str(error))
-        cleanup()
-        return
-    if is_main():
+        stopped = str(error)
+    if stopped is not None:
+        with open(f"{out}.rank{torch.distributed.get_rank()}", "w") as handle:
+            handle.write(stopped)
+    elif is_main():
         torch.save({"weights": model.state_dict(), "history": history, "world": world_size()}, out)
+    del learner  # the DDP wrapper goes before its process group does (gloo may abort at exit otherwise)
+    gc.collect()
     cleanup()
 
 
