@@ -117,13 +117,6 @@ class LayerGroups(Sequence[LayerGroup]):
     def __iter__(self) -> Iterator[LayerGroup]:
         return iter(self.groups)
 
-    def index_of(self, parameter_name: str) -> int:
-        """Index of the group holding a parameter (``KeyError`` if the model has no such parameter)."""
-        for i, group in enumerate(self.groups):
-            if parameter_name in group.names:
-                return i
-        raise KeyError(f"no parameter named {parameter_name!r} in the model.")
-
     def group_of(self, name: str) -> int | None:
         """Index of the group whose rules name ``name`` (a parameter or module path), ``None`` if none do."""
         hits = _match(self.spec, name)
