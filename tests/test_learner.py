@@ -218,15 +218,18 @@ def test_channels_last_and_bf16_autocast_on_cpu(digits):
         torch.manual_seed(0)
         model = _cnn()
         learner = Learner(model, *_loaders(digits, shuffle=False), quiet=True, **options)
-        if options.get("channels_last"):
-            assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if learner.channels_last else torch.contiguous_format
+        assert model[0].weight.is_contiguous(memory_format=layout)
+        assert learner.channels_last == options.get("channels_last", True)  # "auto": on, the CNN has BatchNorm2d
         return learner.fit(epochs, lr)
 
     # same arithmetic in another memory layout: equal up to float rounding (a small rate keeps it from growing)
-    plain, last = run(1e-4, 1), run(1e-4, 1, channels_last=True)
+    plain, last = run(1e-4, 1, channels_last=False), run(1e-4, 1)
     assert last[-1]["train_loss"] == pytest.approx(plain[-1]["train_loss"], rel=1e-4)
     assert last[-1]["valid_loss"] == pytest.approx(plain[-1]["valid_loss"], rel=1e-4)
     reference, bf16 = run(1e-2, 2), run(1e-2, 2, amp="bf16")
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # no BatchNorm2d: "auto" leaves the layout alone
+    assert not Learner(mlp, _loaders(digits)[0], quiet=True).channels_last
     assert math.isfinite(bf16[-1]["train_loss"]) and bf16[-1]["train_loss"] < bf16[0]["train_loss"]
     assert bf16[-1]["valid_loss"] == pytest.approx(reference[-1]["valid_loss"], abs=0.15)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_history", "plot_lr_find", "plot_lrs"]
+__all__ = ["plot_confusion", "plot_history", "plot_lr_find", "plot_lrs"]
 
 
 def _pyplot() -> Any:
@@ -77,4 +77,23 @@ def plot_lr_find(result: Any, path: str | Path) -> Path:
     axis.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggestion {result.suggestion:.2g}")
     axis.set(xscale="log", xlabel="learning rate", ylabel="smoothed loss", title="lr_find")
     axis.legend()
+    return _save(figure, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path) -> Path:
+    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells, as a PNG."""
+    plt = _pyplot()
+    n = len(classes)
+    side = min(16.0, 2.5 + 0.45 * n)
+    figure, axis = plt.subplots(figsize=(side, side))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="confusion matrix (valid)")
+    axis.set_xticklabels(classes, rotation=90)
+    axis.set_yticklabels(classes)
+    if n <= 30:
+        top = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                color = "white" if count > top / 2 else "black"
+                axis.text(j, i, str(count), ha="center", va="center", color=color, fontsize="small")
     return _save(figure, path)

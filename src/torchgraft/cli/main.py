@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from torchgraft import __version__
+from torchgraft.cli import demo, lr_find, predict, train
 from torchgraft.cli import inspect as inspect_command
 
 __all__ = ["main"]
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchgraft", description="Fine-tune pretrained PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"torchgraft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    inspect_command.add_parser(commands)
+    for command in (demo, train, predict, lr_find, inspect_command):
+        command.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""``torchgraft lr-find DATA``: sweep the learning rate on the grafted network and plot the loss curve."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from torchgraft.cli.train import add_data_and_model_arguments, settings_from
+from torchgraft.freeze import freeze
+from torchgraft.run import prepare_run
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: Any) -> None:
+    """Register the ``lr-find`` subcommand."""
+    parser = commands.add_parser(
+        "lr-find",
+        help="suggest a learning rate and plot the loss against it",
+        description="Graft --model like `torchgraft train` would, then raise the learning rate exponentially "
+        "over --steps batches (body frozen with --frozen, as in the first stage of fine-tuning). Prints the "
+        "suggestion and writes OUT/lr_find.png; the weights are not changed or saved.",
+    )
+    add_data_and_model_arguments(parser)
+    parser.add_argument("--out", default="runs/lr-find", metavar="DIR", help="where the plot goes")
+    parser.add_argument("--steps", type=int, default=100, help="batches in the sweep (default: 100)")
+    parser.add_argument("--start", type=float, default=1e-7, help="first rate (default: 1e-7)")
+    parser.add_argument("--end", type=float, default=10.0, help="last rate (default: 10)")
+    parser.add_argument("--frozen", action="store_true", help="sweep with the body frozen (the head alone)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``lr-find``."""
+    if args.steps < 2 or not 0 < args.start < args.end:
+        raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
+    say = (lambda _: None) if args.quiet else print
+    prepared = prepare_run(args.data, Path(args.out), settings_from(args), say=say, quiet=args.quiet)
+    if args.frozen:
+        freeze(prepared.model)
+    result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps)
+    print(f"suggested learning rate: {result.suggestion:.2g}")
+    path = result.plot(Path(args.out) / "lr_find.png")
+    say(f"wrote {path}")
+    return 0

@@ -1,0 +1,105 @@
+"""``torchgraft train DATA``: fine-tune a pretrained network on a folder (or CSV) of images into a RUN_DIR."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from torchgraft.run import TrainSettings, train_run
+
+__all__ = ["add_data_and_model_arguments", "add_parser", "epoch_table", "run", "settings_from"]
+
+_DEFAULTS = TrainSettings()
+
+
+def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``train`` and ``lr-find``: the data, the network, its weights and the input."""
+    parser.add_argument("data", metavar="DATA", help="image folder (train/ + valid/, or class folders) or a CSV")
+    parser.add_argument(
+        "--model", default=_DEFAULTS.model, help=f"torchvision builder or timm/NAME (default: {_DEFAULTS.model})"
+    )
+    parser.add_argument(
+        "--weights",
+        default=_DEFAULTS.weights,
+        help="imagenet (default: an offline package if installed, else the library's download), a checkpoint "
+        "file, or none",
+    )
+    parser.add_argument("--size", type=int, default=None, help="input size (default: from the weights' metadata)")
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="default: %(default)s")
+    parser.add_argument("--valid-pct", type=float, default=_DEFAULTS.valid_pct, help="when DATA has no valid/")
+    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="split, shuffling and initialisation")
+    parser.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (default: error)")
+    parser.add_argument(
+        "--augment",
+        choices=("standard", "flip", "none"),
+        default=_DEFAULTS.augment,
+        help="standard: random resized crop + flip (default); flip: centre crop + flip; none",
+    )
+    parser.add_argument("--head", choices=("linear", "mlp"), default=_DEFAULTS.head, help="default: linear")
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16: CUDA only)")
+    parser.add_argument("--workers", type=int, default=None, help="data loading processes (default: CPU count)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    parser.add_argument("--quiet", action="store_true", help="print only errors")
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
+    """The :class:`TrainSettings` of parsed arguments."""
+    return TrainSettings(
+        model=args.model,
+        weights=args.weights,
+        size=args.size,
+        batch_size=args.batch_size,
+        head=args.head,
+        augment=args.augment,
+        valid_pct=args.valid_pct,
+        seed=args.seed,
+        skip_bad=args.skip_bad,
+        amp=args.amp,
+        workers=args.workers,
+        device=args.device,
+        **extra,
+    )
+
+
+def add_parser(commands: Any) -> None:
+    """Register the ``train`` subcommand."""
+    parser = commands.add_parser(
+        "train",
+        help="fine-tune a pretrained network on a folder of images",
+        description="Fine-tune --model on DATA: the head alone for --freeze-epochs, then the whole network for "
+        "--epochs, on a one-cycle schedule. Writes RUN_DIR: the exported model (model.safetensors + model.json), "
+        "history.csv/json, plan.txt, plots and resumable checkpoints.",
+    )
+    add_data_and_model_arguments(parser)
+    parser.add_argument("--out", default="runs/latest", metavar="RUN_DIR", help="default: runs/latest")
+    parser.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="unfrozen epochs (default: 2)")
+    parser.add_argument("--freeze-epochs", type=int, default=_DEFAULTS.freeze_epochs, help="head-only epochs")
+    parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="base learning rate (default: 3e-3)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
+    parser.set_defaults(run=run)
+
+
+def epoch_table(history: list[dict[str, Any]]) -> str:
+    """The history as an aligned text table, one row per epoch."""
+    keys = [k for k in history[0] if k != "phase"]
+    rows = [[f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in history]
+    stage = [
+        "frozen" if row.get("phase") == 0 and len({r.get("phase") for r in history}) > 1 else "" for row in history
+    ]
+    widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += [
+        "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + (f"  {s}" if s else "")
+        for r, s in zip(rows, stage, strict=True)
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``train``."""
+    settings = settings_from(args, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=args.lr, resume=args.resume)
+    say = (lambda _: None) if args.quiet else print
+    result = train_run(args.data, args.out, settings, say=say, quiet=args.quiet)
+    say(epoch_table(result.history))
+    say(f"wrote {result.run_dir}: {', '.join(p.name for p in result.files)}")
+    return 0
