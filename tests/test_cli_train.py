@@ -4,8 +4,10 @@ the exported model in a fresh process, and every documented error path of the co
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,31 @@ def test_bad_argument_types_exit_2(capsys):
         main(["train", "x", "--epochs", "two"])
     assert exit_info.value.code == 2
     assert "invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_exits_130(folder, tmp_path):
+    """SIGINT during training: exit 130, one message naming the checkpoint; --resume then finishes the run."""
+    run_dir = tmp_path / "run"
+    args = [*MODEL, "--skip-bad", "--valid-pct", "0.34", "--out", str(run_dir), "--epochs", "30"]
+    command = [sys.executable, "-m", "torchgraft.cli.main", "train", str(folder), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume" in stderr and "last.pt" in stderr and "Traceback" not in stderr
+    assert not (run_dir / "model.json").exists()
+    resumed = subprocess.run([*command, "--resume", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history if row["phase"] == 1] == list(range(1, 31))
+
+
+def test_diverging_training_exits_3_naming_the_step(folder, tmp_path, capsys):
+    args = ["train", str(folder), *MODEL, "--skip-bad", "--valid-pct", "0.34", "--out", str(tmp_path / "run")]
+    assert main([*args, "--lr", "1e30", "--freeze-epochs", "0", "--epochs", "3", "--quiet"]) == 3
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("torchgraft train: training diverged:") and "batch" in error
+    assert len(error.splitlines()) == 1

@@ -227,7 +227,7 @@ def test_channels_last_and_bf16_autocast_on_cpu(digits):
     plain, last = run(1e-4, 1, channels_last=False), run(1e-4, 1)
     assert last[-1]["train_loss"] == pytest.approx(plain[-1]["train_loss"], rel=1e-4)
     assert last[-1]["valid_loss"] == pytest.approx(plain[-1]["valid_loss"], rel=1e-4)
-    reference, bf16 = run(1e-2, 2), run(1e-2, 2, amp="bf16")
+    reference, bf16 = run(1e-2, 2, channels_last=False), run(1e-2, 2, amp="bf16", channels_last=False)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # no BatchNorm2d: "auto" leaves the layout alone
     assert not Learner(mlp, _loaders(digits)[0], quiet=True).channels_last
     assert math.isfinite(bf16[-1]["train_loss"]) and bf16[-1]["train_loss"] < bf16[0]["train_loss"]

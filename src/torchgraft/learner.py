@@ -72,8 +72,8 @@ class Learner:
         amp: ``None``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a gradient scaler).
         channels_last: put the model and 4-D inputs in channels-last memory format. ``"auto"`` (default):
             on for convolutional networks with 2-D BatchNorm (ResNet, EfficientNet, MobileNet, DenseNet...),
-            where it measured 1.05-1.6x faster training on CPU (docs/benchmarks.md), off for the rest
-            (ConvNeXt and ViT were 7-8% slower with it).
+            where training steps measured 1.05-1.66x faster on CPU (bench/channels_last.py), off for the
+            rest (ConvNeXt and ViT gained nothing: 0.93-1.01x over two runs).
         accumulate: number of batches whose gradients are summed before a step.
         clip_grad: clip the gradient norm to this value.
         checkpoint_dir: write ``last.pt`` after every epoch (and ``best.pt`` for the best first metric),

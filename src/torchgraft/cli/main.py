@@ -1,7 +1,8 @@
 """Entry point of the ``torchgraft`` command: parses arguments and dispatches to a subcommand module.
 
-User errors (bad arguments, missing files, unknown models) print one line and exit with code 2; no
-traceback.
+User errors (bad arguments, missing files, unknown models, bad data) print one line and exit with code 2;
+no traceback. A diverged training run (NaN/inf loss) exits with 3, Ctrl-C with 130; both name the
+checkpoint to resume from (printed by the Learner).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
         print(f"torchgraft {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # TrainingDivergedError: the message names the step and the checkpoint
+        print(f"torchgraft {args.command}: training diverged: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"torchgraft {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
