@@ -71,6 +71,7 @@ def test_train_writes_a_complete_run_dir(trained):
     assert config["architecture"] == "timm/efficientnet_lite0"
     assert config["preprocessing"]["size"] == 32 and config["preprocessing"]["interpolation"] == "bicubic"
     assert "offline package" in config["weights"]
+    assert config["grafted"]["method"] == "timm" and config["grafted"]["input_size"] == [3, 32, 32]
     history = json.loads((trained / "history.json").read_text())
     assert [row["phase"] for row in history] == [0, 1]
     assert "accuracy" in (trained / "history.csv").read_text().splitlines()[0]
@@ -97,6 +98,14 @@ def test_predict_in_a_fresh_process_matches_the_in_memory_model(trained, folder)
         best = prediction["top"][0]
         assert best["class"] == exported.classes[int(row.argmax())]
         assert best["probability"] == pytest.approx(float(row.max()), abs=1e-6)
+
+
+def test_predict_names_an_unreadable_image(trained, folder, capsys):
+    assert (
+        main(["predict", str(trained), str(folder / "cat" / "0_rgb.png"), str(folder / "coffee" / "corrupt.jpg")]) == 2
+    )
+    error = capsys.readouterr().err.strip()
+    assert "corrupt.jpg" in error and "truncated" in error and len(error.splitlines()) == 1
 
 
 def test_export_equals_the_trained_model(folder, tmp_path):

@@ -109,6 +109,13 @@ def confusion_matrix(model: torch.nn.Module, loader: DataLoader, n_classes: int,
     return matrix.tolist()
 
 
+def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
+    """What the graft did, for model.json (the rebuild itself needs only the architecture and options)."""
+    info = model.info  # type: ignore[attr-defined]
+    keys = ("source", "method", "cut_at", "classifier", "removed", "input_size", "body_output", "pool")
+    return {key: getattr(info, key) for key in keys}
+
+
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -213,7 +220,7 @@ def train_run(
             classes=classes,
             preprocessing=run.preprocessing,
             graft_options=run.graft_options,
-            extra={"weights": run.origin, "final": final},
+            extra={"weights": run.origin, "grafted": _graft_record(model), "final": final},
         ),
         *_write_history(history, run_dir),
     ]
