@@ -7,9 +7,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from torchgraft.cli.train import epoch_table
-
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "epoch_table", "run"]
 
 
 def add_parser(commands: Any) -> None:
@@ -27,6 +25,22 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def epoch_table(history: list[dict[str, Any]]) -> str:
+    """The history as an aligned text table, one row per epoch."""
+    keys = [k for k in history[0] if k != "phase"]
+    rows = [[f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in history]
+    stage = [
+        "frozen" if row.get("phase") == 0 and len({r.get("phase") for r in history}) > 1 else "" for row in history
+    ]
+    widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += [
+        "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + (f"  {s}" if s else "")
+        for r, s in zip(rows, stage, strict=True)
+    ]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``demo``."""
     import torch
@@ -37,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     settings = DEMO_SETTINGS if args.epochs is None else replace(DEMO_SETTINGS, epochs=args.epochs)
     start = time.perf_counter()
     result = run_demo(args.out, settings=settings, quiet=args.quiet)
-    print(epoch_table(result.run.history))
+    if args.quiet:  # otherwise the Learner has printed each epoch as it ended
+        print(epoch_table(result.run.history))
     print(f"\nheld-out images, predicted from the exported model in {args.out}:")
     for prediction, truth in zip(result.predictions, result.truth, strict=True):
         name, probability = prediction.top[0]

@@ -7,7 +7,7 @@ from typing import Any
 
 from torchgraft.run import TrainSettings, train_run
 
-__all__ = ["add_data_and_model_arguments", "add_parser", "epoch_table", "run", "settings_from"]
+__all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
 _DEFAULTS = TrainSettings()
 
@@ -79,27 +79,10 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def epoch_table(history: list[dict[str, Any]]) -> str:
-    """The history as an aligned text table, one row per epoch."""
-    keys = [k for k in history[0] if k != "phase"]
-    rows = [[f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in history]
-    stage = [
-        "frozen" if row.get("phase") == 0 and len({r.get("phase") for r in history}) > 1 else "" for row in history
-    ]
-    widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
-    lines += [
-        "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + (f"  {s}" if s else "")
-        for r, s in zip(rows, stage, strict=True)
-    ]
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
     settings = settings_from(args, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=args.lr, resume=args.resume)
     say = (lambda _: None) if args.quiet else print
     result = train_run(args.data, args.out, settings, say=say, quiet=args.quiet)
-    say(epoch_table(result.history))
     say(f"wrote {result.run_dir}: {', '.join(p.name for p in result.files)}")
     return 0
