@@ -9,25 +9,15 @@ Run: apt-get install dataset-fashion-mnist && python scripts/make_demo_data.py
 
 from __future__ import annotations
 
-import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path("/usr/share/datasets/fashion-mnist")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from fashion_folder import CLASSES, read_idx  # the benchmark's reader of the Debian files
+
 TARGET = Path(__file__).resolve().parents[1] / "src" / "torchgraft" / "demo" / "fashion_mnist.npz"
-CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
-
-
-def read_idx(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, 28, 28) and labels (n,) of ``split`` ("train" or "t10k"), both uint8."""
-    if not SOURCE.is_dir():
-        raise SystemExit(f"{SOURCE} not found: apt-get install dataset-fashion-mnist")
-    with gzip.open(SOURCE / f"{split}-images-idx3-ubyte.gz") as handle:
-        images = np.frombuffer(handle.read()[16:], dtype=np.uint8).reshape(-1, 28, 28)
-    with gzip.open(SOURCE / f"{split}-labels-idx1-ubyte.gz") as handle:
-        labels = np.frombuffer(handle.read()[8:], dtype=np.uint8)
-    return images, labels
 
 
 def main() -> None:
