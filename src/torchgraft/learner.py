@@ -498,7 +498,8 @@ class Learner:
         The defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on three
         small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
         (``lr_mult=1``) of 3e-3 beat every discriminative spread tried (2x, 3x, 10x) and rates of 1e-3 and
-        2e-3; pass ``lr_mult > 1`` for data close to the pretraining data, where early layers should move less.
+        2e-3 (5e-3 was close: better on two targets, worse on the third); pass ``lr_mult > 1`` for data
+        close to the pretraining data, where early layers should move less.
         """
         stage = read_state(resume).get("stage") if resume is not None else None
         try:

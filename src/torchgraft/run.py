@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,10 @@ def prepare_run(
         raise FileNotFoundError(f"--weights {settings.weights}: no such file (or use imagenet / none).")
     torch.manual_seed(settings.seed)
     if not isinstance(data, ImageData):
-        data = image_data(data, valid_pct=settings.valid_pct, seed=settings.seed, skip_bad=settings.skip_bad)
+        bar = not quiet and sys.stderr.isatty()  # a progress bar over the scan of every image, on a terminal
+        data = image_data(
+            data, valid_pct=settings.valid_pct, seed=settings.seed, skip_bad=settings.skip_bad, progress=bar
+        )
     say(f"data: {data.summary()}")
     for bad in data.skipped:
         say(f"  skipped {bad}")
