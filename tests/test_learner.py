@@ -234,6 +234,17 @@ def test_channels_last_and_bf16_autocast_on_cpu(digits):
     assert bf16[-1]["valid_loss"] == pytest.approx(reference[-1]["valid_loss"], abs=0.15)
 
 
+def test_close_releases_the_wrapper_and_keeps_the_model_usable(digits):
+    model = _cnn()
+    with Learner(model, *_loaders(digits), quiet=True) as learner:
+        learner.network = nn.Sequential(model)  # stands for the DDP wrapper a torchrun Learner holds
+        learner.fit(1, 1e-3)
+    assert learner.network is model
+    before = [p.detach().clone() for p in model.parameters()]
+    learner.fit(1, 1e-3)  # still trains, on one process
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_surgery_between_fits_is_trained_and_hooks_run(digits):
     model = graft(_cnn(), 10, cut="6", head="linear", input_size=(1, 8, 8))
     counts = {event: 0 for event in ("epoch_begin", "epoch_end", "step_begin", "step_end")}

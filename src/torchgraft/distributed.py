@@ -66,8 +66,8 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def cleanup() -> None:
     """Leave the process group at the end of a ``torchrun`` script (a no-op when not distributed). Drop the
-    Learner (which holds the ``DistributedDataParallel`` wrapper) first — ``del learner`` — otherwise gloo's
-    threads may abort the process at exit."""
+    Learner's ``DistributedDataParallel`` wrapper first — ``learner.close()`` — otherwise gloo's threads may
+    abort the process at exit."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

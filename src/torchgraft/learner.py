@@ -13,6 +13,7 @@ parameter untrained — and surgery in the middle of a fit is caught before the 
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import time
@@ -156,6 +157,28 @@ class Learner:
         self._cache: tuple[Any, Any] | None = None  # (train, valid) feature loaders while the body is frozen
 
     # ------------------------------------------------------------------------------------------ set-up
+
+    def close(self) -> None:
+        """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
+        before its process group, see :func:`torchgraft.distributed.cleanup`) and the optimizer watch hook.
+        The model, history and optimizer stay usable; the Learner can train again only on one process.
+
+        Example:
+            >>> learner.fit(3, 1e-3)
+            >>> learner.close()
+            >>> torchgraft.distributed.cleanup()
+        """
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
+        self.network = self.model
+        gc.collect()  # the wrapper's reducer holds the process group until it is collected
+
+    def __enter__(self) -> Learner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def add_hook(self, event: str, hook: Hook) -> None:
         """Call ``hook(learner)`` at ``event`` (one of :data:`HOOKS`)."""

@@ -7,7 +7,6 @@ Rank 0 writes the final weights and the history to OUT_FILE.
 
 from __future__ import annotations
 
-import gc
 import sys
 
 import torch
@@ -58,8 +57,7 @@ def main() -> None:
             handle.write(stopped)
     elif is_main():
         torch.save({"weights": model.state_dict(), "history": history, "world": world_size()}, out)
-    del learner  # the DDP wrapper goes before its process group does (gloo may abort at exit otherwise)
-    gc.collect()
+    learner.close()  # the DDP wrapper goes before its process group does (gloo may abort at exit otherwise)
     cleanup()
 
 
