@@ -151,6 +151,11 @@ def test_train_loads_a_local_checkpoint_with_foreign_names(folder, tmp_path, cap
     checkpoint = str(efficientnet_lite0_checkpoint())
     assert main([*args, "--out", str(tmp_path / "run"), "--weights", checkpoint]) == 0
     assert f"weights: {checkpoint} (296/296 tensors)" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "json"), "--weights", checkpoint, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    assert summary["classes"] == ["cat", "coffee"] and len(summary["history"]) == 1
+    assert summary["final"]["accuracy"] == json.loads((tmp_path / "json" / "history.json").read_text())[-1]["accuracy"]
+    assert str(tmp_path / "json" / "model.json") in summary["files"]
 
 
 def test_lr_find_writes_a_plot(folder, tmp_path, capsys):

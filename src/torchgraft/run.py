@@ -133,7 +133,7 @@ def _plots(learner: Learner, matrix: list[list[int]], classes: list[str], run_di
 
         return [*learner.plot(run_dir), plot_confusion(matrix, classes, run_dir / "confusion.png")]
     except ImportError as error:  # matplotlib is optional: the run itself is complete without plots
-        print(f"plots skipped: {error}")
+        print(f"plots skipped: {error}", file=sys.stderr)
         return []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from torchgraft.run import TrainSettings, train_run
@@ -76,13 +77,24 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--freeze-epochs", type=int, default=_DEFAULTS.freeze_epochs, help="head-only epochs")
     parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="base learning rate (default: 3e-3)")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
+    parser.add_argument("--json", action="store_true", help="print only a JSON summary at the end (implies --quiet)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
     settings = settings_from(args, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=args.lr, resume=args.resume)
-    say = (lambda _: None) if args.quiet else print
-    result = train_run(args.data, args.out, settings, say=say, quiet=args.quiet)
+    quiet = args.quiet or args.json
+    say = (lambda _: None) if quiet else print
+    result = train_run(args.data, args.out, settings, say=say, quiet=quiet)
+    if args.json:
+        summary = {
+            "run_dir": str(result.run_dir),
+            "classes": result.classes,
+            "final": {k: v for k, v in result.history[-1].items() if k not in ("phase", "epoch")},
+            "history": result.history,
+            "files": [str(p) for p in result.files],
+        }
+        print(json.dumps(summary, indent=1))
     say(f"wrote {result.run_dir}: {', '.join(p.name for p in result.files)}")
     return 0
