@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from torchgraft.checkpoint import save_weights
-from torchgraft.load import load_weights
+from torchgraft.load import LoadError, load_weights
 from torchgraft.preprocess import Preprocessing
 from torchgraft.surgery import graft
 from torchgraft.zoo import build_model
@@ -109,8 +109,7 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: a file is missing.
-        ExportError: unknown format.
-        LoadError: the weights do not fit the rebuilt network.
+        ExportError: unknown format, or weights that do not fit the rebuilt network.
     """
     directory = Path(directory)
     config = _read_config(directory)
@@ -121,5 +120,12 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
         options["y_range"] = tuple(options["y_range"])
     source = build_model(config["architecture"], device="cpu")
     model = graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
-    load_weights(model, directory / WEIGHTS_FILE, strict=True)
+    try:
+        load_weights(model, directory / WEIGHTS_FILE, strict=True)
+    except LoadError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ExportError(
+            f"{directory}: {WEIGHTS_FILE} does not fit {config['architecture']} as model.json describes it "
+            f"({first}; ...). Were the files written by one run?"
+        ) from error
     return Exported(model.to(device).eval(), list(config["classes"]), prep, config)
