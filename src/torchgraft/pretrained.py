@@ -13,13 +13,28 @@ from torch import nn
 from torchgraft.load import load_weights
 from torchgraft.zoo import _timm, build_model, torchvision_classifiers
 
-__all__ = ["HUB_NAMES", "WeightsError", "offline_weights", "pretrained_model"]
+__all__ = ["HUB_NAMES", "WeightsError", "offline_weights", "pretrained_model", "weights_file"]
 
 HUB_NAMES = ("imagenet", "default", "pretrained")
 
 
 class WeightsError(ValueError):
     """The requested weights cannot be had (offline, unknown name, a file that does not fit)."""
+
+
+def weights_file(weights: str) -> Path | None:
+    """The checkpoint path ``weights`` names, or ``None`` for ``"none"`` and the hub names; cheap, so a run can
+    check it before scanning its data.
+
+    Raises:
+        FileNotFoundError: ``weights`` is neither a known name nor an existing file.
+    """
+    if weights.lower() in ("none", *HUB_NAMES):
+        return None
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file (or use imagenet / none).")
+    return path
 
 
 def offline_weights(architecture: str) -> Path | None:
@@ -78,18 +93,17 @@ def pretrained_model(architecture: str, weights: str = "imagenet") -> tuple[nn.M
         >>> origin
         '.../efficientnet-lite0-57934424.pth (296/296 tensors), offline package'
     """
-    if weights == "none":
+    path = weights_file(weights)
+    if path is not None:
+        return _from_file(architecture, path)
+    if weights.lower() == "none":
         return build_model(architecture, device="cpu"), "none (random initialisation)"
-    if weights.lower() in HUB_NAMES:
-        local = offline_weights(architecture)
-        if local is not None:
-            model, origin = _from_file(architecture, local)
-            return model, f"{origin}, offline package"
-        if not architecture.startswith(("timm/", "timm:")) and architecture not in torchvision_classifiers():
-            build_model(architecture)  # raises UnknownModelError with close names
-        library = "timm" if architecture.startswith(("timm/", "timm:")) else "torchvision"
-        return _from_hub(architecture), f"{weights} (downloaded by {library})"
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"--weights {weights}: no such file (or use imagenet / none).")
-    return _from_file(architecture, path)
+    # one of HUB_NAMES: an offline package, else the library's own download
+    local = offline_weights(architecture)
+    if local is not None:
+        model, origin = _from_file(architecture, local)
+        return model, f"{origin}, offline package"
+    if not architecture.startswith(("timm/", "timm:")) and architecture not in torchvision_classifiers():
+        build_model(architecture)  # raises UnknownModelError with close names
+    library = "timm" if architecture.startswith(("timm/", "timm:")) else "torchvision"
+    return _from_hub(architecture), f"{weights} (downloaded by {library})"

@@ -30,13 +30,13 @@ from torchgraft.describe import describe
 from torchgraft.export import export_model
 from torchgraft.learner import Learner
 from torchgraft.preprocess import Augment, Preprocessing, preprocessing_for
-from torchgraft.pretrained import HUB_NAMES, pretrained_model
+from torchgraft.pretrained import pretrained_model, weights_file
 from torchgraft.surgery import graft
 
 __all__ = ["Prepared", "RunResult", "TrainSettings", "confusion_matrix", "prepare_run", "train_run"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
     """Everything a run needs besides the data; the defaults are ``torchgraft train``'s.
 
@@ -161,8 +161,7 @@ def prepare_run(
     ``run_dir/checkpoints``); prints what it found and decided through ``say``."""
     settings.check()
     prep = preprocessing_for(settings.model, size=settings.size)  # an unknown model fails before the data scan
-    if settings.weights.lower() not in ("none", *HUB_NAMES) and not Path(settings.weights).is_file():
-        raise FileNotFoundError(f"--weights {settings.weights}: no such file (or use imagenet / none).")
+    weights_file(settings.weights)  # a missing checkpoint file fails before the data scan too
     torch.manual_seed(settings.seed)
     if not isinstance(data, ImageData):
         bar = not quiet and sys.stderr.isatty()  # a progress bar over the scan of every image, on a terminal
