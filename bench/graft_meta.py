@@ -11,7 +11,7 @@ import tracemalloc
 
 from _report import machine, report, should_write
 from torchgraft import graft
-from torchgraft.zoo import build_model
+from torchgraft.weights.zoo import build_model
 
 MODELS = ["vit_h_14", "regnet_y_128gf", "efficientnet_v2_l", "convnext_large"]
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from _report import machine, report, should_write
 from torchgraft import graft, layer_groups, param_groups
-from torchgraft.zoo import build_model
+from torchgraft.weights.zoo import build_model
 
 MODELS = ["vit_h_14", "regnet_y_128gf"]
 

@@ -7,30 +7,32 @@ Graft a new head onto any pretrained network without touching its weights::
     print(torchgraft.describe(model))
 """
 
-from torchgraft.align import Alignment, Match, align_keys
-from torchgraft.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
-from torchgraft.checkpoint import Checkpoint, UnsafeCheckpointError, read_checkpoint, save_weights
-from torchgraft.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
-from torchgraft.data import DataError, ImageData, ImageDataset, image_data
-from torchgraft.describe import describe
-from torchgraft.dryrun import Trace, trace
-from torchgraft.export import Exported, ExportError, export_model, load_exported
-from torchgraft.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
-from torchgraft.groups import GroupSpec, LayerGroup, LayerGroups, layer_groups
-from torchgraft.guard import (
+from torchgraft.app.export import Exported, ExportError, export_model, load_exported
+from torchgraft.app.predict import Prediction, predict_images
+from torchgraft.app.run import RunResult, TrainSettings, train_run
+from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
+from torchgraft.data.images import BadImage, load_rgb, scan_images
+from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
+from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
+from torchgraft.grafting.dryrun import Trace, trace
+from torchgraft.grafting.guard import (
     GuardReport,
     PretrainedGuard,
     PretrainedWeightsChangedError,
     accept_pretrained,
     check_pretrained,
 )
-from torchgraft.heads import Pool, SigmoidRange, linear_head, mlp_head
-from torchgraft.images import BadImage, load_rgb, scan_images
-from torchgraft.learner import Learner, TrainingDivergedError
-from torchgraft.load import LoadError, LoadReport, load_weights
-from torchgraft.lr_finder import LRFind
-from torchgraft.metrics import accuracy, error_rate, top_k_accuracy
-from torchgraft.optim import (
+from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
+from torchgraft.tasks.metrics import accuracy, error_rate, top_k_accuracy
+from torchgraft.train import distributed
+from torchgraft.train.learner import Learner, TrainingDivergedError
+from torchgraft.train.lr_finder import LRFind
+from torchgraft.tune.describe import describe
+from torchgraft.tune.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
+from torchgraft.tune.groups import GroupSpec, LayerGroup, LayerGroups, layer_groups
+from torchgraft.tune.optim import (
     OptimizerReport,
     StaleOptimizerError,
     SyncReport,
@@ -40,11 +42,10 @@ from torchgraft.optim import (
     sync_optimizer,
     watch_optimizer,
 )
-from torchgraft.predict import Prediction, predict_images
-from torchgraft.preprocess import Preprocessing, preprocessing_for
-from torchgraft.pretrained import WeightsError, pretrained_model
-from torchgraft.run import RunResult, TrainSettings, train_run
-from torchgraft.surgery import Grafted, GraftInfo, graft
+from torchgraft.weights.align import Alignment, Match, align_keys
+from torchgraft.weights.checkpoint import Checkpoint, UnsafeCheckpointError, read_checkpoint, save_weights
+from torchgraft.weights.load import LoadError, LoadReport, load_weights
+from torchgraft.weights.pretrained import WeightsError, pretrained_model
 
 __version__ = "0.1.0"
 
@@ -95,6 +96,7 @@ __all__ = [
     "check_optimizer",
     "check_pretrained",
     "describe",
+    "distributed",
     "error_rate",
     "export_model",
     "find_classifier",

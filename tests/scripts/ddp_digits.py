@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from torchgraft import Learner, TrainingDivergedError
-from torchgraft.distributed import cleanup, is_main, world_size
+from torchgraft.train.distributed import cleanup, is_main, world_size
 
 
 def main() -> None:

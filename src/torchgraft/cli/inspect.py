@@ -8,12 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from torchgraft.checkpoint import read_checkpoint
-from torchgraft.describe import describe
-from torchgraft.groups import layer_groups
-from torchgraft.optim import LRSpec, group_lrs
-from torchgraft.surgery import graft
-from torchgraft.zoo import build_model
+from torchgraft.grafting.surgery import graft
+from torchgraft.tune.describe import describe
+from torchgraft.tune.groups import layer_groups
+from torchgraft.tune.optim import LRSpec, group_lrs
+from torchgraft.weights.checkpoint import read_checkpoint
+from torchgraft.weights.zoo import build_model
 
 __all__ = ["add_parser", "run", "summarize_checkpoint"]
 

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from torchgraft.app.run import prepare_run
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
-from torchgraft.freeze import freeze
-from torchgraft.run import prepare_run
+from torchgraft.tune.freeze import freeze
 
 __all__ = ["add_parser", "run"]
 

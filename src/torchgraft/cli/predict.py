@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchgraft.export import load_exported
-from torchgraft.images import IMAGE_SUFFIXES
-from torchgraft.predict import predict_images
+from torchgraft.app.export import load_exported
+from torchgraft.app.predict import predict_images
+from torchgraft.data.images import IMAGE_SUFFIXES
 
 __all__ = ["add_parser", "expand_images", "run"]
 

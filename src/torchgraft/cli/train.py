@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from torchgraft.run import TrainSettings, train_run
+from torchgraft.app.run import TrainSettings, train_run
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from torchgraft.export import load_exported
-from torchgraft.predict import Prediction, predict_images
-from torchgraft.pretrained import offline_weights
-from torchgraft.run import RunResult, TrainSettings, train_run
+from torchgraft.app.export import load_exported
+from torchgraft.app.predict import Prediction, predict_images
+from torchgraft.app.run import RunResult, TrainSettings, train_run
+from torchgraft.weights.pretrained import offline_weights
 
 __all__ = ["DEMO_SETTINGS", "DemoResult", "run_demo", "write_demo_folder"]
 

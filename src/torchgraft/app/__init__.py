@@ -1,0 +1,1 @@
+"""The application layer: a run from files to an exported model, export and predict."""

@@ -1,0 +1,131 @@
+"""An exported model: ``model.safetensors`` (the weights, no code) and ``model.json`` (everything needed to
+rebuild the network without the training run: architecture, how it was grafted, classes, preprocessing,
+library version). :func:`load_exported` rebuilds it in a fresh process from those two files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchgraft.data.preprocess import Preprocessing
+from torchgraft.grafting.surgery import graft
+from torchgraft.weights.checkpoint import save_weights
+from torchgraft.weights.load import LoadError, load_weights
+from torchgraft.weights.zoo import build_model
+
+__all__ = ["EXPORT_FORMAT", "ExportError", "Exported", "export_model", "load_exported"]
+
+EXPORT_FORMAT = "torchgraft-export/1"
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "model.json"
+_GRAFT_OPTIONS = ("cut", "head", "pool", "in_chans", "hidden", "dropout", "batch_norm", "y_range")
+
+
+class ExportError(ValueError):
+    """An export folder is missing a file, or was written by an incompatible version."""
+
+
+@dataclass
+class Exported:
+    """A rebuilt exported model, in eval mode, with what is needed to use it."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+
+
+def export_model(
+    directory: str | Path,
+    model: nn.Module,
+    *,
+    architecture: str,
+    classes: Sequence[str],
+    preprocessing: Preprocessing,
+    graft_options: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (each atomically).
+
+    Args:
+        directory: the folder to write (created if needed).
+        model: the grafted model (the output of :func:`torchgraft.graft` with ``graft_options``).
+        architecture: the name :func:`torchgraft.build_model` builds (``"resnet50"``, ``"timm/convnext_tiny"``).
+        classes: class names, in output order.
+        preprocessing: what validation used; prediction uses the same.
+        graft_options: the keyword arguments ``graft`` was called with (JSON values).
+        extra: more JSON fields to record (weights source, final metrics...).
+
+    Example:
+        >>> export_model("run", model, architecture="resnet18", classes=["cat", "dog"],
+        ...              preprocessing=preprocessing_for("resnet18"))
+    """
+    from torchgraft import __version__
+
+    options = dict(graft_options or {})
+    unknown = sorted(set(options) - set(_GRAFT_OPTIONS))
+    if unknown:
+        raise ExportError(f"export_model: graft options {unknown} cannot be stored; use only {_GRAFT_OPTIONS}.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(model, directory / WEIGHTS_FILE)
+    config = {
+        "format": EXPORT_FORMAT,
+        "torchgraft_version": __version__,
+        "architecture": architecture,
+        "graft": {"n_out": len(classes), **options},
+        "classes": list(classes),
+        "preprocessing": preprocessing.as_dict(),
+        **(extra or {}),
+    }
+    partial = directory / (CONFIG_FILE + ".partial")
+    partial.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(partial, directory / CONFIG_FILE)
+    return directory / CONFIG_FILE
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{directory}: not an exported model (needs {CONFIG_FILE} and {WEIGHTS_FILE}; `torchgraft train "
+            f"--out {directory}` writes them)."
+        )
+    config = json.loads(path.read_text())
+    if config.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{path}: format {config.get('format')!r}, this torchgraft reads {EXPORT_FORMAT!r}.")
+    return config
+
+
+def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") -> Exported:
+    """Rebuild the exported model in ``directory`` from its two files (no training code, no download).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ExportError: unknown format, or weights that do not fit the rebuilt network.
+    """
+    directory = Path(directory)
+    config = _read_config(directory)
+    prep = Preprocessing.from_dict(config["preprocessing"])
+    options = dict(config["graft"])
+    n_out = options.pop("n_out")
+    if options.get("y_range") is not None:
+        options["y_range"] = tuple(options["y_range"])
+    source = build_model(config["architecture"], device="cpu")
+    model = graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
+    try:
+        load_weights(model, directory / WEIGHTS_FILE, strict=True)
+    except LoadError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ExportError(
+            f"{directory}: {WEIGHTS_FILE} does not fit {config['architecture']} as model.json describes it "
+            f"({first}; ...). Were the files written by one run?"
+        ) from error
+    return Exported(model.to(device).eval(), list(config["classes"]), prep, config)

@@ -1,0 +1,1 @@
+"""Data: reading images, folder and CSV datasets, preprocessing from the weights' metadata."""

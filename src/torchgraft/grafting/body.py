@@ -1,0 +1,107 @@
+"""The body of a grafted model: a pretrained network that stops where its features are.
+
+A :class:`Body` wraps the (modified) source network and runs it in one of three ways:
+
+* whole, after its classifier was replaced by ``nn.Identity`` — the network's own pooling, class-token
+  selection and pre-logits layers still run, and the body returns what the classifier used to read;
+* up to a named module (``exit_at``): a forward hook on that module ends the forward with its output, so
+  any network can be cut anywhere, whatever its ``forward`` does (no tracing, no ``nn.Sequential``
+  rebuild); modules that would run later are pruned;
+* through a named method such as timm's ``forward_features``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from torchgraft.grafting.dryrun import main_tensor
+
+__all__ = ["Body", "PrunedModule", "replace_module"]
+
+
+class _ExitForward(Exception):
+    def __init__(self, output: Any) -> None:
+        super().__init__()
+        self.output = output
+
+
+class PrunedModule(nn.Module):
+    """Stands where a module was removed because the body never runs it; raises if it is reached."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"graft: module '{self.name}' was removed from the body because it did not run before the cut "
+            f"in the dry run, but the forward reached it now (input-dependent control flow?). "
+            f"Graft again with an explicit cut=."
+        )
+
+    def extra_repr(self) -> str:
+        return repr(self.name)
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module | None) -> nn.Module | None:
+    """Put ``new`` at dotted path ``name`` under ``root``; returns what was there."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return old
+
+
+class Body(nn.Module):
+    """A pretrained network run up to its features.
+
+    Args:
+        model: the network (its parameters keep their names under ``body.model.``).
+        exit_at: dotted name of the module whose output ends the forward, or ``None`` to run it whole.
+        method: name of the method to call instead of ``forward`` (e.g. ``"forward_features"``).
+        select_main: return the main tensor of a structured output (``logits`` or the first tensor of a
+            Hugging Face output, the first element of GoogLeNet's tuple) instead of the whole structure.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        exit_at: str | None = None,
+        method: str = "forward",
+        select_main: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.exit_at = exit_at
+        self.method = method
+        self.select_main = select_main
+        self._armed = False
+        if exit_at is not None:
+            model.get_submodule(exit_at).register_forward_hook(self._exit_hook)
+
+    def _exit_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._armed:
+            raise _ExitForward(output)
+
+    def forward(self, x: Any) -> Any:
+        run = getattr(self.model, self.method)
+        if self.exit_at is None:
+            output = run(x)
+            return main_tensor(output) if self.select_main else output
+        self._armed = True
+        try:
+            run(x)
+        except _ExitForward as stop:
+            return main_tensor(stop.output) if self.select_main else stop.output
+        finally:
+            self._armed = False
+        raise RuntimeError(f"Body: module '{self.exit_at}' did not run, so the body has no output.")
+
+    def extra_repr(self) -> str:
+        parts = [f"exit_at={self.exit_at!r}"] if self.exit_at else []
+        if self.method != "forward":
+            parts.append(f"method={self.method!r}")
+        return ", ".join(parts)

@@ -1,0 +1,102 @@
+"""A table a person can read: what was cut, where, the body's output, the head, pretrained vs new."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from torchgraft.tune.groups import layer_groups
+from torchgraft.tune.optim import LRSpec, group_lrs
+
+__all__ = ["describe"]
+
+_METHODS = {
+    "classifier": "classifier {names} replaced; the network's own pooling kept",
+    "timm": "classifier {names} removed with timm's reset_classifier; timm's pooling kept",
+    "unpooled": "cut after '{cut}', before the network's pooling; the head pools ({pool})",
+    "timm-features": "cut at timm's forward_features; the head pools ({pool})",
+    "cut": "cut after '{cut}' (cut= given); the head pools ({pool})",
+    "callable": "body built by the cut= callable",
+}
+
+
+def _count(params: list[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(
+        cell.ljust(width) if i == 0 else cell.rjust(width)
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+    ).rstrip()
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [_row(row, widths) for row in rows]
+
+
+def _parameter_rows(model: nn.Module) -> list[list[str]]:
+    pretrained = set(getattr(getattr(model, "info", None), "pretrained", ()))
+    rows = [["part", "parameters", "pretrained", "new", "trainable"]]
+    totals = [0, 0, 0, 0]
+    for part, module in model.named_children():
+        named = [(f"{part}.{n}", p) for n, p in module.named_parameters()]
+        counts = [
+            _count([p for _, p in named]),
+            _count([p for n, p in named if n in pretrained]),
+            _count([p for n, p in named if n not in pretrained]),
+            _count([p for _, p in named if p.requires_grad]),
+        ]
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+        rows.append([part, *(f"{c:,}" for c in counts)])
+    rows.append(["total", *(f"{c:,}" for c in totals)])
+    return rows
+
+
+def _head_lines(head: nn.Module) -> list[str]:
+    children = list(head.named_children()) or [("", head)]
+    lines = []
+    for name, child in children:
+        text = " ".join(repr(child).split())
+        lines.append(f"    {name:>3} {text[:100]}")
+    return lines
+
+
+def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
+    """Describe a grafted model: the cut, what was removed, input and body output shapes, the head's
+    layers, parameter counts (pretrained, new, trainable) per part, and the layer-group plan (with the
+    learning rate of each group when ``lr`` is given, as for :func:`torchgraft.param_groups`).
+
+    Example:
+        >>> print(describe(graft(torchvision.models.resnet18(), 7)))
+        torchgraft: ResNet grafted -> 7 outputs
+          cut          classifier 'fc' replaced; the network's own pooling kept
+        ...
+    """
+    info = getattr(model, "info", None)
+    if info is None or not hasattr(info, "method"):
+        raise TypeError(
+            f"describe: {type(model).__name__} is not a grafted model. Graft it first: torchgraft.graft(model, n_out)."
+        )
+    n_out = getattr(list(model.head.modules())[-1], "out_features", "?")
+    names = ", ".join(f"'{n}'" for n in info.classifier) or "(none: the network was headless)"
+    lines = [
+        f"torchgraft: {info.source} grafted -> {n_out} outputs",
+        f"  cut          {_METHODS[info.method].format(names=names, cut=info.cut_at, pool=info.pool)}",
+        f"  removed      {', '.join(info.removed) or 'nothing'} ({info.removed_params:,} parameters)",
+        f"  input        {tuple(info.input_size)}",
+    ]
+    if info.in_chans is not None:
+        adapt = info.in_chans
+        lines.append(
+            f"  in_chans     '{adapt.module}': {adapt.from_channels} -> {adapt.to_channels} channels ({adapt.rule})"
+        )
+    output = f"{info.body_output} [{info.layout}]" if info.body_output is not None else "structured output"
+    lines += [f"  body output  {output}", "  head"]
+    lines += _head_lines(model.head)
+    lines += [f"  note         {note}" for note in info.notes]
+    lines += ["", *("  " + line for line in _table(_parameter_rows(model)))]
+    groups = layer_groups(model)
+    lrs = group_lrs(lr, len(groups), names=[g.name for g in groups]) if lr is not None else None
+    lines += ["", "  layer groups", *("  " + line for line in groups.table(lrs).splitlines())]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Weights: safe checkpoint reading, key alignment, loading and saving, building pretrained models by name."""

