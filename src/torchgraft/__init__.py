@@ -25,10 +25,13 @@ from torchgraft.grafting.guard import (
 )
 from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
 from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
-from torchgraft.tasks.metrics import accuracy, error_rate, top_k_accuracy
+from torchgraft.tasks import Classification, Task, get_task
+from torchgraft.tasks.metrics import MetricSet, TargetError, accuracy, error_rate, top_k_accuracy
 from torchgraft.train import distributed
+from torchgraft.train.callbacks import Callback, Checkpointer, EarlyStopping
 from torchgraft.train.learner import Learner, TrainingDivergedError
-from torchgraft.train.lr_finder import LRFind
+from torchgraft.train.lr_finder import LRFind, lr_find
+from torchgraft.train.schedule import one_cycle
 from torchgraft.tune.describe import describe
 from torchgraft.tune.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
 from torchgraft.tune.groups import GroupSpec, LayerGroup, LayerGroups, layer_groups
@@ -52,10 +55,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Alignment",
     "BadImage",
+    "Callback",
     "Checkpoint",
+    "Checkpointer",
+    "Classification",
     "ClassifierInfo",
     "ClassifierNotFoundError",
     "DataError",
+    "EarlyStopping",
     "ExportError",
     "Exported",
     "GraftInfo",
@@ -72,6 +79,7 @@ __all__ = [
     "LoadError",
     "LoadReport",
     "Match",
+    "MetricSet",
     "OptimizerReport",
     "Pool",
     "Prediction",
@@ -82,6 +90,8 @@ __all__ = [
     "SigmoidRange",
     "StaleOptimizerError",
     "SyncReport",
+    "TargetError",
+    "Task",
     "Trace",
     "TrainSettings",
     "TrainingDivergedError",
@@ -102,6 +112,7 @@ __all__ = [
     "find_classifier",
     "freeze",
     "freeze_to",
+    "get_task",
     "gradual_unfreeze",
     "graft",
     "group_lrs",
@@ -111,7 +122,9 @@ __all__ = [
     "load_exported",
     "load_rgb",
     "load_weights",
+    "lr_find",
     "mlp_head",
+    "one_cycle",
     "param_groups",
     "predict_images",
     "preprocessing_for",

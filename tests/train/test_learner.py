@@ -106,7 +106,7 @@ def test_fine_tune_frozen_phase_changes_only_the_head(lite0, digits):
     seen = {}
 
     def after_epoch(learner: Learner) -> None:
-        if learner._phase == 0:
+        if learner.phase == 0:
             seen["frozen"] = {k: v.clone() for k, v in learner.model.state_dict().items()}
 
     x, y = digits
@@ -297,7 +297,7 @@ def _frozen_phase(lite0: nn.Module, digits, *, cache: bool) -> tuple[nn.Module, 
         *_loaders((x[:480], y[:480]), batch=32, size=32, rgb=True),
         quiet=True,
         cache_features=cache,
-        hooks={"epoch_end": lambda learner: used.append(learner._cache is not None)},
+        hooks={"epoch_end": lambda learner: used.append(learner.cache is not None)},
     )
     history = learner.fit_one_cycle(3, 3e-3)
     assert used == [cache] * 3
@@ -419,7 +419,7 @@ def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
     straight.fine_tune(2, 1e-2, freeze_epochs=2)
 
     def stop(learner: Learner) -> None:
-        if learner._stage == stop_in and learner.epoch == 1 and learner.step == 22 + 4:
+        if learner.stage == stop_in and learner.epoch == 1 and learner.step == 22 + 4:
             raise KeyboardInterrupt
 
     interrupted, _ = learner_for(tmp_path / "b", {"step_end": stop})
@@ -439,7 +439,7 @@ def test_adam_moments_carry_over_from_one_fit_to_the_next(digits):
     seen = {}
 
     def first_step(learner: Learner) -> None:
-        if learner._phase == 1 and learner.step == 0:
+        if learner.phase == 1 and learner.step == 0:
             seen["state"] = {k: v.clone() for k, v in learner.optimizer.state[model[0].weight].items()}
 
     learner = Learner(model, *_loaders(digits), quiet=True, hooks={"step_begin": first_step})

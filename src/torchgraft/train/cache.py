@@ -6,19 +6,25 @@ body, and a dataset that returns the same input for the same index (no random au
 head sees exactly the features it would see without the cache, batch for batch — the cached loader draws
 its shuffle from the same random generator as the original one — and each epoch costs one pass through
 the head instead of one through the whole network.
+
+What is cached is what the head's first trainable layer reads: when the head starts with a
+:class:`~torchgraft.grafting.heads.Pool`, the pooled vectors (token features are pooled with the attention
+mask, so text batches padded to different lengths cache fine); otherwise the body's output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
+from torchgraft.tasks.batch import call_model
 from torchgraft.tune.freeze import frozen_batchnorm
 
-__all__ = ["FeatureCacheError", "cache_problem", "cached_loader"]
+__all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader"]
 
 _STOCHASTIC = ("Dropout", "DropPath", "StochasticDepth", "AlphaDropout")
 
@@ -44,20 +50,41 @@ def cache_problem(model: nn.Module) -> str | None:
     return None
 
 
+def cached_head(model: nn.Module) -> nn.Module:
+    """The part of ``model.head`` that trains on cached features (the head after its pooling)."""
+    pooled = getattr(model, "pooled_head", None)
+    return pooled() if callable(pooled) else model.head
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
+
+
 def _check_deterministic(dataset: Dataset) -> None:
     """Two reads of the same sample must agree (random augmentation would make cached features stale)."""
     for index in {0, len(dataset) - 1}:  # type: ignore[arg-type]
-        first, second = dataset[index], dataset[index]
-        a, b = first[0], second[0]
-        if isinstance(a, torch.Tensor) and not torch.equal(a, b):
+        if not _same(dataset[index], dataset[index]):
             raise FeatureCacheError(
                 f"the training data is augmented randomly (sample {index} differs between two reads), so body "
                 f"features cannot be cached; use cache_features=False or deterministic transforms."
             )
 
 
+def _encode(model: nn.Module, inputs: Any) -> torch.Tensor:
+    features = getattr(model, "features", None)
+    if callable(features):
+        return call_model(features, inputs)
+    return call_model(model.body, inputs)
+
+
 @torch.no_grad()
-def _features(model: nn.Module, loader: DataLoader, device: torch.device, move: Any) -> TensorDataset:
+def _features(model: nn.Module, loader: DataLoader, prepare: Callable[[Any], tuple[Any, Any]]) -> TensorDataset:
     ordered = DataLoader(
         loader.dataset,
         batch_size=loader.batch_size or 1,
@@ -70,17 +97,29 @@ def _features(model: nn.Module, loader: DataLoader, device: torch.device, move: 
     features, targets = [], []
     model.body.eval()
     for batch in ordered:
-        inputs, labels = move(batch)
-        features.append(model.body(inputs).float().cpu())
+        inputs, labels = prepare(batch)
+        encoded = _encode(model, inputs)
+        if not isinstance(encoded, torch.Tensor):
+            raise FeatureCacheError(f"feature cache: the body returns {type(encoded).__name__}, not a tensor.")
+        features.append(encoded.float().cpu())
         targets.append(labels.cpu())
     if not features:
         raise FeatureCacheError("feature cache: the dataset is empty.")
+    if len({f.shape[1:] for f in features}) > 1:
+        raise FeatureCacheError(
+            "feature cache: the body's features change shape from batch to batch (padded sequences?) and the "
+            "head does not pool them first; graft with a pooling head (pool='token' or 'mean') or pass "
+            "cache_features=False."
+        )
     return TensorDataset(torch.cat(features), torch.cat(targets))
 
 
-def cached_loader(model: nn.Module, loader: DataLoader, *, device: torch.device, move: Any, train: bool) -> DataLoader:
-    """A loader of ``(body features, targets)`` standing for ``loader``: same batch size, same shuffling
-    (a ``RandomSampler`` drawing from the same generator), same ``drop_last``.
+def cached_loader(
+    model: nn.Module, loader: DataLoader, *, prepare: Callable[[Any], tuple[Any, Any]], train: bool
+) -> DataLoader:
+    """A loader of ``(features, targets)`` standing for ``loader``: same batch size, same shuffling (a
+    ``RandomSampler`` drawing from the same generator), same ``drop_last``. ``prepare(batch)`` splits a
+    batch into inputs and targets on the device (the task's split).
 
     Raises:
         FeatureCacheError: the body can change (see :func:`cache_problem`), the loader is not a
@@ -93,7 +132,7 @@ def cached_loader(model: nn.Module, loader: DataLoader, *, device: torch.device,
         raise FeatureCacheError("feature cache: needs a torch DataLoader over a map-style dataset.")
     if train:
         _check_deterministic(loader.dataset)
-    data = _features(model, loader, device, move)
+    data = _features(model, loader, prepare)
     shuffled = isinstance(loader.sampler, RandomSampler)
     sampler = RandomSampler(data, generator=loader.sampler.generator) if shuffled else SequentialSampler(data)
     return DataLoader(data, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)

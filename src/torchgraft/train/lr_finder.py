@@ -8,17 +8,15 @@ is never touched.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from torchgraft.train.runstate import get_rng_state, set_rng_state
 from torchgraft.tune.optim import param_groups
-
-if TYPE_CHECKING:
-    from torchgraft.train.learner import Learner
 
 __all__ = ["LRFind", "lr_find"]
 
@@ -80,8 +78,12 @@ def _restore(model: torch.nn.Module, snapshot: dict[str, Any]) -> None:
 
 
 def lr_find(
-    learner: Learner,
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    loss_of: Callable[[Any], torch.Tensor],
     *,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    weight_decay: float = 0.01,
     start: float = 1e-7,
     end: float = 10.0,
     steps: int = 100,
@@ -89,39 +91,38 @@ def lr_find(
     stop_factor: float = 4.0,
 ) -> LRFind:
     """Sweep the learning rate from ``start`` to ``end`` over ``steps`` training batches (cycling through
-    the data if needed) and stop once the smoothed loss exceeds ``stop_factor`` times its best.
+    ``batches`` if needed) and stop once the smoothed loss exceeds ``stop_factor`` times its best.
+
+    Works in any loop: ``loss_of(batch)`` runs the forward of ``model`` on one batch and returns the loss
+    (the Learner passes its task's split and loss). A throw-away ``optimizer`` over
+    :func:`torchgraft.param_groups` takes the steps; afterwards ``model``'s tensors, gradients, modes and
+    every random generator are restored bit for bit.
 
     Raises:
-        ValueError: ``start``/``end``/``steps`` out of range.
+        ValueError: ``start``/``end``/``steps`` out of range, or a loss that diverges at once.
+
+    Example:
+        >>> result = lr_find(model, train_dl, lambda b: F.cross_entropy(model(b[0]), b[1]))
+        >>> result.suggestion
     """
     if not 0 < start < end or steps < 2:
         raise ValueError(f"lr_find: need 0 < start < end and steps >= 2, got {start}, {end}, {steps}.")
-    model = learner.model
     snapshot = _snapshot(model)
-    optimizer = learner.optimizer_class(param_groups(model, lr=start, weight_decay=learner.weight_decay))
+    sweep = optimizer(param_groups(model, lr=start, weight_decay=weight_decay))
     lrs: list[float] = []
     losses: list[float] = []
     average, best = 0.0, math.inf
     try:
         model.train()
-        batches = iter(learner.train_dl)
-        for i in range(steps):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(learner.train_dl)
-                batch = next(batches)
+        for i, batch in zip(range(steps), _cycle(batches), strict=False):
             lr = start * (end / start) ** (i / (steps - 1))
-            for group in optimizer.param_groups:
+            for group in sweep.param_groups:
                 group["lr"] = lr
-            inputs, targets = learner._to_device(batch)
-            with learner._autocast():
-                loss = learner.loss(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(batch)
+            sweep.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            value = loss.item()
-            average = smoothing * average + (1 - smoothing) * value
+            sweep.step()
+            average = smoothing * average + (1 - smoothing) * loss.item()
             smoothed = average / (1 - smoothing ** (i + 1))
             if not math.isfinite(smoothed) or smoothed > stop_factor * best:
                 break
@@ -134,3 +135,14 @@ def lr_find(
         raise ValueError(f"lr_find: the loss diverged within {len(lrs) + 1} steps; start lower than {start}.")
     suggestion, minimum = _suggest(lrs, losses)
     return LRFind(tuple(lrs), tuple(losses), suggestion, minimum)
+
+
+def _cycle(batches: Iterable[Any]) -> Iterable[Any]:
+    """``batches`` over and over (a new pass, a new shuffle, when one runs out)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("lr_find: the data loader yields no batches.")

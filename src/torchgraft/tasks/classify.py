@@ -1,0 +1,92 @@
+"""Single-label classification: one class per sample, cross-entropy, accuracy-family metrics, softmax."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torchmetrics
+from torch import nn
+from torchmetrics import classification as tmc
+
+from torchgraft.tasks.base import Task
+from torchgraft.tasks.metrics import ErrorRate, TargetError, check_class_targets
+
+__all__ = ["Classification"]
+
+
+def _build(name: str, classes: int) -> torchmetrics.Metric:
+    builders: dict[str, Any] = {
+        "accuracy": lambda: tmc.MulticlassAccuracy(classes, average="micro"),
+        "error_rate": lambda: ErrorRate(classes, average="micro"),
+        "balanced_accuracy": lambda: tmc.MulticlassAccuracy(classes, average="macro"),
+        "top3": lambda: tmc.MulticlassAccuracy(classes, top_k=min(3, classes), average="micro"),
+        "top5": lambda: tmc.MulticlassAccuracy(classes, top_k=min(5, classes), average="micro"),
+        "f1": lambda: tmc.MulticlassF1Score(classes, average="macro"),
+        "precision": lambda: tmc.MulticlassPrecision(classes, average="macro"),
+        "recall": lambda: tmc.MulticlassRecall(classes, average="macro"),
+    }
+    return builders[name]()
+
+
+class Classification(Task):
+    """One class per sample: targets are class indices ``(B,)``, outputs logits ``(B, C)``.
+
+    Args:
+        label_smoothing: cross-entropy label smoothing.
+        target_key: key of the targets in mapping batches.
+
+    Metrics: ``accuracy``, ``error_rate``, ``balanced_accuracy`` (mean per-class recall), ``top3``,
+    ``top5``, ``f1``/``precision``/``recall`` (macro averages) — each over the whole validation set.
+
+    Example:
+        >>> Learner(model, train_dl, valid_dl, task=Classification(), metrics=["accuracy", "f1"])
+    """
+
+    name: ClassVar[str] = "classify"
+    metric_names: ClassVar[tuple[str, ...]] = (
+        "accuracy",
+        "error_rate",
+        "balanced_accuracy",
+        "top3",
+        "top5",
+        "f1",
+        "precision",
+        "recall",
+    )
+    default_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+
+    def __init__(self, *, label_smoothing: float = 0.0, target_key: str = "labels") -> None:
+        super().__init__(target_key=target_key)
+        self.label_smoothing = label_smoothing
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (class indices, or class probabilities for mixed/soft labels)."""
+        return nn.functional.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Class indices ``(B,)`` within ``[0, C)`` for outputs ``(B, C)``."""
+        check_class_targets(outputs, targets, where="classify")
+
+    def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
+        """An accumulator for ``name`` sized by the number of classes (the outputs' last dimension)."""
+        self.check_metric_name(name)
+        if outputs.ndim != 2 or outputs.shape[1] < 2:
+            raise TargetError(
+                f"classify: metric {name!r} needs outputs of shape (batch, classes >= 2), got "
+                f"{tuple(outputs.shape)}; a single output is regression or binary multi-label."
+            )
+        return _build(name, int(outputs.shape[1]))
+
+    def metric_direction(self, name: str) -> bool:
+        """Every classification metric improves upwards except ``error_rate``."""
+        return name != "error_rate"
+
+    def decode(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``probabilities`` (softmax) and ``labels`` (argmax)."""
+        probabilities = outputs.float().softmax(dim=-1)
+        return {"probabilities": probabilities, "labels": probabilities.argmax(dim=-1)}
+
+    def record(self) -> dict[str, Any]:
+        """The task name, target key and label smoothing."""
+        return {**super().record(), "label_smoothing": self.label_smoothing}

@@ -1,0 +1,197 @@
+"""The Learner's event API: callbacks called at fixed points of training, and the built-in ones.
+
+A callback is an object with any of the methods ``on_fit_begin``, ``on_epoch_begin``, ``on_step_begin``,
+``on_step_end``, ``on_epoch_end`` and ``on_fit_end``, each called with the Learner (``on_epoch_end`` also
+with the epoch's record). Setting ``learner.stop = True`` ends the fit after the current epoch. The
+Learner's own printing (:class:`ProgressPrinter`), checkpointing (:class:`Checkpointer`) and the old
+``hooks=`` dict (:class:`Hooks`) are callbacks too, so user code extends training without subclassing.
+
+Example:
+    >>> class PrintLR(Callback):
+    ...     def on_epoch_end(self, learner, record):
+    ...         print(learner.optimizer.param_groups[-1]["lr"])
+    >>> Learner(model, train_dl, valid_dl, callbacks=[PrintLR(), EarlyStopping(patience=2)])
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from torchgraft.train.distributed import is_main
+
+if TYPE_CHECKING:
+    from torchgraft.train.learner import Learner
+
+__all__ = ["EVENTS", "HOOKS", "Callback", "Checkpointer", "EarlyStopping", "Hooks", "ProgressPrinter", "notify"]
+
+EVENTS = ("on_fit_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_epoch_end", "on_fit_end")
+HOOKS = ("epoch_begin", "epoch_end", "step_begin", "step_end")
+Mode = Literal["min", "max"]
+
+
+class Callback:
+    """Base class: override the events you need (every one does nothing by default)."""
+
+    def on_fit_begin(self, learner: Learner) -> None:
+        """Before the first epoch of a ``fit`` (after the optimizer and scheduler exist)."""
+
+    def on_epoch_begin(self, learner: Learner) -> None:
+        """Before each epoch."""
+
+    def on_step_begin(self, learner: Learner) -> None:
+        """Before each training batch."""
+
+    def on_step_end(self, learner: Learner) -> None:
+        """After each training batch (and the optimizer step, when one was due)."""
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        """After each epoch's validation, with its record (``epoch``, ``train_loss``, ``valid_loss``, metrics)."""
+
+    def on_fit_end(self, learner: Learner) -> None:
+        """After the last epoch of a ``fit``."""
+
+
+def notify(callbacks: Iterable[Any], event: str, learner: Learner, *args: Any) -> None:
+    """Call ``event`` on every callback that has it."""
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if method is not None:
+            method(learner, *args)
+
+
+class Hooks(Callback):
+    """The ``hooks={"epoch_end": fn, ...}`` form: each ``fn(learner)`` runs at its event."""
+
+    def __init__(self, hooks: dict[str, Callable[[Learner], None] | Sequence[Callable[[Learner], None]]]) -> None:
+        self.hooks: dict[str, list[Callable[[Learner], None]]] = {name: [] for name in HOOKS}
+        for name, hook in hooks.items():
+            for fn in [hook] if callable(hook) else hook:
+                self.add(name, fn)
+
+    def add(self, event: str, hook: Callable[[Learner], None]) -> None:
+        """Call ``hook(learner)`` at ``event`` (one of :data:`HOOKS`)."""
+        if event not in self.hooks:
+            raise ValueError(f"Learner: unknown hook event {event!r}. Choose from {HOOKS}.")
+        self.hooks[event].append(hook)
+
+    def _run(self, event: str, learner: Learner) -> None:
+        for hook in self.hooks[event]:
+            hook(learner)
+
+    def on_epoch_begin(self, learner: Learner) -> None:
+        self._run("epoch_begin", learner)
+
+    def on_step_begin(self, learner: Learner) -> None:
+        self._run("step_begin", learner)
+
+    def on_step_end(self, learner: Learner) -> None:
+        self._run("step_end", learner)
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        self._run("epoch_end", learner)
+
+
+class ProgressPrinter(Callback):
+    """One table row per epoch on stdout (a header when the columns change); only on rank 0."""
+
+    def __init__(self) -> None:
+        self.columns: list[str] | None = None
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        if learner.quiet or not is_main():
+            return
+        columns = [k for k in record if k != "phase"]
+        if columns != self.columns:
+            print("  ".join(f"{c:>10}" for c in columns))
+            self.columns = columns
+        cells = [f"{record[c]:>10.4f}" if isinstance(record[c], float) else f"{record[c]:>10}" for c in columns]
+        print("  ".join(cells), flush=True)
+
+
+class Checkpointer(Callback):
+    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored value improves.
+
+    The monitored value and its direction: ``monitor`` (default: the first metric, else ``valid_loss``)
+    and ``mode`` (default: from the metric itself — torchmetrics' ``higher_is_better``; ``valid_loss``
+    is minimised). A metric that does not say which way is better needs ``mode=``.
+    """
+
+    def __init__(self, directory: str | Path, *, monitor: str | None = None, mode: Mode | None = None) -> None:
+        if mode not in (None, "min", "max"):
+            raise ValueError(f"Checkpointer: mode={mode!r}; choose 'min' or 'max'.")
+        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
+        self.best = -math.inf
+
+    def resolve(self, learner: Learner) -> tuple[str, Mode]:
+        """The monitored name and direction for ``learner``'s metrics.
+
+        Raises:
+            ValueError: ``monitor`` names nothing the Learner records, or its direction is unknown.
+        """
+        names = learner.metric_set.names
+        monitor = self.monitor or (names[0] if names else "valid_loss")
+        if monitor not in ("valid_loss", "train_loss", *names):
+            raise ValueError(
+                f"Checkpointer: monitor={monitor!r} is not recorded; choose from valid_loss, train_loss, "
+                f"{', '.join(names)}."
+            )
+        if self.mode is not None:
+            return monitor, self.mode
+        higher = False if monitor.endswith("_loss") else learner.metric_set.higher_is_better(monitor)
+        if higher is None:
+            raise ValueError(
+                f"Checkpointer: metric {monitor!r} does not say whether higher is better, so best.pt could keep "
+                f"the worst epoch. Pass mode='min' or mode='max' (Learner(..., mode=...)), or set "
+                f"{monitor}.higher_is_better."
+            )
+        return monitor, "max" if higher else "min"
+
+    def score(self, learner: Learner, record: dict[str, Any]) -> float | None:
+        monitor, mode = self.resolve(learner)
+        value = record.get(monitor)
+        return None if value is None else (value if mode == "max" else -value)
+
+    def on_fit_begin(self, learner: Learner) -> None:
+        self.resolve(learner)  # fail before training, not after the first epoch
+        scores = [self.score(learner, r) for r in learner.history if r.get("phase") == learner.phase]
+        self.best = max((s for s in scores if s is not None), default=-math.inf)
+        if learner.resumed is None:
+            learner.save(self.directory / "last.pt")  # resumable even if stopped during the first epoch
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        learner.save(self.directory / "last.pt")
+        score = self.score(learner, record)
+        if score is not None and score > self.best:
+            self.best = score
+            learner.save(self.directory / "best.pt")
+
+
+class EarlyStopping(Callback):
+    """Stop a fit when ``monitor`` has not improved for ``patience`` epochs (direction as for
+    :class:`Checkpointer`)."""
+
+    def __init__(self, *, monitor: str | None = None, mode: Mode | None = None, patience: int = 3) -> None:
+        if patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}.")
+        self.watch = Checkpointer(".", monitor=monitor, mode=mode)
+        self.patience = patience
+        self.waited = 0
+
+    def on_fit_begin(self, learner: Learner) -> None:
+        self.watch.resolve(learner)
+        self.watch.best, self.waited = -math.inf, 0
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        score = self.watch.score(learner, record)
+        if score is not None and score > self.watch.best:
+            self.watch.best, self.waited = score, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            learner.stop = True
+            if not learner.quiet and is_main():
+                print(f"early stop: no improvement for {self.patience} epochs", file=sys.stderr)
