@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from torchgraft import __version__
 from torchgraft.cli import demo, lr_find, predict, train
@@ -22,9 +23,16 @@ class UsageError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line naming the fix, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}. See '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="torchgraft", description="Fine-tune pretrained PyTorch networks.")
+    parser = _Parser(prog="torchgraft", description="Fine-tune pretrained PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"torchgraft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (demo, train, predict, lr_find, inspect_command):

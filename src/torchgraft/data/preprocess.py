@@ -107,9 +107,9 @@ def _from_torchvision(name: str) -> Preprocessing:
 
 
 def _from_timm(name: str) -> Preprocessing:
-    from torchgraft.weights.zoo import _timm
+    from torchgraft.weights.zoo import _timm, check_timm_name
 
-    cfg = _timm().get_pretrained_cfg(name)
+    cfg = _timm().get_pretrained_cfg(check_timm_name(name))
     if cfg is None:
         raise ValueError(f"timm model {name!r} has no pretrained_cfg; pass the preprocessing explicitly.")
     size = int(cfg.input_size[-1])

@@ -1,6 +1,7 @@
 """The body of a grafted model: a pretrained network that stops where its features are.
 
-A :class:`Body` wraps the (modified) source network and runs it in one of three ways:
+A :class:`Body` wraps the (modified) source network and runs it, with whatever positional and keyword
+arguments the network takes (``input_ids=``, ``attention_mask=``), in one of three ways:
 
 * whole, after its classifier was replaced by ``nn.Identity`` — the network's own pooling, class-token
   selection and pre-logits layers still run, and the body returns what the classifier used to read;
@@ -86,14 +87,14 @@ class Body(nn.Module):
         if self._armed:
             raise _ExitForward(output)
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         run = getattr(self.model, self.method)
         if self.exit_at is None:
-            output = run(x)
+            output = run(*args, **kwargs)
             return main_tensor(output) if self.select_main else output
         self._armed = True
         try:
-            run(x)
+            run(*args, **kwargs)
         except _ExitForward as stop:
             return main_tensor(stop.output) if self.select_main else stop.output
         finally:

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 __all__ = [
+    "Example",
     "ModuleCall",
     "Trace",
+    "default_example",
     "example_input",
     "infer_input_size",
     "main_tensor",
@@ -28,6 +30,9 @@ __all__ = [
     "spatial_extent",
     "trace",
 ]
+
+
+Example = torch.Tensor | Mapping[str, torch.Tensor]
 
 
 @dataclass
@@ -144,36 +149,90 @@ def example_input(input_size: Sequence[int], *, device: torch.device | str, batc
     return torch.randn(shape, generator=generator).to(device)
 
 
+def _text_config(model: nn.Module) -> Any:
+    """The Hugging Face config of a text model inside ``model`` (one with a vocabulary), or ``None``."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "vocab_size", None) and not hasattr(config, "num_channels"):
+            return config
+    return None
+
+
+def default_example(model: nn.Module, *, length: int = 16, batch: int = 2) -> dict[str, torch.Tensor] | None:
+    """A real example batch for models that do not take an image tensor, else ``None``.
+
+    Hugging Face text models (a config with ``vocab_size``) get ``input_ids`` drawn from ordinary token ids
+    (never the special ids below 1000 where the vocabulary allows) and an ``attention_mask`` whose second
+    row is padded, so that the dry run sees the masked path a real batch takes.
+    """
+    config = _text_config(model)
+    if config is None:
+        return None
+    length = min(length, int(getattr(config, "max_position_embeddings", length) or length))
+    vocab = int(config.vocab_size)
+    low = 1000 if vocab > 2000 else 0
+    ids = torch.arange(batch * length).reshape(batch, length) * 7919 % (vocab - low) + low
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1:, length // 2 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _first_tensor(example: Example) -> torch.Tensor:
+    return example if isinstance(example, torch.Tensor) else next(iter(example.values()))
+
+
+def _to(example: Example, device: str | torch.device) -> Example:
+    if isinstance(example, torch.Tensor):
+        return example.to(device)
+    return {key: value.to(device) for key, value in example.items()}
+
+
 def trace(
     model: nn.Module,
     input_size: Sequence[int] | None = None,
     *,
     train: bool = False,
-    example: torch.Tensor | None = None,
+    example: Example | None = None,
 ) -> Trace:
-    """Run ``model`` once without touching its tensors and record every module call.
+    """Run ``model`` once without changing it and record every module call.
+
+    Nothing the run touches stays changed: parameters and buffers are replaced by stand-ins, and every
+    other attribute a forward sets on a module (anchor caches, rotary tables, ``training`` flags) is put
+    back afterwards.
 
     Args:
         model: any ``nn.Module``.
         input_size: per-sample input shape, e.g. ``(3, 224, 224)``; inferred with
             :func:`infer_input_size` when omitted.
         train: run in training mode (shows train-only branches such as auxiliary heads).
-        example: a real example batch to use instead of ``input_size`` (e.g. token ids for text models);
-            it forces a real (non-meta) run.
+        example: a real example batch to use instead of ``input_size``: a tensor, or a dict of keyword
+            arguments (``input_ids``, ``attention_mask``). Default: :func:`default_example` for text
+            models. It runs on the meta device when the model allows, else for real.
 
     Example:
         >>> t = trace(torchvision.models.resnet18())
         >>> [c.name for c in t.calls][-2:]
         ['avgpool', 'fc']
     """
-    size = tuple(example.shape[1:]) if example is not None else tuple(input_size or infer_input_size(model))
-    if example is None:
-        try:
-            return _run(model, size, train=train, device="meta")
-        except Exception:
-            pass
+    if example is None and input_size is None:
+        example = default_example(model)
+    size = (
+        tuple(_first_tensor(example).shape[1:]) if example is not None else tuple(input_size or infer_input_size(model))
+    )
+    try:
+        return _run(
+            model, size, train=train, device="meta", example=_to(example, "meta") if example is not None else None
+        )
+    except Exception:
+        pass
     device = next((t.device for t in _tensors(model) if t.device.type != "meta"), torch.device("cpu"))
-    return _run(model, size, train=train, device=str(device), example=example)
+    if device.type == "meta":  # a model on the meta device that cannot run there: nothing else to try
+        return _run(
+            model, size, train=train, device="meta", example=_to(example, "meta") if example is not None else None
+        )
+    return _run(
+        model, size, train=train, device=str(device), example=_to(example, device) if example is not None else None
+    )
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -190,9 +249,53 @@ def _stand_ins(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _run(
-    model: nn.Module, size: tuple[int, ...], *, train: bool, device: str, example: torch.Tensor | None = None
-) -> Trace:
+_MODULE_STATE = ("_parameters", "_buffers", "_modules")
+
+
+_MISSING = object()
+
+
+def _contents(value: Any) -> Any:
+    """A copy of a plain list's or dict's items (restored in place if a forward mutates the container)."""
+    return list(value) if type(value) is list else dict(value) if isinstance(value, dict) else _MISSING
+
+
+def _changed(value: Any, items: Any) -> bool:
+    """Whether a list or dict no longer holds the same objects (compared by identity: tensors inside)."""
+    now = _contents(value)
+    if len(now) != len(items):
+        return True
+    if isinstance(items, dict):
+        return now.keys() != items.keys() or any(now[k] is not items[k] for k in items)
+    return any(a is not b for a, b in zip(now, items, strict=True))
+
+
+def _attributes(model: nn.Module) -> list[tuple[nn.Module, dict[str, tuple[Any, Any]]]]:
+    """Every module's plain attributes with a copy of their items (not parameters, buffers or children,
+    which ``functional_call`` swaps and puts back itself)."""
+    return [(m, {k: (v, _contents(v)) for k, v in vars(m).items() if k not in _MODULE_STATE}) for m in model.modules()]
+
+
+def _restore_attributes(saved: list[tuple[nn.Module, dict[str, tuple[Any, Any]]]]) -> None:
+    """Put back what :func:`_attributes` saw: values rebound during the run are restored (a forward that
+    caches ``self.cell_anchors = [...]`` on the meta device), lists and dicts it filled are emptied back,
+    attributes it added are removed (hooks included)."""
+    for module, attributes in saved:
+        state = vars(module)
+        for key in [k for k in state if k not in attributes and k not in _MODULE_STATE]:
+            del state[key]
+        for key, (value, items) in attributes.items():
+            if state.get(key, _MISSING) is not value:
+                state[key] = value
+            if items is not _MISSING and _changed(value, items):
+                if isinstance(value, list):
+                    value[:] = items
+                else:
+                    value.clear()
+                    value.update(items)
+
+
+def _run(model: nn.Module, size: tuple[int, ...], *, train: bool, device: str, example: Example | None = None) -> Trace:
     calls: list[ModuleCall] = []
     open_calls: dict[int, list[ModuleCall]] = {}
     counter = iter(range(1 << 62))
@@ -213,20 +316,20 @@ def _run(
         main = main_tensor(output)
         call.main_shape = main.shape if isinstance(main, torch.Tensor) else None
 
+    saved = _attributes(model)
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(pre_hook(name)))
         handles.append(module.register_forward_hook(post_hook))
-    modes = {module: module.training for module in model.modules()}
     try:
         model.train(train)
         x = example if example is not None else example_input(size, device=device)
+        args, kwargs = ((), dict(x)) if isinstance(x, Mapping) else ((x,), {})
         with torch.no_grad():
-            output = torch.func.functional_call(model, _stand_ins(model, device), (x,), strict=False)
+            output = torch.func.functional_call(model, _stand_ins(model, device), args, kwargs, strict=False)
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
+        _restore_attributes(saved)
     calls = [call for call in calls if call.name != ""]
     main = main_tensor(output)
     return Trace(

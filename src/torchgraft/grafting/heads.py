@@ -23,12 +23,13 @@ __all__ = [
     "linear_head",
     "mlp_head",
     "pooled_features",
+    "run_head",
 ]
 
 Layout = Literal["nc", "nchw", "nhwc", "nlc"]
-PoolMode = Literal["avg", "max", "concat", "token"]
+PoolMode = Literal["avg", "mean", "max", "concat", "token"]
 LAYOUTS: tuple[str, ...] = ("nc", "nchw", "nhwc", "nlc")
-POOLS: tuple[str, ...] = ("avg", "max", "concat", "token")
+POOLS: tuple[str, ...] = ("avg", "mean", "max", "concat", "token")
 
 
 def infer_layout(shape: Sequence[int], *, channels: int | None = None, fmt: str | None = None) -> Layout:
@@ -58,10 +59,23 @@ def pooled_features(channels: int, mode: str) -> int:
     return 2 * channels if mode == "concat" else channels
 
 
+def run_head(head: nn.Module, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``head(features)``, passing the attention ``mask`` to a leading :class:`Pool` when there is one."""
+    if mask is not None and isinstance(head, nn.Sequential) and len(head) and isinstance(head[0], Pool):
+        pooled = head[0](features, mask)
+        for layer in list(head)[1:]:
+            pooled = layer(pooled)
+        return pooled
+    return head(features)
+
+
 class Pool(nn.Module):
     """Pool features of any layout to ``(B, C)`` (``(B, 2C)`` for ``"concat"``: max and average, as fastai).
 
     ``"token"`` takes the first token of a sequence (a class token); on feature maps it means ``"avg"``.
+    ``"mean"`` is ``"avg"`` (the name text models use). Token sequences (``"nlc"``) padded to a common
+    length pool only over the real tokens when the attention ``mask`` (1 = token, 0 = padding) is given:
+    one sentence padded to 16 or to 128 tokens gives the same vector.
 
     Example:
         >>> Pool(mode="concat", layout="nchw")(torch.randn(2, 8, 7, 7)).shape
@@ -77,11 +91,13 @@ class Pool(nn.Module):
         self.mode = mode
         self.layout = layout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.layout == "nc":
             return x.flatten(1)
         if self.layout == "nlc" and self.mode == "token":
             return x[:, 0]
+        if self.layout == "nlc" and mask is not None:
+            return self._masked(x, mask)
         dims = (1,) if self.layout == "nlc" else (1, 2) if self.layout == "nhwc" else (2, 3)
         if self.mode == "max":
             return x.amax(dim=dims)
@@ -89,6 +105,18 @@ class Pool(nn.Module):
         if self.mode == "concat":
             return torch.cat([x.amax(dim=dims), average], dim=1)
         return average
+
+    def _masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool ``(B, L, D)`` tokens over the positions where ``mask`` ``(B, L)`` is non-zero."""
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"Pool: attention mask {tuple(mask.shape)} does not fit tokens {tuple(x.shape)}.")
+        keep = mask.to(dtype=torch.bool).unsqueeze(-1)  # (B, L, 1)
+        count = keep.sum(dim=1).clamp(min=1).to(x.dtype)  # (B, 1)
+        average = x.masked_fill(~keep, 0).sum(dim=1) / count
+        if self.mode in ("avg", "mean"):
+            return average
+        largest = x.masked_fill(~keep, torch.finfo(x.dtype).min).amax(dim=1)
+        return largest if self.mode == "max" else torch.cat([largest, average], dim=1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, layout={self.layout!r}"

@@ -18,6 +18,7 @@ from torchgraft.grafting.body import Body, PrunedModule, replace_module
 from torchgraft.grafting.channels import InputAdaptation, adapt_input_channels
 from torchgraft.grafting.classifier import (
     ClassifierInfo,
+    ClassifierNotFoundError,
     candidate_cuts,
     find_aux_heads,
     find_classifier,
@@ -25,9 +26,9 @@ from torchgraft.grafting.classifier import (
     is_timm_model,
     suggest_names,
 )
-from torchgraft.grafting.dryrun import Trace, infer_input_size, trace
+from torchgraft.grafting.dryrun import Example, Trace, default_example, infer_input_size, trace
 from torchgraft.grafting.guard import PretrainedGuard
-from torchgraft.grafting.heads import POOLS, infer_layout, linear_head, mlp_head
+from torchgraft.grafting.heads import POOLS, Pool, infer_layout, linear_head, mlp_head, run_head
 
 __all__ = ["GraftInfo", "Grafted", "graft"]
 
@@ -88,8 +89,27 @@ class Grafted(nn.Module):
         self.info = info
         self.guard = guard
 
-    def forward(self, x: Any) -> Any:
-        return self.head(self.body(x))
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``head(body(...))``, called like the source network (``model(x)``, ``model(**tokenizer(...))``);
+        token features are pooled over the ``attention_mask`` when one is passed."""
+        return run_head(self.head, self.body(*args, **kwargs), self._mask(kwargs))
+
+    def _mask(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        return kwargs.get("attention_mask") if self.info.layout == "nlc" else None
+
+    def features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """What the head's first trainable layer reads: the body's output, pooled (with the attention mask)
+        when the head starts with a :class:`~torchgraft.grafting.heads.Pool` (the feature cache stores it)."""
+        features = self.body(*args, **kwargs)
+        if isinstance(self.head, nn.Sequential) and len(self.head) > 1 and isinstance(self.head[0], Pool):
+            return self.head[0](features, self._mask(kwargs))
+        return features
+
+    def pooled_head(self) -> nn.Module:
+        """The head after its leading ``Pool`` (the same modules): it maps :meth:`features` to outputs."""
+        if isinstance(self.head, nn.Sequential) and len(self.head) > 1 and isinstance(self.head[0], Pool):
+            return self.head[1:]
+        return self.head
 
     def pretrained_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` pairs that came from the source network and are still in the model."""
@@ -117,19 +137,31 @@ def _named_child_cut(model: nn.Module, index: int) -> str:
     return children[position - 1]
 
 
-def _train_trace(model: nn.Module, size: tuple[int, ...]) -> Trace | None:
-    """A training-mode dry run, at ``size`` or a larger standard size (auxiliary heads may need more than
+Probe = tuple[int, ...] | Example
+"""What a dry run feeds the network: a per-sample input size, or a real example batch (text models)."""
+
+
+def _trace(model: nn.Module, probe: Probe, *, train: bool = False) -> Trace:
+    if isinstance(probe, tuple):
+        return trace(model, probe, train=train)
+    return trace(model, example=probe, train=train)
+
+
+def _train_trace(model: nn.Module, probe: Probe) -> Trace | None:
+    """A training-mode dry run, at ``probe`` or a larger standard size (auxiliary heads may need more than
     the classifier path: Inception v3's needs 299 px); ``None`` if none runs."""
-    sizes = [size] + [(size[0], side, side) for side in (299, 384) if len(size) == 3 and max(size[1:]) < side]
-    for candidate in sizes:
+    probes = [probe]
+    if isinstance(probe, tuple) and len(probe) == 3:
+        probes += [(probe[0], side, side) for side in (299, 384) if max(probe[1:]) < side]
+    for candidate in probes:
         try:
-            return trace(model, candidate, train=True)
+            return _trace(model, candidate, train=True)
         except Exception:  # try the next size
             continue
     return None
 
 
-def _remove_aux_heads(model: nn.Module, size: tuple[int, ...], eval_trace: Trace) -> tuple[list[str], list[str]]:
+def _remove_aux_heads(model: nn.Module, size: Probe, eval_trace: Trace) -> tuple[list[str], list[str]]:
     """Drop train-only heads (GoogLeNet ``aux1``/``aux2``, Inception ``AuxLogits``) if the forward allows."""
     removed, notes = [], []
     train_trace = _train_trace(model, size)
@@ -138,10 +170,11 @@ def _remove_aux_heads(model: nn.Module, size: tuple[int, ...], eval_trace: Trace
             f"the network does not run in training mode at {size} or larger standard sizes, so "
             f"auxiliary heads could not be looked for; pass input_size=."
         ]
+    retry = train_trace.input_shape if isinstance(size, tuple) else size
     for name in find_aux_heads(eval_trace, train_trace):
         old = replace_module(model, name, None)
         try:
-            trace(model, train_trace.input_shape, train=True)
+            _trace(model, retry, train=True)
             removed.append(name)
         except Exception as error:  # the forward needs it: keep it
             replace_module(model, name, old)
@@ -149,11 +182,11 @@ def _remove_aux_heads(model: nn.Module, size: tuple[int, ...], eval_trace: Trace
     return removed, notes
 
 
-def _prune_unused(body: Body, size: tuple[int, ...], source_ran: set[str]) -> list[str]:
+def _prune_unused(body: Body, size: Probe, source_ran: set[str]) -> list[str]:
     """Replace every top-most module that ran in the source network but runs in neither mode in the body
     (the layers after the cut) by a :class:`PrunedModule`. Modules that never ran as modules are kept:
     their parameters may be used functionally (``MultiheadAttention.out_proj``)."""
-    ran = trace(body, size).names() | trace(body, size, train=True).names()
+    ran = _trace(body, size).names() | _trace(body, size, train=True).names()
     ran = {name.removeprefix("model.") for name in ran}
     pruned: list[str] = []
     for name, module in list(body.model.named_modules()):
@@ -173,7 +206,7 @@ def _check_pool(pool: str | None) -> None:
 
 
 def _build_body(
-    model: nn.Module, cut: CutSpec, pool: str | None, size: tuple[int, ...], eval_trace: Trace
+    model: nn.Module, cut: CutSpec, pool: str | None, size: Probe, eval_trace: Trace
 ) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
     """Cut ``model``; returns the body, the method, the classifier found, removed names and notes."""
     if cut is not None:
@@ -184,7 +217,15 @@ def _build_body(
                 f"{suggest_names(model, str(cut))}."
             )
         return _exit_body(model, name, "cut", eval_trace, size, None)
-    info = find_classifier(model, eval_trace)
+    try:
+        info = find_classifier(model, eval_trace)
+    except ClassifierNotFoundError as error:
+        if pool in (None, "model"):
+            raise ClassifierNotFoundError(
+                f"{error} A backbone without a classifier (a Hugging Face AutoModel, a features network) "
+                f"grafts whole with pool='token', 'mean', 'avg', 'max' or 'concat'."
+            ) from None
+        return Body(model), "backbone", None, [], []  # the whole network; its main output is the features
     if pool in (None, "model"):
         return _replace_classifier(model, info, eval_trace, size)
     if is_timm_model(model):
@@ -196,7 +237,7 @@ def _build_body(
 
 
 def _exit_body(
-    model: nn.Module, name: str, method: str, eval_trace: Trace, size: tuple[int, ...], info: ClassifierInfo | None
+    model: nn.Module, name: str, method: str, eval_trace: Trace, size: Probe, info: ClassifierInfo | None
 ) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
     calls = len(eval_trace.by_name.get(name, []))
     if calls != 1:
@@ -213,7 +254,7 @@ def _exit_body(
 
 
 def _replace_classifier(
-    model: nn.Module, info: ClassifierInfo, eval_trace: Trace, size: tuple[int, ...]
+    model: nn.Module, info: ClassifierInfo, eval_trace: Trace, size: Probe
 ) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
     if info.method == "timm":
         model.reset_classifier(0)
@@ -265,6 +306,7 @@ def graft(
     pool: str | None = None,
     in_chans: int | None = None,
     input_size: Sequence[int] | None = None,
+    example: Example | None = None,
     hidden: Sequence[int] | None = None,
     dropout: float | None = None,
     batch_norm: bool | None = None,
@@ -282,13 +324,18 @@ def graft(
             module's output; a callable ``cut(model) -> body`` builds the body itself.
         head: ``"linear"`` (default), ``"mlp"`` (fastai's concat-pool head), an ``nn.Module``, or a callable
             taking the body's output shape (with batch dimension) and returning a module.
-        pool: ``None``/``"model"`` keeps the network's own pooling (and pre-logits layers); ``"avg"``,
-            ``"max"``, ``"concat"`` or ``"token"`` cut before it and let the head pool (with a ``cut``,
-            how the head pools the body's feature map).
+        pool: ``None``/``"model"`` keeps the network's own pooling (and pre-logits layers); ``"avg"``
+            (``"mean"``), ``"max"``, ``"concat"`` or ``"token"`` (the first token) cut before it and let the
+            head pool (with a ``cut``, how the head pools the body's feature map). Token features pool over
+            the ``attention_mask`` passed to the model. A backbone without a classifier (``AutoModel``)
+            grafts whole with one of these.
         in_chans: adapt the first convolution to this many input channels (see
             :func:`torchgraft.adapt_input_channels`).
         input_size: per-sample input shape for the dry runs (default: from the model's metadata, else
             ``(C, 224, 224)``).
+        example: a real example batch for the dry runs instead — a tensor, or a dict of keyword arguments
+            (``{"input_ids": ..., "attention_mask": ...}``). Hugging Face text models get token ids from
+            their config by default (:func:`~torchgraft.grafting.dryrun.default_example`).
         hidden: hidden layer widths of the ``"mlp"`` head (default ``(512,)``).
         dropout: dropout of the head (``"mlp"``: ``dropout / 2`` before the first layer; default 0.5 for
             ``"mlp"``, none for ``"linear"``).
@@ -314,19 +361,26 @@ def graft(
         raise ValueError(f"graft: n_out must be a positive int, got {n_out!r}.")
     _check_pool(pool)
     source, before = type(model).__name__, _param_count(model)
+    if example is None and input_size is None:
+        example = default_example(model)
     size = tuple(input_size) if input_size is not None else infer_input_size(model)
     adaptation = None
     if in_chans is not None:
+        if example is not None:
+            raise ValueError(
+                f"graft: in_chans= adapts an image network's first convolution; {source} takes {_keys(example)}."
+            )
         adaptation = adapt_input_channels(model, in_chans, input_size=size)
         size = (in_chans, *size[1:])
+    probe: Probe = size if example is None else example
     if callable(cut) and not isinstance(cut, nn.Module):
         body, method, info, removed, notes = Body(cut(model), select_main=False), "callable", None, [], []
     else:
-        eval_trace = trace(model, size)
-        body, method, info, removed, notes = _build_body(model, cut, pool, size, eval_trace)
+        eval_trace = _trace(model, probe)
+        body, method, info, removed, notes = _build_body(model, cut, pool, probe, eval_trace)
         if body.exit_at is not None or body.method != "forward":
-            removed += _prune_unused(body, size, eval_trace.names())
-    body_trace = trace(body, size)
+            removed += _prune_unused(body, probe, eval_trace.names())
+    body_trace = _trace(body, probe)
     shape = body_trace.output
     layout = _layout(body_trace, info, model)
     head_pool = pool or ("model" if cut is None else ("concat" if head == "mlp" else "avg"))
@@ -342,7 +396,7 @@ def graft(
         classifier=info.names if info else (),
         removed=tuple(removed),
         removed_params=before + adaptation_delta(adaptation, model) - _param_count(body),
-        input_size=size,
+        input_size=size if example is None else body_trace.input_shape,
         body_output=tuple(shape[1:]) if isinstance(shape, torch.Size) else None,
         layout=layout,
         pool=head_pool,
@@ -355,6 +409,10 @@ def graft(
     if guard:
         grafted.guard = PretrainedGuard.track(grafted, graft_info.pretrained)
     return grafted
+
+
+def _keys(example: Example) -> str:
+    return "a tensor" if isinstance(example, torch.Tensor) else ", ".join(example)
 
 
 def adaptation_delta(adaptation: InputAdaptation | None, model: nn.Module) -> int:

@@ -107,13 +107,12 @@ class ErrorRate(MulticlassAccuracy):
 class BatchMean(torchmetrics.MeanMetric):
     """A plain ``fn(outputs, targets) -> scalar`` averaged over batches, weighted by batch size.
 
-    ``higher_is_better`` comes from ``fn.higher_is_better`` when it has one (else ``None``: unknown).
+    Its direction is read from ``fn.higher_is_better`` by :meth:`MetricSet.higher_is_better`.
     """
 
     def __init__(self, fn: MetricFn) -> None:
         super().__init__()
         self.fn = fn
-        self.higher_is_better = getattr(fn, "higher_is_better", None)
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:  # type: ignore[override]
         value = torch.as_tensor(self.fn(outputs, targets), dtype=torch.float32, device=outputs.device)

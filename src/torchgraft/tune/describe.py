@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from torchgraft.grafting.dryrun import trace
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, group_lrs
 
@@ -16,6 +17,7 @@ _METHODS = {
     "timm-features": "cut at timm's forward_features; the head pools ({pool})",
     "cut": "cut after '{cut}' (cut= given); the head pools ({pool})",
     "callable": "body built by the cut= callable",
+    "backbone": "the whole network (it has no classifier); the head pools its main output ({pool})",
 }
 
 
@@ -62,6 +64,23 @@ def _head_lines(head: nn.Module) -> list[str]:
     return lines
 
 
+def _outputs(head: nn.Module, body_output: tuple[int, ...] | None) -> int | str:
+    """Number of outputs of ``head``: from a dry run on the body's output shape (any head, custom final
+    modules such as ``SigmoidRange`` included), else the last layer that declares it."""
+    if body_output is not None:
+        try:
+            shape = trace(head, tuple(body_output)).main_shape
+            if shape is not None and len(shape) == 2:
+                return int(shape[1])
+        except Exception:  # a head that needs more than one tensor: fall back to its layers
+            pass
+    for module in reversed(list(head.modules())):
+        for attribute in ("out_features", "out_channels"):
+            if isinstance(getattr(module, attribute, None), int):
+                return getattr(module, attribute)
+    return "?"
+
+
 def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
     """Describe a grafted model: the cut, what was removed, input and body output shapes, the head's
     layers, parameter counts (pretrained, new, trainable) per part, and the layer-group plan (with the
@@ -78,7 +97,7 @@ def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
         raise TypeError(
             f"describe: {type(model).__name__} is not a grafted model. Graft it first: torchgraft.graft(model, n_out)."
         )
-    n_out = getattr(list(model.head.modules())[-1], "out_features", "?")
+    n_out = _outputs(model.head, info.body_output)
     names = ", ".join(f"'{n}'" for n in info.classifier) or "(none: the network was headless)"
     lines = [
         f"torchgraft: {info.source} grafted -> {n_out} outputs",

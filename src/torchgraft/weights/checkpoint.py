@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Checkpoint", "UnsafeCheckpointError", "read_checkpoint", "save_weights"]
+__all__ = ["Checkpoint", "CheckpointReadError", "UnsafeCheckpointError", "read_checkpoint", "save_weights"]
 
 NESTED_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
 EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema", "ema", "ema_state_dict")
@@ -30,6 +31,21 @@ _NUMBER = re.compile(r"(\d+)")
 
 class UnsafeCheckpointError(ValueError):
     """The checkpoint needs arbitrary code to unpickle and was not loaded."""
+
+
+class CheckpointReadError(ValueError):
+    """The checkpoint file is damaged (empty, truncated, a corrupt header) or not a checkpoint at all."""
+
+
+def _damaged(path: Path, error: BaseException) -> CheckpointReadError:
+    lines = str(error).strip().splitlines()
+    what = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
+    if path.stat().st_size == 0:
+        what = "the file is empty"
+    return CheckpointReadError(
+        f"cannot read checkpoint {path} ({path.stat().st_size:,} bytes): {what}. The file is damaged or not "
+        f"a checkpoint; download or copy it again."
+    )
 
 
 @dataclass
@@ -56,12 +72,22 @@ def _load_file(path: Path, *, trust_pickle: bool) -> tuple[Any, dict[str, str]]:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        return load_file(str(path)), metadata
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+            return load_file(str(path)), metadata
+        except Exception as error:  # safetensors raises its own SafetensorError for a bad header
+            raise _damaged(path, error) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle), {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on old pickle protocols: the refusal says it all
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle), {}
+    except (EOFError, RuntimeError, OSError) as error:
+        raise _damaged(path, error) from None
     except pickle.UnpicklingError as error:
+        if path.stat().st_size == 0 or ("GLOBAL" not in str(error) and "Unsupported" not in str(error)):
+            if "weights_only" not in str(error):
+                raise _damaged(path, error) from None
         reason = str(error).strip().splitlines()
         detail = next(
             (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""

@@ -11,7 +11,13 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["UnknownModelError", "build_model", "parameters_on_meta", "torchvision_classifiers"]
+__all__ = [
+    "UnknownModelError",
+    "build_model",
+    "check_timm_name",
+    "parameters_on_meta",
+    "torchvision_classifiers",
+]
 
 
 class UnknownModelError(ValueError):
@@ -69,6 +75,19 @@ def _on_device(builder: Callable[[], nn.Module], device: str | torch.device) -> 
             return builder()
 
 
+def check_timm_name(arch: str) -> str:
+    """``arch`` if timm knows it.
+
+    Raises:
+        UnknownModelError: with the closest names timm knows.
+    """
+    names = _timm().list_models()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5)
+        raise UnknownModelError(f"unknown timm model {arch!r}; close names: {', '.join(close) or '-'}.")
+    return arch
+
+
 def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
     """Build ``name`` with random weights on ``device`` (``"meta"``: no memory, any size).
 
@@ -82,12 +101,8 @@ def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
         device(type='meta')
     """
     if name.startswith(("timm/", "timm:")):
-        timm = _timm()
-        arch = name[5:]
-        if arch not in timm.list_models():
-            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-            raise UnknownModelError(f"unknown timm model {arch!r}; close names: {', '.join(close) or '-'}.")
-        return _on_device(lambda: timm.create_model(arch, pretrained=False), device)
+        arch = check_timm_name(name[5:])
+        return _on_device(lambda: _timm().create_model(arch, pretrained=False), device)
     known = torchvision_classifiers()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=5)
