@@ -181,7 +181,9 @@ def _first_tensor(example: Example) -> torch.Tensor:
     return example if isinstance(example, torch.Tensor) else next(iter(example.values()))
 
 
-def _to(example: Example, device: str | torch.device) -> Example:
+def _to(example: Example | None, device: str | torch.device) -> Example | None:
+    if example is None:
+        return None
     if isinstance(example, torch.Tensor):
         return example.to(device)
     return {key: value.to(device) for key, value in example.items()}

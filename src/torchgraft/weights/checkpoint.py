@@ -85,9 +85,9 @@ def _load_file(path: Path, *, trust_pickle: bool) -> tuple[Any, dict[str, str]]:
     except (EOFError, RuntimeError, OSError) as error:
         raise _damaged(path, error) from None
     except pickle.UnpicklingError as error:
-        if path.stat().st_size == 0 or ("GLOBAL" not in str(error) and "Unsupported" not in str(error)):
-            if "weights_only" not in str(error):
-                raise _damaged(path, error) from None
+        unsafe = "GLOBAL" in str(error) or "Unsupported" in str(error) or "weights_only" in str(error)
+        if path.stat().st_size == 0 or not unsafe:
+            raise _damaged(path, error) from None
         reason = str(error).strip().splitlines()
         detail = next(
             (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""
