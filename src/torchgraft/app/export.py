@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from torchgraft.data.preprocess import Preprocessing
 from torchgraft.grafting.surgery import graft
+from torchgraft.tasks import Classification, Task, task_from_record
 from torchgraft.weights.checkpoint import save_weights
 from torchgraft.weights.load import LoadError, load_weights
 from torchgraft.weights.zoo import build_model
@@ -40,6 +41,7 @@ class Exported:
     classes: list[str]
     preprocessing: Preprocessing
     config: dict[str, Any]
+    task: Task = field(default_factory=Classification)
 
 
 def export_model(
@@ -50,6 +52,7 @@ def export_model(
     classes: Sequence[str],
     preprocessing: Preprocessing,
     graft_options: dict[str, Any] | None = None,
+    task: Task | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory`` (each atomically).
@@ -61,6 +64,8 @@ def export_model(
         classes: class names, in output order.
         preprocessing: what validation used; prediction uses the same.
         graft_options: the keyword arguments ``graft`` was called with (JSON values).
+        task: the task trained (recorded so that ``predict`` decodes outputs the same way; default
+            classification).
         extra: more JSON fields to record (weights source, final metrics...).
 
     Example:
@@ -82,6 +87,7 @@ def export_model(
         "architecture": architecture,
         "graft": {"n_out": len(classes), **options},
         "classes": list(classes),
+        "task": (task or Classification()).record(),
         "preprocessing": preprocessing.as_dict(),
         **(extra or {}),
     }
@@ -128,4 +134,5 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
             f"{directory}: {WEIGHTS_FILE} does not fit {config['architecture']} as model.json describes it "
             f"({first}; ...). Were the files written by one run?"
         ) from error
-    return Exported(model.to(device).eval(), list(config["classes"]), prep, config)
+    task = task_from_record(config.get("task"))
+    return Exported(model.to(device).eval(), list(config["classes"]), prep, config, task)

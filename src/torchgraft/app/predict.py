@@ -54,7 +54,7 @@ def predict_images(
         chunk = [str(p) for p in paths[start : start + batch_size]]
         batch = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
         logits = exported.model(batch).float().cpu()
-        probabilities = logits.softmax(dim=1)
+        probabilities = exported.task.decode(logits)["probabilities"]
         values, indices = probabilities.topk(k, dim=1)
         for path, row, vals, idx in zip(chunk, logits, values, indices, strict=True):
             top = [(exported.classes[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist(), strict=True)]

@@ -223,6 +223,7 @@ def train_run(
             classes=classes,
             preprocessing=run.preprocessing,
             graft_options=run.graft_options,
+            task=learner.task,
             extra={"weights": run.origin, "grafted": _graft_record(model), "final": final},
         ),
         *_write_history(history, run_dir),

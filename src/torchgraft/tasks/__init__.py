@@ -11,7 +11,7 @@ from typing import Any
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.classify import Classification
 
-__all__ = ["TASKS", "Classification", "Task", "get_task"]
+__all__ = ["TASKS", "Classification", "Task", "get_task", "task_from_record"]
 
 TASKS: dict[str, type[Task]] = {"classify": Classification}
 
@@ -28,3 +28,16 @@ def get_task(task: str | Task | None = None, **options: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}. Choose from {', '.join(TASKS)} or pass a Task object.")
     return TASKS[name](**options)
+
+
+def task_from_record(record: dict[str, Any] | None) -> Task:
+    """The task an export recorded with :meth:`Task.record` (``None``, from exports older than tasks:
+    classification).
+
+    Raises:
+        ValueError: a task this version does not know.
+    """
+    if record is None:
+        return Classification()
+    options = {k: v for k, v in record.items() if k != "name"}
+    return get_task(record["name"], **options)
