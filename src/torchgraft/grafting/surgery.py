@@ -364,22 +364,9 @@ def graft(
     if example is None and input_size is None:
         example = default_example(model)
     size = tuple(input_size) if input_size is not None else infer_input_size(model)
-    adaptation = None
-    if in_chans is not None:
-        if example is not None:
-            raise ValueError(
-                f"graft: in_chans= adapts an image network's first convolution; {source} takes {_keys(example)}."
-            )
-        adaptation = adapt_input_channels(model, in_chans, input_size=size)
-        size = (in_chans, *size[1:])
+    adaptation, size = _adapt_channels(model, in_chans, size, example)
     probe: Probe = size if example is None else example
-    if callable(cut) and not isinstance(cut, nn.Module):
-        body, method, info, removed, notes = Body(cut(model), select_main=False), "callable", None, [], []
-    else:
-        eval_trace = _trace(model, probe)
-        body, method, info, removed, notes = _build_body(model, cut, pool, probe, eval_trace)
-        if body.exit_at is not None or body.method != "forward":
-            removed += _prune_unused(body, probe, eval_trace.names())
+    body, method, info, removed, notes = _cut_body(model, cut, pool, probe)
     body_trace = _trace(body, probe)
     shape = body_trace.output
     layout = _layout(body_trace, info, model)
@@ -411,8 +398,32 @@ def graft(
     return grafted
 
 
-def _keys(example: Example) -> str:
-    return "a tensor" if isinstance(example, torch.Tensor) else ", ".join(example)
+def _adapt_channels(
+    model: nn.Module, in_chans: int | None, size: tuple[int, ...], example: Example | None
+) -> tuple[InputAdaptation | None, tuple[int, ...]]:
+    """Adapt the input convolution to ``in_chans`` (if asked); returns what was done and the new input size."""
+    if in_chans is None:
+        return None, size
+    if example is not None:
+        takes = "a tensor" if isinstance(example, torch.Tensor) else ", ".join(example)
+        raise ValueError(
+            f"graft: in_chans= adapts an image network's first convolution; {type(model).__name__} takes {takes}."
+        )
+    return adapt_input_channels(model, in_chans, input_size=size), (in_chans, *size[1:])
+
+
+def _cut_body(
+    model: nn.Module, cut: CutSpec, pool: str | None, probe: Probe
+) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
+    """The body (by a callable ``cut``, or from a dry run), the method, the classifier found, the removed
+    module names (pruned layers included) and notes."""
+    if callable(cut) and not isinstance(cut, nn.Module):
+        return Body(cut(model), select_main=False), "callable", None, [], []
+    eval_trace = _trace(model, probe)
+    body, method, info, removed, notes = _build_body(model, cut, pool, probe, eval_trace)
+    if body.exit_at is not None or body.method != "forward":
+        removed += _prune_unused(body, probe, eval_trace.names())
+    return body, method, info, removed, notes
 
 
 def adaptation_delta(adaptation: InputAdaptation | None, model: nn.Module) -> int:

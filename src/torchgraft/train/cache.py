@@ -14,6 +14,7 @@ mask, so text batches padded to different lengths cache fine); otherwise the bod
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torchgraft.tasks.batch import call_model
 from torchgraft.tune.freeze import frozen_batchnorm
 
-__all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader"]
+__all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader", "feature_loaders"]
 
 _STOCHASTIC = ("Dropout", "DropPath", "StochasticDepth", "AlphaDropout")
 
@@ -136,3 +137,22 @@ def cached_loader(
     shuffled = isinstance(loader.sampler, RandomSampler)
     sampler = RandomSampler(data, generator=loader.sampler.generator) if shuffled else SequentialSampler(data)
     return DataLoader(data, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
+
+
+def feature_loaders(
+    model: nn.Module,
+    train: DataLoader,
+    valid: DataLoader | None,
+    prepare: Callable[[Any], tuple[Any, Any]],
+    *,
+    quiet: bool = False,
+) -> tuple[DataLoader, DataLoader | None, nn.Module] | None:
+    """``(cached train loader, cached valid loader, the head part that trains on them)`` while ``model``'s
+    body cannot change, else ``None`` (the unfrozen phase of a recipe trains normally)."""
+    if cache_problem(model) is not None:
+        return None
+    cached_train = cached_loader(model, train, prepare=prepare, train=True)
+    cached_valid = cached_loader(model, valid, prepare=prepare, train=False) if valid is not None else None
+    if not quiet:
+        print(f"feature cache: body features of {len(cached_train.dataset)} samples computed once", file=sys.stderr)
+    return cached_train, cached_valid, cached_head(model)

@@ -29,19 +29,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
-from torchgraft.train.cache import cache_problem, cached_head, cached_loader
+from torchgraft.train.cache import feature_loaders
 from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
 from torchgraft.train.distributed import is_main, setup, shard_loader
 from torchgraft.train.loop import Loop, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
-from torchgraft.train.runstate import (
-    get_loader_rng_state,
-    get_rng_state,
-    read_state,
-    set_loader_rng_state,
-    set_rng_state,
-    write_state,
-)
+from torchgraft.train.resume import capture, restore
+from torchgraft.train.runstate import read_state, write_state
 from torchgraft.train.schedule import one_cycle
 from torchgraft.tune.freeze import BNPolicy, freeze, unfreeze
 from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
@@ -149,13 +143,7 @@ class Learner:
         memory = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory)
         self.distributed = setup(self.device)
-        self.network: nn.Module = self.model  # what runs the forward: the model, or DDP around it
-        if self.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            train_dl = shard_loader(train_dl)  # type: ignore[arg-type]
-            valid_dl = shard_loader(valid_dl, shuffle=False) if valid_dl is not None else None  # type: ignore[arg-type]
-        self.train_dl, self.valid_dl = train_dl, valid_dl
+        self.network, self.train_dl, self.valid_dl = self._wrap(train_dl, valid_dl)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
         self.loop = Loop(self.task, self.device, loss, amp_dtype, self.channels_last, accumulate, clip_grad, scaler)
         self.loop.distributed = self.distributed
@@ -170,20 +158,25 @@ class Learner:
             self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode))
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.history: list[dict[str, Any]] = []
-        self.lr_history: list[list[float]] = []
-        self.epoch = 0  # epochs completed in the current fit
-        self.step = 0  # optimizer steps in the current fit
+        self.history: list[dict[str, Any]] = []  # one record per epoch, every fit
+        self.lr_history: list[list[float]] = []  # each optimizer group's rate after every step
         self.phase = 0  # fit calls so far (fine_tune's phases)
         self.stage: str | None = None  # which part of a recipe is running ("frozen", "unfrozen")
-        self.stop = False  # a callback sets it to end the fit after this epoch
-        self.resumed: Path | None = None  # the checkpoint the current fit resumed from
-        self.fit_kind: dict[str, Any] = {}
+        self._start_fit({})
         self._watch: Any = None
         self.cache_features = cache_features
-        self.cache: tuple[Any, Any] | None = None  # (train, valid) feature loaders while the body is frozen
+        self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features
 
     # ------------------------------------------------------------------------------------------ set-up
+
+    def _wrap(self, train_dl: Iterable[Any], valid_dl: Iterable[Any] | None) -> tuple[nn.Module, Any, Any]:
+        """What runs the forward (the model, or DDP around it) and the loaders (sharded under DDP)."""
+        if not self.distributed:
+            return self.model, train_dl, valid_dl
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        valid = shard_loader(valid_dl, shuffle=False) if valid_dl is not None else None  # type: ignore[arg-type]
+        return network, shard_loader(train_dl), valid  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
@@ -232,15 +225,8 @@ class Learner:
     def _set_cache(self) -> None:
         """Cache body features for this fit if asked and the body cannot change; else run normally."""
         self.cache = None
-        if not self.cache_features or cache_problem(self.model) is not None or self.distributed:
-            return  # the unfrozen phase of a recipe: train normally
-        train = cached_loader(self.model, self.train_dl, prepare=self.loop.prepare, train=True)  # type: ignore[arg-type]
-        valid = None
-        if self.valid_dl is not None:
-            valid = cached_loader(self.model, self.valid_dl, prepare=self.loop.prepare, train=False)  # type: ignore[arg-type]
-        self.cache = (train, valid, cached_head(self.model))
-        if not self.quiet:
-            print(f"feature cache: body features of {len(train.dataset)} samples computed once", file=sys.stderr)
+        if self.cache_features and not self.distributed:
+            self.cache = feature_loaders(self.model, self.train_dl, self.valid_dl, self.loop.prepare, quiet=self.quiet)
 
     def _bar(self, iterable: Iterable[Any], desc: str) -> Iterable[Any]:
         if not self.progress or self.quiet or not is_main():
@@ -252,52 +238,23 @@ class Learner:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
-        """Everything a resumed fit needs: model, optimizer, scheduler, scaler, counters, history and every
-        random generator (global ones and the data loaders' own ``generator=``)."""
-        assert self.optimizer is not None
-        scaler = self.loop.scaler
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "phase": self.phase,
-            "stage": self.stage,
-            "fit": self.fit_kind,
-            "history": self.history,
-            "lr_history": self.lr_history,
-            "rng": get_rng_state(),
-            "loader_rng": get_loader_rng_state([self.train_dl, self.valid_dl]),
-        }
+        """Everything a resumed fit needs (:func:`torchgraft.train.resume.capture`)."""
+        return capture(self)
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state` to ``path`` atomically (on rank 0 only)."""
         if is_main():
             write_state(path, self.state())
 
-    def _restore(self, path: str | Path) -> None:
-        state = read_state(path)
-        if state["fit"] != self.fit_kind:
-            raise ValueError(
-                f"resume: {path} was written by {state['fit']['kind']}({state['fit']['epochs']} epochs), not "
-                f"{self.fit_kind['kind']}({self.fit_kind['epochs']} epochs); resume with the same call."
-            )
-        assert self.optimizer is not None
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.loop.scaler is not None and state["scaler"] is not None:
-            self.loop.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history, self.lr_history = list(state["history"]), [list(r) for r in state["lr_history"]]
-        set_rng_state(state["rng"])
-        set_loader_rng_state([self.train_dl, self.valid_dl], state.get("loader_rng", []))
-        self.resumed = Path(path)
-
     # ----------------------------------------------------------------------------------------- fitting
+
+    def _start_fit(self, kind: dict[str, Any]) -> None:
+        self.fit_kind = kind  # {"kind": "fit_one_cycle", "epochs": 3}: a resumed fit must be the same call
+        self.epoch = 0  # epochs completed in the current fit
+        self.step = 0  # optimizer steps in the current fit
+        self.stop = False  # a callback sets it to end the fit after this epoch
+        self.resumed: Path | None = None  # the checkpoint the current fit resumed from
+        self.loop.checked = False  # check the first batch's targets against the task again
 
     def _run(self, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> list[Any]:
         if epochs < 1:
@@ -306,10 +263,9 @@ class Learner:
         self._set_cache()
         steps = math.ceil(len(self.train_dl) / self.loop.accumulate) * epochs  # type: ignore[arg-type]
         self.scheduler = schedule(optimizer, steps)
-        self.epoch, self.step, self.stop, self.resumed = 0, 0, False, None
-        self.fit_kind, self.loop.checked = {"kind": kind, "epochs": epochs}, False
+        self._start_fit({"kind": kind, "epochs": epochs})
         if resume is not None:
-            self._restore(resume)
+            restore(self, resume)
         notify(self.callbacks, "on_fit_begin", self)
         try:
             while self.epoch < epochs and not self.stop:
@@ -389,18 +345,10 @@ class Learner:
     def plot(self, directory: str | Path) -> list[Path]:
         """Write ``loss.png`` (loss and metric curves) and ``lr.png`` (each optimizer group's rate per step)
         into ``directory``; needs matplotlib."""
-        from torchgraft.train.plots import plot_history, plot_lrs
+        from torchgraft.train.plots import plot_training
 
-        directory = Path(directory)
         groups = self.optimizer.param_groups if self.optimizer is not None else []
-        names = [
-            f"group {i}: max {g.get('max_lr', g['lr']):.2g}" + (", no decay" if g.get("weight_decay") == 0 else "")
-            for i, g in enumerate(groups)
-        ]
-        return [
-            plot_history(self.history, directory / "loss.png"),
-            plot_lrs(self.lr_history, directory / "lr.png", names=names),
-        ]
+        return plot_training(self.history, self.lr_history, groups, directory)
 
     def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFind:
         """Sweep the learning rate and suggest one (:func:`torchgraft.train.lr_finder.lr_find` with this

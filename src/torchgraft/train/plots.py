@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_confusion", "plot_history", "plot_lr_find", "plot_lrs"]
+__all__ = [
+    "plot_confusion",
+    "plot_history",
+    "plot_lr_find",
+    "plot_lrs",
+    "plot_training",
+]
 
 
 def _pyplot() -> Any:
@@ -97,3 +103,19 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
                 color = "white" if count > top / 2 else "black"
                 axis.text(j, i, str(count), ha="center", va="center", color=color, fontsize="small")
     return _save(figure, path)
+
+
+def plot_training(
+    history: Sequence[dict[str, Any]],
+    lr_history: Sequence[Sequence[float]],
+    groups: Sequence[dict[str, Any]],
+    directory: str | Path,
+) -> list[Path]:
+    """``loss.png`` (:func:`plot_history`) and ``lr.png`` (:func:`plot_lrs`, one line per optimizer group,
+    named by its maximum rate) in ``directory``."""
+    directory = Path(directory)
+    names = [
+        f"group {i}: max {g.get('max_lr', g['lr']):.2g}" + (", no decay" if g.get("weight_decay") == 0 else "")
+        for i, g in enumerate(groups)
+    ]
+    return [plot_history(history, directory / "loss.png"), plot_lrs(lr_history, directory / "lr.png", names=names)]

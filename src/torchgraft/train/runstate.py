@@ -15,10 +15,12 @@ __all__ = [
     "StateError",
     "get_loader_rng_state",
     "get_rng_state",
+    "load_training_state",
     "loader_generators",
     "read_state",
     "set_loader_rng_state",
     "set_rng_state",
+    "training_state",
     "write_state",
 ]
 
@@ -134,3 +136,46 @@ def read_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "fit" not in state:
         raise StateError(f"resume: {path} is not a torchgraft training state (no model/fit entries).")
     return state
+
+
+def training_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    loaders: list[Any] = (),  # type: ignore[assignment]
+    **counters: Any,
+) -> dict[str, Any]:
+    """Everything a resumed fit needs: the model's, optimizer's, scheduler's and gradient scaler's states,
+    every random generator (global ones and the data loaders' own ``generator=``), and ``counters``
+    (epoch, step, history, ...) as given."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": get_rng_state(),
+        "loader_rng": get_loader_rng_state(list(loaders)),
+        **counters,
+    }
+
+
+def load_training_state(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    loaders: list[Any] = (),  # type: ignore[assignment]
+) -> None:
+    """Put what :func:`training_state` captured back into the same objects (the counters stay in ``state``)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    set_loader_rng_state(list(loaders), state.get("loader_rng", []))

@@ -1,0 +1,80 @@
+"""Capturing and restoring a Learner's whole training state, for checkpoints that resume exactly.
+
+Kept apart from the Learner so that the loop reads without it; it touches only the attributes named in
+:class:`Resumable`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from torchgraft.train.runstate import load_training_state, read_state, training_state
+
+__all__ = ["Resumable", "capture", "restore"]
+
+
+class Resumable(Protocol):
+    """What :func:`capture` and :func:`restore` read and write on a Learner."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None
+    scheduler: Any
+    loop: Any
+    train_dl: Any
+    valid_dl: Any
+    epoch: int
+    step: int
+    phase: int
+    stage: str | None
+    fit_kind: dict[str, Any]
+    history: list[dict[str, Any]]
+    lr_history: list[list[float]]
+    resumed: Path | None
+
+
+def capture(learner: Resumable) -> dict[str, Any]:
+    """Model, optimizer, scheduler, gradient scaler, every random generator (the loaders' own too), the
+    counters and the history of ``learner``."""
+    if learner.optimizer is None:
+        raise ValueError("state: nothing to capture before the first fit built an optimizer.")
+    return training_state(
+        learner.model,
+        learner.optimizer,
+        scheduler=learner.scheduler,
+        scaler=learner.loop.scaler,
+        loaders=[learner.train_dl, learner.valid_dl],
+        epoch=learner.epoch,
+        step=learner.step,
+        phase=learner.phase,
+        stage=learner.stage,
+        fit=learner.fit_kind,
+        history=learner.history,
+        lr_history=learner.lr_history,
+    )
+
+
+def restore(learner: Resumable, path: str | Path) -> None:
+    """Put the state at ``path`` back into ``learner``, whose current fit must be the call that wrote it.
+
+    Raises:
+        ValueError: the checkpoint was written by another call (``fit`` vs ``fit_one_cycle``, other epochs).
+        StateError: a damaged file, or one that is not a training state.
+    """
+    state = read_state(path)
+    if state["fit"] != learner.fit_kind:
+        raise ValueError(
+            f"resume: {path} was written by {state['fit']['kind']}({state['fit']['epochs']} epochs), not "
+            f"{learner.fit_kind['kind']}({learner.fit_kind['epochs']} epochs); resume with the same call."
+        )
+    assert learner.optimizer is not None
+    loaders = [learner.train_dl, learner.valid_dl]
+    scaler = learner.loop.scaler
+    load_training_state(
+        state, learner.model, learner.optimizer, scheduler=learner.scheduler, scaler=scaler, loaders=loaders
+    )
+    learner.epoch, learner.step = state["epoch"], state["step"]
+    learner.history, learner.lr_history = list(state["history"]), [list(r) for r in state["lr_history"]]
+    learner.resumed = Path(path)
