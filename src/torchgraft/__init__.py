@@ -7,6 +7,7 @@ Graft a new head onto any pretrained network without touching its weights::
     print(torchgraft.describe(model))
 """
 
+from torchgraft._version import __version__
 from torchgraft.app.export import Exported, ExportError, export_model, load_exported
 from torchgraft.app.predict import Prediction, predict_images
 from torchgraft.app.run import RunResult, TrainSettings, train_run
@@ -49,8 +50,6 @@ from torchgraft.weights.align import Alignment, Match, align_keys
 from torchgraft.weights.checkpoint import Checkpoint, UnsafeCheckpointError, read_checkpoint, save_weights
 from torchgraft.weights.load import LoadError, LoadReport, load_weights
 from torchgraft.weights.pretrained import WeightsError, pretrained_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Alignment",

@@ -72,7 +72,7 @@ def export_model(
         >>> export_model("run", model, architecture="resnet18", classes=["cat", "dog"],
         ...              preprocessing=preprocessing_for("resnet18"))
     """
-    from torchgraft import __version__
+    from torchgraft._version import __version__
 
     options = dict(graft_options or {})
     unknown = sorted(set(options) - set(_GRAFT_OPTIONS))

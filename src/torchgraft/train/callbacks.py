@@ -19,14 +19,28 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
+from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import is_main
 
-if TYPE_CHECKING:
-    from torchgraft.train.learner import Learner
-
 __all__ = ["EVENTS", "HOOKS", "Callback", "Checkpointer", "EarlyStopping", "Hooks", "ProgressPrinter", "notify"]
+
+
+class Learner(Protocol):
+    """What the built-in callbacks read and set on the :class:`torchgraft.Learner` they are given (user
+    callbacks receive the whole Learner)."""
+
+    quiet: bool
+    history: list[dict[str, Any]]
+    phase: int
+    stop: bool
+    resumed: Path | None
+    metric_set: MetricSet
+
+    def save(self, path: str | Path) -> None:
+        """Write the resumable state to ``path``."""
+
 
 EVENTS = ("on_fit_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_epoch_end", "on_fit_end")
 HOOKS = ("epoch_begin", "epoch_end", "step_begin", "step_end")

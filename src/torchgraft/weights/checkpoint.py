@@ -230,7 +230,7 @@ def save_weights(model: nn.Module, path: str | Path, *, metadata: Mapping[str, s
         >>> load_weights(fresh_model, "run/model.safetensors").ok
         True
     """
-    from torchgraft import __version__
+    from torchgraft._version import __version__
 
     path = Path(path)
     path = path if path.suffix else path.with_suffix(".safetensors")
