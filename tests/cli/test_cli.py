@@ -92,6 +92,13 @@ def test_describe_table():
         describe(torch.nn.Linear(2, 2))
 
 
+def test_describe_counts_the_outputs_of_heads_ending_in_a_custom_module():
+    regression = graft(torchvision.models.resnet18(), 2, y_range=(0.0, 5.0), input_size=(3, 64, 64))
+    assert describe(regression).splitlines()[0] == "torchgraft: ResNet grafted -> 2 outputs"
+    custom = graft(torchvision.models.resnet18(), 3, head=torch.nn.Sequential(torch.nn.Linear(512, 3), torch.nn.Tanh()))
+    assert describe(custom).splitlines()[0] == "torchgraft: ResNet grafted -> 3 outputs"
+
+
 def test_inspect_prints_the_group_plan_with_learning_rates(capsys):
     assert main(["inspect", "resnet50", "--lr", "1e-5:1e-3"]) == 0
     out = capsys.readouterr().out

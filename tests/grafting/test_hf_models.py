@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from torchgraft import Learner, describe, graft, layer_groups
+from torchgraft import Learner, describe, freeze, graft, layer_groups
 
 transformers = pytest.importorskip("transformers")
 
@@ -160,3 +161,55 @@ def test_minilm_fine_tunes_on_bbc_news_from_collator_batches(minilm_path):
     model = graft(transformers.AutoModel.from_pretrained(minilm_path), 5, pool="mean")
     history = Learner(model, train, valid, quiet=True, metrics=["accuracy", "f1"]).fit_one_cycle(1, 1e-3)
     assert history[-1]["accuracy"] >= 0.85  # 5 classes: chance is 0.2
+
+
+def _token_rows(n: int, *, seed: int = 0) -> list[dict]:
+    """Token sequences of varying length whose label is decided by which half of the vocabulary they use."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        length = int(torch.randint(4, 20, (1,), generator=generator))
+        ids = torch.randint(1000 + 1000 * label, 2000 + 1000 * label, (length,), generator=generator)
+        rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "labels": label})
+    return rows
+
+
+def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Dynamic padding to the longest sequence of the batch, as DataCollatorWithPadding does."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    ids = torch.tensor([r["input_ids"] + [0] * (longest - len(r["input_ids"])) for r in rows])
+    mask = torch.tensor([r["attention_mask"] + [0] * (longest - len(r["attention_mask"])) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in rows])}
+
+
+def test_an_ungrafted_sequence_classifier_trains_from_dict_batches():
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(**_SMALL, num_labels=2))
+    train = torch.utils.data.DataLoader(_token_rows(256), batch_size=16, shuffle=True, collate_fn=_collate)
+    valid = torch.utils.data.DataLoader(_token_rows(64, seed=1), batch_size=16, collate_fn=_collate)
+    history = Learner(model, train, valid, quiet=True, metrics=["accuracy", "f1"]).fit_one_cycle(3, 3e-3)
+    assert history[-1]["accuracy"] > 0.9  # the two halves of the vocabulary are easy to tell apart
+
+
+def test_feature_cache_on_padded_text_trains_the_same_head():
+    used: list[bool] = []
+
+    def frozen_fit(cache: bool) -> tuple[nn.Module, list[dict]]:
+        torch.manual_seed(0)
+        config = transformers.BertConfig(**_SMALL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        model = graft(transformers.BertModel(config), 2, pool="mean")  # no dropout: body features are fixed
+        freeze(model)
+        train = torch.utils.data.DataLoader(_token_rows(64), batch_size=16, shuffle=True, collate_fn=_collate)
+        valid = torch.utils.data.DataLoader(_token_rows(32, seed=1), batch_size=16, collate_fn=_collate)
+        hooks = {"epoch_end": lambda learner: used.append(learner.cache is not None)}
+        learner = Learner(model, train, valid, quiet=True, cache_features=cache, hooks=hooks)
+        history = learner.fit_one_cycle(2, 1e-2)
+        return model, history
+
+    cached, cached_history = frozen_fit(True)
+    plain, plain_history = frozen_fit(False)
+    assert used == [True, True, False, False]
+    for a, b in zip(cached.head.parameters(), plain.head.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert cached_history[-1]["accuracy"] == pytest.approx(plain_history[-1]["accuracy"])
