@@ -97,6 +97,19 @@ def test_learner_refuses_regression_targets_with_the_default_metric():
         learner.fit(1)
 
 
+def test_soft_labels_train_but_multilabel_rows_are_refused():
+    x = torch.randn(16, 5)
+    soft = torch.softmax(torch.randn(16, 3), dim=1)  # mixup-style class probabilities
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, soft), batch_size=8)
+    Learner(nn.Linear(5, 3), loader, quiet=True, metrics=None).fit(1)
+    multilabel = torch.randint(0, 2, (16, 3)).float()
+    multilabel[:, 0] = 1  # at least one label per row, several in most
+    multilabel[0] = torch.tensor([1.0, 1.0, 0.0])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, multilabel), batch_size=8)
+    with pytest.raises(TargetError, match="multi-label 0/1 rows"):
+        Learner(nn.Linear(5, 3), loader, quiet=True, metrics=None).fit(1)
+
+
 def test_metric_names_are_checked_against_the_task():
     with pytest.raises(ValueError, match=r"unknown metric 'miou' for the classify task. Choose from accuracy"):
         MetricSet(Classification(), ["miou"])

@@ -47,6 +47,10 @@ class Task:
     def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Raise a clear error when ``targets`` are not of the kind this task trains on."""
 
+    def check_training(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Checked on the first training batch of every fit (default: :meth:`check`)."""
+        self.check(outputs, targets)
+
     def check_metric_name(self, name: str) -> None:
         """Raise ``ValueError`` naming the metrics that fit this task when ``name`` is not one of them."""
         if name not in self.metric_names:

@@ -68,6 +68,18 @@ class Classification(Task):
         """Class indices ``(B,)`` within ``[0, C)`` for outputs ``(B, C)``."""
         check_class_targets(outputs, targets, where="classify")
 
+    def check_training(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Class indices, or class probabilities ``(B, C)`` whose rows sum to 1 (mixup, soft labels)."""
+        if targets.is_floating_point() and targets.shape == outputs.shape:
+            sums = targets.float().sum(dim=-1)
+            if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+                raise TargetError(
+                    f"classify: float targets of shape {tuple(targets.shape)} whose rows do not sum to 1 are not "
+                    f"class probabilities (multi-label 0/1 rows?). Use the task that fits the targets or class indices."
+                )
+            return
+        self.check(outputs, targets)
+
     def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
         """An accumulator for ``name`` sized by the number of classes (the outputs' last dimension)."""
         self.check_metric_name(name)

@@ -134,7 +134,12 @@ class Learner:
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"Learner: accumulate must be >= 1, got {accumulate}.")
-        self.task = get_task(task, target_key=target_key) if not isinstance(task, Task) else task
+        if isinstance(task, Task) and target_key not in ("labels", task.target_key):
+            raise ValueError(
+                f"Learner: target_key={target_key!r} but the task reads {task.target_key!r}; set the task's own "
+                f"target_key ({type(task).__name__}(target_key={target_key!r}))."
+            )
+        self.task = task if isinstance(task, Task) else get_task(task, target_key=target_key)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         amp_dtype = _amp_dtype(amp)
         if amp_dtype is torch.float16 and self.device.type != "cuda":

@@ -72,7 +72,7 @@ class Loop:
         with self.autocast():
             outputs = self.task.outputs(call_model(model, inputs))
             if not self.checked and isinstance(targets, torch.Tensor):
-                self.task.check(outputs.detach(), targets)  # once per fit: a wrong kind of target fails early
+                self.task.check_training(outputs.detach(), targets)  # once per fit: a wrong kind of target fails early
                 self.checked = True
             loss = (self.loss or self.task.loss)(outputs, targets)
         return loss, outputs
