@@ -26,7 +26,7 @@ from torchgraft.grafting.guard import (
 )
 from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
 from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
-from torchgraft.tasks import Classification, Task, get_task
+from torchgraft.tasks import Classification, Multilabel, Regression, Task, best_threshold, get_task
 from torchgraft.tasks.metrics import MetricSet, TargetError, accuracy, error_rate, top_k_accuracy
 from torchgraft.train import distributed
 from torchgraft.train.callbacks import Callback, Checkpointer, EarlyStopping
@@ -79,12 +79,14 @@ __all__ = [
     "LoadReport",
     "Match",
     "MetricSet",
+    "Multilabel",
     "OptimizerReport",
     "Pool",
     "Prediction",
     "Preprocessing",
     "PretrainedGuard",
     "PretrainedWeightsChangedError",
+    "Regression",
     "RunResult",
     "SigmoidRange",
     "StaleOptimizerError",
@@ -102,6 +104,7 @@ __all__ = [
     "adapt_conv_weight",
     "adapt_input_channels",
     "align_keys",
+    "best_threshold",
     "check_optimizer",
     "check_pretrained",
     "describe",

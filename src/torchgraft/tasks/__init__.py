@@ -10,14 +10,26 @@ from typing import Any
 
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.classify import Classification
+from torchgraft.tasks.multilabel import Multilabel, best_threshold
+from torchgraft.tasks.regression import Regression
 
-__all__ = ["TASKS", "Classification", "Task", "get_task", "task_from_record"]
+__all__ = [
+    "TASKS",
+    "Classification",
+    "Multilabel",
+    "Regression",
+    "Task",
+    "best_threshold",
+    "get_task",
+    "task_from_record",
+]
 
-TASKS: dict[str, type[Task]] = {"classify": Classification}
+TASKS: dict[str, type[Task]] = {"classify": Classification, "multilabel": Multilabel, "regression": Regression}
 
 
 def get_task(task: str | Task | None = None, **options: Any) -> Task:
-    """A task object from a name (``"classify"``), a task object (returned as is), or ``None`` (classify).
+    """A task object from a name (``"classify"``, ``"multilabel"``, ``"regression"``), a task object
+    (returned as is), or ``None`` (classify).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
@@ -40,4 +52,6 @@ def task_from_record(record: dict[str, Any] | None) -> Task:
     if record is None:
         return Classification()
     options = {k: v for k, v in record.items() if k != "name"}
+    if record.get("name") == "regression":
+        options["loss"] = options.pop("loss", "mse")
     return get_task(record["name"], **options)

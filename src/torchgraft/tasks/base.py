@@ -63,6 +63,11 @@ class Task:
         """A fresh accumulator for metric ``name``, sized from a first batch of ``outputs``."""
         raise NotImplementedError
 
+    def update_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What this task's own metrics are fed for one batch (default: outputs and targets as they are;
+        regression maps outputs back to the targets' units)."""
+        return outputs, targets
+
     def metric_direction(self, name: str) -> bool:
         """Whether a larger value of metric ``name`` is better."""
         return True

@@ -178,13 +178,16 @@ class MetricSet:
             self.metrics[name] = metric.to(outputs.device)
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch (outputs as the model returned them, already reduced to the loss tensor)."""
+        """Add one batch (outputs as the model returned them, already reduced to the loss tensor). Named
+        metrics get what :meth:`Task.update_inputs` makes of it; other metrics get it as it is."""
         if self.specs and not self.metrics:
             self._build(outputs)
+        named = (outputs, targets)
         if any(isinstance(spec, str) for spec in self.specs.values()):
             self.task.check(outputs, targets)  # the task's own metrics get only targets of its kind
-        for metric in self.metrics.values():
-            metric.update(outputs, targets)
+            named = self.task.update_inputs(outputs, targets)
+        for name, metric in self.metrics.items():
+            metric.update(*(named if isinstance(self.specs[name], str) else (outputs, targets)))
 
     def compute(self) -> dict[str, float]:
         """Each metric over everything seen since the last :meth:`reset` (synchronised across DDP ranks)."""

@@ -1,0 +1,117 @@
+"""Multi-label classification: any number of labels per sample, one sigmoid per label, thresholded F1/mAP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torchmetrics
+from torch import nn
+from torchmetrics import classification as tmc
+
+from torchgraft.tasks.base import Task
+from torchgraft.tasks.metrics import TargetError
+
+__all__ = ["Multilabel", "best_threshold"]
+
+
+def _build(name: str, labels: int, threshold: float) -> torchmetrics.Metric:
+    builders: dict[str, Any] = {
+        "f1": lambda: tmc.MultilabelF1Score(labels, threshold=threshold, average="micro"),
+        "f1_macro": lambda: tmc.MultilabelF1Score(labels, threshold=threshold, average="macro"),
+        "accuracy": lambda: tmc.MultilabelAccuracy(labels, threshold=threshold, average="micro"),
+        "map": lambda: tmc.MultilabelAveragePrecision(labels, average="macro"),
+    }
+    return builders[name]()
+
+
+def best_threshold(
+    probabilities: torch.Tensor, targets: torch.Tensor, *, grid: Sequence[float] | None = None
+) -> tuple[float, float]:
+    """The decision threshold with the best micro-F1 on a validation set, and that F1.
+
+    Args:
+        probabilities: ``(N, C)`` sigmoid outputs.
+        targets: ``(N, C)`` 0/1 labels.
+        grid: thresholds to try (default 0.05, 0.10, ..., 0.95); ties go to the one nearest 0.5.
+
+    Example:
+        >>> threshold, f1 = best_threshold(torch.sigmoid(logits), labels)
+    """
+    grid = list(grid) if grid is not None else [round(0.05 * i, 2) for i in range(1, 20)]
+    if not grid:
+        raise ValueError("best_threshold: the grid of thresholds is empty.")
+    truth = targets.bool()
+    scores = []
+    for threshold in grid:
+        predicted = probabilities >= threshold
+        tp = (predicted & truth).sum().item()
+        fp = (predicted & ~truth).sum().item()
+        fn = (~predicted & truth).sum().item()
+        scores.append((2 * tp / max(2 * tp + fp + fn, 1), -abs(threshold - 0.5), threshold))
+    f1, _, threshold = max(scores)
+    return float(threshold), float(f1)
+
+
+class Multilabel(Task):
+    """Several labels per sample: targets are 0/1 rows ``(B, C)``, outputs logits ``(B, C)``.
+
+    Args:
+        threshold: decision threshold on the sigmoid (used by thresholded metrics and :meth:`decode`);
+            :func:`best_threshold` picks one on validation outputs.
+        pos_weight: weight of positives per label in the loss (rare labels), as in ``BCEWithLogitsLoss``.
+        target_key: key of the targets in mapping batches.
+
+    Metrics: ``f1`` (micro), ``f1_macro``, ``accuracy`` (per-label decisions, micro), ``map`` (mean
+    average precision over labels; no threshold) — each over the whole validation set.
+    """
+
+    name: ClassVar[str] = "multilabel"
+    metric_names: ClassVar[tuple[str, ...]] = ("f1", "f1_macro", "accuracy", "map")
+    default_metrics: ClassVar[tuple[str, ...]] = ("f1", "map")
+
+    def __init__(
+        self, *, threshold: float = 0.5, pos_weight: Sequence[float] | None = None, target_key: str = "labels"
+    ) -> None:
+        super().__init__(target_key=target_key)
+        if not 0 < threshold < 1:
+            raise ValueError(f"Multilabel: threshold must lie in (0, 1), got {threshold}.")
+        self.threshold = float(threshold)
+        self.pos_weight = list(pos_weight) if pos_weight is not None else None
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy on the logits, one term per label."""
+        weight = torch.tensor(self.pos_weight, device=outputs.device) if self.pos_weight is not None else None
+        return nn.functional.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype), pos_weight=weight)
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """0/1 targets of the outputs' shape ``(B, C)``."""
+        if targets.shape != outputs.shape or outputs.ndim != 2:
+            kind = "class indices" if not targets.is_floating_point() and targets.ndim == 1 else "targets"
+            raise TargetError(
+                f"multilabel: needs 0/1 targets of shape {tuple(outputs.shape)} (one column per label), got "
+                f"{kind} of shape {tuple(targets.shape)}. Single-label class indices are task='classify'."
+            )
+        if not bool(((targets == 0) | (targets == 1)).all()):
+            raise TargetError(
+                "multilabel: targets must be 0 or 1 per label; other values are regression (task='regression')."
+            )
+
+    def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
+        """An accumulator for ``name`` sized by the number of labels."""
+        self.check_metric_name(name)
+        return _build(name, int(outputs.shape[1]), self.threshold)
+
+    def update_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer 0/1 targets, as torchmetrics' multi-label metrics expect."""
+        return outputs, targets.long()
+
+    def decode(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``probabilities`` (sigmoid) and ``labels`` (0/1 at the threshold)."""
+        probabilities = outputs.float().sigmoid()
+        return {"probabilities": probabilities, "labels": (probabilities >= self.threshold).long()}
+
+    def record(self) -> dict[str, Any]:
+        """The task name, target key, threshold and positive weights."""
+        return {**super().record(), "threshold": self.threshold, "pos_weight": self.pos_weight}

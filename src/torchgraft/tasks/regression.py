@@ -1,0 +1,119 @@
+"""Regression: one or several float targets per sample; losses on standardised targets, metrics in units."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+import torchmetrics
+from torch import nn
+
+from torchgraft.tasks.base import Task
+from torchgraft.tasks.metrics import TargetError
+
+__all__ = ["Regression"]
+
+LossName = Literal["mse", "l1", "huber"]
+_LOSSES = {"mse": nn.functional.mse_loss, "l1": nn.functional.l1_loss, "huber": nn.functional.huber_loss}
+
+
+class Regression(Task):
+    """Float targets ``(B,)`` or ``(B, K)``; outputs ``(B, K)``.
+
+    The model learns standardised targets, ``(y - mean) / std``, so that every target weighs the same in the
+    loss and the head starts at the right scale; metrics and :meth:`decode` map outputs back to the
+    targets' units. :meth:`fit_scale` takes mean and std from the training targets (pass ``mean=0,
+    std=1`` when the head already bounds outputs in units, ``y_range``).
+
+    Args:
+        loss: ``"mse"`` (default), ``"l1"`` or ``"huber"``.
+        mean: per-target mean(s) of the training targets.
+        std: per-target standard deviation(s).
+        target_key: key of the targets in mapping batches.
+
+    Metrics: ``mae``, ``rmse``, ``r2`` (per target, averaged), in the targets' units, over the whole set.
+    """
+
+    name: ClassVar[str] = "regression"
+    metric_names: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
+    default_metrics: ClassVar[tuple[str, ...]] = ("mae", "r2")
+
+    def __init__(
+        self,
+        *,
+        loss: LossName = "mse",
+        mean: float | Sequence[float] = 0.0,
+        std: float | Sequence[float] = 1.0,
+        target_key: str = "labels",
+    ) -> None:
+        super().__init__(target_key=target_key)
+        if loss not in _LOSSES:
+            raise ValueError(f"Regression: unknown loss {loss!r}. Choose from {', '.join(_LOSSES)}.")
+        self.loss_name = loss
+        self.mean = torch.atleast_1d(torch.as_tensor(mean, dtype=torch.float32))
+        self.std = torch.atleast_1d(torch.as_tensor(std, dtype=torch.float32))
+        if bool((self.std <= 0).any()):
+            raise ValueError(f"Regression: std must be > 0, got {self.std.tolist()}.")
+
+    def fit_scale(self, targets: torch.Tensor) -> Regression:
+        """Take ``mean`` and ``std`` from the training targets (a constant target keeps std 1); returns self."""
+        values = targets.float().reshape(len(targets), -1)
+        self.mean = values.mean(dim=0)
+        std = values.std(dim=0) if len(values) > 1 else torch.ones(values.shape[1])
+        self.std = torch.where(std > 0, std, torch.ones_like(std))
+        return self
+
+    def _columns(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Targets as ``(B, K)`` columns matching ``outputs``."""
+        return targets.reshape(outputs.shape) if targets.ndim == 1 and outputs.ndim == 2 else targets
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The chosen loss between outputs and standardised targets."""
+        targets = self._columns(outputs, targets).to(outputs.dtype)
+        scaled = (targets - self.mean.to(outputs.device)) / self.std.to(outputs.device)
+        return _LOSSES[self.loss_name](outputs, scaled)
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Float targets with one value per output."""
+        if not targets.is_floating_point():
+            raise TargetError(
+                f"regression: needs float targets, got integer targets of shape {tuple(targets.shape)} (class "
+                f"indices? use task='classify'; integer counts: convert with .float())."
+            )
+        if outputs.ndim != 2 or self._columns(outputs, targets).shape != outputs.shape:
+            raise TargetError(
+                f"regression: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} do not match; "
+                f"graft the model with one output per target column."
+            )
+        if self.mean.numel() not in (1, outputs.shape[1]):
+            raise TargetError(f"regression: {self.mean.numel()} target means for {outputs.shape[1]} outputs.")
+
+    def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
+        """An accumulator for ``name`` (``r2`` averaged over the target columns)."""
+        self.check_metric_name(name)
+        columns = int(outputs.shape[1]) if outputs.ndim == 2 else 1
+        if name == "mae":
+            return torchmetrics.MeanAbsoluteError()
+        if name == "rmse":
+            return torchmetrics.MeanSquaredError(squared=False)
+        return torchmetrics.R2Score(multioutput="uniform_average") if columns > 1 else torchmetrics.R2Score()
+
+    def metric_direction(self, name: str) -> bool:
+        """``r2`` improves upwards, errors downwards."""
+        return name == "r2"
+
+    def update_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs in the targets' units, with the targets' shape (squeezed for one column)."""
+        values = self.decode(outputs)["values"]
+        targets = self._columns(outputs, targets).float()
+        return (values.squeeze(1), targets.squeeze(1)) if values.shape[1] == 1 else (values, targets)
+
+    def decode(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``values``: outputs mapped back to the targets' units."""
+        outputs = outputs.float()
+        return {"values": outputs * self.std.to(outputs.device) + self.mean.to(outputs.device)}
+
+    def record(self) -> dict[str, Any]:
+        """The task name, target key, loss and the scale of the targets."""
+        return {**super().record(), "loss": self.loss_name, "mean": self.mean.tolist(), "std": self.std.tolist()}
