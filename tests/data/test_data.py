@@ -135,7 +135,7 @@ def test_csv_with_and_without_split_column(tmp_path, cat):
     data = image_data(tmp_path / "split.csv")
     assert [p for p, _ in data.valid] == [str(tmp_path / "img/x/0.png"), str(tmp_path / "img/x/1.png")]
     (tmp_path / "missing.csv").write_text("img/x/9.png,cat\n")
-    with pytest.raises(DataError, match=r"1 listed files do not exist \(first: .*9.png\)"):
+    with pytest.raises(DataError, match=r"1 bad rows: line 1: no file .*9.png"):  # by line (issue 14)
         image_data(tmp_path / "missing.csv")
 
 

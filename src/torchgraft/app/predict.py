@@ -1,34 +1,69 @@
-"""Classify image files with an exported model: top-k classes with probabilities (and the raw logits)."""
+"""Predict image files with an exported model, as its task decodes outputs: top-k classes (single label),
+every label above its threshold (multi-label) or values in the targets' units (regression)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from torchgraft.app.export import Exported
 from torchgraft.data.images import load_rgb
+from torchgraft.tasks import Multilabel
 
 __all__ = ["Prediction", "predict_images"]
 
 
 @dataclass
 class Prediction:
-    """What the model says about one image: ``top`` is ``[(class, probability), ...]``, best first."""
+    """What the model says about one image.
+
+    Attributes:
+        path: the image file.
+        top: ``[(class, probability), ...]`` best first (single label: the top k; multi-label: every label
+            at or above the threshold).
+        logits: the raw outputs.
+        values: regression: ``{target name: value}`` in the targets' units.
+    """
 
     path: str
     top: list[tuple[str, float]]
     logits: list[float]
+    values: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready fields."""
-        return {
-            "path": self.path,
-            "top": [{"class": c, "probability": p} for c, p in self.top],
-            "logits": self.logits,
-        }
+        fields: dict[str, object] = {"path": self.path}
+        if self.values:
+            fields["values"] = self.values
+        else:
+            fields["top"] = [{"class": c, "probability": p} for c, p in self.top]
+        return {**fields, "logits": self.logits}
+
+    def line(self) -> str:
+        """One readable line (without the path)."""
+        if self.values:
+            return "  ".join(f"{name} {value:.4g}" for name, value in self.values.items())
+        return "  ".join(f"{name} {probability:.3f}" for name, probability in self.top) or "(no label)"
+
+
+def _describe(exported: Exported, logits: torch.Tensor, path: str, k: int) -> Prediction:
+    """One image's prediction from its logits, as the exported task decodes them."""
+    decoded = exported.task.decode(logits[None])
+    names = exported.classes
+    if "values" in decoded:
+        values = {name: float(v) for name, v in zip(names, decoded["values"][0].tolist(), strict=True)}
+        return Prediction(path, [], logits.tolist(), values)
+    probabilities = decoded["probabilities"][0]
+    if isinstance(exported.task, Multilabel):
+        chosen = decoded["labels"][0].nonzero().flatten().tolist()
+        top = sorted(((names[i], float(probabilities[i])) for i in chosen), key=lambda item: -item[1])
+        return Prediction(path, top, logits.tolist())
+    values_, indices = probabilities.topk(k)
+    top = [(names[i], float(v)) for v, i in zip(values_.tolist(), indices.tolist(), strict=True)]
+    return Prediction(path, top, logits.tolist())
 
 
 @torch.no_grad()
@@ -36,7 +71,8 @@ def predict_images(
     exported: Exported, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32
 ) -> list[Prediction]:
     """Run ``exported`` (from :func:`torchgraft.load_exported`) on the images at ``paths``, preprocessed
-    exactly as its validation data was.
+    exactly as its validation data was, and decode the outputs as its task does (``top_k`` applies to
+    single-label classification; multi-label lists every label at or above the stored threshold).
 
     Raises:
         BadImage: a file cannot be decoded (its path is named).
@@ -54,9 +90,5 @@ def predict_images(
         chunk = [str(p) for p in paths[start : start + batch_size]]
         batch = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
         logits = exported.model(batch).float().cpu()
-        probabilities = exported.task.decode(logits)["probabilities"]
-        values, indices = probabilities.topk(k, dim=1)
-        for path, row, vals, idx in zip(chunk, logits, values, indices, strict=True):
-            top = [(exported.classes[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist(), strict=True)]
-            results.append(Prediction(path, top, row.tolist()))
+        results += [_describe(exported, row, path, k) for path, row in zip(chunk, logits, strict=True)]
     return results

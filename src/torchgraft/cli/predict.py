@@ -1,4 +1,5 @@
-"""``torchgraft predict RUN_DIR IMAGES...``: top-k classes of images, from the exported model files alone."""
+"""``torchgraft predict RUN_DIR IMAGES...``: what an exported model says about images (top-k classes, the
+labels above the threshold, or regression values), from the exported model files alone."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ def add_parser(commands: Any) -> None:
     """Register the ``predict`` subcommand."""
     parser = commands.add_parser(
         "predict",
-        help="classify images with an exported model",
+        help="predict images with an exported model",
         description="Load the exported model of RUN_DIR (model.safetensors + model.json; nothing else) and print "
-        "the top-k classes of each image with their probabilities.",
+        "for each image the top-k classes with their probabilities (multi-label: every label above the stored "
+        "threshold; regression: the values).",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by torchgraft train (or demo)")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of images")
@@ -58,6 +60,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(p.path) for p in predictions)
     for prediction in predictions:
-        top = "  ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
-        print(f"{prediction.path:<{width}}  {top}")
+        print(f"{prediction.path:<{width}}  {prediction.line()}")
     return 0

@@ -1,4 +1,5 @@
-"""``torchgraft train DATA``: fine-tune a pretrained network on a folder (or CSV) of images into a RUN_DIR."""
+"""``torchgraft train DATA``: fine-tune a pretrained network on a folder (or CSV) of images — single-label,
+multi-label or regression — into a RUN_DIR."""
 
 from __future__ import annotations
 
@@ -15,7 +16,21 @@ _DEFAULTS = TrainSettings()
 
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``train`` and ``lr-find``: the data, the network, its weights and the input."""
-    parser.add_argument("data", metavar="DATA", help="image folder (train/ + valid/, or class folders) or a CSV")
+    parser.add_argument(
+        "data", metavar="DATA", help="image folder (train/ + valid/, or class folders), or a CSV / JSON-lines file"
+    )
+    parser.add_argument(
+        "--task",
+        choices=("classify", "multilabel", "regression"),
+        default=None,
+        help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression)",
+    )
+    parser.add_argument("--x-col", default=None, help="CSV column of the image paths (default: path/image/file)")
+    parser.add_argument("--y-col", default=None, help="CSV column(s) of the targets, comma-separated (default: label)")
+    parser.add_argument(
+        "--y-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="bound regression outputs"
+    )
+    parser.add_argument("--threshold", type=float, default=None, help="multi-label threshold (default: best F1)")
     parser.add_argument(
         "--model", default=_DEFAULTS.model, help=f"torchvision builder or timm/NAME (default: {_DEFAULTS.model})"
     )
@@ -58,6 +73,11 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
         amp=args.amp,
         workers=args.workers,
         device=args.device,
+        task=args.task,
+        x_col=args.x_col,
+        y_col=args.y_col,
+        y_range=tuple(args.y_range) if args.y_range else None,
+        threshold=args.threshold,
         **extra,
     )
 
@@ -91,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "run_dir": str(result.run_dir),
             "classes": result.classes,
-            "final": {k: v for k, v in result.history[-1].items() if k not in ("phase", "epoch")},
+            "task": result.learner.task.name,
+            "final": result.final,
             "history": result.history,
             "files": [str(p) for p in result.files],
         }
