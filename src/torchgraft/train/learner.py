@@ -150,8 +150,17 @@ class Learner:
         self.distributed = setup(self.device)
         self.network, self.train_dl, self.valid_dl = self._wrap(train_dl, valid_dl)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
-        self.loop = Loop(self.task, self.device, loss, amp_dtype, self.channels_last, accumulate, clip_grad, scaler)
-        self.loop.distributed = self.distributed
+        self.loop = Loop(
+            task=self.task,
+            device=self.device,
+            loss=loss,
+            amp_dtype=amp_dtype,
+            channels_last=self.channels_last,
+            accumulate=accumulate,
+            clip_grad=clip_grad,
+            scaler=scaler,
+            distributed=self.distributed,
+        )
         self.metric_set = MetricSet(self.task, self.task.default_metrics if metrics == "default" else metrics)
         self.optimizer_class, self.weight_decay = optimizer, weight_decay
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
