@@ -24,7 +24,17 @@ from typing import Any, Literal, Protocol
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import is_main
 
-__all__ = ["EVENTS", "HOOKS", "Callback", "Checkpointer", "EarlyStopping", "Hooks", "ProgressPrinter", "notify"]
+__all__ = [
+    "EVENTS",
+    "HOOKS",
+    "Callback",
+    "Checkpointer",
+    "EarlyStopping",
+    "Hooks",
+    "Monitor",
+    "ProgressPrinter",
+    "notify",
+]
 
 
 class Learner(Protocol):
@@ -126,22 +136,23 @@ class ProgressPrinter(Callback):
         print("  ".join(cells), flush=True)
 
 
-class Checkpointer(Callback):
-    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored value improves.
+class Monitor:
+    """Which recorded value a callback watches and which way is better, shared by :class:`Checkpointer` and
+    :class:`EarlyStopping`.
 
-    The monitored value and its direction: ``monitor`` (default: the first metric, else ``valid_loss``)
-    and ``mode`` (default: from the metric itself — torchmetrics' ``higher_is_better``; ``valid_loss``
-    is minimised). A metric that does not say which way is better needs ``mode=``.
+    ``monitor`` defaults to the first metric, else ``valid_loss``; ``mode`` defaults to the metric's own
+    direction (torchmetrics' ``higher_is_better``; losses are minimised). A metric that does not say which way
+    is better needs ``mode=``.
     """
 
-    def __init__(self, directory: str | Path, *, monitor: str | None = None, mode: Mode | None = None) -> None:
+    def __init__(self, monitor: str | None = None, mode: Mode | None = None) -> None:
         if mode not in (None, "min", "max"):
-            raise ValueError(f"Checkpointer: mode={mode!r}; choose 'min' or 'max'.")
-        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
-        self.best = -math.inf
+            raise ValueError(f"monitor: mode={mode!r}; choose 'min' or 'max'.")
+        self.monitor, self.mode = monitor, mode
+        self.resolved: tuple[str, Mode] | None = None
 
     def resolve(self, learner: Learner) -> tuple[str, Mode]:
-        """The monitored name and direction for ``learner``'s metrics.
+        """The monitored name and direction for ``learner``'s metrics (kept for :meth:`score`).
 
         Raises:
             ValueError: ``monitor`` names nothing the Learner records, or its direction is unknown.
@@ -153,56 +164,67 @@ class Checkpointer(Callback):
                 f"Checkpointer: monitor={monitor!r} is not recorded; choose from valid_loss, train_loss, "
                 f"{', '.join(names)}."
             )
-        if self.mode is not None:
-            return monitor, self.mode
-        higher = False if monitor.endswith("_loss") else learner.metric_set.higher_is_better(monitor)
-        if higher is None:
-            raise ValueError(
-                f"Checkpointer: metric {monitor!r} does not say whether higher is better, so best.pt could keep "
-                f"the worst epoch. Pass mode='min' or mode='max' (Learner(..., mode=...)), or set "
-                f"{monitor}.higher_is_better."
-            )
-        return monitor, "max" if higher else "min"
+        higher = None
+        if self.mode is None:
+            higher = False if monitor.endswith("_loss") else learner.metric_set.higher_is_better(monitor)
+            if higher is None:
+                raise ValueError(
+                    f"Checkpointer: metric {monitor!r} does not say whether higher is better, so best.pt could "
+                    f"keep the worst epoch. Pass mode='min' or mode='max' (Learner(..., mode=...)), or set "
+                    f"{monitor}.higher_is_better."
+                )
+        self.resolved = (monitor, self.mode or ("max" if higher else "min"))
+        return self.resolved
 
-    def score(self, learner: Learner, record: dict[str, Any]) -> float | None:
-        monitor, mode = self.resolve(learner)
+    def score(self, record: dict[str, Any]) -> float | None:
+        """The monitored value of ``record``, signed so that larger is better (``None`` if not recorded)."""
+        assert self.resolved is not None, "resolve() first"
+        monitor, mode = self.resolved
         value = record.get(monitor)
         return None if value is None else (value if mode == "max" else -value)
 
+
+class Checkpointer(Callback):
+    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored value improves (``monitor`` and
+    ``mode`` as for :class:`Monitor`)."""
+
+    def __init__(self, directory: str | Path, *, monitor: str | None = None, mode: Mode | None = None) -> None:
+        self.directory, self.watch = Path(directory), Monitor(monitor, mode)
+        self.best = -math.inf
+
     def on_fit_begin(self, learner: Learner) -> None:
-        self.resolve(learner)  # fail before training, not after the first epoch
-        scores = [self.score(learner, r) for r in learner.history if r.get("phase") == learner.phase]
+        self.watch.resolve(learner)  # fail before training, not after the first epoch
+        scores = [self.watch.score(r) for r in learner.history if r.get("phase") == learner.phase]
         self.best = max((s for s in scores if s is not None), default=-math.inf)
         if learner.resumed is None:
             learner.save(self.directory / "last.pt")  # resumable even if stopped during the first epoch
 
     def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
         learner.save(self.directory / "last.pt")
-        score = self.score(learner, record)
+        score = self.watch.score(record)
         if score is not None and score > self.best:
             self.best = score
             learner.save(self.directory / "best.pt")
 
 
 class EarlyStopping(Callback):
-    """Stop a fit when ``monitor`` has not improved for ``patience`` epochs (direction as for
-    :class:`Checkpointer`)."""
+    """Stop a fit when ``monitor`` has not improved for ``patience`` epochs (direction as for :class:`Monitor`)."""
 
     def __init__(self, *, monitor: str | None = None, mode: Mode | None = None, patience: int = 3) -> None:
         if patience < 1:
             raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}.")
-        self.watch = Checkpointer(".", monitor=monitor, mode=mode)
+        self.watch = Monitor(monitor, mode)
         self.patience = patience
-        self.waited = 0
+        self.best, self.waited = -math.inf, 0
 
     def on_fit_begin(self, learner: Learner) -> None:
         self.watch.resolve(learner)
-        self.watch.best, self.waited = -math.inf, 0
+        self.best, self.waited = -math.inf, 0
 
     def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
-        score = self.watch.score(learner, record)
-        if score is not None and score > self.watch.best:
-            self.watch.best, self.waited = score, 0
+        score = self.watch.score(record)
+        if score is not None and score > self.best:
+            self.best, self.waited = score, 0
             return
         self.waited += 1
         if self.waited >= self.patience:
