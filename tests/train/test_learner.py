@@ -462,3 +462,37 @@ def test_one_cycle_with_an_optimizer_without_momentum(digits):
     learner = Learner(_cnn(), *_loaders(digits), optimizer=torch.optim.Adagrad, quiet=True)
     history = learner.fit_one_cycle(1, 1e-2)
     assert math.isfinite(history[-1]["valid_loss"]) and "momentum" not in learner.optimizer.param_groups[0]
+
+
+@pytest.mark.parametrize("stop_in", ["frozen", "top2", "unfrozen"])
+def test_gradual_fine_tune_unfreezes_from_the_top_and_resumes_in_any_stage(digits, tmp_path, stop_in):
+    def learner_for(directory: Path, hooks: dict) -> tuple[Learner, nn.Module]:
+        torch.manual_seed(0)
+        model = graft(_cnn(), 10, cut="6", input_size=(1, 8, 8))
+        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, hooks=hooks), model
+
+    seen: list[tuple[str | None, int]] = []
+
+    def watch(learner: Learner) -> None:
+        groups = layer_groups(learner.model)
+        seen.append((learner.stage, sum(any(p.requires_grad for p in g.params) for g in groups)))
+
+    straight, reference = learner_for(tmp_path / "a", {"epoch_begin": watch})
+    assert len(layer_groups(reference)) == 3
+    straight.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True)
+    assert seen == [("frozen", 1), ("frozen", 1), ("top2", 2), ("unfrozen", 3), ("unfrozen", 3)]
+
+    last = {"frozen": 1, "top2": 0, "unfrozen": 1}[stop_in]  # the stage's last epoch (22 steps each)
+
+    def stop(learner: Learner) -> None:
+        if learner.stage == stop_in and learner.epoch == last and learner.step == 22 * last + 4:
+            raise KeyboardInterrupt
+
+    interrupted, _ = learner_for(tmp_path / "b", {"step_end": stop})
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True)
+    resumed, model = learner_for(tmp_path / "b", {})
+    history = resumed.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True, resume=tmp_path / "b" / "last.pt")
+    assert len(history) == 5
+    for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchgraft import freeze, freeze_to, gradual_unfreeze, graft, layer_groups, param_groups, refreeze, unfreeze
-from torchgraft.tune.freeze import is_norm
+from torchgraft.tune.freeze import held_in_eval, is_norm
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -124,3 +124,30 @@ def test_refreeze_covers_modules_added_by_surgery():
 def test_freezing_a_single_group_warns():
     with pytest.warns(UserWarning, match="single"):
         freeze(nn.Linear(4, 2))
+
+
+def test_frozen_groups_hold_dropout_and_stochastic_depth_in_eval_mode():
+    from torchgraft.train.cache import cache_problem
+
+    model = graft(torchvision.models.efficientnet_b0(), 4)  # StochasticDepth in every block
+    dropout = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "StochasticDepth"]
+    assert dropout
+    freeze(model)
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.body(x), model.body(x))  # the frozen body is deterministic in training mode
+    assert all(held_in_eval(m) for _, m in dropout) and cache_problem(model) is None
+    freeze(model, bn="adapt")  # only the "frozen" policy holds them
+    model.train()
+    model.body(x)
+    assert not any(held_in_eval(m) for _, m in dropout) and cache_problem(model) is not None
+    freeze(model)
+    unfreeze(model)
+    model.train()
+    assert all(m.training and not held_in_eval(m) for _, m in dropout)
+    freeze_to(model, 1)  # dropout in the trainable groups keeps training
+    model.train()
+    model.body(x)
+    groups = layer_groups(model)
+    held = [groups.group_of(name) == 0 for name, _ in dropout]
+    assert [held_in_eval(m) for _, m in dropout] == held and any(held) and not all(held)

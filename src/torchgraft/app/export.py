@@ -1,6 +1,7 @@
 """An exported model: ``model.safetensors`` (the weights, no code) and ``model.json`` (everything needed to
 rebuild the network without the training run: architecture, how it was grafted, classes, preprocessing,
-library version). :func:`load_exported` rebuilds it in a fresh process from those two files alone.
+library version). :func:`load_exported` rebuilds it in a fresh process from those two files alone; a text
+model also reads its tokenizer and encoder config from the ``hf/`` folder beside them (no download).
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ import torch
 from torch import nn
 
 from torchgraft.data.preprocess import Preprocessing
+from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.grafting.surgery import graft
 from torchgraft.tasks import Classification, Task, task_from_record
 from torchgraft.weights.checkpoint import save_weights
+from torchgraft.weights.hf import hf_config_model
 from torchgraft.weights.load import LoadError, load_weights
 from torchgraft.weights.zoo import build_model
 
-__all__ = ["EXPORT_FORMAT", "ExportError", "Exported", "export_model", "load_exported"]
+__all__ = ["EXPORT_FORMAT", "ExportError", "Exported", "Preprocessor", "export_model", "load_exported"]
 
 EXPORT_FORMAT = "torchgraft-export/1"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "model.json"
+Preprocessor = Preprocessing | TextPreprocessing  # images or texts
 _GRAFT_OPTIONS = ("cut", "head", "pool", "in_chans", "hidden", "dropout", "batch_norm", "y_range")
 
 
@@ -39,7 +43,7 @@ class Exported:
 
     model: nn.Module
     classes: list[str]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessor
     config: dict[str, Any]
     task: Task = field(default_factory=Classification)
 
@@ -50,7 +54,7 @@ def export_model(
     *,
     architecture: str,
     classes: Sequence[str],
-    preprocessing: Preprocessing,
+    preprocessing: Preprocessor,
     graft_options: dict[str, Any] | None = None,
     task: Task | None = None,
     extra: dict[str, Any] | None = None,
@@ -60,9 +64,11 @@ def export_model(
     Args:
         directory: the folder to write (created if needed).
         model: the grafted model (the output of :func:`torchgraft.graft` with ``graft_options``).
-        architecture: the name :func:`torchgraft.build_model` builds (``"resnet50"``, ``"timm/convnext_tiny"``).
+        architecture: the name :func:`torchgraft.build_model` builds (``"resnet50"``, ``"timm/convnext_tiny"``),
+            or ``"hf/..."`` for a text encoder (rebuilt from the ``config.json`` that ``preprocessing``'s
+            tokenizer folder holds; :func:`torchgraft.train_run` writes it).
         classes: class names, in output order.
-        preprocessing: what validation used; prediction uses the same.
+        preprocessing: what validation used (image transforms or a tokenizer); prediction uses the same.
         graft_options: the keyword arguments ``graft`` was called with (JSON values).
         task: the task trained (recorded so that ``predict`` decodes outputs the same way; default
             classification).
@@ -119,13 +125,21 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
     """
     directory = Path(directory)
     config = _read_config(directory)
-    prep = Preprocessing.from_dict(config["preprocessing"])
     options = dict(config["graft"])
     n_out = options.pop("n_out")
     if options.get("y_range") is not None:
         options["y_range"] = tuple(options["y_range"])
-    source = build_model(config["architecture"], device="cpu")
-    model = graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
+    prep: Preprocessor
+    if config["preprocessing"].get("kind") == "text":
+        prep = TextPreprocessing.from_dict(config["preprocessing"])
+        folder = directory / prep.tokenizer
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{directory}: a text model needs {folder}/config.json (written by train).")
+        model = graft(hf_config_model(folder), n_out, **options)
+    else:
+        prep = Preprocessing.from_dict(config["preprocessing"])
+        source = build_model(config["architecture"], device="cpu")
+        model = graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
     try:
         load_weights(model, directory / WEIGHTS_FILE, strict=True)
     except LoadError as error:
@@ -135,4 +149,5 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
             f"({first}; ...). Were the files written by one run?"
         ) from error
     task = task_from_record(config.get("task"))
+    config["directory"] = str(directory)  # where the files were read (a text model's tokenizer is beside them)
     return Exported(model.to(device).eval(), list(config["classes"]), prep, config, task)

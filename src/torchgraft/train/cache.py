@@ -23,11 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 
 from torchgraft.tasks.batch import call_model
-from torchgraft.tune.freeze import frozen_batchnorm
+from torchgraft.tune.freeze import frozen_batchnorm, held_in_eval, is_stochastic
 
 __all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader", "feature_loaders"]
-
-_STOCHASTIC = ("Dropout", "DropPath", "StochasticDepth", "AlphaDropout")
 
 
 class FeatureCacheError(ValueError):
@@ -46,7 +44,8 @@ def cache_problem(model: nn.Module) -> str | None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not frozen_batchnorm(module):
             return f"BatchNorm 'body.{name}' is not frozen (its statistics would move); freeze with bn='frozen'"
         probability = getattr(module, "p", getattr(module, "drop_prob", 0.0))
-        if any(s in type(module).__name__ for s in _STOCHASTIC) and isinstance(probability, float) and probability > 0:
+        random = is_stochastic(module) and isinstance(probability, float) and probability > 0
+        if random and not held_in_eval(module):
             return f"'body.{name}' ({type(module).__name__}, p={probability}) is random in training mode"
     return None
 
@@ -84,12 +83,22 @@ def _encode(model: nn.Module, inputs: Any) -> torch.Tensor:
     return call_model(model.body, inputs)
 
 
+def _reading_order(loader: DataLoader) -> list[list[int]]:
+    """Index batches that read every sample once without randomness: the batch sampler's own ``in_order()``
+    when it has one (length-grouped text batches), else consecutive batches of the loader's batch size."""
+    in_order = getattr(loader.batch_sampler, "in_order", None)
+    if callable(in_order):
+        return [list(batch) for batch in in_order()]
+    size, count = loader.batch_size or 1, len(loader.dataset)  # type: ignore[arg-type]
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+
 @torch.no_grad()
 def _features(model: nn.Module, loader: DataLoader, prepare: Callable[[Any], tuple[Any, Any]]) -> TensorDataset:
+    order = _reading_order(loader)
     ordered = DataLoader(
         loader.dataset,
-        batch_size=loader.batch_size or 1,
-        sampler=SequentialSampler(loader.dataset),  # type: ignore[arg-type]
+        batch_sampler=order,  # type: ignore[arg-type]
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
@@ -112,7 +121,18 @@ def _features(model: nn.Module, loader: DataLoader, prepare: Callable[[Any], tup
             "head does not pool them first; graft with a pooling head (pool='token' or 'mean') or pass "
             "cache_features=False."
         )
-    return TensorDataset(torch.cat(features), torch.cat(targets))
+    position = torch.tensor([index for batch in order for index in batch]).argsort()  # back to dataset order
+    return TensorDataset(torch.cat(features)[position], torch.cat(targets)[position])
+
+
+def _shuffle_generator(loader: DataLoader) -> tuple[bool, torch.Generator | None]:
+    """Whether ``loader`` shuffles, and the generator it draws from (its sampler's or its batch sampler's)."""
+    if isinstance(loader.sampler, RandomSampler):
+        return True, loader.sampler.generator
+    batches = loader.batch_sampler
+    if getattr(batches, "shuffle", False) and isinstance(getattr(batches, "generator", None), torch.Generator):
+        return True, batches.generator  # type: ignore[union-attr]
+    return False, None
 
 
 def cached_loader(
@@ -120,7 +140,9 @@ def cached_loader(
 ) -> DataLoader:
     """A loader of ``(features, targets)`` standing for ``loader``: same batch size, same shuffling (a
     ``RandomSampler`` drawing from the same generator), same ``drop_last``. ``prepare(batch)`` splits a
-    batch into inputs and targets on the device (the task's split).
+    batch into inputs and targets on the device (the task's split). A length-grouping batch sampler
+    (:class:`~torchgraft.data.tokens.LengthGroupedBatches`) is read in its own order and stood for by plain
+    shuffled batches of its size: pooled features have no length left to group by.
 
     Raises:
         FeatureCacheError: the body can change (see :func:`cache_problem`), the loader is not a
@@ -134,9 +156,10 @@ def cached_loader(
     if train:
         _check_deterministic(loader.dataset)
     data = _features(model, loader, prepare)
-    shuffled = isinstance(loader.sampler, RandomSampler)
-    sampler = RandomSampler(data, generator=loader.sampler.generator) if shuffled else SequentialSampler(data)
-    return DataLoader(data, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
+    shuffled, generator = _shuffle_generator(loader)
+    sampler = RandomSampler(data, generator=generator) if shuffled else SequentialSampler(data)
+    size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
+    return DataLoader(data, batch_size=size, sampler=sampler, drop_last=loader.drop_last)
 
 
 def feature_loaders(

@@ -37,7 +37,8 @@ from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.resume import capture, restore
 from torchgraft.train.runstate import read_state, write_state
 from torchgraft.train.schedule import one_cycle
-from torchgraft.tune.freeze import BNPolicy, freeze, unfreeze
+from torchgraft.tune.freeze import BNPolicy, freeze_to
+from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
 
 __all__ = ["Learner", "TrainingDivergedError"]
@@ -383,6 +384,16 @@ class Learner:
             steps=steps,
         )
 
+    def _stages(self, epochs: int, freeze_epochs: int, gradual: bool) -> list[tuple[str, int, int]]:
+        """``(stage name, frozen groups, epochs)`` of a fine-tune recipe."""
+        count = len(layer_groups(self.model))
+        stages = [("frozen", count - 1, freeze_epochs)] if freeze_epochs > 0 else []
+        if gradual:  # each epoch one more group from the top, until every group trains
+            partial = min(epochs, count - 2)
+            stages += [(f"top{k + 2}", count - k - 2, 1) for k in range(partial)]
+            epochs -= partial
+        return stages + ([("unfrozen", 0, epochs)] if epochs > 0 else [])
+
     def fine_tune(
         self,
         epochs: int,
@@ -390,14 +401,22 @@ class Learner:
         *,
         freeze_epochs: int = 1,
         lr_mult: float = 1.0,
+        frozen_lr: float | None = None,
         bn: BNPolicy = "frozen",
         pct_start: float = 0.25,
+        gradual: bool = False,
         resume: str | Path | None = None,
     ) -> list[dict[str, Any]]:
         """Transfer-learning recipe: ``freeze_epochs`` of one-cycle training of the head alone (body frozen
         with BatchNorm policy ``bn``), then ``epochs`` of the whole network with discriminative rates from
         ``base_lr / lr_mult`` (first group) to ``base_lr`` (head). ``resume=`` continues a run of the same
-        call from its ``last.pt``, in whichever of the two stages it stopped.
+        call from its ``last.pt``, in whichever stage it stopped. ``frozen_lr`` sets the head's rate in the
+        frozen stage apart (default ``base_lr``): a head on cached features (``cache_features=True``) trains
+        almost for free and often wants a higher rate than the network.
+
+        ``gradual=True`` unfreezes ULMFiT-style: each of the ``epochs`` unfreezes one more layer group from
+        the top (one one-cycle fit per epoch; ``learner.stage`` is ``"top2"``, ``"top3"``, ...) until every
+        group trains; the epochs left after that train the whole network in one fit.
 
         The defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on three
         small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
@@ -405,15 +424,17 @@ class Learner:
         2e-3 (5e-3 was close: better on two targets, worse on the third); pass ``lr_mult > 1`` for data
         close to the pretraining data, where early layers should move less.
         """
+        stages = self._stages(epochs, freeze_epochs, gradual)
+        names = [name for name, _, _ in stages]
         stage = read_state(resume).get("stage") if resume is not None else None
+        start = names.index(stage) if stage in names else 0
         try:
-            if freeze_epochs > 0 and stage != "unfrozen":
-                self.stage = "frozen"
-                freeze(self.model, bn=bn)
-                self.fit_one_cycle(freeze_epochs, base_lr, pct_start=pct_start, resume=resume)
+            for name, n_frozen, stage_epochs in stages[start:]:
+                self.stage = name
+                freeze_to(self.model, n_frozen, bn=bn)
+                lr: LRSpec = (frozen_lr or base_lr) if name == "frozen" else slice(base_lr / lr_mult, base_lr)
+                self.fit_one_cycle(stage_epochs, lr, pct_start=pct_start, resume=resume)
                 resume = None
-            self.stage = "unfrozen"
-            unfreeze(self.model)
-            return self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, resume=resume)
+            return self.history
         finally:
             self.stage = None

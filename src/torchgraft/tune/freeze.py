@@ -5,8 +5,10 @@ left from earlier steps (so an optimizer cannot apply a stale one). Normalizatio
 follow an explicit policy, because every library does something different:
 
 * ``"frozen"`` (default) — frozen means frozen: affine parameters fixed and BatchNorm in evaluation mode,
-  so its running statistics never move, even after ``model.train()`` (as Keras does). Nothing in a fully
-  frozen body can change, which is what makes the body's features cacheable.
+  so its running statistics never move, even after ``model.train()`` (as Keras does); dropout and
+  stochastic depth inside frozen groups are held in evaluation mode too (a frozen feature extractor gives
+  the same features every time, as in linear probing). Nothing in a fully frozen body can change, which is
+  what makes the body's features cacheable.
 * ``"train"`` — fastai's ``train_bn``: the affine parameters of every normalization layer stay trainable and
   BatchNorm keeps updating its statistics. Gradients then flow back through the whole body.
 * ``"adapt"`` — affine parameters fixed but BatchNorm statistics keep adapting to the new data in training
@@ -34,6 +36,7 @@ __all__ = [
     "freeze_to",
     "frozen_batchnorm",
     "gradual_unfreeze",
+    "held_in_eval",
     "is_norm",
     "refreeze",
     "unfreeze",
@@ -42,6 +45,7 @@ __all__ = [
 BNPolicy = Literal["frozen", "train", "adapt"]
 BN_POLICIES: tuple[str, ...] = ("frozen", "train", "adapt")
 _STATE_ATTR = "_torchgraft_freeze"
+_STOCHASTIC = ("Dropout", "DropPath", "StochasticDepth", "AlphaDropout")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -67,9 +71,20 @@ def _keep_eval(module: nn.Module, args: Any) -> None:
     module.training = False
 
 
+def held_in_eval(module: nn.Module) -> bool:
+    """Whether ``module`` (a BatchNorm, dropout or stochastic-depth layer) is held in evaluation mode by the
+    ``"frozen"`` policy, whatever ``model.train()`` sets."""
+    return any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
+
+
 def frozen_batchnorm(module: nn.Module) -> bool:
     """Whether ``module`` is held in evaluation mode by the ``"frozen"`` BatchNorm policy."""
-    return any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
+    return held_in_eval(module)
+
+
+def is_stochastic(module: nn.Module) -> bool:
+    """Whether ``module`` is random in training mode (dropout, drop-path, stochastic depth) by its class name."""
+    return any(name in type(module).__name__ for name in _STOCHASTIC)
 
 
 def _set_bn_frozen(module: nn.Module, frozen: bool, training: bool) -> None:
@@ -107,6 +122,9 @@ def _apply(model: nn.Module, groups: LayerGroups, n_frozen: int, bn: str) -> Non
                 frozen_ids.add(id(param))
     frozen_names = {name for i, group in enumerate(groups) if i < n_frozen for name in group.names}
     for name, module in model.named_modules():
+        if is_stochastic(module) and not isinstance(module, _BatchNorm):
+            _set_bn_frozen(module, bn == "frozen" and _stochastic_frozen(groups, name, n_frozen), model.training)
+            continue
         if not isinstance(module, _BatchNorm):
             continue
         own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
@@ -115,9 +133,18 @@ def _apply(model: nn.Module, groups: LayerGroups, n_frozen: int, bn: str) -> Non
 
 
 def _in_frozen_group(groups: LayerGroups, module_name: str, n_frozen: int) -> bool:
-    """For a BatchNorm without affine parameters: whether its module path falls in a frozen group."""
+    """For a layer without parameters: whether its module path falls in a frozen group."""
     index = groups.group_of(module_name)
     return index is not None and index < n_frozen
+
+
+def _stochastic_frozen(groups: LayerGroups, name: str, n_frozen: int) -> bool:
+    """Whether dropout ``name`` is frozen: its group is, or (in no group, like the pre-logits dropout a graft
+    leaves in a torchvision body) it lies in a grafted model's body and every body group is frozen."""
+    index = groups.group_of(name)
+    if index is not None:
+        return index < n_frozen
+    return name.startswith("body.") and n_frozen >= len(groups) - 1
 
 
 def freeze_to(model: nn.Module, n: int, *, bn: BNPolicy = "frozen") -> LayerGroups:

