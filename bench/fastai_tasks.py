@@ -1,6 +1,7 @@
 """fastai's side of the multi-label / regression benchmark; run with a Python that has fastai 2.8.
 
-Usage: python fastai_tasks.py TASK CSV LITE0_WEIGHTS SIZE OUT_JSON   (TASK: multilabel or regression)
+Usage: python fastai_tasks.py TASK CSV LITE0_WEIGHTS SIZE OUT_JSON   (TASK: multilabel, regression or
+regression_yrange: regression with ``y_range=(0, 1)``)
 
 ``DataBlock`` with ``MultiCategoryBlock`` (labels split on ``;``) or ``RegressionBlock``, the CSV's ``split``
 column as the validation split, ``vision_learner`` on timm's ``efficientnet_lite0`` with the ImageNet Lite0
@@ -53,7 +54,8 @@ def main() -> None:
     )
     dls = block.dataloaders(frame, bs=64)
     metric = F1ScoreMulti(average="micro") if task == "multilabel" else mae
-    learn = vision_learner(dls, "efficientnet_lite0", pretrained=False, metrics=metric)
+    y_range = (0.0, 1.0) if task == "regression_yrange" else None  # fastai's sigmoid range, as its docs advise
+    learn = vision_learner(dls, "efficientnet_lite0", pretrained=False, metrics=metric, y_range=y_range)
     body = learn.model[0].model
     source = torch.load(weights, map_location="cpu", weights_only=True)
     body.load_state_dict(dict(zip(body.state_dict(), source.values(), strict=False)))

@@ -9,11 +9,13 @@ Graft a new head onto any pretrained network without touching its weights::
 
 from torchgraft._version import __version__
 from torchgraft.app.export import Exported, ExportError, export_model, load_exported
-from torchgraft.app.predict import Prediction, predict_images
+from torchgraft.app.predict import Prediction, predict_images, predict_texts
 from torchgraft.app.run import RunResult, TrainSettings, train_run
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
 from torchgraft.data.images import BadImage, load_rgb, scan_images
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+from torchgraft.data.texts import TextData, text_data
+from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
 from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
 from torchgraft.grafting.dryrun import Trace, trace
@@ -75,12 +77,14 @@ __all__ = [
     "LayerGroup",
     "LayerGroups",
     "Learner",
+    "LengthGroupedBatches",
     "LoadError",
     "LoadReport",
     "Match",
     "MetricSet",
     "Multilabel",
     "OptimizerReport",
+    "PadCollate",
     "Pool",
     "Prediction",
     "Preprocessing",
@@ -93,6 +97,9 @@ __all__ = [
     "SyncReport",
     "TargetError",
     "Task",
+    "TextData",
+    "TextPreprocessing",
+    "TokenDataset",
     "Trace",
     "TrainSettings",
     "TrainingDivergedError",
@@ -129,6 +136,7 @@ __all__ = [
     "one_cycle",
     "param_groups",
     "predict_images",
+    "predict_texts",
     "preprocessing_for",
     "pretrained_model",
     "read_checkpoint",
@@ -136,6 +144,7 @@ __all__ = [
     "save_weights",
     "scan_images",
     "sync_optimizer",
+    "text_data",
     "top_k_accuracy",
     "trace",
     "train_run",

@@ -177,7 +177,6 @@ def test_lr_find_writes_a_plot(folder, tmp_path, capsys):
         (["train", "{folder}", "--resume", "--out", "{missing}"], "--resume"),
         (["train", "{empty}"], "no class folders"),
         (["predict", "{missing}", "{image}"], "not an exported model"),
-        (["predict", "{folder}", "{missing}"], "no such image file or folder"),
         (["lr-find", "{folder}", "--steps", "1"], "need --steps >= 2"),
     ],
 )
@@ -189,6 +188,12 @@ def test_cli_user_errors_exit_2_with_one_line(argv, message, folder, tmp_path, c
     assert main([a.format(**values) for a in argv]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+def test_predict_names_a_missing_input(trained, tmp_path, capsys):
+    assert main(["predict", str(trained), str(tmp_path / "missing.jpg")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "missing.jpg: no such image file or folder" in error and len(error.splitlines()) == 1
 
 
 @pytest.mark.parametrize("command", ["train", "predict", "lr-find", "demo", "inspect"])

@@ -36,7 +36,7 @@ TEXT_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_TEXT_MODEL,
     "lr": 1e-3,
     "lr_mult": 10.0,
-    "frozen_lr": 1e-2,
+    "frozen_lr": 3e-2,
     "batch_size": 16,
 }
 

@@ -424,6 +424,10 @@ class Learner:
         2e-3 (5e-3 was close: better on two targets, worse on the third); pass ``lr_mult > 1`` for data
         close to the pretraining data, where early layers should move less.
         """
+        if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs < 1:
+            raise ValueError(
+                f"fine_tune: need epochs, freeze_epochs >= 0 and one epoch at least, got {epochs}, {freeze_epochs}."
+            )
         stages = self._stages(epochs, freeze_epochs, gradual)
         names = [name for name, _, _ in stages]
         stage = read_state(resume).get("stage") if resume is not None else None
