@@ -70,6 +70,8 @@ def test_bad_text_inputs_exit_2_with_one_line(bbc_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", str(tmp_path / "empty"), *model, "--task", "text"]) == 2
     assert "no class folders" in capsys.readouterr().err
+    assert main(["train", str(bbc_folder), "--model", "resnet18"]) == 2
+    assert "holds texts but --model resnet18 is an image model" in capsys.readouterr().err
 
 
 def test_an_unknown_hf_model_is_named_without_a_download(bbc_folder):

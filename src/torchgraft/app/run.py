@@ -29,10 +29,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from torchgraft.app.export import Preprocessor, export_model
-from torchgraft.app.settings import IMAGE_DEFAULTS, Prepared, TrainSettings, device_of, make_learner, report
+from torchgraft.app.settings import (
+    IMAGE_DEFAULTS,
+    TEXT_DEFAULTS,
+    Prepared,
+    TrainSettings,
+    device_of,
+    make_learner,
+    report,
+)
 from torchgraft.app.text import is_text_run, prepare_text_run
 from torchgraft.data.folders import ImageData, image_data
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+from torchgraft.data.texts import looks_like_text
 from torchgraft.grafting.surgery import graft
 from torchgraft.tasks import Classification, Multilabel, Task, best_threshold
 from torchgraft.tasks.batch import call_model, move, output_tensor
@@ -172,6 +181,11 @@ def prepare_run(
     if settings.model is not None and settings.model.startswith(("hf/", "hf:")):
         raise ValueError(
             f"--model {settings.model}: hf/ models train on texts; for images give a torchvision or timm name."
+        )
+    if isinstance(data, str | Path) and looks_like_text(data, x_col=settings.x_col):
+        raise ValueError(
+            f"{data} holds texts but --model {settings.model} is an image model; give a text model hf/NAME or "
+            f"hf/FOLDER (or leave --model out for {TEXT_DEFAULTS['model']})."
         )
     return _prepare_images(data, run_dir, settings, say=say, quiet=quiet)
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from torchgraft.app.settings import TEXT_DEFAULTS, Prepared, TrainSettings, make_learner, report
-from torchgraft.data.texts import TextData, text_data
+from torchgraft.data.texts import TextData, looks_like_text, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.surgery import graft
 from torchgraft.weights.hf import hf_max_length, hf_text_model
@@ -26,8 +26,6 @@ _PRETRAINED = ("imagenet", "default", "pretrained")
 def is_text_run(data: Any, settings: TrainSettings) -> bool:
     """Whether a run is on texts: ``task="text"``, a ``hf/`` model, :class:`TextData`, or data that looks
     like texts (:func:`~torchgraft.data.texts.looks_like_text`)."""
-    from torchgraft.data.texts import looks_like_text
-
     if isinstance(data, TextData) or settings.task == "text":
         return True
     if settings.model is not None:
