@@ -19,13 +19,10 @@ from torch.utils.data import Dataset
 
 from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, load_rgb, scan_images
 from torchgraft.data.samples import (
-    TASK_NAMES,
     DataError,
-    Rows,
     Sample,
     check_bad_rows,
-    rows_from_folders,
-    rows_from_table,
+    read_rows,
 )
 
 __all__ = ["DataError", "ImageData", "ImageDataset", "image_data"]
@@ -116,21 +113,6 @@ def _image_cell(line: int, cell: str, table: Path) -> tuple[str | None, str | No
     return (str(file), None) if file.is_file() else (None, f"no file {file}")
 
 
-def _read(source: Path, valid_pct: float, seed: int, task: str | None, x_col: str | None, y_col: str | None) -> Rows:
-    if task is not None and task not in TASK_NAMES:
-        raise DataError(f"unknown task {task!r} for images; choose from {', '.join(TASK_NAMES)}.")
-    if source.is_file():
-        return rows_from_table(
-            source, valid_pct, seed, read_cell=_image_cell, task=task, x_col=x_col, y_col=y_col, what="image"
-        )
-    if task not in (None, "classify"):
-        raise DataError(
-            f"{source}: {task} data come as a CSV or JSON-lines file of rows (path, targets); a folder of class "
-            f"folders is single-label."
-        )
-    return rows_from_folders(source, valid_pct, seed, suffixes=IMAGE_SUFFIXES, what="image")
-
-
 def image_data(
     source: str | Path,
     *,
@@ -171,7 +153,17 @@ def image_data(
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such folder or CSV file.")
-    rows = _read(source, valid_pct, seed, task, x_col, y_col)
+    rows = read_rows(
+        source,
+        valid_pct,
+        seed,
+        task=task,
+        x_col=x_col,
+        y_col=y_col,
+        read_cell=_image_cell,
+        suffixes=IMAGE_SUFFIXES,
+        what="image",
+    )
     check_bad_rows(source, rows.bad, skip_bad)
     train, valid, warnings = rows.train, rows.valid, rows.warnings
     if not train:

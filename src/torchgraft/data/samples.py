@@ -22,6 +22,7 @@ __all__ = [
     "Sample",
     "Target",
     "check_bad_rows",
+    "read_rows",
     "rows_from_folders",
     "rows_from_table",
     "split_samples",
@@ -186,3 +187,34 @@ def check_bad_rows(source: Path, bad: list[str], skip_bad: bool) -> None:
         raise DataError(
             f"{source}: {len(bad)} bad rows: {listed}. Fix them, or leave them out (--skip-bad, skip_bad=True)."
         )
+
+
+def read_rows(
+    source: Path,
+    valid_pct: float,
+    seed: int,
+    *,
+    task: str | None,
+    x_col: str | None,
+    y_col: str | None,
+    read_cell: CellReader,
+    suffixes: Sequence[str],
+    what: str,
+) -> Rows:
+    """The rows of ``source``: a table (any task) or class folders of files with ``suffixes`` (single label).
+
+    Raises:
+        DataError: an unknown task, or a task other than single-label asked of class folders.
+    """
+    if task is not None and task not in TASK_NAMES:
+        raise DataError(f"unknown task {task!r} for {what}s; choose from {', '.join(TASK_NAMES)}.")
+    if source.is_file():
+        return rows_from_table(
+            source, valid_pct, seed, read_cell=read_cell, task=task, x_col=x_col, y_col=y_col, what=what
+        )
+    if task not in (None, "classify"):
+        raise DataError(
+            f"{source}: {task} {what}s come as a CSV or JSON-lines file of rows ({what} column, targets); a folder "
+            f"of class folders is single-label."
+        )
+    return rows_from_folders(source, valid_pct, seed, suffixes=suffixes, what=what)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 from torchgraft.data.images import IMAGE_SUFFIXES
 from torchgraft.data.samples import (
-    TASK_NAMES,
     DataError,
     Rows,
     Sample,
     check_bad_rows,
-    rows_from_folders,
-    rows_from_table,
+    read_rows,
 )
 from torchgraft.data.tables import choose_columns, read_table
 
@@ -98,21 +96,21 @@ def looks_like_text(source: str | Path, *, x_col: str | None = None) -> bool:
 
 
 def _read(source: Path, valid_pct: float, seed: int, task: str | None, x_col: str | None, y_col: str | None) -> Rows:
-    if task is not None and task not in TASK_NAMES:
-        raise DataError(f"unknown task {task!r} for texts; choose from {', '.join(TASK_NAMES)}.")
-    if source.is_file():
-        return rows_from_table(
-            source, valid_pct, seed, read_cell=_text_cell, task=task, x_col=x_col, y_col=y_col, what="text"
-        )
-    if task not in (None, "classify"):
-        raise DataError(
-            f"{source}: {task} texts come as a CSV or JSON-lines file of rows (text, targets); a folder of class "
-            f"folders is single-label."
-        )
-    rows = rows_from_folders(source, valid_pct, seed, suffixes=TEXT_SUFFIXES, what="text")
-    rows.train, bad_train = _read_files(rows.train)
-    rows.valid, bad_valid = _read_files(rows.valid)
-    rows.bad += bad_train + bad_valid
+    rows = read_rows(
+        source,
+        valid_pct,
+        seed,
+        task=task,
+        x_col=x_col,
+        y_col=y_col,
+        read_cell=_text_cell,
+        suffixes=TEXT_SUFFIXES,
+        what="text",
+    )
+    if not source.is_file():  # class folders: the samples are file paths until read
+        rows.train, bad_train = _read_files(rows.train)
+        rows.valid, bad_valid = _read_files(rows.valid)
+        rows.bad += bad_train + bad_valid
     return rows
 
 
