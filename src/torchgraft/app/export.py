@@ -20,16 +20,27 @@ from torchgraft.data.preprocess import Preprocessing
 from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.grafting.surgery import graft
 from torchgraft.tasks import Classification, Task, task_from_record
+from torchgraft.tune.lora import is_adapted, merged, save_adapters, without_adapters
 from torchgraft.weights.checkpoint import save_weights
 from torchgraft.weights.hf import hf_config_model
 from torchgraft.weights.load import LoadError, load_weights
 from torchgraft.weights.zoo import build_model
 
-__all__ = ["EXPORT_FORMAT", "ExportError", "Exported", "Preprocessor", "export_model", "load_exported"]
+__all__ = [
+    "ADAPTER_EXPORTS",
+    "EXPORT_FORMAT",
+    "ExportError",
+    "Exported",
+    "Preprocessor",
+    "export_model",
+    "load_exported",
+]
 
 EXPORT_FORMAT = "torchgraft-export/1"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "model.json"
 Preprocessor = Preprocessing | TextPreprocessing  # images or texts
+ADAPTER_EXPORTS = ("merge", "separate")
+ADAPTER_FILE = "adapter_model.safetensors"
 _GRAFT_OPTIONS = ("cut", "head", "pool", "in_chans", "hidden", "dropout", "batch_norm", "y_range")
 
 
@@ -58,8 +69,15 @@ def export_model(
     graft_options: dict[str, Any] | None = None,
     task: Task | None = None,
     extra: dict[str, Any] | None = None,
+    adapters: str = "merge",
 ) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``directory`` (each atomically).
+
+    A model with LoRA adapters (:func:`torchgraft.lora`, or a peft ``PeftModel``) is exported with the
+    adapters folded into the weights (``adapters="merge"``: the export runs without peft), or with them
+    written beside it in peft's format (``"separate"``: ``model.safetensors`` holds the pretrained base and
+    the trained head, ``adapter_model.safetensors`` + ``adapter_config.json`` the adapters;
+    ``peft.PeftModel.from_pretrained(base, directory)`` or :func:`load_exported` puts them back on).
 
     Args:
         directory: the folder to write (created if needed).
@@ -73,6 +91,7 @@ def export_model(
         task: the task trained (recorded so that ``predict`` decodes outputs the same way; default
             classification).
         extra: more JSON fields to record (weights source, final metrics...).
+        adapters: ``"merge"`` or ``"separate"``, for a model with peft adapters (see above).
 
     Example:
         >>> export_model("run", model, architecture="resnet18", classes=["cat", "dog"],
@@ -84,8 +103,17 @@ def export_model(
     unknown = sorted(set(options) - set(_GRAFT_OPTIONS))
     if unknown:
         raise ExportError(f"export_model: graft options {unknown} cannot be stored; use only {_GRAFT_OPTIONS}.")
+    if adapters not in ADAPTER_EXPORTS:
+        raise ExportError(f"export_model: adapters={adapters!r}; choose one of {ADAPTER_EXPORTS}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    record = None
+    if is_adapted(model):
+        record = {"mode": adapters, **getattr(model, "_torchgraft_lora", {})}
+        if adapters == "separate":
+            save_adapters(model, directory)
+            record["file"] = ADAPTER_FILE
+        model = merged(model) if adapters == "merge" else without_adapters(model)
     save_weights(model, directory / WEIGHTS_FILE)
     config = {
         "format": EXPORT_FORMAT,
@@ -95,6 +123,7 @@ def export_model(
         "classes": list(classes),
         "task": (task or Classification()).record(),
         "preprocessing": preprocessing.as_dict(),
+        **({"adapters": record} if record else {}),
         **(extra or {}),
     }
     partial = directory / (CONFIG_FILE + ".partial")
@@ -114,6 +143,20 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if config.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{path}: format {config.get('format')!r}, this torchgraft reads {EXPORT_FORMAT!r}.")
     return config
+
+
+def _with_adapters(model: nn.Module, directory: Path) -> nn.Module:
+    """Put the separately exported adapters back on the rebuilt network (needs peft)."""
+    if not (directory / ADAPTER_FILE).is_file():
+        raise FileNotFoundError(f"{directory}: model.json records separate adapters but {ADAPTER_FILE} is missing.")
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise ExportError(
+            f"{directory}: the adapters were exported separately, which needs peft to load: pip install "
+            f"'torchgraft[lora]' (or export with adapters='merge')."
+        ) from error
+    return PeftModel.from_pretrained(model, str(directory))
 
 
 def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") -> Exported:
@@ -148,6 +191,8 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
             f"{directory}: {WEIGHTS_FILE} does not fit {config['architecture']} as model.json describes it "
             f"({first}; ...). Were the files written by one run?"
         ) from error
+    if (config.get("adapters") or {}).get("mode") == "separate":
+        model = _with_adapters(model, directory)
     task = task_from_record(config.get("task"))
     config["directory"] = str(directory)  # where the files were read (a text model's tokenizer is beside them)
     return Exported(model.to(device).eval(), list(config["classes"]), prep, config, task)

@@ -34,6 +34,7 @@ from torchgraft.app.settings import (
     TEXT_DEFAULTS,
     Prepared,
     TrainSettings,
+    adapt,
     device_of,
     make_learner,
     report,
@@ -159,6 +160,7 @@ def _prepare_images(
         graft_options["y_range"] = list(settings.y_range)
     options = {**graft_options, "y_range": settings.y_range}
     model = graft(source, data.n_outputs, input_size=(3, prep.size, prep.size), **options)
+    model = adapt(model, settings, say)
     loaders = _image_loaders(data, prep, settings, device_of(settings))
     learner = make_learner(model, loaders, data, settings, run_dir, quiet=quiet)
     return Prepared(data, prep, model, origin, graft_options, learner, settings, settings.model)
@@ -251,6 +253,7 @@ def train_run(
             graft_options=run.graft_options,
             task=learner.task,
             extra={"weights": run.origin, "grafted": _graft_record(model), "final": final},
+            adapters=settings.adapters,
         ),
         *run.save_assets(run_dir),
         *_write_history(history, run_dir),

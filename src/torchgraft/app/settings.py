@@ -12,10 +12,11 @@ from typing import Any, Protocol
 
 import torch
 
-from torchgraft.app.export import Preprocessor
+from torchgraft.app.export import ADAPTER_EXPORTS, Preprocessor
 from torchgraft.data.preprocess import Augment
 from torchgraft.tasks import Classification, Multilabel, Regression, Task
 from torchgraft.train.learner import Learner
+from torchgraft.tune.lora import lora
 from torchgraft.weights.hf import DEFAULT_TEXT_MODEL
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LabelledData",
     "Prepared",
     "TrainSettings",
+    "adapt",
     "device_of",
     "make_learner",
     "make_task",
@@ -53,7 +55,9 @@ class TrainSettings:
     ``text`` to force text input) is inferred from the data when ``None``; ``x_col``/``y_col`` pick CSV
     columns by name; ``y_range`` bounds regression outputs (fastai's sigmoid range); ``threshold`` fixes
     the multi-label decision threshold (default: the best F1 on validation); ``max_length`` truncates texts
-    (default: the model's maximum).
+    (default: the model's maximum). ``lora`` (a rank) trains LoRA adapters (peft) instead of the body's
+    weights (:func:`torchgraft.lora`); ``adapters`` says how the run exports them: ``"merge"`` (folded into
+    the weights; the export needs no peft) or ``"separate"`` (``adapter_model.safetensors``, peft's format).
     """
 
     model: str | None = None
@@ -81,10 +85,14 @@ class TrainSettings:
     y_range: tuple[float, float] | None = None
     threshold: float | None = None
     max_length: int | None = None
+    lora: int | None = None
+    adapters: str = "merge"
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
-        for name in ("epochs", "batch_size", "max_length"):
+        if self.adapters not in ADAPTER_EXPORTS:
+            raise ValueError(f"adapters must be one of {ADAPTER_EXPORTS}, got {self.adapters!r}.")
+        for name in ("epochs", "batch_size", "max_length", "lora"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}.")
@@ -192,6 +200,18 @@ def make_learner(
         quiet=quiet,
         cache_features=cache_features,
     )
+
+
+def adapt(model: torch.nn.Module, settings: TrainSettings, say: Callable[[str], None]) -> torch.nn.Module:
+    """``model`` with LoRA adapters of rank ``settings.lora`` on every body group, or ``model`` itself."""
+    if settings.lora is None:
+        return model
+    adapted = lora(model, r=settings.lora)
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in adapted.parameters())
+    layers = adapted._torchgraft_lora["layers"]  # type: ignore[index]
+    say(f"LoRA: rank {settings.lora} on {layers} layers; {trainable:,} of {total:,} parameters train")
+    return adapted
 
 
 def device_of(settings: TrainSettings) -> torch.device:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from torchgraft.app.settings import TEXT_DEFAULTS, Prepared, TrainSettings, make_learner, report
+from torchgraft.app.settings import TEXT_DEFAULTS, Prepared, TrainSettings, adapt, make_learner, report
 from torchgraft.data.texts import TextData, looks_like_text, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.surgery import graft
@@ -99,6 +99,7 @@ def prepare_text_run(
     if settings.y_range is not None:
         graft_options["y_range"] = list(settings.y_range)
     model = graft(encoder, data.n_outputs, **{**graft_options, "y_range": settings.y_range})
+    model = adapt(model, settings, say)
     loaders = text_loaders(
         data, tokenizer, prep, batch_size=settings.batch_size, seed=settings.seed, workers=settings.workers or 0
     )

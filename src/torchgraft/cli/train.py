@@ -137,6 +137,19 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--gradual", action="store_true", help="unfreeze one layer group per epoch from the top (ULMFiT)"
     )
+    parser.add_argument(
+        "--lora",
+        type=int,
+        default=None,
+        metavar="RANK",
+        help="train LoRA adapters of this rank (peft) on every body group instead of the body's weights",
+    )
+    parser.add_argument(
+        "--adapters",
+        choices=("merge", "separate"),
+        default=_DEFAULTS.adapters,
+        help="with --lora: export adapters folded into the weights (default) or as peft's adapter_model.safetensors",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
     parser.add_argument("--json", action="store_true", help="print only a JSON summary at the end (implies --quiet)")
     parser.set_defaults(run=run)
@@ -152,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         lr_mult=args.lr_mult,
         frozen_lr=args.frozen_lr,
         gradual=args.gradual,
+        lora=args.lora,
+        adapters=args.adapters,
         resume=args.resume,
     )
     quiet = args.quiet or args.json

@@ -23,6 +23,8 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
+from torchgraft.grafting.adapters import adapter_view
+
 __all__ = [
     "GuardReport",
     "PretrainedGuard",
@@ -135,7 +137,7 @@ class PretrainedGuard:
 
     def check(self, model: nn.Module) -> GuardReport:
         """Compare the current parameters of ``model`` with the records; never raises."""
-        params = dict(model.named_parameters(remove_duplicate=False))
+        params = _by_plain_name(model)
         changed, replaced, removed = [], [], []
         for name, record in self.records.items():
             param = params.get(name)
@@ -158,8 +160,20 @@ class PretrainedGuard:
     def accept(self, model: nn.Module) -> None:
         """Take the current tensors as the pretrained reference (after a deliberate change, e.g. loading a
         checkpoint)."""
-        fresh = PretrainedGuard.track(model, [n for n in self.records if n in dict(model.named_parameters())])
-        self.records = fresh.records
+        plain = _by_plain_name(model)
+        current = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        kept = [(n, current[id(plain[n])]) for n in self.records if n in plain]
+        fresh = PretrainedGuard.track(model, [now for _, now in kept])
+        self.records = {n: fresh.records[now] for n, now in kept}
+
+
+def _by_plain_name(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters by the names the model had before peft adapted it (adapter tensors left out)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    view = adapter_view(model)
+    if view is None:
+        return params
+    return {view.canonical[n]: p for n, p in params.items() if view.roles[n] in ("base", "plain")}
 
 
 def _guard_of(model: nn.Module) -> PretrainedGuard:

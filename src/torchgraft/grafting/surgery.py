@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.grafting.adapters import active_module
 from torchgraft.grafting.body import Body, PrunedModule, replace_module
 from torchgraft.grafting.channels import InputAdaptation, adapt_input_channels
 from torchgraft.grafting.classifier import (
@@ -101,15 +102,17 @@ class Grafted(nn.Module):
         """What the head's first trainable layer reads: the body's output, pooled (with the attention mask)
         when the head starts with a :class:`~torchgraft.grafting.heads.Pool` (the feature cache stores it)."""
         features = self.body(*args, **kwargs)
-        if isinstance(self.head, nn.Sequential) and len(self.head) > 1 and isinstance(self.head[0], Pool):
-            return self.head[0](features, self._mask(kwargs))
+        head = active_module(self.head)  # the trained copy when peft wraps the head (modules_to_save)
+        if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], Pool):
+            return head[0](features, self._mask(kwargs))
         return features
 
     def pooled_head(self) -> nn.Module:
         """The head after its leading ``Pool`` (the same modules): it maps :meth:`features` to outputs."""
-        if isinstance(self.head, nn.Sequential) and len(self.head) > 1 and isinstance(self.head[0], Pool):
-            return self.head[1:]
-        return self.head
+        head = active_module(self.head)
+        if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], Pool):
+            return head[1:]
+        return head
 
     def pretrained_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` pairs that came from the source network and are still in the model."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from torchgraft.grafting.adapters import adapter_view, base_model
 from torchgraft.grafting.dryrun import trace
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, group_lrs
@@ -41,8 +42,12 @@ def _parameter_rows(model: nn.Module) -> list[list[str]]:
     pretrained = set(getattr(getattr(model, "info", None), "pretrained", ()))
     rows = [["part", "parameters", "pretrained", "new", "trainable"]]
     totals = [0, 0, 0, 0]
+    model = base_model(model)  # a PeftModel: the parts of the network inside it
+    view = adapter_view(model)
     for part, module in model.named_children():
         named = [(f"{part}.{n}", p) for n, p in module.named_parameters()]
+        if view:  # the base's pretrained tensors by their plain names; adapters are new
+            named = [(view.canonical[n] if view.roles[n] != "adapter" else n, p) for n, p in named]
         counts = [
             _count([p for _, p in named]),
             _count([p for n, p in named if n in pretrained]),

@@ -120,7 +120,13 @@ def _apply(model: nn.Module, groups: LayerGroups, n_frozen: int, bn: str) -> Non
             if not trainable:
                 param.grad = None
                 frozen_ids.add(id(param))
+    if groups.locked:  # peft's frozen base never trains, whatever was done to it
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for name in groups.locked:
+            params[name].requires_grad_(False)
+            params[name].grad = None
     frozen_names = {name for i, group in enumerate(groups) if i < n_frozen for name in group.names}
+    frozen_names.update(groups.locked)
     for name, module in model.named_modules():
         if is_stochastic(module) and not isinstance(module, _BatchNorm):
             _set_bn_frozen(module, bn == "frozen" and _stochastic_frozen(groups, name, n_frozen), model.training)

@@ -30,6 +30,7 @@ from itertools import accumulate
 
 from torch import nn
 
+from torchgraft.grafting.adapters import AdapterView, adapter_view, base_model, canonical_path, is_peft_wrapper
 from torchgraft.grafting.classifier import find_classifier
 from torchgraft.grafting.dryrun import Trace, infer_input_size, trace
 from torchgraft.tune.archs import find_family
@@ -86,6 +87,8 @@ class LayerGroup:
     def state(self) -> str:
         """From ``requires_grad``: ``"trainable"``, ``"frozen"``, ``"frozen, norm trainable"``, ``"partly frozen"``."""
         flags = [p.requires_grad for p in self.params]
+        if not flags:
+            return "no parameters"
         if all(flags):
             return "trainable"
         if not any(flags):
@@ -102,11 +105,17 @@ class LayerGroups(Sequence[LayerGroup]):
         groups: the groups, early body first, head last.
         unassigned: parameters no rule named (they are in the head group).
         spec: the rules they were resolved from.
+        locked: on a model with peft adapters, the base tensors the adapters modify and every other
+            parameter outside the head group: in no group, never made trainable (freezing, unfreezing,
+            optimizers and ``fine_tune`` only see the adapters and the head).
+        wrapped: whether names carry a ``PeftModel``'s ``base_model.model.`` prefix.
     """
 
     groups: tuple[LayerGroup, ...]
     unassigned: tuple[str, ...]
     spec: GroupSpec
+    locked: tuple[str, ...] = ()
+    wrapped: bool = False
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -119,7 +128,7 @@ class LayerGroups(Sequence[LayerGroup]):
 
     def group_of(self, name: str) -> int | None:
         """Index of the group whose rules name ``name`` (a parameter or module path), ``None`` if none do."""
-        hits = _match(self.spec, name)
+        hits = _match(self.spec, canonical_path(name, self.wrapped))
         return hits[0] if hits else None
 
     def table(self, lrs: Sequence[float] | None = None) -> str:
@@ -136,6 +145,8 @@ class LayerGroups(Sequence[LayerGroup]):
             for row in rows
         ]
         lines.append(f"split: {self.spec.method}")
+        if self.locked:
+            lines.append(f"peft adapters: {len(self.locked)} base tensors locked (never trained), in no group")
         if self.unassigned:
             shown = ", ".join(self.unassigned[:8]) + (" ..." if len(self.unassigned) > 8 else "")
             lines.append(f"unassigned (put in '{self.spec.head}'): {shown}")
@@ -531,6 +542,7 @@ def _match(spec: GroupSpec, name: str) -> list[int]:
 
 
 def _make_spec(model: nn.Module, n: int | str | None, rules: RuleSpec | None) -> GroupSpec:
+    model = base_model(model)  # a PeftModel splits as the model inside it (names are matched without the prefix)
     head, run = _head_names(model)
     strip = "body.model." if _is_grafted(model) else ""
     if rules is not None:
@@ -555,9 +567,16 @@ def resolve(model: nn.Module, spec: GroupSpec) -> LayerGroups:
     members: list[list[tuple[str, nn.Parameter]]] = [[] for _ in spec.groups]
     head_index = [name for name, _ in spec.groups].index(spec.head)
     owner: dict[int, tuple[int, str]] = {}
-    unassigned = []
+    unassigned, locked = [], []
+    view = adapter_view(model)
+    shown_members: list[list[str]] = [[] for _ in spec.groups]  # adapted: what the rules name, base included
     for name, param in model.named_parameters(remove_duplicate=False):
-        hits = _match(spec, name)
+        hits = _match(spec, view.canonical[name] if view else name)
+        if view:
+            shown_members[hits[0] if hits else head_index].append(view.canonical[name])
+            if _locked(view, name, hits[0] if hits else head_index, head_index):
+                locked.append(name)
+                continue
         if len(hits) > 1:
             both = " and ".join(repr(spec.groups[i][0]) for i in hits)
             raise ValueError(f"layer groups: parameter {name!r} is named by groups {both}; make the rules exclusive.")
@@ -577,12 +596,21 @@ def resolve(model: nn.Module, spec: GroupSpec) -> LayerGroups:
     scope = [name for group in members for name, _ in group]
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     scope.sort(key=lambda n: order.get(n, 0))
+    if view:
+        scope = [n for group in shown_members for n in group]
     groups = []
-    for (gname, _), group in zip(spec.groups, members, strict=True):
+    for (gname, _), group, listed in zip(spec.groups, members, shown_members, strict=True):
         names = [n for n, _ in group]
-        shown = collapse_names(_strip(_top_modules(names, scope), spec.strip)) if names else "(empty)"
+        listed = listed if view else names
+        shown = collapse_names(_strip(_top_modules(listed, scope), spec.strip)) if listed else "(empty)"
         groups.append(LayerGroup(gname, tuple(names), tuple(p for _, p in group), shown))
-    return LayerGroups(tuple(groups), tuple(unassigned), spec)
+    return LayerGroups(tuple(groups), tuple(unassigned), spec, tuple(locked), is_peft_wrapper(model))
+
+
+def _locked(view: AdapterView, name: str, index: int, head_index: int) -> bool:
+    """On an adapted model only adapters, saved copies and the head train; the rest is the frozen base."""
+    role = view.roles[name]
+    return role == "base" or (role == "plain" and index != head_index)
 
 
 def group_state(model: nn.Module) -> GroupSpec | None:
