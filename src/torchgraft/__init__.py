@@ -8,6 +8,7 @@ Graft a new head onto any pretrained network without touching its weights::
 """
 
 from torchgraft._version import __version__
+from torchgraft.app.deploy import DeployError, DeployReport, deploy, export_program
 from torchgraft.app.export import Exported, ExportError, export_model, load_exported
 from torchgraft.app.predict import Prediction, predict_images, predict_texts
 from torchgraft.app.run import RunResult, TrainSettings, train_run
@@ -38,6 +39,7 @@ from torchgraft.train.schedule import one_cycle
 from torchgraft.tune.describe import describe
 from torchgraft.tune.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
 from torchgraft.tune.groups import GroupSpec, LayerGroup, LayerGroups, layer_groups
+from torchgraft.tune.lora import LoraError, is_adapted, lora, merged, save_adapters
 from torchgraft.tune.optim import (
     OptimizerReport,
     StaleOptimizerError,
@@ -63,6 +65,8 @@ __all__ = [
     "ClassifierInfo",
     "ClassifierNotFoundError",
     "DataError",
+    "DeployError",
+    "DeployReport",
     "EarlyStopping",
     "ExportError",
     "Exported",
@@ -80,6 +84,7 @@ __all__ = [
     "LengthGroupedBatches",
     "LoadError",
     "LoadReport",
+    "LoraError",
     "Match",
     "MetricSet",
     "Multilabel",
@@ -114,10 +119,12 @@ __all__ = [
     "best_threshold",
     "check_optimizer",
     "check_pretrained",
+    "deploy",
     "describe",
     "distributed",
     "error_rate",
     "export_model",
+    "export_program",
     "find_classifier",
     "freeze",
     "freeze_to",
@@ -126,12 +133,15 @@ __all__ = [
     "graft",
     "group_lrs",
     "image_data",
+    "is_adapted",
     "layer_groups",
     "linear_head",
     "load_exported",
     "load_rgb",
     "load_weights",
+    "lora",
     "lr_find",
+    "merged",
     "mlp_head",
     "one_cycle",
     "param_groups",
@@ -141,6 +151,7 @@ __all__ = [
     "pretrained_model",
     "read_checkpoint",
     "refreeze",
+    "save_adapters",
     "save_weights",
     "scan_images",
     "sync_optimizer",

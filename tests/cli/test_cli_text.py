@@ -84,3 +84,33 @@ def test_an_unknown_hf_model_is_named_without_a_download(bbc_folder):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "hf/no-such-org/no-such-model: cannot load a Hugging Face model" in lines[0]
+
+
+@pytest.mark.slow
+def test_export_onnx_of_a_text_run_runs_with_the_tokenizers_library_alone(text_run, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    tokenizers = pytest.importorskip("tokenizers")
+    run_dir, _ = text_run
+    assert main(["export", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checked"] == "4 texts" and report["max_difference"] <= 1e-4  # the recorded validation texts
+    prep = json.loads((run_dir / "preprocessing.json").read_text())
+    assert prep["inputs"][:2] == ["input_ids", "attention_mask"] and prep["text"]["max_length"] == 48
+    tokenizer = tokenizers.Tokenizer.from_file(str(run_dir / prep["text"]["tokenizer"] / "tokenizer.json"))
+    tokenizer.enable_truncation(prep["text"]["max_length"])
+    tokenizer.enable_padding()
+    texts = ["Shares fell sharply after the bank cut its profit forecast.", "The striker scored twice in the final."]
+    encoded = tokenizer.encode_batch(texts)
+    feeds = {
+        "input_ids": [e.ids for e in encoded],
+        "attention_mask": [e.attention_mask for e in encoded],
+        "token_type_ids": [e.type_ids for e in encoded],
+    }
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    import numpy as np
+
+    got = session.run(None, {name: np.asarray(feeds[name], dtype=np.int64) for name in prep["inputs"]})[0]
+    expected = predict_texts(load_exported(run_dir), texts, top_k=5)
+    for row, prediction in zip(got, expected, strict=True):
+        top = dict(prediction.top)
+        np.testing.assert_allclose([row[prep["classes"].index(name)] for name in top], list(top.values()), atol=1e-4)

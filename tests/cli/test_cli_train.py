@@ -196,7 +196,7 @@ def test_predict_names_a_missing_input(trained, tmp_path, capsys):
     assert "missing.jpg: no such image file or folder" in error and len(error.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "lr-find", "demo", "inspect"])
+@pytest.mark.parametrize("command", ["train", "predict", "lr-find", "demo", "inspect", "export"])
 def test_every_command_has_help(command):
     result = subprocess.run(
         [sys.executable, "-m", "torchgraft.cli.main", command, "--help"], capture_output=True, text=True

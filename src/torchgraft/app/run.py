@@ -105,6 +105,12 @@ def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
     return {key: getattr(info, key) for key in keys}
 
 
+def _examples(data: Any, count: int = 4) -> list[str]:
+    """A few validation inputs (image paths, absolute; or texts) that ``deploy`` checks exported files on."""
+    chosen = [x for x, _ in data.valid[:count]]
+    return [str(Path(x).resolve()) if isinstance(data, ImageData) else x[:5000] for x in chosen]
+
+
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -252,7 +258,12 @@ def train_run(
             preprocessing=run.preprocessing,
             graft_options=run.graft_options,
             task=learner.task,
-            extra={"weights": run.origin, "grafted": _graft_record(model), "final": final},
+            extra={
+                "weights": run.origin,
+                "grafted": _graft_record(model),
+                "final": final,
+                "examples": _examples(run.data),
+            },
             adapters=settings.adapters,
         ),
         *run.save_assets(run_dir),

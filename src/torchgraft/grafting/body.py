@@ -46,6 +46,13 @@ class PrunedModule(nn.Module):
         return repr(self.name)
 
 
+class _PassThrough(nn.Module):
+    """Stands for a pruned module in a traceable body: returns its first input (the result is never used)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return args[0] if args else next(iter(kwargs.values()), None)
+
+
 def replace_module(root: nn.Module, name: str, new: nn.Module | None) -> nn.Module | None:
     """Put ``new`` at dotted path ``name`` under ``root``; returns what was there."""
     parent_name, _, attr = name.rpartition(".")
@@ -80,12 +87,31 @@ class Body(nn.Module):
         self.method = method
         self.select_main = select_main
         self._armed = False
+        self._recording = False  # see make_traceable
+        self._captured: Any = None
         if exit_at is not None:
             model.get_submodule(exit_at).register_forward_hook(self._exit_hook)
 
     def _exit_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._armed:
+        if self._armed and self._recording:
+            if self._captured is None:
+                self._captured = output
+        elif self._armed:
             raise _ExitForward(output)
+
+    def make_traceable(self) -> None:
+        """Let exporters trace a cut body (``torch.export`` cannot trace the exception that ends the forward).
+
+        The exit module's output is recorded instead and the rest of the forward runs on, with every pruned
+        module passing its input through; that rest is dead code, which exporters drop. Irreversible: call it
+        on a copy made for export (``torchgraft export`` checks the exported file's outputs against the model).
+        """
+        if self.exit_at is None:
+            return
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, PrunedModule):
+                replace_module(self.model, name, _PassThrough())
+        self._recording = True
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         run = getattr(self.model, self.method)
@@ -93,6 +119,13 @@ class Body(nn.Module):
             output = run(*args, **kwargs)
             return main_tensor(output) if self.select_main else output
         self._armed = True
+        if self._recording:
+            try:
+                run(*args, **kwargs)
+            finally:
+                self._armed = False
+            output, self._captured = self._captured, None
+            return main_tensor(output) if self.select_main else output
         try:
             run(*args, **kwargs)
         except _ExitForward as stop:

@@ -1,0 +1,51 @@
+"""``torchgraft export RUN_DIR --format onnx|pt2``: the run's model as one file that runs without torchgraft
+(ONNX Runtime, or ``torch.export``), with ``preprocessing.json`` beside it, checked against the trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from torchgraft.app.deploy import DEPLOY_FORMATS, deploy
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: Any) -> None:
+    """Register the ``export`` subcommand."""
+    parser = commands.add_parser(
+        "export",
+        help="write an ONNX file or torch.export program of a trained run, checked against the model",
+        description="Write RUN_DIR/model.onnx (or model.pt2) and preprocessing.json: the network with its "
+        "final softmax/sigmoid, a dynamic batch axis (and sequence axis for texts), and what to do to inputs. "
+        "The file's outputs are compared with the PyTorch model's on the run's validation examples (or --check "
+        "inputs) and must agree within 1e-4.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by torchgraft train (or demo)")
+    parser.add_argument("--format", choices=DEPLOY_FORMATS, default="onnx", help="onnx (default) or pt2")
+    parser.add_argument("--static", action="store_true", help="fixed input shapes (no dynamic batch axis)")
+    parser.add_argument(
+        "--check", nargs="+", metavar="INPUT", default=None, help="images (or texts) to compare outputs on"
+    )
+    parser.add_argument("--out", default=None, help="where to write the model file (default: in RUN_DIR)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``export``."""
+    report = deploy(args.run_dir, format=args.format, dynamic=not args.static, check=args.check, out=args.out)
+    if args.json:
+        fields = {
+            "path": str(report.path),
+            "preprocessing": str(report.preprocessing),
+            "format": report.format,
+            "max_difference": report.max_difference,
+            "checked": report.checked,
+            "seconds": round(report.seconds, 2),
+        }
+        print(json.dumps(fields, indent=1))
+    else:
+        print(report.line())
+    return 0
