@@ -8,9 +8,10 @@ Graft a new head onto any pretrained network without touching its weights::
 """
 
 from torchgraft._version import __version__
-from torchgraft.app.deploy import DeployError, DeployReport, deploy, export_program
+from torchgraft.app.deploy import DeployReport, deploy
 from torchgraft.app.export import Exported, ExportError, export_model, load_exported
 from torchgraft.app.predict import Prediction, predict_images, predict_texts
+from torchgraft.app.program import DeployError, export_program
 from torchgraft.app.run import RunResult, TrainSettings, train_run
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
 from torchgraft.data.images import BadImage, load_rgb, scan_images

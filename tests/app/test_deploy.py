@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 
 from torchgraft import Multilabel, Regression, export_model, graft, load_exported, predict_images, preprocessing_for
-from torchgraft.app.deploy import DeployError, deploy, export_program, find_culprit
+from torchgraft.app.deploy import deploy
+from torchgraft.app.program import DeployError, export_program, find_culprit
 from torchgraft.weights.zoo import build_model
 
 ort = pytest.importorskip("onnxruntime")
@@ -104,6 +105,20 @@ def test_pt2_program_matches_and_static_shapes_are_fixed(photos, tmp_path):
     static = deploy(run, dynamic=False, out=tmp_path / "static" / "fixed.onnx")
     session = ort.InferenceSession(str(static.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [4, 3, 64, 64]
+
+
+def test_dynamic_size_takes_other_image_sizes(photos, tmp_path):
+    run = _export(tmp_path, "resnet18", {"head": "linear"}, photos)
+    report = deploy(run, dynamic_size=True)
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    exported = load_exported(run)
+    for size in (64, 96, 120):
+        prep = exported.preprocessing.with_size(size)
+        batch = torch.stack([prep.eval_transform()(Image.open(p).convert("RGB")) for p in photos[:2]])
+        with torch.no_grad():
+            expected = exported.model(batch).softmax(-1).numpy()
+        np.testing.assert_allclose(session.run(None, {"image": batch.numpy()})[0], expected, atol=1e-4)
 
 
 def test_multilabel_and_regression_export_their_final_step(photos, tmp_path):

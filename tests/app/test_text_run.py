@@ -88,3 +88,41 @@ def test_multilabel_texts_from_a_csv_choose_and_export_a_threshold(tmp_path):
     prediction = predict_texts(exported, ["The minister said the election would be held in May."])[0]
     probabilities = torch.tensor(prediction.logits).sigmoid()
     assert len(prediction.top) == int((probabilities >= exported.task.threshold).sum())
+
+
+def test_a_lora_text_run_trains_adapters_only_and_exports_them_merged(bbc_folder, tmp_path, monkeypatch):
+    pytest.importorskip("peft")
+    from torchgraft.weights.hf import hf_text_model
+
+    seen: list[set[str]] = []
+    lines: list[str] = []
+    settings = TrainSettings(model=f"hf/{minilm_folder()}", epochs=1, freeze_epochs=1, max_length=32, lora=8)
+    original = {n: p.detach().clone() for n, p in hf_text_model(f"hf/{minilm_folder()}")[0].named_parameters()}
+
+    from torchgraft.app import run as run_module
+
+    make = run_module.prepare_run
+
+    def watched(*args, **kwargs):
+        prepared = make(*args, **kwargs)
+        prepared.learner.add_hook(
+            "step_begin", lambda lrn: seen.append({n for n, p in lrn.model.named_parameters() if p.requires_grad})
+        )
+        return prepared
+
+    monkeypatch.setattr(run_module, "prepare_run", watched)  # a spy: the real run, its Learner watched
+    result = train_run(bbc_folder, tmp_path / "run", settings, quiet=True, say=lines.append)
+    assert any(line.startswith("LoRA: rank 8 on 37 layers") for line in lines)
+    assert seen and all(".lora_" in n or ".head." in n for names in seen for n in names)
+    model = result.learner.model
+    prefix = "base_model.model.body.model."
+    for name, param in model.named_parameters():  # the encoder's pretrained tensors, bit-identical
+        plain = name.removeprefix(prefix).replace(".base_layer", "")
+        if name.startswith(prefix) and ".lora_" not in name:
+            assert torch.equal(param.cpu(), original[plain]), name
+    exported = load_exported(result.run_dir)
+    assert exported.config["adapters"]["mode"] == "merge"
+    assert not any("lora" in n for n, _ in exported.model.named_parameters())  # folded in: runs without peft
+    adapted, _ = validation_outputs(model, result.learner.valid_dl, device="cpu")
+    folded, _ = validation_outputs(exported.model, result.learner.valid_dl, device="cpu")
+    torch.testing.assert_close(folded, adapted, atol=1e-5, rtol=1e-5)

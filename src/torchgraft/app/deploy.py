@@ -10,54 +10,35 @@ final step (softmax for classification, sigmoid for multi-label, the targets' un
 
 Then it proves the file computes what the trained model computes: both run on real inputs (the validation
 examples the run recorded, or the images/texts given) and the largest difference must stay within
-``tolerance`` (1e-4), else :class:`DeployError`. An exporter failure names the smallest module that fails to
-export on its own and the fallbacks.
+``tolerance`` (1e-4), else :class:`DeployError` (:mod:`torchgraft.app.program` exports and checks; an
+exporter failure names the smallest module that fails to export on its own and the fallbacks).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import io
 import json
 import os
-import re
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from torchgraft.app.export import Exported, load_exported
+from torchgraft.app.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.grafting.body import Body
 from torchgraft.tasks import Multilabel, Regression, Task
 from torchgraft.tune.lora import merged
 
-__all__ = [
-    "DEPLOY_FORMATS",
-    "DeployError",
-    "DeployReport",
-    "Deployable",
-    "deploy",
-    "deployable",
-    "export_program",
-    "find_culprit",
-]
+__all__ = ["DEPLOY_FORMATS", "DeployError", "DeployReport", "Deployable", "deploy", "deployable"]
 
-DEPLOY_FORMATS = ("onnx", "pt2")
 PREPROCESSING_FILE = "preprocessing.json"
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class DeployError(ValueError):
-    """A deployment export failed (exporter error, missing extra) or does not match the trained model."""
 
 
 class Deployable(nn.Module):
@@ -169,146 +150,6 @@ def _check_inputs(exported: Exported, names: Sequence[str], check: Sequence[str]
     return _image_inputs(exported, sources)
 
 
-# ------------------------------------------------------------------------------------------- exporting
-
-
-def _dynamic_shapes(module: nn.Module, names: Sequence[str], dynamic: bool) -> tuple[Any, ...] | None:
-    """Per input, the batch axis (and a text's sequence axis), nested as ``module.forward`` takes its inputs
-    (one tuple for ``forward(*inputs)``, one entry per argument otherwise)."""
-    if not dynamic:
-        return None
-    batch = torch.export.Dim("batch", max=4096)
-    if list(names) == ["image"]:
-        axes: tuple[dict[int, Any], ...] = ({0: batch},)
-    else:
-        sequence = torch.export.Dim("sequence", max=8192)
-        axes = tuple({0: batch, 1: sequence} for _ in names)
-    kinds = [p.kind for p in inspect.signature(module.forward).parameters.values()]
-    return (axes,) if inspect.Parameter.VAR_POSITIONAL in kinds else axes
-
-
-def _quietly(function: Callable[[], Any]) -> Any:
-    """Run an exporter without its progress lines and warnings (errors still propagate)."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return function()
-
-
-def _export_onnx(module: nn.Module, inputs: tuple[Any, ...], names: Sequence[str], dynamic: Any, path: Path) -> None:
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError as error:
-        raise DeployError("ONNX export needs onnx and onnxscript: pip install 'torchgraft[export]'.") from error
-    output = getattr(module, "output_name", "output")
-    _quietly(
-        lambda: torch.onnx.export(
-            module,
-            inputs,
-            str(path),
-            input_names=list(names),
-            output_names=[output],
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            external_data=False,
-        )
-    )
-
-
-def _export_pt2(module: nn.Module, inputs: tuple[Any, ...], dynamic: Any, path: Path) -> None:
-    program = _quietly(lambda: torch.export.export(module, inputs, dynamic_shapes=dynamic))
-    torch.export.save(program, str(path))
-
-
-def _captured_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, tuple[tuple[Any, ...], dict[str, Any]]]:
-    """The arguments every submodule is first called with, on ``inputs``."""
-    seen: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if name:
-
-            def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name) -> None:
-                seen.setdefault(name, (args, kwargs))
-
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
-
-
-def find_culprit(model: nn.Module, inputs: tuple[Any, ...]) -> str | None:
-    """The name of the smallest submodule of ``model`` that ``torch.export`` cannot export on its own (with
-    the arguments it receives on ``inputs``), or ``None`` when every part exports (the whole fails only as
-    a whole)."""
-    calls = _captured_inputs(model, inputs)
-    culprit, children = None, [n for n in calls if "." not in n]
-    while children:
-        failing = None
-        for name in children:
-            part, (args, kwargs) = model.get_submodule(name), calls[name]
-            try:
-                _quietly(lambda part=part, args=args, kwargs=kwargs: torch.export.export(part, args, kwargs))
-            except Exception:
-                failing = name
-                break
-        if failing is None:
-            break
-        culprit = failing
-        children = [n for n in calls if n.startswith(failing + ".") and "." not in n[len(failing) + 1 :]]
-    return culprit
-
-
-def _summary(message: str) -> str:
-    """The line of an exporter's message that says what went wrong (after its '## Exception summary')."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in message.splitlines()]
-    lines = [line for line in lines if line]
-    summary = lines[0] if lines else "no message"
-    if "## Exception summary" in lines:
-        after = lines[lines.index("## Exception summary") + 1 :]
-        summary = after[0] if after else summary
-    if "The following call raised this error:" in lines:  # the user's line of code
-        at = lines.index("The following call raised this error:")
-        summary += " (at " + "; ".join(lines[at + 1 : at + 3]) + ")"
-    return summary
-
-
-def _explain(error: Exception, module: nn.Module, inputs: tuple[Any, ...], format: str) -> DeployError:
-    try:
-        culprit = find_culprit(module, inputs)
-    except Exception:  # the search itself could not run the model: report the exporter's error alone
-        culprit = None
-    where = ""
-    if culprit:
-        kind = type(module.get_submodule(culprit)).__name__
-        where = f" in module '{culprit.removeprefix('model.')}' ({kind})"
-    other = "pt2" if format == "onnx" else "onnx"
-    return DeployError(
-        f"{format} export failed{where}: {_summary(str(error))[:400]}. Fallbacks: rewrite that module's "
-        f"data-dependent Python control flow with torch.where / torch.cond; --static if a dynamic axis is the "
-        f"problem; --format {other} if only this exporter fails; or ship model.safetensors + model.json "
-        f"(runs with torchgraft)."
-    )
-
-
-# ------------------------------------------------------------------------------------------ verifying
-
-
-def _run_file(path: Path, format: str, names: Sequence[str], inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
-    if format == "pt2":
-        program = torch.export.load(str(path)).module()
-        with torch.no_grad():
-            return program(*inputs).numpy()
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise DeployError("checking the ONNX file needs onnxruntime: pip install 'torchgraft[export]'.") from error
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {name: x.numpy() for name, x in zip(names, inputs, strict=True)})[0]
-
-
 def _preprocessing_record(exported: Exported, module: Deployable, format: str, path: Path) -> dict[str, Any]:
     prep = exported.preprocessing.as_dict()
     record: dict[str, Any] = {
@@ -342,68 +183,12 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
     return record
 
 
-def export_program(
-    module: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    path: str | Path,
-    *,
-    format: str = "onnx",
-    input_names: Sequence[str] = ("image",),
-    dynamic: bool = True,
-    tolerance: float = 1e-4,
-    reference: nn.Module | None = None,
-) -> float:
-    """Export ``module`` (called as ``module(*inputs)``, returning one tensor) to ``path`` and check the file's
-    outputs on ``inputs`` against the module's; returns the largest absolute difference.
-
-    Args:
-        module: any module in eval mode (:func:`deployable` makes one from an exported run).
-        inputs: example inputs, also what the outputs are compared on.
-        path: the file to write (``.onnx`` or ``.pt2``); removed again if the check fails.
-        format: ``"onnx"`` (dynamo exporter, checked with ONNX Runtime's CPU provider) or ``"pt2"``
-            (``torch.export``, checked with ``torch.export.load``).
-        input_names: the inputs' names; ``["image"]`` gets a dynamic batch axis, other inputs (token ids and
-            masks) dynamic batch and sequence axes.
-        dynamic: dynamic axes as above, else the shapes of ``inputs``.
-        tolerance: the largest absolute difference accepted.
-        reference: what the file's outputs must match (default ``module``; :func:`deploy` passes the model
-            as loaded, before it was made traceable).
-
-    Raises:
-        DeployError: the exporter failed (naming the smallest module that fails on its own, and the
-            fallbacks), an extra is missing, or outputs differ by more than ``tolerance``.
-    """
-    path = Path(path)
-    try:
-        if format == "onnx":
-            _export_onnx(module, inputs, input_names, _dynamic_shapes(module, input_names, dynamic), path)
-        elif format == "pt2":
-            _export_pt2(module, inputs, _dynamic_shapes(module, input_names, dynamic), path)
-        else:
-            raise DeployError(f"export: format {format!r}; choose one of {DEPLOY_FORMATS}.")
-    except DeployError:
-        raise
-    except Exception as error:
-        path.unlink(missing_ok=True)
-        raise _explain(error, module, inputs, format) from error
-    with torch.no_grad():
-        expected = (reference or module)(*inputs).numpy()
-    got = _run_file(path, format, input_names, inputs)
-    difference = float(np.abs(got - expected).max()) if expected.size else 0.0
-    if got.shape != expected.shape or not difference <= tolerance:
-        path.unlink(missing_ok=True)
-        raise DeployError(
-            f"export: the {format} file's outputs differ from the model's by {difference:.3g} (shape {got.shape} "
-            f"vs {expected.shape}) on the check inputs, more than {tolerance:g}; the file was removed."
-        )
-    return difference
-
-
 def deploy(
     run_dir: str | Path,
     *,
     format: str = "onnx",
     dynamic: bool = True,
+    dynamic_size: bool = False,
     check: Sequence[str] | None = None,
     out: str | Path | None = None,
     tolerance: float = 1e-4,
@@ -414,6 +199,7 @@ def deploy(
         run_dir: an exported run (``torchgraft train --out RUN_DIR``, or :func:`torchgraft.export_model`).
         format: ``"onnx"`` or ``"pt2"``.
         dynamic: a dynamic batch axis (and sequence axis for texts); ``False`` fixes the check batch's shape.
+        dynamic_size: images: dynamic height and width too (for inputs of other sizes than the crop).
         check: image paths or texts to compare outputs on (default: the validation examples the run recorded).
         out: where to write the model file (default: inside ``run_dir``); ``preprocessing.json`` goes beside it.
         tolerance: the largest absolute difference accepted between the file and the PyTorch model.
@@ -443,6 +229,7 @@ def deploy(
         format=format,
         input_names=module.input_names,
         dynamic=dynamic,
+        dynamic_size=dynamic_size,
         tolerance=tolerance,
         reference=untouched,
     )

@@ -7,7 +7,8 @@ import argparse
 import json
 from typing import Any
 
-from torchgraft.app.deploy import DEPLOY_FORMATS, deploy
+from torchgraft.app.deploy import deploy
+from torchgraft.app.program import DEPLOY_FORMATS
 
 __all__ = ["add_parser", "run"]
 
@@ -26,6 +27,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--format", choices=DEPLOY_FORMATS, default="onnx", help="onnx (default) or pt2")
     parser.add_argument("--static", action="store_true", help="fixed input shapes (no dynamic batch axis)")
     parser.add_argument(
+        "--dynamic-size", action="store_true", help="images: dynamic height and width too (not for ViTs)"
+    )
+    parser.add_argument(
         "--check", nargs="+", metavar="INPUT", default=None, help="images (or texts) to compare outputs on"
     )
     parser.add_argument("--out", default=None, help="where to write the model file (default: in RUN_DIR)")
@@ -35,7 +39,16 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``export``."""
-    report = deploy(args.run_dir, format=args.format, dynamic=not args.static, check=args.check, out=args.out)
+    if args.static and args.dynamic_size:
+        raise ValueError("--static and --dynamic-size contradict each other; choose one.")
+    report = deploy(
+        args.run_dir,
+        format=args.format,
+        dynamic=not args.static,
+        dynamic_size=args.dynamic_size,
+        check=args.check,
+        out=args.out,
+    )
     if args.json:
         fields = {
             "path": str(report.path),

@@ -109,6 +109,7 @@ class LayerGroups(Sequence[LayerGroup]):
             parameter outside the head group: in no group, never made trainable (freezing, unfreezing,
             optimizers and ``fine_tune`` only see the adapters and the head).
         wrapped: whether names carry a ``PeftModel``'s ``base_model.model.`` prefix.
+        adapted: whether the model has peft layers (names are then matched without peft's additions).
     """
 
     groups: tuple[LayerGroup, ...]
@@ -116,6 +117,7 @@ class LayerGroups(Sequence[LayerGroup]):
     spec: GroupSpec
     locked: tuple[str, ...] = ()
     wrapped: bool = False
+    adapted: bool = False
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -128,7 +130,7 @@ class LayerGroups(Sequence[LayerGroup]):
 
     def group_of(self, name: str) -> int | None:
         """Index of the group whose rules name ``name`` (a parameter or module path), ``None`` if none do."""
-        hits = _match(self.spec, canonical_path(name, self.wrapped))
+        hits = _match(self.spec, canonical_path(name, self.wrapped) if self.adapted else name)
         return hits[0] if hits else None
 
     def table(self, lrs: Sequence[float] | None = None) -> str:
@@ -604,7 +606,7 @@ def resolve(model: nn.Module, spec: GroupSpec) -> LayerGroups:
         listed = listed if view else names
         shown = collapse_names(_strip(_top_modules(listed, scope), spec.strip)) if listed else "(empty)"
         groups.append(LayerGroup(gname, tuple(names), tuple(p for _, p in group), shown))
-    return LayerGroups(tuple(groups), tuple(unassigned), spec, tuple(locked), is_peft_wrapper(model))
+    return LayerGroups(tuple(groups), tuple(unassigned), spec, tuple(locked), is_peft_wrapper(model), view is not None)
 
 
 def _locked(view: AdapterView, name: str, index: int, head_index: int) -> bool:
