@@ -5,13 +5,19 @@ Works on names and shapes only (no tensors), in stages; each stage sees only wha
 1. **rules** — the user's include/exclude patterns, prefix stripping, ``(regex, replacement)`` renames and
    prefix adding, applied in that order; then exact names;
 2. **prefix** — names equal once wrapper prefixes are removed (``module.`` from DataParallel/DDP,
-   ``_orig_mod.`` from torch.compile, ``model.`` from Lightning, and the target's own, such as a grafted
-   model's ``body.model.``);
+   ``_orig_mod.`` from torch.compile, ``model.`` from Lightning, the target's own, such as a grafted
+   model's ``body.model.``, and a first segment every checkpoint key carries when removing it makes most
+   names equal, such as ``classifier.``); names decide here, so a tensor of another shape is paired (and
+   reported as mismatched by ``load_weights``) instead of leaving its neighbours unmatched;
 3. **suffix** — the longest dotted name suffix shared with exactly one model key (``backbone.layer1.0.conv1.weight``
    -> ``body.model.layer1.0.conv1.weight``); the suffix must name a module, not just ``1.weight``;
 4. **structure** — between keys already matched (anchors, in order), runs of remaining keys whose
    sequences of (tensor name, shape) are identical — ``weight (64, 3, 7, 7), bias (64,), ...`` — are paired
-   in order: the same architecture saved by another codebase under other module names. This needs the
+   in order: the same architecture saved by another codebase under other module names. A shorter run also
+   pairs where it fits the longer one with some tensors left out — a truncated copy (timm ``features_only``,
+   an encoder cut from a classifier) loading the full network's checkpoint, or the reverse: a tensor is paired
+   when every such fit puts it at one place, or when exactly one of its places lies in the module its
+   siblings went to; otherwise it is ambiguous. This needs the
    checkpoint's own key order: safetensors files sort their keys, so files written by
    :func:`torchgraft.save_weights` record the order, and others are put in natural order (``blocks.2``
    before ``blocks.10``), which a mismatch in tensor names then guards.
@@ -138,13 +144,32 @@ def _unique_pairs(proposals: dict[str, list[str]], how: str, alignment: Alignmen
     return matched
 
 
+def _shared_first(names: Sequence[str]) -> str | None:
+    """The first dotted segment every name starts with (``classifier`` of ``classifier.0.weight``), if one."""
+    firsts = {name.split(".", 1)[0] for name in names if "." in name}
+    return firsts.pop() if len(firsts) == 1 and all("." in name for name in names) else None
+
+
+def _extra_prefixes(sources: list[str], targets: list[str], target_prefixes: Sequence[str]) -> tuple[str, ...]:
+    """A prefix carried by every remaining checkpoint key (or every model key) but not by the other side,
+    kept when removing it makes more names equal (a ``classifier.``-prefixed copy of the network)."""
+    source_first, target_first = _shared_first(sources), _shared_first(targets)
+    if source_first is None or source_first == target_first or source_first in WRAPPER_PREFIXES:
+        return ()
+    plain_targets = {_normalize(t, (*target_prefixes, *WRAPPER_PREFIXES)) for t in targets}
+    before = sum(_normalize(s, WRAPPER_PREFIXES) in plain_targets for s in sources)
+    after = sum(_normalize(s, (source_first, *WRAPPER_PREFIXES)) in plain_targets for s in sources)
+    return (source_first,) if after > max(before, len(sources) // 2) else ()
+
+
 def _by_prefix(
     sources: list[str], targets: list[str], target_prefixes: Sequence[str], alignment: Alignment
 ) -> dict[str, Match]:
     index: dict[str, list[str]] = defaultdict(list)
     for target in targets:
         index[_normalize(target, (*target_prefixes, *WRAPPER_PREFIXES))].append(target)
-    proposals = {s: index[key] for s in sources if (key := _normalize(s, WRAPPER_PREFIXES)) in index}
+    prefixes = (*_extra_prefixes(sources, targets, target_prefixes), *WRAPPER_PREFIXES)
+    proposals = {s: index[key] for s in sources if (key := _normalize(s, prefixes)) in index}
     return _unique_pairs(proposals, "prefix", alignment)
 
 
@@ -203,6 +228,7 @@ def _by_structure(
     matched: dict[str, Match],
     source_shapes: Mapping[str, Shape],
     target_shapes: Mapping[str, Shape],
+    alignment: Alignment,
 ) -> dict[str, Match]:
     source_index = {name: i for i, name in enumerate(source_order)}
     target_index = {name: i for i, name in enumerate(target_order)}
@@ -213,16 +239,82 @@ def _by_structure(
     for (s0, t0), (s1, t1) in pairwise(bounds):
         left = [n for n in source_order[s0 + 1 : s1] if n not in used_sources]
         right = [n for n in target_order[t0 + 1 : t1] if n not in matched]
-        if not left or len(left) != len(right):
-            continue
         # same tensor names (weight, bias, running_mean: BatchNorm's four have one shape) and same shapes
-        same = all(
-            _leaf(a) == _leaf(b) and source_shapes[a] == target_shapes[b] for a, b in zip(left, right, strict=True)
+        signature_left = [(_leaf(n), source_shapes[n]) for n in left]
+        signature_right = [(_leaf(n), target_shapes[n]) for n in right]
+        source_short = len(left) <= len(right)  # else the model is the shorter: a features-only copy
+        short, long = (left, right) if source_short else (right, left)
+        placements = _placements(
+            *((signature_left, signature_right) if source_short else (signature_right, signature_left))
         )
-        if same:
-            for a, b in zip(left, right, strict=True):
-                found[b] = Match(a, b, "structure")
+        if placements is None:
+            continue
+        certain, unsure = _place(short, long, placements)
+        for i, j in certain.items():
+            source, target = (short[i], long[j]) if source_short else (long[j], short[i])
+            found[target] = Match(source, target, "structure")
+        for i, options in unsure.items():
+            if source_short:
+                alignment.ambiguous[short[i]] = [long[j] for j in options]
+            else:
+                for j in options:
+                    alignment.ambiguous.setdefault(long[j], []).append(short[i])
     return found
+
+
+_MAX_CELLS = 4_000_000  # segments up to this size (len(short) * (skipped + 1)) are searched
+
+
+def _placements(short: Sequence[object], long: Sequence[object]) -> list[list[int]] | None:
+    """For each item of ``short``, every position of ``long`` it takes in some in-order placement of all of
+    ``short`` at equal items of ``long`` (the rest of ``long`` left out); ``None`` when there is no placement."""
+    n, skip = len(short), len(long) - len(short)
+    if n == 0 or skip < 0 or n * (skip + 1) > _MAX_CELLS:
+        return None
+    if skip == 0:  # the same length: one placement, item by item, or none
+        return [[i] for i in range(n)] if list(short) == list(long) else None
+    # after[i][k]: short[i:] fits into long[i + k:]; before[i][k]: short[:i] fits into long[:i + k]
+    after = [[False] * (skip + 2) for _ in range(n + 1)]
+    after[n] = [True] * (skip + 1) + [False]
+    for i in range(n - 1, -1, -1):
+        for k in range(skip, -1, -1):
+            after[i][k] = after[i][k + 1] or (short[i] == long[i + k] and after[i + 1][k])
+    if not after[0][0]:
+        return None
+    before = [[True] * (skip + 1)] + [[False] * (skip + 1) for _ in range(n)]
+    for i in range(1, n + 1):
+        for k in range(skip + 1):
+            before[i][k] = (k > 0 and before[i][k - 1]) or (short[i - 1] == long[i - 1 + k] and before[i - 1][k])
+    return [
+        [i + k for k in range(skip + 1) if short[i] == long[i + k] and before[i][k] and after[i + 1][k]]
+        for i in range(n)
+    ]
+
+
+def _module(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _place(
+    short: list[str], long: list[str], placements: list[list[int]]
+) -> tuple[dict[int, int], dict[int, list[int]]]:
+    """Certain pairs (one possible position, or the one position in the module the item's siblings went to)
+    and the ambiguous rest (item -> possible positions)."""
+    certain = {i: options[0] for i, options in enumerate(placements) if len(options) == 1}
+    siblings: dict[str, set[str]] = defaultdict(set)
+    for i, j in certain.items():
+        siblings[_module(short[i])].add(_module(long[j]))
+    ambiguous = {}
+    for i, options in enumerate(placements):
+        if len(options) == 1:
+            continue
+        modules = siblings.get(_module(short[i]), set())
+        fitting = [j for j in options if len(modules) == 1 and _module(long[j]) in modules]
+        if len(fitting) == 1:
+            certain[i] = fitting[0]
+        else:
+            ambiguous[i] = options
+    return certain, ambiguous
 
 
 def align_keys(
@@ -280,7 +372,7 @@ def align_keys(
             matched.update(_by_suffix(left, right, alignment))
     if structure:
         shapes = {name: source[original] for name, original in renamed.items()}
-        matched.update(_by_structure(list(renamed), list(target), matched, shapes, target))
+        matched.update(_by_structure(list(renamed), list(target), matched, shapes, target, alignment))
     used = {m.source for m in matched.values()}
     alignment.ambiguous = {renamed[s]: c for s, c in alignment.ambiguous.items() if s not in used}
     alignment.matches = [
