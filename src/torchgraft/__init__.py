@@ -20,6 +20,7 @@ from torchgraft.data.texts import TextData, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
 from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
+from torchgraft.grafting.dense import Segmenter, Tap, find_taps, graft_dense
 from torchgraft.grafting.dryrun import Trace, trace
 from torchgraft.grafting.guard import (
     GuardReport,
@@ -30,7 +31,7 @@ from torchgraft.grafting.guard import (
 )
 from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
 from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
-from torchgraft.tasks import Classification, Multilabel, Regression, Task, best_threshold, get_task
+from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task, best_threshold, get_task
 from torchgraft.tasks.metrics import MetricSet, TargetError, accuracy, error_rate, top_k_accuracy
 from torchgraft.train import distributed
 from torchgraft.train.callbacks import Callback, Checkpointer, EarlyStopping
@@ -98,9 +99,12 @@ __all__ = [
     "PretrainedWeightsChangedError",
     "Regression",
     "RunResult",
+    "Segmentation",
+    "Segmenter",
     "SigmoidRange",
     "StaleOptimizerError",
     "SyncReport",
+    "Tap",
     "TargetError",
     "Task",
     "TextData",
@@ -127,11 +131,13 @@ __all__ = [
     "export_model",
     "export_program",
     "find_classifier",
+    "find_taps",
     "freeze",
     "freeze_to",
     "get_task",
     "gradual_unfreeze",
     "graft",
+    "graft_dense",
     "group_lrs",
     "image_data",
     "is_adapted",

@@ -12,23 +12,30 @@ from torchgraft.tasks.base import Task
 from torchgraft.tasks.classify import Classification
 from torchgraft.tasks.multilabel import Multilabel, best_threshold
 from torchgraft.tasks.regression import Regression
+from torchgraft.tasks.segment import Segmentation
 
 __all__ = [
     "TASKS",
     "Classification",
     "Multilabel",
     "Regression",
+    "Segmentation",
     "Task",
     "best_threshold",
     "get_task",
     "task_from_record",
 ]
 
-TASKS: dict[str, type[Task]] = {"classify": Classification, "multilabel": Multilabel, "regression": Regression}
+TASKS: dict[str, type[Task]] = {
+    "classify": Classification,
+    "multilabel": Multilabel,
+    "regression": Regression,
+    "segment": Segmentation,
+}
 
 
 def get_task(task: str | Task | None = None, **options: Any) -> Task:
-    """A task object from a name (``"classify"``, ``"multilabel"``, ``"regression"``), a task object
+    """A task object from a name (``"classify"``, ``"multilabel"``, ``"regression"``, ``"segment"``), a task object
     (returned as is), or ``None`` (classify).
 
     Raises:

@@ -386,11 +386,12 @@ class Learner:
 
     def _stages(self, epochs: int, freeze_epochs: int, gradual: bool) -> list[tuple[str, int, int]]:
         """``(stage name, frozen groups, epochs)`` of a fine-tune recipe."""
-        count = len(layer_groups(self.model))
-        stages = [("frozen", count - 1, freeze_epochs)] if freeze_epochs > 0 else []
+        groups = layer_groups(self.model)
+        count, new = len(groups), groups.n_new  # new: the head (and a dense graft's decoder) train throughout
+        stages = [("frozen", count - new, freeze_epochs)] if freeze_epochs > 0 else []
         if gradual:  # each epoch one more group from the top, until every group trains
-            partial = min(epochs, count - 2)
-            stages += [(f"top{k + 2}", count - k - 2, 1) for k in range(partial)]
+            partial = min(epochs, max(0, count - new - 1))
+            stages += [(f"top{k + new + 1}", count - k - new - 1, 1) for k in range(partial)]
             epochs -= partial
         return stages + ([("unfrozen", 0, epochs)] if epochs > 0 else [])
 

@@ -19,6 +19,7 @@ _METHODS = {
     "cut": "cut after '{cut}' (cut= given); the head pools ({pool})",
     "callable": "body built by the cut= callable",
     "backbone": "the whole network (it has no classifier); the head pools its main output ({pool})",
+    "dense": "backbone cut after its deepest tap '{cut}'; a {pool} decoder reads the taps (notes)",
 }
 
 

@@ -186,8 +186,9 @@ def freeze_to(model: nn.Module, n: int, *, bn: BNPolicy = "frozen") -> LayerGrou
 
 
 def freeze(model: nn.Module, *, bn: BNPolicy = "frozen") -> LayerGroups:
-    """Freeze everything but the head group (``freeze_to(model, -1)``)."""
-    return freeze_to(model, -1, bn=bn)
+    """Freeze the pretrained groups: everything but the head group (``freeze_to(model, -1)``), and for a
+    dense graft everything but its decoder and head."""
+    return freeze_to(model, -layer_groups(model).n_new, bn=bn)
 
 
 def unfreeze(model: nn.Module) -> LayerGroups:
@@ -197,8 +198,8 @@ def unfreeze(model: nn.Module) -> LayerGroups:
 
 
 def gradual_unfreeze(model: nn.Module, epoch: int, *, bn: BNPolicy = "frozen") -> int:
-    """ULMFiT-style gradual unfreezing: at ``epoch`` 0 only the head trains, each later epoch unfreezes
-    one more group (from the top). Returns the number of trainable groups.
+    """ULMFiT-style gradual unfreezing: at ``epoch`` 0 only the head (and a dense graft's decoder) trains,
+    each later epoch unfreezes one more group (from the top). Returns the number of trainable groups.
 
     Example:
         >>> for epoch in range(epochs):
@@ -208,8 +209,9 @@ def gradual_unfreeze(model: nn.Module, epoch: int, *, bn: BNPolicy = "frozen") -
     """
     if epoch < 0:
         raise ValueError(f"gradual_unfreeze: epoch must be >= 0, got {epoch}.")
-    count = len(layer_groups(model))
-    trainable = min(count, epoch + 1)
+    groups = layer_groups(model)
+    count = len(groups)
+    trainable = min(count, epoch + groups.n_new)
     freeze_to(model, count - trainable, bn=bn)
     return trainable
 

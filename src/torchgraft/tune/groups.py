@@ -128,6 +128,12 @@ class LayerGroups(Sequence[LayerGroup]):
     def __iter__(self) -> Iterator[LayerGroup]:
         return iter(self.groups)
 
+    @property
+    def n_new(self) -> int:
+        """Trailing groups of new layers, which ``freeze`` leaves trainable: the head, and a dense graft's
+        decoder before it."""
+        return 2 if len(self.groups) > 2 and self.groups[-2].name == "decoder" else 1
+
     def group_of(self, name: str) -> int | None:
         """Index of the group whose rules name ``name`` (a parameter or module path), ``None`` if none do."""
         hits = _match(self.spec, canonical_path(name, self.wrapped) if self.adapted else name)
@@ -167,8 +173,8 @@ def _is_grafted(model: nn.Module) -> bool:
 
 def _head_names(model: nn.Module) -> tuple[tuple[str, ...], Trace | None]:
     """Module names forming the head, and the dry run that found them (if one ran)."""
-    if _is_grafted(model):
-        return ("head",), None
+    if _is_grafted(model):  # a dense graft's decoder is new too: kept out of the body's split
+        return ("head", "decoder") if _has_decoder(model) else ("head",), None
     try:
         run = trace(model, infer_input_size(model))
         return find_classifier(model, run).names, run
@@ -545,6 +551,20 @@ def _match(spec: GroupSpec, name: str) -> list[int]:
 
 def _make_spec(model: nn.Module, n: int | str | None, rules: RuleSpec | None) -> GroupSpec:
     model = base_model(model)  # a PeftModel splits as the model inside it (names are matched without the prefix)
+    spec = _split(model, n, rules)
+    if _is_grafted(model) and _has_decoder(model) and rules is None:
+        # a dense graft: the backbone's groups, then the decoder, then the classifier
+        *body, (name, patterns) = spec.groups
+        head = (name, tuple(p for p in patterns if p != "decoder"))
+        spec = GroupSpec((*body, ("decoder", ("decoder",)), head), spec.head, f"{spec.method}; decoder", spec.strip)
+    return spec
+
+
+def _has_decoder(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "decoder", None), nn.Module)
+
+
+def _split(model: nn.Module, n: int | str | None, rules: RuleSpec | None) -> GroupSpec:
     head, run = _head_names(model)
     strip = "body.model." if _is_grafted(model) else ""
     if rules is not None:

@@ -1,0 +1,167 @@
+"""Semantic segmentation: a class per pixel, cross-entropy (optionally + Dice), metrics from one confusion matrix.
+
+Targets are ``(N, H, W)`` class indices; pixels equal to ``ignore_index`` (255 by default: borders, "void")
+count nowhere — not in the loss, not in any metric. Every metric is computed from a ``(C, C)`` confusion
+matrix accumulated over the whole validation set (and summed over DDP ranks), never averaged per batch:
+
+* ``miou`` — mean intersection over union, over the classes present in the targets or the predictions;
+* ``dice`` — mean Dice (F1) over the same classes;
+* ``pixel_accuracy`` — correct pixels / counted pixels.
+
+:func:`per_class_iou` gives the per-class values from a matrix (``ConfusionMatrix.matrix``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torchmetrics
+from torch import nn
+
+from torchgraft.tasks.base import Task
+from torchgraft.tasks.metrics import TargetError
+
+__all__ = ["IGNORE_INDEX", "ConfusionMatrix", "Segmentation", "per_class_dice", "per_class_iou"]
+
+IGNORE_INDEX = 255
+
+
+def _present(matrix: torch.Tensor) -> torch.Tensor:
+    """Classes that occur in the targets or the predictions (the others have no IoU to average)."""
+    return (matrix.sum(0) + matrix.sum(1)) > 0
+
+
+def per_class_iou(matrix: torch.Tensor) -> torch.Tensor:
+    """IoU of each class from a confusion matrix (rows: target, columns: prediction); NaN for a class
+    that occurs in neither."""
+    matrix = matrix.double()
+    true_positive = matrix.diag()
+    union = matrix.sum(0) + matrix.sum(1) - true_positive
+    return torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan)
+
+
+def per_class_dice(matrix: torch.Tensor) -> torch.Tensor:
+    """Dice of each class (``2 TP / (2 TP + FP + FN)``); NaN for a class that occurs in neither."""
+    matrix = matrix.double()
+    true_positive = matrix.diag()
+    total = matrix.sum(0) + matrix.sum(1)
+    return torch.where(total > 0, 2 * true_positive / total.clamp(min=1), torch.nan)
+
+
+class ConfusionMatrix(torchmetrics.Metric):
+    """A ``(C, C)`` pixel confusion matrix over a whole dataset, and one summary of it.
+
+    Args:
+        num_classes: classes.
+        summary: ``"miou"``, ``"dice"`` or ``"pixel_accuracy"`` — what :meth:`compute` returns.
+        ignore_index: target value excluded everywhere.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, *, summary: str = "miou", ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        if summary not in Segmentation.metric_names:
+            raise ValueError(f"ConfusionMatrix: summary {summary!r}; choose one of {Segmentation.metric_names}.")
+        self.num_classes, self.summary, self.ignore_index = num_classes, summary, ignore_index
+        self.add_state("matrix", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch: logits ``(N, C, H, W)`` (or predicted labels ``(N, H, W)``) and targets ``(N, H, W)``."""
+        predicted = outputs.argmax(dim=1) if outputs.ndim == targets.ndim + 1 else outputs
+        counted = targets != self.ignore_index
+        index = targets[counted].long() * self.num_classes + predicted[counted].long()
+        counts = torch.bincount(index, minlength=self.num_classes**2)
+        self.matrix += counts.view(self.num_classes, self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        """The chosen summary of the matrix so far."""
+        if self.summary == "pixel_accuracy":
+            return (self.matrix.diag().sum() / self.matrix.sum().clamp(min=1)).float()
+        values = per_class_iou(self.matrix) if self.summary == "miou" else per_class_dice(self.matrix)
+        present = _present(self.matrix)
+        return values[present].mean().float() if present.any() else torch.tensor(0.0)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """1 - mean soft Dice over the classes, counted pixels only."""
+    counted = (targets != ignore_index).unsqueeze(1)
+    probabilities = logits.float().softmax(dim=1) * counted
+    one_hot = nn.functional.one_hot(targets.clamp(0, logits.shape[1] - 1).long(), logits.shape[1])
+    one_hot = one_hot.permute(0, 3, 1, 2) * counted
+    dims = (0, 2, 3)
+    intersection = (probabilities * one_hot).sum(dims)
+    total = probabilities.sum(dims) + one_hot.sum(dims)
+    return 1 - ((2 * intersection + 1) / (total + 1)).mean()
+
+
+class Segmentation(Task):
+    """A class per pixel: targets ``(N, H, W)`` class indices, outputs logits ``(N, C, H, W)``.
+
+    Args:
+        ignore_index: target value left out of the loss and the metrics (default 255).
+        dice_weight: add ``dice_weight * (1 - soft Dice)`` to the cross-entropy (0: cross-entropy alone).
+        target_key: key of the targets in mapping batches.
+
+    Example:
+        >>> Learner(graft_dense(resnet34(weights="DEFAULT"), 21), train_dl, valid_dl, task=Segmentation())
+    """
+
+    name: ClassVar[str] = "segment"
+    metric_names: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")
+    default_metrics: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy")
+
+    def __init__(
+        self, *, ignore_index: int = IGNORE_INDEX, dice_weight: float = 0.0, target_key: str = "labels"
+    ) -> None:
+        super().__init__(target_key=target_key)
+        if dice_weight < 0:
+            raise ValueError(f"Segmentation: dice_weight must be >= 0, got {dice_weight}.")
+        self.ignore_index, self.dice_weight = int(ignore_index), float(dice_weight)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over counted pixels, plus ``dice_weight`` times the Dice loss."""
+        loss = nn.functional.cross_entropy(outputs, targets.long(), ignore_index=self.ignore_index)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * dice_loss(outputs, targets, self.ignore_index)
+        return loss
+
+    def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Logits ``(N, C, H, W)``, integer targets ``(N, H, W)`` of the same size, in ``[0, C)`` or ignored."""
+        if outputs.ndim != 4:
+            raise TargetError(
+                f"segment: outputs of shape {tuple(outputs.shape)}; a segmentation model gives (batch, classes, "
+                f"height, width) logits (torchgraft.graft_dense)."
+            )
+        expected = (outputs.shape[0], *outputs.shape[2:])
+        if targets.ndim != 3 or tuple(targets.shape) != tuple(expected):
+            raise TargetError(
+                f"segment: targets of shape {tuple(targets.shape)} for outputs {tuple(outputs.shape)}; masks must "
+                f"be (batch, height, width) = {tuple(expected)} (resize masks with nearest, not the images alone)."
+            )
+        if targets.is_floating_point():
+            raise TargetError("segment: float masks; masks hold class indices (integers), one per pixel.")
+        values = targets[targets != self.ignore_index]
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= outputs.shape[1]):
+            raise TargetError(
+                f"segment: mask values from {int(values.min())} to {int(values.max())} but the model has "
+                f"{outputs.shape[1]} classes (0..{outputs.shape[1] - 1}, {self.ignore_index} ignored)."
+            )
+
+    def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
+        """A confusion-matrix accumulator summarised as ``name``, sized by the outputs' classes."""
+        self.check_metric_name(name)
+        if outputs.ndim != 4:
+            raise TargetError(f"segment: metric {name!r} needs (batch, classes, height, width) outputs.")
+        return ConfusionMatrix(int(outputs.shape[1]), summary=name, ignore_index=self.ignore_index)
+
+    def decode(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``probabilities`` (softmax over classes) and ``labels`` (the mask, argmax)."""
+        probabilities = outputs.float().softmax(dim=1)
+        return {"probabilities": probabilities, "labels": probabilities.argmax(dim=1)}
+
+    def record(self) -> dict[str, Any]:
+        """The task name, target key, ignored value and Dice weight."""
+        return {**super().record(), "ignore_index": self.ignore_index, "dice_weight": self.dice_weight}
