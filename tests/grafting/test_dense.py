@@ -149,3 +149,16 @@ def test_training_with_the_multiscale_feature_cache(lite0):
     assert cached[: 2 * steps] == [True] * (2 * steps) and not any(cached[2 * steps :])
     assert history[-1]["miou"] > 0.7 and history[-1]["miou"] >= history[0]["miou"] - 0.02
     assert {"miou", "pixel_accuracy"} <= set(history[-1])
+
+
+def test_a_copy_runs_on_its_own_taps():
+    import copy
+
+    segmenter = graft_dense(torchvision.models.resnet18(), 3, input_size=(3, 64, 64)).eval()
+    twin = copy.deepcopy(segmenter)
+    with torch.no_grad():
+        twin.decoder.blocks[0][0][0].weight.mul_(2)  # the copy's decoder differs; its taps are its own
+        x = torch.randn(1, 3, 64, 64)
+        assert not torch.allclose(twin(x), segmenter(x))
+        for original, copied in zip(segmenter.maps(x), twin.maps(x), strict=True):
+            assert torch.equal(original, copied)

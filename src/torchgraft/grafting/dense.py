@@ -157,7 +157,6 @@ class UNetDecoder(nn.Module):
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], widths: Sequence[int]) -> None:
         super().__init__()
-        self.strides = list(strides)
         steps = max(1, math.ceil(math.log2(strides[-1])))
         skips = list(channels[:-1])[::-1]  # finest-but-one .. finest: the skip of each block, while there are taps
         blocks, width_in = [], channels[-1]
@@ -230,6 +229,21 @@ def _to_nchw(feature: torch.Tensor, tap: Tap, size: tuple[int, int]) -> torch.Te
     return tokens.transpose(1, 2).reshape(feature.shape[0], tap.channels, height, width)
 
 
+_KEPT = "_torchgraft_tap_output"
+
+
+def _keep_output(module: nn.Module, args: object, output: object) -> None:
+    """Forward hook of a tap: keep its output on the module (a plain function, so copies of the model work)."""
+    module.__dict__[_KEPT] = output[0] if isinstance(output, tuple | list) else output
+
+
+def _take_output(module: nn.Module) -> torch.Tensor:
+    output = module.__dict__.pop(_KEPT, None)
+    if output is None:
+        raise RuntimeError(f"segmenter: tap {type(module).__name__} did not run in this forward pass.")
+    return output
+
+
 def _logits(decoder: nn.Module, head: nn.Module, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     logits = head(decoder(maps, size))
     return (
@@ -247,24 +261,16 @@ class Segmenter(Grafted):
         super().__init__(body, head, info, None)
         self.decoder = decoder
         self.taps = tuple(taps)
-        self._seen: dict[int, torch.Tensor] = {}
         self._packing: tuple[list[tuple[int, ...]], tuple[int, int]] | None = None
-        for index, tap in enumerate(self.taps[:-1]):  # the deepest is what the body returns
-            body.model.get_submodule(tap.name).register_forward_hook(self._keeper(index))
-
-    def _keeper(self, index: int):
-        def keep(module: nn.Module, args: object, output: object) -> None:
-            self._seen[index] = output[0] if isinstance(output, tuple | list) else output  # type: ignore[assignment]
-
-        return keep
+        for tap in self.taps[:-1]:  # the deepest is what the body returns
+            body.model.get_submodule(tap.name).register_forward_hook(_keep_output)
 
     def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The taps' outputs for ``x``, as ``(N, C, h, w)`` maps, finest first."""
-        self._seen = {}
         deepest = self.body(x)
         size = (x.shape[-2], x.shape[-1])
-        found, self._seen = {**self._seen, len(self.taps) - 1: deepest}, {}
-        return [_to_nchw(found[i], tap, size) for i, tap in enumerate(self.taps)]
+        found = [*(_take_output(self.body.model.get_submodule(t.name)) for t in self.taps[:-1]), deepest]
+        return [_to_nchw(feature, tap, size) for feature, tap in zip(found, self.taps, strict=True)]
 
     def decode(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Logits ``(N, classes, H, W)`` at ``size`` from the taps' maps."""
