@@ -15,6 +15,7 @@ from torchgraft.app.program import DeployError, export_program
 from torchgraft.app.run import RunResult, TrainSettings, train_run
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
 from torchgraft.data.images import BadImage, load_rgb, scan_images
+from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
 from torchgraft.data.texts import TextData, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
@@ -87,6 +88,8 @@ __all__ = [
     "LoadError",
     "LoadReport",
     "LoraError",
+    "MaskData",
+    "MaskDataset",
     "Match",
     "MetricSet",
     "Multilabel",
@@ -148,6 +151,7 @@ __all__ = [
     "load_weights",
     "lora",
     "lr_find",
+    "mask_transforms",
     "merged",
     "mlp_head",
     "one_cycle",
@@ -161,6 +165,7 @@ __all__ = [
     "save_adapters",
     "save_weights",
     "scan_images",
+    "segmentation_data",
     "sync_optimizer",
     "text_data",
     "top_k_accuracy",
