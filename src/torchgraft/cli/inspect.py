@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from torchgraft.grafting.dense import DECODERS, Segmenter, graft_dense
 from torchgraft.grafting.surgery import graft
 from torchgraft.tune.describe import describe
 from torchgraft.tune.groups import layer_groups
@@ -53,6 +54,13 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="learning rates to show per group: 1e-3, LO:HI (geometric, e.g. 1e-5:1e-3) or a comma list",
     )
+    parser.add_argument(
+        "--task",
+        choices=("classify", "segment"),
+        default="classify",
+        help="segment: a dense graft (the taps found, the decoder, the groups); --n-out is then classes per pixel",
+    )
+    parser.add_argument("--decoder", choices=DECODERS, default="unet", help="with --task segment (default: unet)")
     parser.add_argument("--json", action="store_true", help="print the graft record as JSON")
     parser.set_defaults(run=run)
 
@@ -97,6 +105,26 @@ def summarize_checkpoint(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _grafted(args: argparse.Namespace) -> Any:
+    """The graft ``inspect`` shows: a classification head, or a dense graft for ``--task segment``."""
+    if args.task == "segment":
+        options = (("--cut", args.cut), ("--pool", args.pool), ("--in-chans", args.in_chans))
+        given = [flag for flag, value in options if value is not None] + (["--head"] if args.head != "linear" else [])
+        if given:
+            raise ValueError(f"--task segment builds a decoder on the taps it finds; {', '.join(given)} do not apply.")
+        return graft_dense(build_model(args.target), args.n_out, decoder=args.decoder, input_size=args.input_size)
+    cut: Any = int(args.cut) if args.cut is not None and args.cut.lstrip("-").isdigit() else args.cut
+    return graft(
+        build_model(args.target),
+        args.n_out,
+        cut=cut,
+        head=args.head,
+        pool=args.pool,
+        in_chans=args.in_chans,
+        input_size=args.input_size,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``inspect``."""
     target = Path(args.target)
@@ -106,16 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(summarize_checkpoint(target))
         return 0
     n_groups = _groups_arg(args.groups)
-    cut: Any = int(args.cut) if args.cut is not None and args.cut.lstrip("-").isdigit() else args.cut
-    model = graft(
-        build_model(args.target),
-        args.n_out,
-        cut=cut,
-        head=args.head,
-        pool=args.pool,
-        in_chans=args.in_chans,
-        input_size=args.input_size,
-    )
+    model = _grafted(args)
     groups = layer_groups(model, n=n_groups)
     lrs = group_lrs(args.lr, len(groups), names=[g.name for g in groups]) if args.lr is not None else None
     if args.json:
@@ -142,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
             for i, g in enumerate(groups)
         ]
         record["split"] = groups.spec.method
+        if isinstance(model, Segmenter):
+            record["taps"] = [vars(tap) for tap in model.taps]
+            record["decoder"] = args.decoder
         print(json.dumps(record, indent=2))
     else:
         print(describe(model, lr=args.lr))

@@ -117,6 +117,8 @@ def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
             f"  in_chans     '{adapt.module}': {adapt.from_channels} -> {adapt.to_channels} channels ({adapt.rule})"
         )
     output = f"{info.body_output} [{info.layout}]" if info.body_output is not None else "structured output"
+    if info.method == "dense":
+        output = "the taps' feature maps (notes)"
     lines += [f"  body output  {output}", "  head"]
     lines += _head_lines(model.head)
     lines += [f"  note         {note}" for note in info.notes]
