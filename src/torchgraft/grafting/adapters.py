@@ -68,10 +68,6 @@ class AdapterView:
     canonical: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
 
-    def count(self, role: Role) -> int:
-        """Number of parameter tensors with ``role``."""
-        return sum(1 for r in self.roles.values() if r == role)
-
 
 def canonical_path(path: str, wrapped: bool) -> str:
     """A module path without peft's additions (``base_model.model.``, ``base_layer``, wrapper copies)."""
