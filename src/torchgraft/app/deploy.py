@@ -1,7 +1,8 @@
 """Deployment exports: an exported run as one ONNX file or ``torch.export`` program that runs without torchgraft.
 
 :func:`deploy` reads a run folder (``model.safetensors`` + ``model.json``), wraps the network with its task's
-final step (softmax for classification, sigmoid for multi-label, the targets' units for regression) and writes
+final step (softmax for classification and, per pixel, segmentation; sigmoid for multi-label; the targets'
+units for regression) and writes
 
 * ``model.onnx`` (ONNX Runtime, any language) or ``model.pt2`` (``torch.export.load(...).module()``), with a
   dynamic batch axis (and a dynamic sequence axis for texts) unless ``dynamic=False``;
@@ -32,7 +33,7 @@ from torchgraft.app.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.grafting.body import Body
-from torchgraft.tasks import Multilabel, Regression, Task
+from torchgraft.tasks import Multilabel, Regression, Segmentation, Task
 from torchgraft.tune.lora import merged
 
 __all__ = ["DEPLOY_FORMATS", "DeployError", "DeployReport", "Deployable", "deploy", "deployable"]
@@ -119,7 +120,8 @@ Inputs = tuple[tuple[torch.Tensor, ...], str]  # tensors, and what they are
 
 def _image_inputs(exported: Exported, sources: Sequence[str]) -> Inputs:
     prep = exported.preprocessing
-    transform = prep.eval_transform()  # type: ignore[union-attr]
+    dense = isinstance(exported.task, Segmentation)
+    transform = prep.dense_transform() if dense else prep.eval_transform()  # type: ignore[union-attr]
     paths = [s for s in sources if Path(s).is_file()]
     if paths:
         return (torch.stack([transform(load_rgb(p)) for p in paths]),), f"{len(paths)} images"
@@ -168,6 +170,17 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
             "truncation": True,
             "padding": "longest in the batch",
         }
+    elif isinstance(exported.task, Segmentation):  # the whole image, resized: the mask maps back onto it
+        record["image"] = {
+            "resize": [prep["size"], prep["size"]],
+            "interpolation": prep["interpolation"],
+            "scale": "1/255, RGB",
+            "mean": prep["mean"],
+            "std": prep["std"],
+            "layout": "NCHW float32",
+        }
+        record["mask"] = "argmax over axis 1 of the (N, classes, H, W) probabilities; resize the probabilities to "
+        record["mask"] += "the image's size (bilinear) first for a mask at full size"
     else:
         record["image"] = {
             "resize_shorter_side": prep["resize"],

@@ -18,6 +18,7 @@ from torch import nn
 
 from torchgraft.data.preprocess import Preprocessing
 from torchgraft.data.tokens import TextPreprocessing
+from torchgraft.grafting.dense import graft_dense
 from torchgraft.grafting.surgery import graft
 from torchgraft.tasks import Classification, Task, task_from_record
 from torchgraft.tune.lora import is_adapted, merged, save_adapters, without_adapters
@@ -42,6 +43,7 @@ Preprocessor = Preprocessing | TextPreprocessing  # images or texts
 ADAPTER_EXPORTS = ("merge", "separate")
 ADAPTER_FILE = "adapter_model.safetensors"
 _GRAFT_OPTIONS = ("cut", "head", "pool", "in_chans", "hidden", "dropout", "batch_norm", "y_range")
+_DENSE_OPTIONS = ("decoder", "widths")  # graft_dense's: a segmentation export records these instead
 
 
 class ExportError(ValueError):
@@ -87,7 +89,9 @@ def export_model(
             tokenizer folder holds; :func:`torchgraft.train_run` writes it).
         classes: class names, in output order.
         preprocessing: what validation used (image transforms or a tokenizer); prediction uses the same.
-        graft_options: the keyword arguments ``graft`` was called with (JSON values).
+        graft_options: the keyword arguments ``graft`` was called with (JSON values); for a segmentation
+            model (:func:`torchgraft.graft_dense`), ``decoder`` and ``widths``. The rebuild reruns the graft at
+            the input size of ``preprocessing``.
         task: the task trained (recorded so that ``predict`` decodes outputs the same way; default
             classification).
         extra: more JSON fields to record (weights source, final metrics...).
@@ -100,9 +104,10 @@ def export_model(
     from torchgraft._version import __version__
 
     options = dict(graft_options or {})
-    unknown = sorted(set(options) - set(_GRAFT_OPTIONS))
+    known = _DENSE_OPTIONS if _is_dense(model) else _GRAFT_OPTIONS
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ExportError(f"export_model: graft options {unknown} cannot be stored; use only {_GRAFT_OPTIONS}.")
+        raise ExportError(f"export_model: graft options {unknown} cannot be stored; use only {known}.")
     if adapters not in ADAPTER_EXPORTS:
         raise ExportError(f"export_model: adapters={adapters!r}; choose one of {ADAPTER_EXPORTS}.")
     directory = Path(directory)
@@ -119,7 +124,7 @@ def export_model(
         "format": EXPORT_FORMAT,
         "torchgraft_version": __version__,
         "architecture": architecture,
-        "graft": {"n_out": len(classes), **options},
+        "graft": {"n_out": len(classes), **({"kind": "dense"} if _is_dense(model) else {}), **options},
         "classes": list(classes),
         "task": (task or Classification()).record(),
         "preprocessing": preprocessing.as_dict(),
@@ -130,6 +135,24 @@ def export_model(
     partial.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(partial, directory / CONFIG_FILE)
     return directory / CONFIG_FILE
+
+
+def _is_dense(model: nn.Module) -> bool:
+    """Whether ``model`` (or the network inside its LoRA wrapper) was grafted by :func:`graft_dense`."""
+    return any(getattr(getattr(m, "info", None), "method", None) == "dense" for m in model.modules())
+
+
+def _rebuild(config: dict[str, Any], prep: Preprocessing) -> nn.Module:
+    """The grafted image network model.json describes, with fresh weights."""
+    options = dict(config["graft"])
+    n_out, dense = options.pop("n_out"), options.pop("kind", None) == "dense"
+    source = build_model(config["architecture"], device="cpu")
+    if dense:
+        widths = tuple(options.pop("widths", (256, 128, 64, 32, 16)))
+        return graft_dense(source, n_out, input_size=(3, prep.size, prep.size), widths=widths, **options)
+    if options.get("y_range") is not None:
+        options["y_range"] = tuple(options["y_range"])
+    return graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -168,12 +191,12 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
     """
     directory = Path(directory)
     config = _read_config(directory)
-    options = dict(config["graft"])
-    n_out = options.pop("n_out")
-    if options.get("y_range") is not None:
-        options["y_range"] = tuple(options["y_range"])
     prep: Preprocessor
     if config["preprocessing"].get("kind") == "text":
+        options = dict(config["graft"])
+        n_out = options.pop("n_out")
+        if options.get("y_range") is not None:
+            options["y_range"] = tuple(options["y_range"])
         prep = TextPreprocessing.from_dict(config["preprocessing"])
         folder = directory / prep.tokenizer
         if not (folder / "config.json").is_file():
@@ -181,8 +204,7 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
         model = graft(hf_config_model(folder), n_out, **options)
     else:
         prep = Preprocessing.from_dict(config["preprocessing"])
-        source = build_model(config["architecture"], device="cpu")
-        model = graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
+        model = _rebuild(config, prep)
     try:
         load_weights(model, directory / WEIGHTS_FILE, strict=True)
     except LoadError as error:

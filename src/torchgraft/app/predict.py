@@ -1,5 +1,6 @@
 """Predict images or texts with an exported model, as its task decodes outputs: top-k classes (single label),
-every label above its threshold (multi-label) or values in the targets' units (regression)."""
+every label above its threshold (multi-label), values in the targets' units (regression) or a class per pixel
+(segmentation: :func:`predict_masks`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from torchgraft.app.export import Exported
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
-from torchgraft.tasks import Multilabel
+from torchgraft.tasks import Multilabel, Segmentation
 
-__all__ = ["Prediction", "predict_images", "predict_texts", "shorten_text"]
+__all__ = ["MaskPrediction", "Prediction", "predict_images", "predict_masks", "predict_texts", "shorten_text"]
 
 
 @dataclass
@@ -49,6 +51,29 @@ class Prediction:
         if self.values:
             return "  ".join(f"{name} {value:.4g}" for name, value in self.values.items())
         return "  ".join(f"{name} {probability:.3f}" for name, probability in self.top) or "(no label)"
+
+
+@dataclass
+class MaskPrediction:
+    """What a segmentation model says about one image.
+
+    Attributes:
+        path: the image file.
+        labels: ``(H, W)`` class indices (int64) at the image's own size.
+        fractions: ``{class: fraction of the image's pixels}``, every class, largest first.
+    """
+
+    path: str
+    labels: np.ndarray
+    fractions: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready fields (the mask itself is written as a PNG, not put in the JSON)."""
+        return {"path": self.path, "size": list(self.labels.shape[::-1]), "fractions": self.fractions}
+
+    def line(self) -> str:
+        """The classes covering at least 0.1% of the image, largest first."""
+        return "  ".join(f"{name} {share:.3f}" for name, share in self.fractions.items() if share >= 0.001)
 
 
 def _describe(exported: Exported, logits: torch.Tensor, path: str, k: int) -> Prediction:
@@ -86,6 +111,8 @@ def predict_images(
     """
     if isinstance(exported.preprocessing, TextPreprocessing):
         raise TypeError("predict_images: this is a text model; use predict_texts (torchgraft predict RUN_DIR 'text').")
+    if isinstance(exported.task, Segmentation):
+        raise TypeError("predict_images: this is a segmentation model; use predict_masks.")
     transform = exported.preprocessing.eval_transform()
     device = next(exported.model.parameters()).device
     k = max(1, min(top_k, len(exported.classes)))
@@ -95,6 +122,39 @@ def predict_images(
         batch = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
         logits = exported.model(batch).float().cpu()
         results += [_describe(exported, row, path, k) for path, row in zip(chunk, logits, strict=True)]
+    return results
+
+
+@torch.no_grad()
+def predict_masks(exported: Exported, paths: Sequence[str | Path], *, batch_size: int = 8) -> list[MaskPrediction]:
+    """Run a segmentation model (from :func:`torchgraft.load_exported`) on the images at ``paths``: each is
+    resized whole to the model's input size as in validation, and the logits are resized back to the image's
+    own size (bilinear) before the argmax, so the mask covers every pixel of the image.
+
+    Raises:
+        BadImage: a file cannot be decoded (its path is named).
+
+    Example:
+        >>> prediction = predict_masks(load_exported("runs/scenes"), ["street.jpg"])[0]
+        >>> prediction.labels.shape, list(prediction.fractions)[:2]
+        ((480, 640), ['road', 'sky'])
+    """
+    if not isinstance(exported.task, Segmentation) or isinstance(exported.preprocessing, TextPreprocessing):
+        raise TypeError("predict_masks: not a segmentation model; use predict_images or predict_texts.")
+    transform = exported.preprocessing.dense_transform()
+    device = next(exported.model.parameters()).device
+    results: list[MaskPrediction] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = [str(p) for p in paths[start : start + batch_size]]
+        images = [load_rgb(p) for p in chunk]
+        logits = exported.model(torch.stack([transform(image) for image in images]).to(device)).float().cpu()
+        for path, image, row in zip(chunk, images, logits, strict=True):
+            resized = torch.nn.functional.interpolate(row[None], size=(image.height, image.width), mode="bilinear")
+            labels = resized[0].argmax(dim=0)
+            counts = torch.bincount(labels.flatten(), minlength=len(exported.classes)).double() / labels.numel()
+            order = counts.argsort(descending=True).tolist()
+            fractions = {exported.classes[i]: round(float(counts[i]), 6) for i in order}
+            results.append(MaskPrediction(path, labels.numpy(), fractions))
     return results
 
 

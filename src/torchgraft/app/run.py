@@ -1,6 +1,6 @@
-"""One fine-tuning run from images (a folder or a CSV: single-label, multi-label or regression) or texts (a
-CSV or folders of ``.txt`` files, with a Hugging Face encoder) to a RUN_DIR: the pipeline behind
-``torchgraft train`` and ``torchgraft demo``, usable from Python too.
+"""One fine-tuning run from images (a folder or a CSV: single-label, multi-label or regression), image + mask
+pairs (segmentation) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) to a RUN_DIR:
+the pipeline behind ``torchgraft train`` and ``torchgraft demo``, usable from Python too.
 
 Read top to bottom: check the data, build the pretrained network and its preprocessing, graft a head, print
 the plan, fine-tune, then write the RUN_DIR:
@@ -10,7 +10,8 @@ the plan, fine-tune, then write the RUN_DIR:
     RUN_DIR/history.csv, history.json       one row per epoch
     RUN_DIR/plan.txt                        the graft and layer-group plan
     RUN_DIR/loss.png, lr.png, confusion.png plots (with matplotlib installed; the confusion matrix for
-                                            single-label classification)
+                                            single-label classification; segmentation: masks.png, a few
+                                            validation images with true and predicted masks)
     RUN_DIR/checkpoints/last.pt, best.pt    resumable training state
 """
 
@@ -39,12 +40,14 @@ from torchgraft.app.settings import (
     make_learner,
     report,
 )
+from torchgraft.app.segment import is_segment_run, prepare_segment_run, segment_report
 from torchgraft.app.text import is_text_run, prepare_text_run
 from torchgraft.data.folders import ImageData, image_data
+from torchgraft.data.masks import MaskData
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
 from torchgraft.data.texts import looks_like_text
 from torchgraft.grafting.surgery import graft
-from torchgraft.tasks import Classification, Multilabel, Task, best_threshold
+from torchgraft.tasks import Classification, Multilabel, Segmentation, Task, best_threshold
 from torchgraft.tasks.batch import call_model, move, output_tensor
 from torchgraft.train.learner import Learner
 from torchgraft.tune.describe import describe
@@ -108,7 +111,7 @@ def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
 def _examples(data: Any, count: int = 4) -> list[str]:
     """A few validation inputs (image paths, absolute; or texts) that ``deploy`` checks exported files on."""
     chosen = [x for x, _ in data.valid[:count]]
-    return [str(Path(x).resolve()) if isinstance(data, ImageData) else x[:5000] for x in chosen]
+    return [str(Path(x).resolve()) if isinstance(data, ImageData | MaskData) else x[:5000] for x in chosen]
 
 
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
@@ -183,7 +186,11 @@ def prepare_run(
     """Check the data, build the pretrained network, graft a head and make the Learner (checkpoints in
     ``run_dir/checkpoints``); prints what it found and decided through ``say``. Texts (a ``hf/`` model,
     ``task="text"``, :class:`~torchgraft.data.texts.TextData` or data that looks like texts) go through
-    :func:`torchgraft.app.text.prepare_text_run`; the returned ``settings`` have the defaults filled in."""
+    :func:`torchgraft.app.text.prepare_text_run`, image + mask pairs (``task="segment"``, ``MaskData`` or a folder
+    with ``masks/``) through :func:`torchgraft.app.segment.prepare_segment_run`; the returned ``settings`` have
+    the defaults filled in."""
+    if is_segment_run(data, settings):
+        return prepare_segment_run(data, run_dir, settings, say=say, quiet=quiet)
     if is_text_run(data, settings):
         return prepare_text_run(data, run_dir, settings, say=say, quiet=quiet)
     if settings.model is not None and settings.model.startswith(("hf/", "hf:")):
@@ -246,7 +253,12 @@ def train_run(
         resume=resume,
     )
     final = {k: v for k, v in history[-1].items() if k not in ("phase", "epoch")}
-    outputs, targets = validation_outputs(model, learner.valid_dl, device=learner.device, task=learner.task)
+    segment_files: list[Path] = []
+    if isinstance(learner.task, Segmentation):  # per-class IoU and masks.png, streamed (no stored logits)
+        per_class, segment_files = segment_report(run, run_dir)
+        final.update(per_class)
+    else:
+        outputs, targets = validation_outputs(model, learner.valid_dl, device=learner.device, task=learner.task)
     if isinstance(learner.task, Multilabel) and settings.threshold is None:
         say(_choose_threshold(learner, outputs, targets, final))
     files = [
@@ -263,6 +275,7 @@ def train_run(
                 "grafted": _graft_record(model),
                 "final": final,
                 "examples": _examples(run.data),
+                **({"colours": run.data.colours} if getattr(run.data, "colours", None) else {}),
             },
             adapters=settings.adapters,
         ),
@@ -273,5 +286,5 @@ def train_run(
     if isinstance(learner.task, Classification):
         matrix = torch.bincount(targets * len(classes) + outputs.argmax(dim=1), minlength=len(classes) ** 2)
         matrix = matrix.view(len(classes), len(classes)).tolist()
-    files += _plots(learner, matrix, classes, run_dir)
+    files += _plots(learner, matrix, classes, run_dir) + segment_files
     return RunResult(run_dir, classes, history, learner, run.preprocessing, files, final)

@@ -14,7 +14,7 @@ import torch
 
 from torchgraft.app.export import ADAPTER_EXPORTS, Preprocessor
 from torchgraft.data.preprocess import Augment
-from torchgraft.tasks import Classification, Multilabel, Regression, Task
+from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task
 from torchgraft.train.learner import Learner
 from torchgraft.tune.lora import lora
 from torchgraft.weights.hf import DEFAULT_TEXT_MODEL
@@ -58,6 +58,7 @@ class TrainSettings:
     (default: the model's maximum). ``lora`` (a rank) trains LoRA adapters (peft) instead of the body's
     weights (:func:`torchgraft.lora`); ``adapters`` says how the run exports them: ``"merge"`` (folded into
     the weights; the export needs no peft) or ``"separate"`` (``adapter_model.safetensors``, peft's format).
+    ``decoder`` is the segmentation decoder (``task="segment"``): ``"unet"`` or ``"fpn"``.
     """
 
     model: str | None = None
@@ -87,6 +88,7 @@ class TrainSettings:
     max_length: int | None = None
     lora: int | None = None
     adapters: str = "merge"
+    decoder: str = "unet"
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
@@ -163,6 +165,8 @@ def make_task(data: LabelledData, settings: TrainSettings) -> Task:
         return Regression().fit_scale(torch.tensor([target for _, target in data.train], dtype=torch.float32))
     if data.task == "multilabel":
         return Multilabel(threshold=settings.threshold or 0.5)
+    if data.task == "segment":
+        return Segmentation()
     return Classification()
 
 

@@ -4,6 +4,10 @@ the labels above the threshold, or regression values), from the exported files a
 Inputs: image files or folders of images (image models); texts given on the command line, ``.txt`` files
 or folders of them (text models); or, for either, a CSV / JSON-lines file whose input column (``path`` /
 ``text``, or ``--x-col``) holds the image paths or the texts.
+
+A segmentation model writes, for each image ``x.jpg``, ``x.mask.png`` (an index PNG: pixel values are the
+classes, at the image's size) and ``x.overlay.png`` (the mask's colours over the image) beside it or into
+``--out``, and prints the share of the image each class covers.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchgraft.app.export import load_exported
-from torchgraft.app.predict import Prediction, predict_images, predict_texts, shorten_text
-from torchgraft.data.images import IMAGE_SUFFIXES
+from torchgraft.app.export import Exported, load_exported
+from torchgraft.app.predict import MaskPrediction, Prediction, predict_images, predict_masks, predict_texts, shorten_text
+from torchgraft.data.images import IMAGE_SUFFIXES, load_rgb
+from torchgraft.data.masks import class_colours, overlay, write_mask
 from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
 from torchgraft.data.tokens import TextPreprocessing
+from torchgraft.tasks import Segmentation
 
-__all__ = ["add_parser", "expand_images", "expand_texts", "run"]
+__all__ = ["add_parser", "expand_images", "expand_texts", "run", "write_masks"]
 
 _TABLES = (".csv", ".jsonl", ".ndjson")
+_WRITTEN = (".mask.png", ".overlay.png")  # what predict writes for a segmentation model: never read back as input
 
 
 def add_parser(commands: Any) -> None:
@@ -31,7 +38,8 @@ def add_parser(commands: Any) -> None:
         help="predict images or texts with an exported model",
         description="Load the exported model of RUN_DIR (model.safetensors + model.json, and hf/ for a text "
         "model; nothing else) and print for each input the top-k classes with their probabilities "
-        "(multi-label: every label above the stored threshold; regression: the values).",
+        "(multi-label: every label above the stored threshold; regression: the values; segmentation: writes "
+        "IMAGE.mask.png and IMAGE.overlay.png and prints each class's share of the pixels).",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by torchgraft train (or demo)")
     parser.add_argument(
@@ -45,6 +53,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="classes per input (default: 3)")
     parser.add_argument("--json", action="store_true", help="JSON: input, top classes, probabilities, logits")
     parser.add_argument("--device", default="cpu", help="default: cpu")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="segmentation: write the masks and overlays here (default: beside "
+        "each image)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -74,7 +86,8 @@ def expand_images(items: list[str], *, x_col: str | None = None) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(p for p in found if not p.name.lower().endswith(_WRITTEN))
         elif path.is_file() and path.suffix.lower() in _TABLES:
             paths += [path.parent / cell.strip() for _, cell in _table_inputs(path, x_col)]
         elif path.is_file():
@@ -112,11 +125,43 @@ def expand_texts(items: list[str], *, x_col: str | None = None) -> tuple[list[st
     return [s if s is not None else shorten_text(t) for s, t in zip(sources, texts, strict=True)], texts
 
 
+def write_masks(
+    exported: Exported, predictions: list[MaskPrediction], out: str | Path | None = None
+) -> list[dict[str, object]]:
+    """Write ``NAME.mask.png`` and ``NAME.overlay.png`` for each prediction (into ``out``, else beside the
+    image); returns each prediction's JSON fields with the two paths."""
+    colours = class_colours(len(exported.classes), exported.config.get("colours"))
+    records = []
+    for prediction in predictions:
+        image = Path(prediction.path)
+        folder = Path(out) if out is not None else image.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        mask = write_mask(folder / f"{image.stem}.mask.png", prediction.labels, colours)
+        shown = folder / f"{image.stem}.overlay.png"
+        overlay(load_rgb(image), prediction.labels, colours).save(shown)
+        records.append({**prediction.as_dict(), "mask": str(mask), "overlay": str(shown)})
+    return records
+
+
+def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
+    predictions = predict_masks(exported, expand_images(args.inputs, x_col=args.x_col))
+    records = write_masks(exported, predictions, args.out)
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return 0
+    width = min(60, max(len(p.path) for p in predictions))
+    for prediction, record in zip(predictions, records, strict=True):
+        print(f"{prediction.path:<{width}}  -> {Path(str(record['mask'])).name}  {prediction.line()}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``predict``."""
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     exported = load_exported(args.run_dir, device=args.device)
+    if isinstance(exported.task, Segmentation):
+        return _run_masks(exported, args)
     predictions: list[Prediction]
     if isinstance(exported.preprocessing, TextPreprocessing):
         sources, texts = expand_texts(args.inputs, x_col=args.x_col)

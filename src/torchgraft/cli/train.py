@@ -1,5 +1,5 @@
 """``torchgraft train DATA``: fine-tune a pretrained network on images (a folder or CSV: single-label,
-multi-label or regression) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) into
+multi-label or regression), image + mask pairs (segmentation) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) into
 a RUN_DIR."""
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "data",
         metavar="DATA",
         help="image folder (train/ + valid/, or class folders), a CSV / JSON-lines file of image paths or texts, "
-        "or class folders of .txt files",
+        "class folders of .txt files, or for segmentation images/ + masks/ (or train/ and valid/ holding them)",
     )
     parser.add_argument(
         "--task",
-        choices=("classify", "multilabel", "regression", "text"),
+        choices=("classify", "multilabel", "regression", "segment", "text"),
         default=None,
-        help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression); "
-        "text: the inputs are texts (also inferred: a 'text' column, .txt files, or an hf/ model)",
+        help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression; a masks/ "
+        "folder: segment); text: the inputs are texts (also inferred: a 'text' column, .txt files, or an hf/ model)",
+    )
+    parser.add_argument(
+        "--decoder", choices=("unet", "fpn"), default=_DEFAULTS.decoder, help="segment: the decoder (default: unet)"
     )
     parser.add_argument(
         "--x-col", default=None, help="CSV column of the inputs (default: path/image/file/text, else the first)"
@@ -98,6 +101,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
         y_range=tuple(args.y_range) if args.y_range else None,
         threshold=args.threshold,
         max_length=args.max_length,
+        decoder=args.decoder,
         **extra,
     )
 

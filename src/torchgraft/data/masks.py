@@ -29,7 +29,16 @@ from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, load_rgb
 from torchgraft.data.samples import DataError
 from torchgraft.tasks.segment import IGNORE_INDEX
 
-__all__ = ["MaskData", "MaskDataset", "mask_transforms", "read_mask", "segmentation_data"]
+__all__ = [
+    "MaskData",
+    "MaskDataset",
+    "class_colours",
+    "mask_transforms",
+    "overlay",
+    "read_mask",
+    "segmentation_data",
+    "write_mask",
+]
 
 Pair = tuple[str, str]  # image path, mask path
 
@@ -53,6 +62,7 @@ class MaskData:
     colours: list[tuple[int, int, int]] | None = None
     bad: list[str] = field(default_factory=list)
     skipped: list[Pair] = field(default_factory=list)
+    task: str = "segment"
 
     @property
     def n_outputs(self) -> int:
@@ -198,12 +208,26 @@ def mask_transforms(size: int, mean: Sequence[float], std: Sequence[float], *, t
 
 
 class MaskDataset(Dataset):
-    """``(image tensor (3, S, S), mask tensor (S, S) long)`` pairs, transformed jointly."""
+    """``(image tensor (3, S, S), mask tensor (S, S) long)`` pairs, transformed jointly.
+
+    ``plain`` is the deterministic version of a random ``transform`` (for a training set:
+    ``mask_transforms(..., train=False)``): :meth:`unaugmented` gives the dataset with it, which the feature
+    cache reads while the backbone is frozen (features of randomly augmented images cannot be stored).
+    """
 
     def __init__(
-        self, pairs: Sequence[Pair], transform: v2.Compose, colours: Sequence[tuple[int, int, int]] | None = None
+        self,
+        pairs: Sequence[Pair],
+        transform: v2.Compose,
+        colours: Sequence[tuple[int, int, int]] | None = None,
+        *,
+        plain: v2.Compose | None = None,
     ) -> None:
-        self.pairs, self.transform, self.colours = list(pairs), transform, colours
+        self.pairs, self.transform, self.colours, self.plain = list(pairs), transform, colours, plain
+
+    def unaugmented(self) -> MaskDataset:
+        """The same pairs through the ``plain`` transform (``self`` when none was given)."""
+        return self if self.plain is None else MaskDataset(self.pairs, self.plain, self.colours)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -214,3 +238,52 @@ class MaskDataset(Dataset):
         mask = tv_tensors.Mask(torch.from_numpy(read_mask(mask_path, self.colours)))
         image, mask = self.transform(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+
+
+def class_colours(n: int, colours: Sequence[tuple[int, int, int]] | None = None) -> list[tuple[int, int, int]]:
+    """``n`` RGB colours, one per class: ``colours`` (from ``classes.txt``) when given, else Pascal VOC's
+    palette (class 0 black, then well-separated colours)."""
+    if colours is not None:
+        return [tuple(int(c) for c in colour) for colour in colours[:n]]  # type: ignore[misc]
+    palette = []
+    for index in range(n):
+        rgb, value = [0, 0, 0], index
+        for shift in range(7, -1, -1):  # VOC's bit-interleaved palette
+            for channel in range(3):
+                rgb[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        palette.append((rgb[0], rgb[1], rgb[2]))
+    return palette
+
+
+def write_mask(path: str | Path, labels: np.ndarray, colours: Sequence[tuple[int, int, int]]) -> Path:
+    """Save ``(H, W)`` class indices as an index PNG (mode ``P``: pixel values are the classes, shown in
+    ``colours``; 255, ignored, shows white), which :func:`read_mask` and :func:`segmentation_data` read back."""
+    if labels.ndim != 2 or labels.min() < 0 or labels.max() > 255:
+        raise ValueError(f"write_mask: labels must be (H, W) in 0..255, got shape {labels.shape}.")
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [value for colour in colours for value in colour]
+    flat += [0] * (768 - len(flat))
+    flat[765:768] = [255, 255, 255]
+    image.putpalette(flat)
+    path = Path(path)
+    image.save(path)
+    return path
+
+
+def overlay(
+    image: Image.Image, labels: np.ndarray, colours: Sequence[tuple[int, int, int]], *, alpha: float = 0.5
+) -> Image.Image:
+    """``image`` with every pixel's class colour blended in (``alpha``: the colour's weight); pixels of a class
+    coloured black (class 0 in the default palette: background) and ignored pixels are left as they are.
+    ``labels`` is resized to the image (nearest) if needed."""
+    rgb = np.asarray(image.convert("RGB")).astype(np.float32)
+    if labels.shape != rgb.shape[:2]:
+        resized = Image.fromarray(labels.astype(np.uint8)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)
+        labels = np.asarray(resized).astype(np.int64)
+    table = np.zeros((256, 3), dtype=np.float32)
+    table[: len(colours)] = np.asarray(colours, dtype=np.float32)
+    painted = (labels < len(colours)) & (table[labels.clip(0, 255)].sum(-1) > 0)
+    blended = rgb.copy()
+    blended[painted] = (1 - alpha) * rgb[painted] + alpha * table[labels[painted]]
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))

@@ -62,6 +62,12 @@ class Preprocessing:
             ]
         )
 
+    def dense_transform(self) -> v2.Compose:
+        """PIL image -> normalised float tensor of the whole image resized to ``size`` x ``size``, nothing
+        cropped (segmentation: the predicted mask maps back onto every pixel of the image)."""
+        mode = _INTERPOLATIONS[self.interpolation]
+        return v2.Compose([v2.ToImage(), v2.Resize((self.size, self.size), interpolation=mode, antialias=True), *self._finish()])
+
     def train_transform(self, *, augment: Augment = "standard") -> v2.Compose:
         """Training pipeline. ``"standard"``: random resized crop (35-100% of the area) and horizontal flip;
         ``"flip"``: the validation crop plus a horizontal flip; ``"none"``: the validation pipeline."""

@@ -27,9 +27,20 @@ from torchgraft.grafting.dryrun import Trace, infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.surgery import Grafted, GraftInfo, _cut_body, _trace
 
-__all__ = ["DECODERS", "FPNDecoder", "PackedDecoder", "Segmenter", "Tap", "UNetDecoder", "find_taps", "graft_dense"]
+__all__ = [
+    "DECODERS",
+    "UNET_WIDTHS",
+    "FPNDecoder",
+    "PackedDecoder",
+    "Segmenter",
+    "Tap",
+    "UNetDecoder",
+    "find_taps",
+    "graft_dense",
+]
 
 DECODERS = ("unet", "fpn")
+UNET_WIDTHS = (256, 128, 64, 32, 16)  # U-Net block widths, coarsest first (as smp's Unet)
 _MAX_PREFIX = 8  # class, distillation and register tokens before a token grid
 
 
@@ -317,7 +328,7 @@ def graft_dense(
     *,
     decoder: str = "unet",
     input_size: Sequence[int] | None = None,
-    widths: Sequence[int] = (256, 128, 64, 32, 16),
+    widths: Sequence[int] = UNET_WIDTHS,
     guard: bool = True,
 ) -> Segmenter:
     """Graft a segmentation decoder and an ``n_classes`` classifier onto the pretrained ``model``.

@@ -94,10 +94,12 @@ def _reading_order(loader: DataLoader) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _features(model: nn.Module, loader: DataLoader, prepare: Callable[[Any], tuple[Any, Any]]) -> TensorDataset:
+def _features(
+    model: nn.Module, loader: DataLoader, prepare: Callable[[Any], tuple[Any, Any]], dataset: Dataset
+) -> TensorDataset:
     order = _reading_order(loader)
     ordered = DataLoader(
-        loader.dataset,
+        dataset,
         batch_sampler=order,  # type: ignore[arg-type]
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
@@ -139,7 +141,9 @@ def cached_loader(
     model: nn.Module, loader: DataLoader, *, prepare: Callable[[Any], tuple[Any, Any]], train: bool
 ) -> DataLoader:
     """A loader of ``(features, targets)`` standing for ``loader``: same batch size, same shuffling (a
-    ``RandomSampler`` drawing from the same generator), same ``drop_last``. ``prepare(batch)`` splits a
+    ``RandomSampler`` drawing from the same generator), same ``drop_last``. A training dataset that augments
+    randomly but has an ``unaugmented()`` method (:class:`~torchgraft.data.masks.MaskDataset`) is cached
+    through that deterministic version. ``prepare(batch)`` splits a
     batch into inputs and targets on the device (the task's split). A length-grouping batch sampler
     (:class:`~torchgraft.data.tokens.LengthGroupedBatches`) is read in its own order and stood for by plain
     shuffled batches of its size: pooled features have no length left to group by.
@@ -153,9 +157,12 @@ def cached_loader(
         raise FeatureCacheError(f"feature cache: {problem}.")
     if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__getitem__"):
         raise FeatureCacheError("feature cache: needs a torch DataLoader over a map-style dataset.")
+    dataset = loader.dataset
     if train:
-        _check_deterministic(loader.dataset)
-    data = _features(model, loader, prepare)
+        plain = getattr(dataset, "unaugmented", None)  # a dataset may offer its unaugmented version
+        dataset = plain() if callable(plain) else dataset
+        _check_deterministic(dataset)
+    data = _features(model, loader, prepare, dataset)
     shuffled, generator = _shuffle_generator(loader)
     sampler = RandomSampler(data, generator=generator) if shuffled else SequentialSampler(data)
     size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)

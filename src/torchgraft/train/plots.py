@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = [
     "plot_confusion",
+    "plot_grid",
     "plot_history",
     "plot_lr_find",
     "plot_lrs",
@@ -102,6 +103,19 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
             for j, count in enumerate(row):
                 color = "white" if count > top / 2 else "black"
                 axis.text(j, i, str(count), ha="center", va="center", color=color, fontsize="small")
+    return _save(figure, path)
+
+
+def plot_grid(rows: Sequence[Sequence[Any]], columns: Sequence[str], path: str | Path) -> Path:
+    """Images (PIL images or ``(H, W, 3)`` arrays) in a grid, one row per example, ``columns`` naming the
+    columns (segmentation: the image, the true mask over it, the predicted mask over it), as a PNG."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(rows), len(columns), figsize=(3 * len(columns), 3 * len(rows)), squeeze=False)
+    for row, images in zip(axes, rows, strict=True):
+        for axis, image, title in zip(row, images, columns, strict=True):
+            axis.imshow(image)
+            axis.set_title(title, fontsize="small")
+            axis.axis("off")
     return _save(figure, path)
 
 
