@@ -51,7 +51,9 @@ def transforms(size: int, train: bool) -> v2.Compose:
         if train
         else [v2.Resize((size, size), antialias=True)]
     )
-    return v2.Compose([*crop, v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(MEAN, STD)])
+    return v2.Compose(
+        [*crop, v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(MEAN, STD)]
+    )
 
 
 def model_with_weights(weights: str, n_classes: int) -> torch.nn.Module:

@@ -43,7 +43,7 @@ Preprocessor = Preprocessing | TextPreprocessing  # images or texts
 ADAPTER_EXPORTS = ("merge", "separate")
 ADAPTER_FILE = "adapter_model.safetensors"
 _GRAFT_OPTIONS = ("cut", "head", "pool", "in_chans", "hidden", "dropout", "batch_norm", "y_range")
-_DENSE_OPTIONS = ("decoder", "widths")  # graft_dense's: a segmentation export records these instead
+_DENSE_OPTIONS = ("decoder", "widths", "aux")  # graft_dense's: a segmentation export records these instead
 
 
 class ExportError(ValueError):
@@ -139,7 +139,7 @@ def export_model(
 
 def _is_dense(model: nn.Module) -> bool:
     """Whether ``model`` (or the network inside its LoRA wrapper) was grafted by :func:`graft_dense`."""
-    return any(getattr(getattr(m, "info", None), "method", None) == "dense" for m in model.modules())
+    return any(getattr(getattr(m, "info", None), "method", None) in ("dense", "resegment") for m in model.modules())
 
 
 def _rebuild(config: dict[str, Any], prep: Preprocessing) -> nn.Module:

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from torchgraft.app.export import Preprocessor, export_model
+from torchgraft.app.segment import is_segment_run, prepare_segment_run, segment_report
 from torchgraft.app.settings import (
     IMAGE_DEFAULTS,
     TEXT_DEFAULTS,
@@ -40,7 +41,6 @@ from torchgraft.app.settings import (
     make_learner,
     report,
 )
-from torchgraft.app.segment import is_segment_run, prepare_segment_run, segment_report
 from torchgraft.app.text import is_text_run, prepare_text_run
 from torchgraft.data.folders import ImageData, image_data
 from torchgraft.data.masks import MaskData

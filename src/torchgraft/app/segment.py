@@ -43,7 +43,13 @@ __all__ = [
 ]
 
 # the segmentation recipe where TrainSettings leaves a field None (measured: bench/segment.py, docs/benchmarks.md)
-SEGMENT_DEFAULTS: dict[str, Any] = {"model": "resnet34", "lr": 2e-3, "lr_mult": 1.0, "frozen_lr": 1e-2, "batch_size": 16}
+SEGMENT_DEFAULTS: dict[str, Any] = {
+    "model": "resnet34",
+    "lr": 2e-3,
+    "lr_mult": 1.0,
+    "frozen_lr": 1e-2,
+    "batch_size": 16,
+}
 
 
 def looks_like_masks(data: Any) -> bool:
@@ -56,7 +62,9 @@ def looks_like_masks(data: Any) -> bool:
 
 def is_segment_run(data: Any, settings: TrainSettings) -> bool:
     """Whether a run segments: ``task="segment"``, :class:`MaskData`, or a folder with ``masks/``."""
-    return settings.task == "segment" or isinstance(data, MaskData) or (settings.task is None and looks_like_masks(data))
+    return (
+        settings.task == "segment" or isinstance(data, MaskData) or (settings.task is None and looks_like_masks(data))
+    )
 
 
 def segment_loaders(
@@ -115,7 +123,7 @@ def prepare_segment_run(
     device = device_of(settings)
     loaders = segment_loaders(data, prep.size, prep, settings, device)
     learner = make_learner(model, loaders, data, settings, run_dir, quiet=quiet, cache_features=True)  # type: ignore[arg-type]
-    options = {"decoder": settings.decoder, "widths": list(widths)}
+    options = {"decoder": settings.decoder, "widths": list(widths)} if model.info.method == "dense" else {}
     return Prepared(data, prep, model, origin, options, learner, settings, settings.model)  # type: ignore[arg-type]
 
 

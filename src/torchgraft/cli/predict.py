@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from torchgraft.app.export import Exported, load_exported
-from torchgraft.app.predict import MaskPrediction, Prediction, predict_images, predict_masks, predict_texts, shorten_text
+from torchgraft.app.predict import (
+    MaskPrediction,
+    Prediction,
+    predict_images,
+    predict_masks,
+    predict_texts,
+    shorten_text,
+)
 from torchgraft.data.images import IMAGE_SUFFIXES, load_rgb
 from torchgraft.data.masks import class_colours, overlay, write_mask
 from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
@@ -54,8 +61,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="JSON: input, top classes, probabilities, logits")
     parser.add_argument("--device", default="cpu", help="default: cpu")
     parser.add_argument(
-        "--out", default=None, metavar="DIR", help="segmentation: write the masks and overlays here (default: beside "
-        "each image)"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="segmentation: write the masks and overlays here (default: beside each image)",
     )
     parser.set_defaults(run=run)
 

@@ -66,7 +66,9 @@ class Preprocessing:
         """PIL image -> normalised float tensor of the whole image resized to ``size`` x ``size``, nothing
         cropped (segmentation: the predicted mask maps back onto every pixel of the image)."""
         mode = _INTERPOLATIONS[self.interpolation]
-        return v2.Compose([v2.ToImage(), v2.Resize((self.size, self.size), interpolation=mode, antialias=True), *self._finish()])
+        return v2.Compose(
+            [v2.ToImage(), v2.Resize((self.size, self.size), interpolation=mode, antialias=True), *self._finish()]
+        )
 
     def train_transform(self, *, augment: Augment = "standard") -> v2.Compose:
         """Training pipeline. ``"standard"``: random resized crop (35-100% of the area) and horizontal flip;

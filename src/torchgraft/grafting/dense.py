@@ -25,6 +25,7 @@ from torch import nn
 from torchgraft.grafting.classifier import ClassifierNotFoundError, find_classifier
 from torchgraft.grafting.dryrun import Trace, infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
+from torchgraft.grafting.resegment import Resegmented, regraft_segmentation, segmentation_classifiers
 from torchgraft.grafting.surgery import Grafted, GraftInfo, _cut_body, _trace
 
 __all__ = [
@@ -329,9 +330,15 @@ def graft_dense(
     decoder: str = "unet",
     input_size: Sequence[int] | None = None,
     widths: Sequence[int] = UNET_WIDTHS,
+    aux: str = "drop",
     guard: bool = True,
-) -> Segmenter:
+) -> Segmenter | Resegmented:
     """Graft a segmentation decoder and an ``n_classes`` classifier onto the pretrained ``model``.
+
+    A network that already segments (its dry run returns per-pixel logits: torchvision ``fcn_*``,
+    ``deeplabv3_*``, ``lraspp_*``, Hugging Face Segformer) keeps its own decoder and gets new classifiers
+    instead (:func:`~torchgraft.grafting.resegment.regraft_segmentation`; ``decoder`` and ``widths`` are
+    then not used).
 
     Args:
         model: a pretrained image network (torchvision, timm, your own); modified in place (it becomes the
@@ -340,6 +347,7 @@ def graft_dense(
         decoder: ``"unet"`` (default) or ``"fpn"``.
         input_size: ``(C, H, W)`` for the dry run (default: the model's metadata, else 224 px).
         widths: U-Net block widths, coarsest first.
+        aux: for a network that already segments: ``"drop"`` its auxiliary head or ``"replace"`` its classifier.
         guard: fingerprint the pretrained tensors (see :func:`torchgraft.check_pretrained`).
 
     Raises:
@@ -357,6 +365,8 @@ def graft_dense(
     source, total = type(model).__name__, sum(p.numel() for p in model.parameters())
     size = tuple(input_size) if input_size is not None else infer_input_size(model)
     run = _trace(model, size)
+    if segmentation_classifiers(model, run):  # it segments already: keep its decoder, new classifiers
+        return regraft_segmentation(model, n_classes, aux=aux, input_size=size, guard=guard, run=run)
     try:  # the old classifier and what follows it are no features
         first = find_classifier(model, run).names[0]
         classifier_start = min(call.start for call in run.by_name[first])

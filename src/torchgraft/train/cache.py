@@ -37,6 +37,8 @@ def cache_problem(model: nn.Module) -> str | None:
     body = getattr(model, "body", None)
     if body is None or not isinstance(getattr(model, "head", None), nn.Module):
         return "the model has no body/head split (graft it with torchgraft.graft)"
+    if getattr(model, "cacheable", True) is False:
+        return f"{type(model).__name__} trains a decoder on several body outputs that are not cached"
     trainable = [n for n, p in body.named_parameters() if p.requires_grad]
     if trainable:
         return f"{len(trainable)} body parameters are trainable ({trainable[0]}, ...); freeze the body first"

@@ -20,6 +20,7 @@ _METHODS = {
     "callable": "body built by the cut= callable",
     "backbone": "the whole network (it has no classifier); the head pools its main output ({pool})",
     "dense": "backbone cut after its deepest tap '{cut}'; a {pool} decoder reads the taps (notes)",
+    "resegment": "it segments already: its decoder kept, classifier {names} replaced (head)",
 }
 
 

@@ -91,7 +91,8 @@ def check_timm_name(arch: str) -> str:
 def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
     """Build ``name`` with random weights on ``device`` (``"meta"``: no memory, any size).
 
-    ``name`` is a torchvision builder (``"resnet50"``) or ``"timm/<name>"`` (``"timm/convnext_tiny"``).
+    ``name`` is a torchvision builder (``"resnet50"``; the segmentation builders ``"deeplabv3_resnet50"``... with
+    their auxiliary head where their weights have one) or ``"timm/<name>"`` (``"timm/convnext_tiny"``).
 
     Raises:
         UnknownModelError: listing the closest known names.
@@ -103,9 +104,13 @@ def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
     if name.startswith(("timm/", "timm:")):
         arch = check_timm_name(name[5:])
         return _on_device(lambda: _timm().create_model(arch, pretrained=False), device)
+    segmenters = torchvision.models.list_models(module=torchvision.models.segmentation)
+    if name in segmenters:  # as their pretrained weights are: with the auxiliary head (FCN, DeepLabV3)
+        options = {"weights_backbone": None, **({} if name.startswith("lraspp") else {"aux_loss": True})}
+        return _on_device(lambda: torchvision.models.get_model(name, weights=None, **options), device)
     known = torchvision_classifiers()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=5)
+        close = difflib.get_close_matches(name, [*known, *segmenters], n=5)
         hint = f"close names: {', '.join(close)}" if close else "see torchvision.models.list_models()"
         raise UnknownModelError(f"unknown model {name!r} ({hint}; timm models: timm/<name>).")
     return _on_device(lambda: torchvision.models.get_model(name, weights=None), device)
