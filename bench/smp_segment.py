@@ -61,7 +61,9 @@ def model_with_weights(weights: str, n_classes: int) -> torch.nn.Module:
     target = model.encoder.model.state_dict()
     source = list(torch.load(weights, map_location="cpu", weights_only=True).items())
     mapped = {}
-    for (name, tensor), (_, value) in zip(target.items(), source):  # same order, the encoder stops earlier
+    for (name, tensor), (_, value) in zip(
+        target.items(), source, strict=False
+    ):  # same order, the encoder stops earlier
         assert tensor.shape == value.shape, name
         mapped[name] = value
     model.encoder.model.load_state_dict(mapped)

@@ -10,7 +10,7 @@ Graft a new head onto any pretrained network without touching its weights::
 from torchgraft._version import __version__
 from torchgraft.app.deploy import DeployReport, deploy
 from torchgraft.app.export import Exported, ExportError, export_model, load_exported
-from torchgraft.app.predict import Prediction, predict_images, predict_texts
+from torchgraft.app.predict import MaskPrediction, Prediction, predict_images, predict_masks, predict_texts
 from torchgraft.app.program import DeployError, export_program
 from torchgraft.app.run import RunResult, TrainSettings, train_run
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
@@ -31,6 +31,7 @@ from torchgraft.grafting.guard import (
     check_pretrained,
 )
 from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.grafting.resegment import Resegmented
 from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
 from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task, best_threshold, get_task
 from torchgraft.tasks.metrics import MetricSet, TargetError, accuracy, error_rate, top_k_accuracy
@@ -90,6 +91,7 @@ __all__ = [
     "LoraError",
     "MaskData",
     "MaskDataset",
+    "MaskPrediction",
     "Match",
     "MetricSet",
     "Multilabel",
@@ -101,6 +103,7 @@ __all__ = [
     "PretrainedGuard",
     "PretrainedWeightsChangedError",
     "Regression",
+    "Resegmented",
     "RunResult",
     "Segmentation",
     "Segmenter",
@@ -157,6 +160,7 @@ __all__ = [
     "one_cycle",
     "param_groups",
     "predict_images",
+    "predict_masks",
     "predict_texts",
     "preprocessing_for",
     "pretrained_model",

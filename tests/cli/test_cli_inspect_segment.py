@@ -26,3 +26,10 @@ def test_options_of_a_classification_head_are_refused(capsys):
     assert main(["inspect", "resnet50", "--task", "segment", "--pool", "avg", "--head", "mlp"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.endswith("--pool, --head do not apply.") and len(error.splitlines()) == 1
+
+
+def test_inspect_a_network_that_already_segments(capsys):
+    assert main(["inspect", "deeplabv3_resnet50", "--task", "segment", "--n-out", "5", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["method"] == "resegment" and record["removed"] == ["aux_classifier"]
+    assert [g["name"] for g in record["groups"]][-2:] == ["decoder", "head"]

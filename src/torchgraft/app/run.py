@@ -250,6 +250,7 @@ def train_run(
         lr_mult=settings.lr_mult,
         frozen_lr=settings.frozen_lr,
         gradual=settings.gradual,
+        keep_frozen=settings.keep_frozen or 0,
         resume=resume,
     )
     final = {k: v for k, v in history[-1].items() if k not in ("phase", "epoch")}

@@ -45,10 +45,12 @@ __all__ = [
 # the segmentation recipe where TrainSettings leaves a field None (measured: bench/segment.py, docs/benchmarks.md)
 SEGMENT_DEFAULTS: dict[str, Any] = {
     "model": "resnet34",
-    "lr": 2e-3,
+    "lr": 4e-3,
     "lr_mult": 1.0,
-    "frozen_lr": 1e-2,
+    "frozen_lr": 4e-3,
     "batch_size": 16,
+    "keep_frozen": -1,  # the backbone stays frozen: the decoder trains on its cached features
+    "dice_weight": 1.0,
 }
 
 

@@ -58,7 +58,10 @@ class TrainSettings:
     (default: the model's maximum). ``lora`` (a rank) trains LoRA adapters (peft) instead of the body's
     weights (:func:`torchgraft.lora`); ``adapters`` says how the run exports them: ``"merge"`` (folded into
     the weights; the export needs no peft) or ``"separate"`` (``adapter_model.safetensors``, peft's format).
-    ``decoder`` is the segmentation decoder (``task="segment"``): ``"unet"`` or ``"fpn"``.
+    ``decoder`` is the segmentation decoder (``task="segment"``): ``"unet"`` or ``"fpn"``; ``dice_weight`` adds
+    that much soft Dice loss to a segmentation's cross-entropy. ``keep_frozen`` layer groups stay frozen after
+    the frozen epochs too (:meth:`torchgraft.Learner.fine_tune`; -1: every body group; segmentation: -1 by
+    default).
     """
 
     model: str | None = None
@@ -89,11 +92,15 @@ class TrainSettings:
     lora: int | None = None
     adapters: str = "merge"
     decoder: str = "unet"
+    keep_frozen: int | None = None
+    dice_weight: float | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
         if self.adapters not in ADAPTER_EXPORTS:
             raise ValueError(f"adapters must be one of {ADAPTER_EXPORTS}, got {self.adapters!r}.")
+        if self.dice_weight is not None and self.dice_weight < 0:
+            raise ValueError(f"dice must be >= 0, got {self.dice_weight}.")
         for name in ("epochs", "batch_size", "max_length", "lora"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -166,7 +173,7 @@ def make_task(data: LabelledData, settings: TrainSettings) -> Task:
     if data.task == "multilabel":
         return Multilabel(threshold=settings.threshold or 0.5)
     if data.task == "segment":
-        return Segmentation()
+        return Segmentation(dice_weight=settings.dice_weight or 0.0)
     return Classification()
 
 

@@ -1,6 +1,6 @@
 """``torchgraft train DATA``: fine-tune a pretrained network on images (a folder or CSV: single-label,
-multi-label or regression), image + mask pairs (segmentation) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) into
-a RUN_DIR."""
+multi-label or regression), image + mask pairs (segmentation) or texts (a CSV or folders of ``.txt`` files,
+with a Hugging Face encoder) into a RUN_DIR."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decoder", choices=("unet", "fpn"), default=_DEFAULTS.decoder, help="segment: the decoder (default: unet)"
+    )
+    parser.add_argument(
+        "--dice", type=float, default=None, metavar="W", help="segment: add W x soft Dice to the loss (default: 1)"
     )
     parser.add_argument(
         "--x-col", default=None, help="CSV column of the inputs (default: path/image/file/text, else the first)"
@@ -102,6 +105,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
         threshold=args.threshold,
         max_length=args.max_length,
         decoder=args.decoder,
+        dice_weight=args.dice,
         **extra,
     )
 
@@ -142,6 +146,13 @@ def add_parser(commands: Any) -> None:
         "--gradual", action="store_true", help="unfreeze one layer group per epoch from the top (ULMFiT)"
     )
     parser.add_argument(
+        "--keep-frozen",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the first K layer groups never unfreeze; -1: every body group (default: 0; segment: -1)",
+    )
+    parser.add_argument(
         "--lora",
         type=int,
         default=None,
@@ -169,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         lr_mult=args.lr_mult,
         frozen_lr=args.frozen_lr,
         gradual=args.gradual,
+        keep_frozen=args.keep_frozen,
         lora=args.lora,
         adapters=args.adapters,
         resume=args.resume,

@@ -127,7 +127,8 @@ def _body_name(model: nn.Module) -> str:
     children = [n for n, _ in model.named_children()]
     raise ValueError(
         f"graft_dense: {type(model).__name__} already segments, but none of its parts is named as a backbone "
-        f"({', '.join(_BACKBONES)}); its parts are {children}. Graft its backbone instead: graft_dense(model.<part>, n)."
+        f"({', '.join(_BACKBONES)}); its parts are {children}. Graft its backbone instead: "
+        "graft_dense(model.<part>, n)."
     )
 
 
@@ -150,6 +151,7 @@ def regraft_segmentation(
             then runs in training only for your own auxiliary loss; the Learner trains the main output).
         input_size: ``(C, H, W)`` for the dry run (default: the model's metadata, else 224 px).
         guard: fingerprint the pretrained tensors (see :func:`torchgraft.check_pretrained`).
+        run: the network's dry run, if one was made already.
 
     Raises:
         ValueError: the network does not return per-pixel logits, or ``aux`` is unknown.

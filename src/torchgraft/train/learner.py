@@ -384,16 +384,23 @@ class Learner:
             steps=steps,
         )
 
-    def _stages(self, epochs: int, freeze_epochs: int, gradual: bool) -> list[tuple[str, int, int]]:
+    def _stages(self, epochs: int, freeze_epochs: int, gradual: bool, keep_frozen: int) -> list[tuple[str, int, int]]:
         """``(stage name, frozen groups, epochs)`` of a fine-tune recipe."""
         groups = layer_groups(self.model)
         count, new = len(groups), groups.n_new  # new: the head (and a dense graft's decoder) train throughout
+        keep_frozen = count - new + 1 + keep_frozen if keep_frozen < 0 else keep_frozen  # -1: every body group
+        if not 0 <= keep_frozen <= count - new:
+            raise ValueError(
+                f"fine_tune: keep_frozen={keep_frozen}, but the model has {count - new} body groups "
+                f"({', '.join(g.name for g in groups.groups)}); give 0..{count - new}."
+            )
         stages = [("frozen", count - new, freeze_epochs)] if freeze_epochs > 0 else []
         if gradual:  # each epoch one more group from the top, until every group trains
             partial = min(epochs, max(0, count - new - 1))
             stages += [(f"top{k + new + 1}", count - k - new - 1, 1) for k in range(partial)]
+            stages = [(name, max(frozen, keep_frozen), n) for name, frozen, n in stages]
             epochs -= partial
-        return stages + ([("unfrozen", 0, epochs)] if epochs > 0 else [])
+        return stages + ([("unfrozen", keep_frozen, epochs)] if epochs > 0 else [])
 
     def fine_tune(
         self,
@@ -406,6 +413,7 @@ class Learner:
         bn: BNPolicy = "frozen",
         pct_start: float = 0.25,
         gradual: bool = False,
+        keep_frozen: int = 0,
         resume: str | Path | None = None,
     ) -> list[dict[str, Any]]:
         """Transfer-learning recipe: ``freeze_epochs`` of one-cycle training of the head alone (body frozen
@@ -419,6 +427,13 @@ class Learner:
         the top (one one-cycle fit per epoch; ``learner.stage`` is ``"top2"``, ``"top3"``, ...) until every
         group trains; the epochs left after that train the whole network in one fit.
 
+        ``keep_frozen=k`` leaves the first ``k`` layer groups frozen (with BatchNorm policy ``bn``) in the
+        unfrozen stages too: their backward pass, the costliest part of a high-resolution network, is never
+        run; ``-1`` keeps every body group frozen (only the head, and a dense graft's decoder, train: with
+        ``cache_features`` every stage then trains on cached features). ``torchgraft train --task segment``
+        uses -1: on small targets a decoder on frozen ImageNet features beat every unfrozen recipe
+        (bench/segment.py).
+
         The defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on three
         small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
         (``lr_mult=1``) of 3e-3 beat every discriminative spread tried (2x, 3x, 10x) and rates of 1e-3 and
@@ -429,7 +444,7 @@ class Learner:
             raise ValueError(
                 f"fine_tune: need epochs, freeze_epochs >= 0 and one epoch at least, got {epochs}, {freeze_epochs}."
             )
-        stages = self._stages(epochs, freeze_epochs, gradual)
+        stages = self._stages(epochs, freeze_epochs, gradual, keep_frozen)
         names = [name for name, _, _ in stages]
         stage = read_state(resume).get("stage") if resume is not None else None
         start = names.index(stage) if stage in names else 0
