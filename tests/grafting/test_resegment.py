@@ -88,3 +88,27 @@ def test_export_round_trip_is_bit_equal(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.model(x), grafted(x))
     assert isinstance(loaded.task, Segmentation)
+
+
+class _OwnNet(torch.nn.Module):
+    """A user's own segmentation network: a stem, a trunk and a decoder ending in a 1x1 classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1)
+        )
+        self.up = torch.nn.Sequential(torch.nn.Conv2d(16, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 7, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(self.up(self.trunk(x)), size=x.shape[-2:], mode="bilinear")
+
+
+def test_your_own_segmentation_network_names_its_backbone():
+    with pytest.raises(ValueError, match="backbone='<part>'"):
+        graft_dense(_OwnNet(), 2, input_size=(3, 32, 32))
+    with pytest.raises(ValueError, match="not a part of _OwnNet"):
+        graft_dense(_OwnNet(), 2, input_size=(3, 32, 32), backbone="stem")
+    grafted = graft_dense(_OwnNet(), 2, input_size=(3, 32, 32), backbone="trunk")
+    assert grafted.info.classifier == ("up.2",) and grafted(torch.randn(1, 3, 40, 36)).shape == (1, 2, 40, 36)
+    assert [g.name for g in layer_groups(grafted).groups][-2:] == ["decoder", "head"]

@@ -331,6 +331,7 @@ def graft_dense(
     input_size: Sequence[int] | None = None,
     widths: Sequence[int] = UNET_WIDTHS,
     aux: str = "drop",
+    backbone: str | None = None,
     guard: bool = True,
 ) -> Segmenter | Resegmented:
     """Graft a segmentation decoder and an ``n_classes`` classifier onto the pretrained ``model``.
@@ -348,6 +349,8 @@ def graft_dense(
         input_size: ``(C, H, W)`` for the dry run (default: the model's metadata, else 224 px).
         widths: U-Net block widths, coarsest first.
         aux: for a network that already segments: ``"drop"`` its auxiliary head or ``"replace"`` its classifier.
+        backbone: for a network that already segments: the name of its backbone part (your own network's
+            ``"encoder"``...; found by name for torchvision and Hugging Face networks).
         guard: fingerprint the pretrained tensors (see :func:`torchgraft.check_pretrained`).
 
     Raises:
@@ -366,7 +369,7 @@ def graft_dense(
     size = tuple(input_size) if input_size is not None else infer_input_size(model)
     run = _trace(model, size)
     if segmentation_classifiers(model, run):  # it segments already: keep its decoder, new classifiers
-        return regraft_segmentation(model, n_classes, aux=aux, input_size=size, guard=guard, run=run)
+        return regraft_segmentation(model, n_classes, aux=aux, backbone=backbone, input_size=size, guard=guard, run=run)
     try:  # the old classifier and what follows it are no features
         first = find_classifier(model, run).names[0]
         classifier_start = min(call.start for call in run.by_name[first])

@@ -120,15 +120,22 @@ def _drop_aux(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]
     return [n for n in names if n not in aux], removed
 
 
-def _body_name(model: nn.Module) -> str:
+def _body_name(model: nn.Module, backbone: str | None) -> str:
+    if backbone is not None:
+        children = dict(model.named_children())
+        if backbone not in children:
+            raise ValueError(
+                f"graft_dense: backbone={backbone!r} is not a part of {type(model).__name__}; its parts are "
+                f"{list(children)}."
+            )
+        return backbone
     for name in _BACKBONES:
         if isinstance(getattr(model, name, None), nn.Module):
             return name
     children = [n for n, _ in model.named_children()]
     raise ValueError(
         f"graft_dense: {type(model).__name__} already segments, but none of its parts is named as a backbone "
-        f"({', '.join(_BACKBONES)}); its parts are {children}. Graft its backbone instead: "
-        "graft_dense(model.<part>, n)."
+        f"({', '.join(_BACKBONES)}); its parts are {children}. Name it: graft_dense(model, n, backbone='<part>')."
     )
 
 
@@ -137,6 +144,7 @@ def regraft_segmentation(
     n_classes: int,
     *,
     aux: str = "drop",
+    backbone: str | None = None,
     input_size: Sequence[int] | None = None,
     guard: bool = True,
     run: Trace | None = None,
@@ -149,6 +157,8 @@ def regraft_segmentation(
         n_classes: classes per pixel.
         aux: ``"drop"`` (default) removes an auxiliary head; ``"replace"`` gives it a new classifier too (it
             then runs in training only for your own auxiliary loss; the Learner trains the main output).
+        backbone: the network's part that is its backbone (its own layer groups; frozen in the frozen stage);
+            default: the part named ``backbone``, ``segformer``, ``encoder`` or ``pixel_level_module``.
         input_size: ``(C, H, W)`` for the dry run (default: the model's metadata, else 224 px).
         guard: fingerprint the pretrained tensors (see :func:`torchgraft.check_pretrained`).
         run: the network's dry run, if one was made already.
@@ -167,7 +177,7 @@ def regraft_segmentation(
     removed: list[str] = []
     if aux == "drop":
         names, removed = _drop_aux(model, names)
-    body_name = _body_name(model)
+    body_name = _body_name(model, backbone)
     reference = next(model.parameters())
     head = nn.ModuleList()
     for name in names:
