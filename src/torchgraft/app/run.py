@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from torchgraft.app.settings import (
     Prepared,
     TrainSettings,
     adapt,
+    dataset_loaders,
     device_of,
     make_learner,
     report,
@@ -73,16 +73,7 @@ def _image_loaders(
     data: ImageData, prep: Preprocessing, settings: TrainSettings, device: torch.device
 ) -> tuple[Any, Any]:
     train, valid = data.datasets(prep.train_transform(augment=settings.augment), prep.eval_transform())
-    workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
-    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
-    if workers > 0:
-        options["persistent_workers"] = True
-    generator = torch.Generator().manual_seed(settings.seed)
-    assert settings.batch_size is not None
-    return (
-        DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=generator, **options),
-        DataLoader(valid, batch_size=settings.batch_size * 2, **options),
-    )
+    return dataset_loaders(train, valid, settings, device)
 
 
 @torch.no_grad()

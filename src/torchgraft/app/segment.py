@@ -5,7 +5,6 @@ predicted masks drawn over them (``masks.png``)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchgraft.app.settings import Prepared, TrainSettings, device_of, make_learner
+from torchgraft.app.settings import Prepared, TrainSettings, dataset_loaders, device_of, make_learner
 from torchgraft.data.images import load_rgb
 from torchgraft.data.masks import (
     MaskData,
@@ -70,25 +69,16 @@ def is_segment_run(data: Any, settings: TrainSettings) -> bool:
 
 
 def segment_loaders(
-    data: MaskData, size: int, prep: Preprocessing, settings: TrainSettings, device: torch.device
+    data: MaskData, prep: Preprocessing, settings: TrainSettings, device: torch.device
 ) -> tuple[DataLoader, DataLoader]:
     """Training pairs with joint augmentation (random resized crop + flip; ``augment="none"``: plain resize)
-    and validation pairs resized to ``size`` x ``size``; the training set's unaugmented version is what the
-    feature cache reads."""
-    plain = mask_transforms(size, prep.mean, prep.std, train=False)
-    augmented = mask_transforms(size, prep.mean, prep.std, train=True) if settings.augment != "none" else plain
+    and validation pairs resized to ``prep.size`` x ``prep.size``; the training set's unaugmented version is
+    what the feature cache reads."""
+    plain = mask_transforms(prep.size, prep.mean, prep.std, train=False)
+    augmented = mask_transforms(prep.size, prep.mean, prep.std, train=True) if settings.augment != "none" else plain
     train = MaskDataset(data.train, augmented, data.colours, plain=plain)
     valid = MaskDataset(data.valid, plain, data.colours)
-    workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
-    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
-    if workers > 0:
-        options["persistent_workers"] = True
-    generator = torch.Generator().manual_seed(settings.seed)
-    assert settings.batch_size is not None
-    return (
-        DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=generator, **options),
-        DataLoader(valid, batch_size=settings.batch_size * 2, **options),
-    )
+    return dataset_loaders(train, valid, settings, device)
 
 
 def prepare_segment_run(
@@ -123,7 +113,7 @@ def prepare_segment_run(
     size = (3, prep.size, prep.size)
     model = graft_dense(source, data.n_outputs, decoder=settings.decoder, input_size=size, widths=widths)
     device = device_of(settings)
-    loaders = segment_loaders(data, prep.size, prep, settings, device)
+    loaders = segment_loaders(data, prep, settings, device)
     learner = make_learner(model, loaders, data, settings, run_dir, quiet=quiet, cache_features=True)  # type: ignore[arg-type]
     options = {"decoder": settings.decoder, "widths": list(widths)} if model.info.method == "dense" else {}
     return Prepared(data, prep, model, origin, options, learner, settings, settings.model)  # type: ignore[arg-type]

@@ -5,12 +5,14 @@ the data, the Learner."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from torchgraft.app.export import ADAPTER_EXPORTS, Preprocessor
 from torchgraft.data.preprocess import Augment
@@ -26,6 +28,7 @@ __all__ = [
     "Prepared",
     "TrainSettings",
     "adapt",
+    "dataset_loaders",
     "device_of",
     "make_learner",
     "make_task",
@@ -223,6 +226,24 @@ def adapt(model: torch.nn.Module, settings: TrainSettings, say: Callable[[str], 
     layers = adapted._torchgraft_lora["layers"]  # type: ignore[index]
     say(f"LoRA: rank {settings.lora} on {layers} layers; {trainable:,} of {total:,} parameters train")
     return adapted
+
+
+def dataset_loaders(
+    train: Dataset, valid: Dataset, settings: TrainSettings, device: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    """The training loader (shuffled from ``settings.seed``, ``batch_size``) and the validation loader (twice
+    the batch) of an image run: ``workers`` processes (default: the CPU count, at most 8), kept between
+    epochs, pinned memory on CUDA."""
+    workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        options["persistent_workers"] = True
+    generator = torch.Generator().manual_seed(settings.seed)
+    assert settings.batch_size is not None
+    return (
+        DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=generator, **options),
+        DataLoader(valid, batch_size=settings.batch_size * 2, **options),
+    )
 
 
 def device_of(settings: TrainSettings) -> torch.device:
