@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
+from torchgraft.data.sampling import Indices, SeededSampler
 from torchgraft.tasks.batch import call_model
+from torchgraft.train.distributed import EvalShard, rank, world_size
 from torchgraft.tune.freeze import frozen_batchnorm, held_in_eval, is_stochastic
 
 __all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader", "feature_loaders"]
@@ -139,6 +142,21 @@ def _shuffle_generator(loader: DataLoader) -> tuple[bool, torch.Generator | None
     return False, None
 
 
+def _cached_sampler(loader: DataLoader, data: TensorDataset, *, train: bool) -> Sampler[int]:
+    """The sampler of the cached loader: the original one where it yields plain indices of the whole dataset
+    (a ``DistributedSampler`` or validation shard, or a :class:`SeededSampler` without its seeds), so cached
+    and uncached epochs see the same batches; else the same shuffle, sharded when distributed."""
+    sampler = loader.sampler
+    if isinstance(sampler, SeededSampler):
+        return Indices(sampler)
+    if isinstance(sampler, DistributedSampler | EvalShard):
+        return sampler
+    shuffled, generator = _shuffle_generator(loader)
+    if world_size() > 1:
+        return DistributedSampler(data, shuffle=shuffled) if train else EvalShard(len(data), rank=rank(), world=world_size())
+    return RandomSampler(data, generator=generator) if shuffled else SequentialSampler(data)
+
+
 def cached_loader(
     model: nn.Module, loader: DataLoader, *, prepare: Callable[[Any], tuple[Any, Any]], train: bool
 ) -> DataLoader:
@@ -165,8 +183,7 @@ def cached_loader(
         dataset = plain() if callable(plain) else dataset
         _check_deterministic(dataset)
     data = _features(model, loader, prepare, dataset)
-    shuffled, generator = _shuffle_generator(loader)
-    sampler = RandomSampler(data, generator=generator) if shuffled else SequentialSampler(data)
+    sampler = _cached_sampler(loader, data, train=train)
     size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
     return DataLoader(data, batch_size=size, sampler=sampler, drop_last=loader.drop_last)
 

@@ -47,6 +47,8 @@ class Learner(Protocol):
     stop: bool
     resumed: Path | None
     metric_set: MetricSet
+    step: int
+    stepped: bool
 
     def save(self, path: str | Path) -> None:
         """Write the resumable state to ``path``."""
@@ -186,10 +188,16 @@ class Monitor:
 
 class Checkpointer(Callback):
     """``last.pt`` after every epoch and ``best.pt`` whenever the monitored value improves (``monitor`` and
-    ``mode`` as for :class:`Monitor`)."""
+    ``mode`` as for :class:`Monitor`); with ``every=N`` also ``last.pt`` after every ``N``-th optimizer step,
+    from which a fit resumes at the next batch. Every file is written atomically (a kill while writing leaves
+    the previous one)."""
 
-    def __init__(self, directory: str | Path, *, monitor: str | None = None, mode: Mode | None = None) -> None:
-        self.directory, self.watch = Path(directory), Monitor(monitor, mode)
+    def __init__(
+        self, directory: str | Path, *, monitor: str | None = None, mode: Mode | None = None, every: int | None = None
+    ) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"Checkpointer: every must be >= 1 optimizer steps, got {every}.")
+        self.directory, self.watch, self.every = Path(directory), Monitor(monitor, mode), every
         self.best = -math.inf
 
     def on_fit_begin(self, learner: Learner) -> None:
@@ -198,6 +206,10 @@ class Checkpointer(Callback):
         self.best = max((s for s in scores if s is not None), default=-math.inf)
         if learner.resumed is None:
             learner.save(self.directory / "last.pt")  # resumable even if stopped during the first epoch
+
+    def on_step_end(self, learner: Learner) -> None:
+        if self.every is not None and learner.stepped and learner.step % self.every == 0:
+            learner.save(self.directory / "last.pt")
 
     def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
         learner.save(self.directory / "last.pt")

@@ -1,22 +1,48 @@
-"""Distributed data parallel under ``torchrun``: process group, sharded loaders, reduced sums.
+"""Distributed data parallel under ``torchrun``: process group, one device per rank, sharded loaders, reduced sums.
 
 ``torchrun --nproc_per_node N train.py`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; :func:`setup` joins
-the process group (gloo on CPU, NCCL on CUDA). Each rank sees its own shard of every loader
-(``DistributedSampler``; the shuffle is re-seeded per epoch), gradients are averaged by
-``DistributedDataParallel``, and sums (losses, metric totals, counts) are added across ranks, so
-every rank reports the same numbers. Only rank 0 prints and writes files.
+the process group (gloo on CPU, NCCL on CUDA) and :func:`local_device` gives each rank its own GPU
+(``cuda:{LOCAL_RANK}``). Training loaders are sharded like ``DistributedSampler`` (every rank the same
+number of batches, the shuffle re-seeded per epoch); validation loaders are sharded *without padding*
+(:class:`EvalShard`), so each sample is counted once whatever the number of processes. Sums (losses, metric
+totals, counts) are added across ranks, so every rank reports the same numbers; only rank 0 prints and
+writes files.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, RandomSampler
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["cleanup", "is_main", "reduce_sum", "setup", "shard_loader", "world_size"]
+__all__ = [
+    "EvalShard",
+    "ShardedBatches",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "is_distributed",
+    "is_main",
+    "launched",
+    "local_device",
+    "rank",
+    "reduce_sum",
+    "setup",
+    "shard_loader",
+    "world_size",
+    "wrap",
+]
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
@@ -24,36 +50,168 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def is_main() -> bool:
     """Whether this is rank 0 (always true when not distributed)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return rank() == 0
 
 
-def setup(device: torch.device) -> bool:
-    """Join the process group if launched by ``torchrun`` with more than one process; returns whether
-    training is distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def launched() -> bool:
+    """Whether ``torchrun`` started this process as one of several (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_device(device: str | torch.device | None = None) -> torch.device:
+    """The device of this process: ``device`` when given, else under ``torchrun`` with CUDA ``cuda:{LOCAL_RANK}``
+    (each rank its own GPU), else CUDA if available, else the CPU.
+
+    Raises:
+        ValueError: several processes on one machine given the same explicit CUDA device.
+    """
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local % torch.cuda.device_count()) if launched() else torch.device("cuda")
+    chosen = torch.device(device)
+    if launched() and chosen.type == "cuda" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"device={str(device)!r} under torchrun with {os.environ.get('LOCAL_WORLD_SIZE')} processes per machine "
+            f"would put every rank on one GPU; leave the device out (each rank takes cuda:LOCAL_RANK)."
+        )
+    return chosen
+
+
+def setup(device: torch.device | None = None) -> bool:
+    """Join the process group if launched by ``torchrun`` with more than one process (NCCL when ``device`` is
+    CUDA, else gloo), and make ``device`` this process's current CUDA device; returns whether training is
+    distributed. Joining once is enough: later calls only report."""
+    if not launched():
         return world_size() > 1
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        device = device if device is not None else local_device()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return True
 
 
-def shard_loader(loader: DataLoader, *, shuffle: bool | None = None) -> DataLoader:
-    """The same loader, each rank reading its own shard (shuffled if the original was)."""
-    shuffle = isinstance(loader.sampler, RandomSampler) if shuffle is None else shuffle
-    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, drop_last=loader.drop_last)  # type: ignore[arg-type]
+class EvalShard(Sampler[int]):
+    """Rank ``r`` of ``w`` reads indices ``r, r + w, r + 2w, ...`` of ``size`` samples, in order, with no padding:
+    shards differ by at most one sample and every sample is read exactly once (``DistributedSampler`` repeats
+    samples to even the shards, which changes validation metrics with the number of processes)."""
+
+    def __init__(self, size: int, *, rank: int, world: int) -> None:
+        self.size, self.rank, self.world = size, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world))
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Every ``world``-th batch of a batch sampler for rank ``rank`` (the batch list padded by repeating its
+    first batches so that every rank steps the same number of times). The batch sampler must produce the same
+    batches on every rank (a shared seed), as torchgraft's :class:`~torchgraft.data.tokens.LengthGroupedBatches`
+    does; ``set_epoch`` is passed on."""
+
+    def __init__(self, batches: Any, *, rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+        self.batch_size = getattr(batches, "batch_size", None)
+
+    def in_order(self) -> list[list[int]]:
+        """Every index once, without randomness (what the feature cache reads): the batch sampler's own
+        ``in_order()``, else consecutive batches."""
+        inner = getattr(self.batches, "in_order", None)
+        if callable(inner):
+            return inner()
+        size, count = self.batch_size or 1, sum(len(batch) for batch in self.batches)
+        return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch to the batch sampler (a new shuffle per epoch)."""
+        setter = getattr(self.batches, "set_epoch", None)
+        if callable(setter):
+            setter(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = [list(batch) for batch in self.batches]
+        padded = batches + batches[: (-len(batches)) % self.world]
+        return iter(padded[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.world)  # type: ignore[arg-type]
+
+
+def _check_size(loader: DataLoader, world: int, *, train: bool) -> None:
+    count = len(loader.dataset) if isinstance(loader.dataset, Sized) else None
+    if count is not None and count < world:
+        kind = "training" if train else "validation"
+        raise ValueError(
+            f"distributed: the {kind} set has {count} samples for {world} processes; every process needs one at "
+            f"least. Run fewer processes (torchrun --nproc_per_node) or add data."
+        )
+
+
+def _rebuilt(loader: DataLoader, **sampling: Any) -> DataLoader:
     return DataLoader(
         loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
         persistent_workers=loader.persistent_workers,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        **sampling,
     )
+
+
+def shard_loader(loader: DataLoader, *, train: bool = True) -> DataLoader:
+    """The same loader, each rank reading its own shard.
+
+    Training (``train=True``): a sampler with ``shard(rank, world)`` (torchgraft's
+    :class:`~torchgraft.data.sampling.SeededSampler`) shards itself; a batch sampler of its own
+    (length-grouped text batches) is dealt out batch by batch (:class:`ShardedBatches`); anything else is
+    replaced by a ``DistributedSampler`` (shuffled if the original was). Validation: :class:`EvalShard`.
+
+    Raises:
+        ValueError: a set smaller than the number of processes, or a loader that is not a ``DataLoader``.
+    """
+    if not isinstance(loader, DataLoader):
+        raise ValueError(
+            f"distributed: loaders must be torch DataLoaders to be sharded across processes, got "
+            f"{type(loader).__name__}."
+        )
+    world, me = world_size(), rank()
+    _check_size(loader, world, train=train)
+    if not train:
+        size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
+        return _rebuilt(loader, batch_size=size, sampler=EvalShard(len(loader.dataset), rank=me, world=world))  # type: ignore[arg-type]
+    sharder = getattr(loader.sampler, "shard", None)
+    if callable(sharder):
+        return _rebuilt(loader, batch_size=loader.batch_size, sampler=sharder(me, world), drop_last=loader.drop_last)
+    if loader.batch_size is None or type(loader.batch_sampler).__module__ != "torch.utils.data.sampler":
+        return _rebuilt(loader, batch_sampler=ShardedBatches(loader.batch_sampler, rank=me, world=world))
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, drop_last=loader.drop_last)  # type: ignore[arg-type]
+    return _rebuilt(loader, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` for its *current* trainable parameters (``model`` itself when not
+    distributed or when nothing trains). Build a new wrapper whenever the set of trainable parameters changes:
+    DDP fixes its gradient buckets when it is built, so a wrapper built before freezing waits for gradients
+    that never come, and one built before unfreezing never averages the newly trainable parameters."""
+    if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
+        return model
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -62,6 +220,22 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_object(value: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (pickled; for small plain data such as a checked file list). Every rank
+    must call it; ranks other than 0 pass anything."""
+    if world_size() == 1:
+        return value
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (a no-op when not distributed)."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def cleanup() -> None:

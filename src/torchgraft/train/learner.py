@@ -25,17 +25,23 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data.distributed import DistributedSampler
 
 from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import feature_loaders
 from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
-from torchgraft.train.distributed import is_main, setup, shard_loader
-from torchgraft.train.loop import Loop, TrainingDivergedError
+from torchgraft.train.distributed import is_distributed, is_main, local_device, reduce_sum, setup, shard_loader, wrap
+from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.resume import capture, restore
-from torchgraft.train.runstate import read_state, write_state
+from torchgraft.train.runstate import (
+    get_loader_rng_state,
+    get_rng_state,
+    read_state,
+    set_loader_rng_state,
+    set_rng_state,
+    write_state,
+)
 from torchgraft.train.schedule import one_cycle
 from torchgraft.tune.freeze import BNPolicy, freeze_to
 from torchgraft.tune.groups import layer_groups
@@ -44,6 +50,8 @@ from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
 __all__ = ["Learner", "TrainingDivergedError"]
 
 Hook = Callable[["Learner"], None]
+BatchNormMode = Literal["train", "eval", "sync"]
+BATCHNORM_MODES: tuple[str, ...] = ("train", "eval", "sync")
 Schedule = Callable[[torch.optim.Optimizer, int], Any]
 
 
@@ -54,6 +62,20 @@ def _amp_dtype(amp: str | None) -> torch.dtype | None:
     if amp not in dtypes:
         raise ValueError(f"Learner: amp={amp!r} is not a mode. Choose None, 'bf16' or 'fp16'.")
     return dtypes[amp]
+
+
+def _batchnorm(model: nn.Module, mode: str, device: torch.device, distributed: bool) -> nn.Module:
+    """``model`` with BatchNorm as ``mode`` asks: ``"sync"`` converts it to ``SyncBatchNorm`` under DDP on CUDA."""
+    if mode not in BATCHNORM_MODES:
+        raise ValueError(f"Learner: batchnorm={mode!r} is not a mode. Choose from {BATCHNORM_MODES}.")
+    if mode != "sync" or not distributed:
+        return model  # one process: plain BatchNorm already normalises over the whole batch
+    if device.type != "cuda":
+        raise ValueError(
+            "Learner: batchnorm='sync' needs CUDA (SyncBatchNorm runs on GPUs only); on CPU use batchnorm='eval' "
+            "(statistics fixed, the same at any number of processes) or 'train' (per-process statistics)."
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _has_batchnorm2d(model: nn.Module) -> bool:
@@ -82,7 +104,8 @@ class Learner:
             metric's own ``higher_is_better``).
         optimizer: a ``torch.optim`` optimizer class, built from :func:`torchgraft.param_groups`.
         weight_decay: weight decay of decayed parameters (none on biases, norms, embeddings).
-        device: where to train (default: CUDA if available, else CPU).
+        device: where to train (default: under ``torchrun`` each rank's own GPU, ``cuda:{LOCAL_RANK}``; else CUDA
+            if available, else CPU).
         amp: ``None``, ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA, with a gradient scaler).
         channels_last: channels-last memory format for the model and 4-D inputs. ``"auto"`` (default): on
             for convolutional networks with 2-D BatchNorm, where training steps measured 1.05-1.66x faster
@@ -91,6 +114,11 @@ class Learner:
         clip_grad: clip the gradient norm to this value.
         checkpoint_dir: write ``last.pt`` after every epoch and ``best.pt`` for the best monitored value,
             atomically; ``resume=`` continues from one.
+        save_every: also write ``last.pt`` every this many optimizer steps, inside epochs; a fit resumed from
+            it continues at the next batch, exactly (the data order and every random generator included).
+        batchnorm: how BatchNorm layers that train behave: ``"train"`` (default: batch statistics of each
+            process), ``"eval"`` (statistics fixed, affine parameters train; Keras' advice for fine-tuning,
+            and the same at any number of processes), ``"sync"`` (``SyncBatchNorm`` across processes on CUDA).
         progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step).
@@ -99,8 +127,11 @@ class Learner:
             (pooled) features once and train the head on them; other fits run normally.
 
     Under ``torchrun`` with several processes the Learner trains with ``DistributedDataParallel`` (gloo on
-    CPU, NCCL on CUDA): each rank reads its shard of the data, losses and metrics are reduced over all
-    ranks, and only rank 0 prints and writes checkpoints.
+    CPU, NCCL on CUDA), each rank on its own device: each rank reads its shard of the training data, the
+    validation data is split without padding (each sample counted once), losses and metrics are reduced
+    over all ranks, and only rank 0 prints and writes checkpoints. The wrapper is rebuilt at the start of
+    every fit for the parameters that train in it, so every stage of ``fine_tune`` (frozen, gradual,
+    unfrozen) averages exactly the gradients that exist and nothing frozen costs a reduction.
 
     Example:
         >>> learner = Learner(graft(resnet18(weights="DEFAULT"), 10), train_dl, valid_dl)
@@ -132,24 +163,32 @@ class Learner:
         callbacks: Sequence[Callback] = (),
         hooks: dict[str, Hook | Sequence[Hook]] | None = None,
         cache_features: bool = False,
+        save_every: int | None = None,
+        batchnorm: BatchNormMode = "train",
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"Learner: accumulate must be >= 1, got {accumulate}.")
+        if save_every is not None and (save_every < 1 or checkpoint_dir is None):
+            raise ValueError(
+                f"Learner: save_every={save_every} needs checkpoint_dir= and a number of steps >= 1 (the "
+                f"mid-epoch checkpoints are written to checkpoint_dir/last.pt)."
+            )
         if isinstance(task, Task) and target_key not in ("labels", task.target_key):
             raise ValueError(
                 f"Learner: target_key={target_key!r} but the task reads {task.target_key!r}; set the task's own "
                 f"target_key ({type(task).__name__}(target_key={target_key!r}))."
             )
         self.task = task if isinstance(task, Task) else get_task(task, target_key=target_key)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = local_device(device)
         amp_dtype = _amp_dtype(amp)
         if amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("Learner: amp='fp16' needs CUDA; on CPU use amp='bf16'.")
         self.channels_last = _has_batchnorm2d(model) if channels_last == "auto" else bool(channels_last)
         memory = torch.channels_last if self.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=memory)
         self.distributed = setup(self.device)
-        self.network, self.train_dl, self.valid_dl = self._wrap(train_dl, valid_dl)
+        self.model = _batchnorm(model, batchnorm, self.device, self.distributed).to(self.device, memory_format=memory)
+        self.network: nn.Module = self.model  # what runs the training forward: DDP around it, rebuilt per fit
+        self.train_dl, self.valid_dl = self._shard(train_dl, valid_dl)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
         self.loop = Loop(
             task=self.task,
@@ -161,6 +200,7 @@ class Learner:
             clip_grad=clip_grad,
             scaler=scaler,
             distributed=self.distributed,
+            batchnorm_eval=batchnorm == "eval",
         )
         self.metric_set = MetricSet(self.task, self.task.default_metrics if metrics == "default" else metrics)
         self.optimizer_class, self.weight_decay = optimizer, weight_decay
@@ -170,28 +210,50 @@ class Learner:
         self.hooks = Hooks(hooks or {})
         self.callbacks: list[Any] = [ProgressPrinter(), self.hooks, *callbacks]
         if self.checkpoint_dir is not None:
-            self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode))
+            self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every))
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.history: list[dict[str, Any]] = []  # one record per epoch, every fit
         self.lr_history: list[list[float]] = []  # each optimizer group's rate after every step
         self.phase = 0  # fit calls so far (fine_tune's phases)
         self.stage: str | None = None  # which part of a recipe is running ("frozen", "unfrozen")
+        self.progress_in_epoch = EpochProgress()  # batches done in the running epoch (mid-epoch checkpoints)
+        self.epoch_rng: dict[str, Any] | None = None  # every generator's state when the running epoch began
+        self.resume_position: dict[str, Any] | None = None  # a mid-epoch checkpoint's place, until resumed
+        self.stepped = False  # whether the last batch ended with an optimizer step
+        self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features
         self._start_fit({})
         self._watch: Any = None
         self.cache_features = cache_features
-        self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features
 
     # ------------------------------------------------------------------------------------------ set-up
 
-    def _wrap(self, train_dl: Iterable[Any], valid_dl: Iterable[Any] | None) -> tuple[nn.Module, Any, Any]:
-        """What runs the forward (the model, or DDP around it) and the loaders (sharded under DDP)."""
+    def _shard(self, train_dl: Iterable[Any], valid_dl: Iterable[Any] | None) -> tuple[Any, Any]:
+        """The loaders, each rank reading its shard under DDP (validation unpadded)."""
         if not self.distributed:
-            return self.model, train_dl, valid_dl
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        valid = shard_loader(valid_dl, shuffle=False) if valid_dl is not None else None  # type: ignore[arg-type]
-        return network, shard_loader(train_dl), valid  # type: ignore[arg-type]
+            return train_dl, valid_dl
+        valid = shard_loader(valid_dl, train=False) if valid_dl is not None else None  # type: ignore[arg-type]
+        return shard_loader(train_dl), valid  # type: ignore[arg-type]
+
+    def _unwrap(self) -> None:
+        """Drop the DDP wrapper: its reducer's gradient hooks must be gone before another wrapper is built."""
+        wrapped = self.network is not self.model
+        self.network = self.model
+        if self.cache is not None and isinstance(self.cache[2], nn.parallel.DistributedDataParallel):
+            self.cache, wrapped = (*self.cache[:2], self.cache[2].module), True
+        if wrapped:
+            gc.collect()
+
+    def _wrap_network(self) -> None:
+        """DDP around what trains in this fit (the model, or the head on cached features), for the parameters
+        that are trainable now."""
+        self._unwrap()
+        if not self.distributed:
+            return
+        if self.cache is not None:
+            self.cache = (*self.cache[:2], wrap(self.cache[2], self.device))
+        else:
+            self.network = wrap(self.model, self.device)
 
     def close(self) -> None:
         """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
@@ -206,7 +268,8 @@ class Learner:
         if self._watch is not None:
             self._watch.remove()
             self._watch = None
-        self.network = self.model
+        self._unwrap()
+        self.cache = None
         gc.collect()  # the wrapper's reducer holds the process group until it is collected
 
     def __enter__(self) -> Learner:
@@ -239,16 +302,17 @@ class Learner:
 
     def _set_cache(self) -> None:
         """Cache body features for this fit if asked and the body cannot change; else run normally."""
+        self._unwrap()
         self.cache = None
-        if self.cache_features and not self.distributed:
+        if self.cache_features:
             self.cache = feature_loaders(self.model, self.train_dl, self.valid_dl, self.loop.prepare, quiet=self.quiet)
 
-    def _bar(self, iterable: Iterable[Any], desc: str) -> Iterable[Any]:
+    def _bar(self, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Iterable[Any]:
         if not self.progress or self.quiet or not is_main():
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, leave=False)
+        return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -257,9 +321,16 @@ class Learner:
         return capture(self)
 
     def save(self, path: str | Path) -> None:
-        """Write :meth:`state` to ``path`` atomically (on rank 0 only)."""
+        """Write :meth:`state` to ``path`` atomically (on rank 0 only). Under DDP every rank must call it (the
+        built-in :class:`~torchgraft.train.callbacks.Checkpointer` does): inside an epoch the ranks' partial
+        training losses are summed first."""
+        state = self.state()
+        position = state.get("position")
+        if position is not None and self.distributed:
+            position["loss_sum"] = float(reduce_sum(torch.tensor(position["loss_sum"], dtype=torch.float64)))
+            position["count"] = int(reduce_sum(torch.tensor(position["count"], dtype=torch.float64)))
         if is_main():
-            write_state(path, self.state())
+            write_state(path, state)
 
     # ----------------------------------------------------------------------------------------- fitting
 
@@ -276,6 +347,7 @@ class Learner:
             raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
         optimizer = self._prepare_optimizer(lr)
         self._set_cache()
+        self._wrap_network()
         steps = math.ceil(len(self.train_dl) / self.loop.accumulate) * epochs  # type: ignore[arg-type]
         self.scheduler = schedule(optimizer, steps)
         self._start_fit({"kind": kind, "epochs": epochs})
@@ -304,29 +376,76 @@ class Learner:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.step += 1
+            self.stepped = True
             self.lr_history.append([group["lr"] for group in self.optimizer.param_groups])  # type: ignore[union-attr]
         else:
+            if event == "begin":
+                self.stepped = False
             notify(self.callbacks, f"on_step_{event}", self)
+
+    def _set_epoch(self, loader: Any) -> None:
+        """A new shuffle each epoch, the same on every rank: samplers with ``set_epoch`` get the number of
+        epochs trained so far (over every fit, so that the stages of a recipe do not repeat one order)."""
+        for sampler in {id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))}.values():
+            setter = getattr(sampler, "set_epoch", None)
+            if callable(setter):
+                setter(len(self.history))
+
+    def _epoch_batches(self, train: Any) -> Iterable[Any]:
+        """The epoch's training batches. A fit resumed from a mid-epoch checkpoint starts at the saved batch:
+        every generator is put back to its state at the start of that epoch, the iterator is made (the same
+        shuffle, the same worker seeds), the batches already trained are skipped — by the sampler when it can
+        (:class:`~torchgraft.data.sampling.SeededSampler`: nothing read), else by reading them — and the
+        generators are set to where the checkpoint left them."""
+        loaders = [self.train_dl, self.valid_dl]
+        position, self.resume_position = self.resume_position, None
+        self.progress_in_epoch = EpochProgress()
+        if position is None:
+            self.epoch_rng = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
+            return iter(train)
+        now = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
+        self.epoch_rng = position["epoch_rng"]
+        set_rng_state(self.epoch_rng["rng"])
+        set_loader_rng_state(loaders, self.epoch_rng["loader_rng"])
+        done = position["batch"]
+        sampler, size = getattr(train, "sampler", None), getattr(train, "batch_size", None)
+        if callable(getattr(sampler, "skip", None)) and size:
+            sampler.skip(done * size)  # type: ignore[union-attr]
+            batches = iter(train)
+        else:
+            batches = iter(train)
+            for _ in range(done):
+                next(batches)
+        set_rng_state(now["rng"])
+        set_loader_rng_state(loaders, now["loader_rng"])
+        main = is_main() or not self.distributed  # the saved loss sum is every rank's: one rank carries it
+        self.progress_in_epoch = EpochProgress(
+            batch=done, loss_sum=position["loss_sum"] if main else 0.0, count=position["count"] if main else 0
+        )
+        return batches
 
     def _one_epoch(self) -> None:
         notify(self.callbacks, "on_epoch_begin", self)
         start = time.perf_counter()
-        sampler = getattr(self.train_dl, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(self.epoch)  # a new shuffle each epoch, the same on every rank
         train, valid, model = self.cache if self.cache else (self.train_dl, self.valid_dl, self.network)
+        self._set_epoch(train)
         epoch = self.epoch + 1
+        batches = self._epoch_batches(train)
+        done = self.progress_in_epoch.batch
         train_loss = self.loop.train_epoch(
             model,
-            self._bar(train, f"epoch {epoch}"),
+            self._bar(batches, f"epoch {epoch}", total=len(train), initial=done),  # type: ignore[arg-type]
             self.optimizer,  # type: ignore[arg-type]
             n_batches=len(train),  # type: ignore[arg-type]
             on_step=self._on_step,
             where=lambda i: f"epoch {epoch}, batch {i + 1}",
+            progress=self.progress_in_epoch,
         )
+        self.progress_in_epoch = EpochProgress()
         record = {"phase": self.phase, "epoch": epoch, "train_loss": train_loss}
-        if valid is not None:
-            record.update(self.loop.evaluate(model, self._bar(valid, "valid"), self.metric_set))
+        if valid is not None:  # the plain module: its parameters are the same on every rank
+            plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+            record.update(self.loop.evaluate(plain, self._bar(valid, "valid"), self.metric_set))
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)
         self.epoch += 1

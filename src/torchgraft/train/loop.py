@@ -14,19 +14,30 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.batch import call_model, count_samples, move
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import reduce_sum
 
-__all__ = ["Loop", "TrainingDivergedError"]
+__all__ = ["EpochProgress", "Loop", "TrainingDivergedError"]
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class EpochProgress:
+    """How far the current training epoch is: batches done, and this rank's sum of sample losses and count
+    (a mid-epoch checkpoint stores it; a resumed epoch starts from it)."""
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    count: int = 0
 
 
 @dataclass
@@ -43,6 +54,7 @@ class Loop:
         clip_grad: maximum gradient norm, or ``None``.
         scaler: fp16 gradient scaler, or ``None``.
         distributed: whether the forward runs under DDP (``no_sync`` between steps, reduced sums).
+        batchnorm_eval: BatchNorm layers stay in evaluation mode while training (statistics fixed).
     """
 
     task: Task
@@ -54,6 +66,7 @@ class Loop:
     clip_grad: float | None = None
     scaler: torch.amp.GradScaler | None = None
     distributed: bool = False
+    batchnorm_eval: bool = False
     checked: bool = field(default=False, init=False)
 
     def prepare(self, batch: Any) -> tuple[Any, Any]:
@@ -115,15 +128,23 @@ class Loop:
         n_batches: int,
         on_step: Callable[[str], None],
         where: Callable[[int], str],
+        progress: EpochProgress | None = None,
     ) -> float:
         """One pass over ``batches``; returns the mean training loss (over every rank).
 
         ``on_step("begin"|"end"|"optimizer")`` reports progress; ``where(i)`` describes batch ``i`` for the
-        divergence error.
+        divergence error. ``progress`` is updated after every batch; when it says ``batch=k`` (a resumed
+        epoch), ``batches`` holds the epoch's batches after the first ``k``.
         """
         model.train()
-        total, count = torch.zeros((), device=self.device), 0
-        for i, batch in enumerate(batches):
+        if self.batchnorm_eval:
+            for module in model.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        progress = progress if progress is not None else EpochProgress()
+        total = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
+        count = progress.count
+        for i, batch in enumerate(batches, start=progress.batch):
             on_step("begin")
             inputs, targets = self.prepare(batch)
             step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
@@ -147,10 +168,12 @@ class Loop:
             n = count_samples(targets)
             total += loss.detach() * n
             count += n
+            progress.batch, progress.count = i + 1, count
+            progress.loss_sum = total  # type: ignore[assignment]  # a tensor until read: no sync per step
             on_step("end")
         optimizer.zero_grad(set_to_none=True)  # free the last gradients
-        count_ = reduce_sum(torch.tensor(float(count), device=self.device))
-        return (reduce_sum(total) / count_.clamp(min=1)).item()
+        count_ = reduce_sum(torch.tensor(float(count), device=self.device, dtype=torch.float64))
+        return float(reduce_sum(total) / count_.clamp(min=1))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Any], metrics: MetricSet) -> dict[str, float]:

@@ -33,11 +33,28 @@ class Resumable(Protocol):
     history: list[dict[str, Any]]
     lr_history: list[list[float]]
     resumed: Path | None
+    progress_in_epoch: Any
+    epoch_rng: dict[str, Any] | None
+    resume_position: dict[str, Any] | None
+
+
+def _position(learner: Resumable) -> dict[str, Any] | None:
+    """Where the running epoch stands (``None`` between epochs): batches done, this rank's loss sum and count,
+    and every generator's state when the epoch began."""
+    progress = learner.progress_in_epoch
+    if progress.batch == 0 or learner.epoch_rng is None:
+        return None
+    return {
+        "batch": progress.batch,
+        "loss_sum": float(progress.loss_sum),
+        "count": int(progress.count),
+        "epoch_rng": learner.epoch_rng,
+    }
 
 
 def capture(learner: Resumable) -> dict[str, Any]:
     """Model, optimizer, scheduler, gradient scaler, every random generator (the loaders' own too), the
-    counters and the history of ``learner``."""
+    counters and the history of ``learner``; inside an epoch also its position (a mid-epoch checkpoint)."""
     if learner.optimizer is None:
         raise ValueError("state: nothing to capture before the first fit built an optimizer.")
     return training_state(
@@ -53,6 +70,7 @@ def capture(learner: Resumable) -> dict[str, Any]:
         fit=learner.fit_kind,
         history=learner.history,
         lr_history=learner.lr_history,
+        position=_position(learner),
     )
 
 
@@ -75,6 +93,7 @@ def restore(learner: Resumable, path: str | Path) -> None:
     load_training_state(
         state, learner.model, learner.optimizer, scheduler=learner.scheduler, scaler=scaler, loaders=loaders
     )
-    learner.epoch, learner.step = state["epoch"], state["step"]
+    learner.epoch, learner.step, learner.phase = state["epoch"], state["step"], state.get("phase", learner.phase)
+    learner.resume_position = state.get("position")
     learner.history, learner.lr_history = list(state["history"]), [list(r) for r in state["lr_history"]]
     learner.resumed = Path(path)

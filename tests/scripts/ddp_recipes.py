@@ -1,0 +1,126 @@
+"""Every training recipe of the Learner on sklearn's digits, under torchrun or alone; used by the DDP tests.
+
+Usage: [torchrun --nproc_per_node W] ddp_recipes.py OUT_DIR GLOBAL_BATCH SCENARIO[,SCENARIO...]. Each rank reads
+GLOBAL_BATCH / W samples per step, so every world size trains on the same combined batches. Rank 0 writes
+OUT_DIR/SCENARIO.pt with the final weights, the history and whether every rank ended with bit-identical
+weights.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from torchgraft import Learner, freeze, graft, lora
+from torchgraft.data.sampling import SeededSampler, SeededSamples
+from torchgraft.train.distributed import cleanup, is_main, setup, world_size
+
+
+def cnn(*, batchnorm: bool = False) -> nn.Module:
+    """Three body blocks and a classifier (layer groups: block1, block2, block3, head)."""
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        norm = nn.BatchNorm2d(cout) if batchnorm else nn.Identity()
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), norm, nn.Tanh())
+
+    return nn.Sequential(
+        block(1, 8), block(8, 12), block(12, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)
+    )
+
+
+class Jitter(Dataset):
+    """Digits with random noise added at every read (random augmentation)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data[index]
+        return x + 0.1 * torch.randn_like(x), y
+
+
+def data() -> tuple[TensorDataset, TensorDataset]:
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    y = torch.tensor(digits.target)
+    return TensorDataset(x[:1400], y[:1400]), TensorDataset(x[1400:1797], y[1400:1797])  # 397 validation samples
+
+
+def build(scenario: str, batch: int) -> tuple[Learner, Callable[[Learner], Any]]:
+    torch.manual_seed(0)
+    train, valid = data()
+    model = graft(cnn(batchnorm=scenario == "bn_eval"), 10, cut="3", head="linear", input_size=(1, 8, 8))
+    loader: DataLoader = DataLoader(train, batch_size=batch, shuffle=False)
+    options: dict[str, Any] = {}
+    if scenario == "seeded":
+        loader = DataLoader(SeededSamples(Jitter(train)), batch_size=batch, sampler=SeededSampler(len(train), seed=3))
+    if scenario == "prefrozen":
+        freeze(model)
+    if scenario == "lora":
+        model = lora(model, r=2)
+    if scenario == "cached":
+        options["cache_features"] = True
+    if scenario == "accumulate":
+        options["accumulate"] = 2
+    if scenario == "bn_eval":
+        options["batchnorm"] = "eval"
+    learner = Learner(model, loader, DataLoader(valid, batch_size=50), quiet=True, **options)
+
+    def surgery(learner: Learner) -> Any:
+        learner.fit(1, 1e-2)
+        learner.model.head[-1] = nn.Linear(16, 10)  # a new layer after the optimizer and DDP exist
+        return learner.fit_one_cycle(1, 1e-2)
+
+    recipes: dict[str, Callable[[Learner], Any]] = {
+        "fine_tune": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
+        "prefrozen": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
+        "gradual": lambda ln: ln.fine_tune(3, 1e-2, freeze_epochs=1, gradual=True),
+        "keep_frozen": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1, keep_frozen=2),
+        "cached": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1, frozen_lr=3e-2),
+        "accumulate": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
+        "lora": lambda ln: ln.fit_one_cycle(1, 1e-2),
+        "surgery": surgery,
+        "seeded": lambda ln: ln.fit_one_cycle(2, 1e-2),
+        "bn_eval": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
+        "evaluate": lambda ln: ln.fit(1, 0.0),  # weights unchanged: validation of the same model at any world
+    }
+    return learner, recipes[scenario]
+
+
+def identical_on_every_rank(model: nn.Module) -> bool:
+    flat = torch.cat([t.detach().float().flatten() for t in model.state_dict().values()])
+    if world_size() == 1:
+        return True
+    gathered = [torch.empty_like(flat) for _ in range(world_size())]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+def main() -> None:
+    out, global_batch, scenarios = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+    torch.set_num_threads(1)
+    setup()  # join the process group first: the per-rank batch depends on the world size
+    for scenario in scenarios:
+        learner, recipe = build(scenario, global_batch // max(1, world_size()))
+        history = recipe(learner)
+        same = identical_on_every_rank(learner.model)
+        if is_main():
+            weights = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+            torch.save({"weights": weights, "history": history, "world": world_size(), "same": same}, out / f"{scenario}.pt")
+        learner.close()
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()
