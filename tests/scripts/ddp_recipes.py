@@ -117,7 +117,9 @@ def main() -> None:
         same = identical_on_every_rank(learner.model)
         if is_main():
             weights = {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
-            torch.save({"weights": weights, "history": history, "world": world_size(), "same": same}, out / f"{scenario}.pt")
+            torch.save(
+                {"weights": weights, "history": history, "world": world_size(), "same": same}, out / f"{scenario}.pt"
+            )
         learner.close()
     cleanup()
 

@@ -49,6 +49,7 @@ from torchgraft.data.texts import looks_like_text
 from torchgraft.grafting.surgery import graft
 from torchgraft.tasks import Classification, Multilabel, Segmentation, Task, best_threshold
 from torchgraft.tasks.batch import call_model, move, output_tensor
+from torchgraft.train.distributed import barrier, is_main, on_main, world_size
 from torchgraft.train.learner import Learner
 from torchgraft.tune.describe import describe
 from torchgraft.weights.pretrained import pretrained_model, weights_file
@@ -142,7 +143,8 @@ def _prepare_images(
     torch.manual_seed(settings.seed)
     if not isinstance(data, ImageData):
         bar = not quiet and sys.stderr.isatty()  # a progress bar over the scan of every image, on a terminal
-        data = image_data(
+        data = on_main(  # under torchrun: listed and checked once, by rank 0
+            image_data,
             data,
             task=settings.task,
             x_col=settings.x_col,
@@ -224,15 +226,20 @@ def train_run(
     settings = settings or TrainSettings()
     run_dir = Path(run_dir)
     resume = run_dir / "checkpoints" / "last.pt" if settings.resume else None
-    if resume is not None and not resume.is_file():
+    if resume is not None and not on_main(resume.is_file):
         raise FileNotFoundError(f"--resume: {resume} does not exist (nothing to resume in {run_dir}).")
-    run = prepare_run(data, run_dir, settings, say=say, quiet=quiet)
+    say = say if is_main() else (lambda _: None)  # under torchrun only rank 0 prints and writes
+    run = prepare_run(data, run_dir, settings, say=say, quiet=quiet or not is_main())
     settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
     assert settings.lr is not None and settings.lr_mult is not None
     lr = slice(settings.lr / settings.lr_mult, settings.lr) if settings.lr_mult > 1 else settings.lr
     plan = f"{describe(model, lr=lr)}\n\npreprocessing: {run.preprocessing}\n"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.txt").write_text(plan)
+    if world_size() > 1:
+        per_step = world_size() * settings.batch_size  # type: ignore[operator]
+        plan += f"processes: {world_size()} (batch {settings.batch_size} each, {per_step} per step)\n"
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plan.txt").write_text(plan)
     say(plan)
     history = learner.fine_tune(
         settings.epochs,
@@ -245,12 +252,26 @@ def train_run(
         resume=resume,
     )
     final = {k: v for k, v in history[-1].items() if k not in ("phase", "epoch")}
+    if not is_main():  # rank 0 reports and exports; the others wait for it, then end
+        barrier()
+        return RunResult(run_dir, classes, history, learner, run.preprocessing, [], final)
+    result = _finish(run, run_dir, history, final, say=say)
+    barrier()
+    return result
+
+
+def _finish(
+    run: Prepared, run_dir: Path, history: list[dict[str, Any]], final: dict[str, Any], *, say: Callable[[str], None]
+) -> RunResult:
+    """What rank 0 does after training: the validation report, the multi-label threshold, the export, the
+    history and the plots."""
+    settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
     segment_files: list[Path] = []
     if isinstance(learner.task, Segmentation):  # per-class IoU and masks.png, streamed (no stored logits)
         per_class, segment_files = segment_report(run, run_dir)
         final.update(per_class)
     else:
-        outputs, targets = validation_outputs(model, learner.valid_dl, device=learner.device, task=learner.task)
+        outputs, targets = validation_outputs(model, learner.full_valid_dl, device=learner.device, task=learner.task)
     if isinstance(learner.task, Multilabel) and settings.threshold is None:
         say(_choose_threshold(learner, outputs, targets, final))
     files = [

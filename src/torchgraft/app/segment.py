@@ -29,6 +29,7 @@ from torchgraft.data.preprocess import Preprocessing, preprocessing_for
 from torchgraft.grafting.dense import DECODERS, UNET_WIDTHS, graft_dense
 from torchgraft.tasks.batch import move
 from torchgraft.tasks.segment import ConfusionMatrix, per_class_dice, per_class_iou
+from torchgraft.train.distributed import on_main
 from torchgraft.train.learner import Learner
 from torchgraft.weights.pretrained import pretrained_model, weights_file
 
@@ -103,7 +104,8 @@ def prepare_segment_run(
     weights_file(settings.weights)
     torch.manual_seed(settings.seed)
     if not isinstance(data, MaskData):
-        data = segmentation_data(data, valid_pct=settings.valid_pct, seed=settings.seed, skip_bad=settings.skip_bad)
+        options = {"valid_pct": settings.valid_pct, "seed": settings.seed, "skip_bad": settings.skip_bad}
+        data = on_main(segmentation_data, data, **options)  # under torchrun: checked once, by rank 0
     say(f"data: {data.summary()}")
     for reason in data.bad:
         say(f"  skipped {reason}")
@@ -124,7 +126,7 @@ def _confusion(model: nn.Module, learner: Learner, n_classes: int) -> torch.Tens
     """The validation set's confusion matrix (rows: true class, columns: predicted)."""
     matrix = ConfusionMatrix(n_classes, ignore_index=learner.task.ignore_index)  # type: ignore[attr-defined]
     model.eval()
-    for batch in learner.valid_dl:
+    for batch in learner.full_valid_dl:
         inputs, targets = learner.task.split(batch)
         matrix.update(model(move(inputs, learner.device)).float().cpu(), torch.as_tensor(targets))
     return matrix.matrix

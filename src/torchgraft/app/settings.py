@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchgraft.app.export import ADAPTER_EXPORTS, Preprocessor
 from torchgraft.data.preprocess import Augment
+from torchgraft.data.sampling import SeededSampler, SeededSamples
 from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task
-from torchgraft.train.learner import Learner
+from torchgraft.train.distributed import local_device
+from torchgraft.train.learner import BATCHNORM_MODES, Learner
 from torchgraft.tune.lora import lora
 from torchgraft.weights.hf import DEFAULT_TEXT_MODEL
 
@@ -64,7 +66,9 @@ class TrainSettings:
     ``decoder`` is the segmentation decoder (``task="segment"``): ``"unet"`` or ``"fpn"``; ``dice_weight`` adds
     that much soft Dice loss to a segmentation's cross-entropy. ``keep_frozen`` layer groups stay frozen after
     the frozen epochs too (:meth:`torchgraft.Learner.fine_tune`; -1: every body group; segmentation: -1 by
-    default).
+    default). ``save_every`` writes a resumable checkpoint every that many optimizer steps inside epochs;
+    ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs).
+    Under ``torchrun``, ``batch_size`` is per process: N processes train on batches of N x ``batch_size``.
     """
 
     model: str | None = None
@@ -97,6 +101,8 @@ class TrainSettings:
     decoder: str = "unet"
     keep_frozen: int | None = None
     dice_weight: float | None = None
+    save_every: int | None = None
+    batchnorm: str = "train"
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
@@ -104,7 +110,9 @@ class TrainSettings:
             raise ValueError(f"adapters must be one of {ADAPTER_EXPORTS}, got {self.adapters!r}.")
         if self.dice_weight is not None and self.dice_weight < 0:
             raise ValueError(f"dice must be >= 0, got {self.dice_weight}.")
-        for name in ("epochs", "batch_size", "max_length", "lora"):
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}.")
+        for name in ("epochs", "batch_size", "max_length", "lora", "save_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}.")
@@ -213,6 +221,8 @@ def make_learner(
         checkpoint_dir=Path(run_dir) / "checkpoints",
         quiet=quiet,
         cache_features=cache_features,
+        save_every=settings.save_every,
+        batchnorm=settings.batchnorm,  # type: ignore[arg-type]
     )
 
 
@@ -233,19 +243,23 @@ def dataset_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """The training loader (shuffled from ``settings.seed``, ``batch_size``) and the validation loader (twice
     the batch) of an image run: ``workers`` processes (default: the CPU count, at most 8), kept between
-    epochs, pinned memory on CUDA."""
+    epochs, pinned memory on CUDA. The training samples are drawn by a
+    :class:`~torchgraft.data.sampling.SeededSampler`, each augmented from a seed of its own, so a run under
+    ``torchrun`` augments exactly as one process does, and a resumed run exactly as the uninterrupted one,
+    whatever the number of workers."""
     workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
     options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers > 0:
         options["persistent_workers"] = True
-    generator = torch.Generator().manual_seed(settings.seed)
     assert settings.batch_size is not None
+    sampler = SeededSampler(len(train), seed=settings.seed)  # type: ignore[arg-type]
     return (
-        DataLoader(train, batch_size=settings.batch_size, shuffle=True, generator=generator, **options),
+        DataLoader(SeededSamples(train), batch_size=settings.batch_size, sampler=sampler, **options),
         DataLoader(valid, batch_size=settings.batch_size * 2, **options),
     )
 
 
 def device_of(settings: TrainSettings) -> torch.device:
-    """``settings.device``, else CUDA when available, else the CPU."""
-    return torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``settings.device``, else under ``torchrun`` this rank's GPU (``cuda:LOCAL_RANK``), else CUDA when
+    available, else the CPU."""
+    return local_device(settings.device)

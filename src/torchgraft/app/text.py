@@ -15,6 +15,7 @@ from torchgraft.app.settings import TEXT_DEFAULTS, Prepared, TrainSettings, adap
 from torchgraft.data.texts import TextData, looks_like_text, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.surgery import graft
+from torchgraft.train.distributed import on_main
 from torchgraft.weights.hf import hf_max_length, hf_text_model
 
 __all__ = ["HF_FOLDER", "is_text_run", "prepare_text_run", "text_loaders"]
@@ -81,7 +82,8 @@ def prepare_text_run(
     torch.manual_seed(settings.seed)
     if not isinstance(data, TextData):
         task = None if settings.task == "text" else settings.task
-        data = text_data(
+        data = on_main(  # under torchrun: read and checked once, by rank 0
+            text_data,
             data,
             task=task,
             x_col=settings.x_col,

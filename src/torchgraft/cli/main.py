@@ -15,6 +15,7 @@ from typing import NoReturn
 from torchgraft import __version__
 from torchgraft.cli import demo, export, lr_find, predict, train
 from torchgraft.cli import inspect as inspect_command
+from torchgraft.train.distributed import cleanup, is_main, launched, local_device, setup
 
 __all__ = ["main"]
 
@@ -40,20 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_error(message: str) -> None:
+    """Print a user error once: under torchrun every rank meets the same one, rank 0 tells it."""
+    if is_main():
+        print(message, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code. Under ``torchrun`` every process runs it: the process group
+    is joined first (each rank on its own device), data is checked once, only rank 0 prints and writes."""
     args = build_parser().parse_args(argv)
     try:
+        if launched():
+            setup(local_device(getattr(args, "device", None)))
         return args.run(args)
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
-        print(f"torchgraft {args.command}: error: {error}", file=sys.stderr)
+        _say_error(f"torchgraft {args.command}: error: {error}")
         return 2
     except FloatingPointError as error:  # TrainingDivergedError: the message names the step and the checkpoint
-        print(f"torchgraft {args.command}: training diverged: {error}", file=sys.stderr)
+        _say_error(f"torchgraft {args.command}: training diverged: {error}")
         return 3
     except KeyboardInterrupt:
-        print(f"torchgraft {args.command}: interrupted", file=sys.stderr)
+        _say_error(f"torchgraft {args.command}: interrupted")
         return 130
+    finally:
+        if launched():
+            cleanup()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from typing import Any
 
 from torchgraft.app.run import TrainSettings, train_run
 from torchgraft.app.settings import IMAGE_DEFAULTS, TEXT_DEFAULTS
+from torchgraft.train.distributed import is_main
+from torchgraft.train.learner import BATCHNORM_MODES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
@@ -79,7 +81,18 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", choices=("linear", "mlp"), default=_DEFAULTS.head, help="default: linear")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16: CUDA only)")
     parser.add_argument("--workers", type=int, default=None, help="data loading processes (default: CPU count)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: CUDA if available; under torchrun each process cuda:LOCAL_RANK)",
+    )
+    parser.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_MODES,
+        default=_DEFAULTS.batchnorm,
+        help="BatchNorm layers that train: train (batch statistics, default), eval (statistics fixed, the same at "
+        "any number of processes), sync (SyncBatchNorm across GPUs under torchrun)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only errors")
 
 
@@ -106,6 +119,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
         max_length=args.max_length,
         decoder=args.decoder,
         dice_weight=args.dice,
+        batchnorm=args.batchnorm,
         **extra,
     )
 
@@ -165,7 +179,19 @@ def add_parser(commands: Any) -> None:
         default=_DEFAULTS.adapters,
         help="with --lora: export adapters folded into the weights (default) or as peft's adapter_model.safetensors",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last checkpoint (the end of an epoch, or with --save-every the "
+        "last step saved); the resumed run ends with the same weights as an uninterrupted one",
+    )
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="also write the resumable checkpoint every STEPS optimizer steps inside epochs (default: per epoch)",
+    )
     parser.add_argument("--json", action="store_true", help="print only a JSON summary at the end (implies --quiet)")
     parser.set_defaults(run=run)
 
@@ -184,10 +210,14 @@ def run(args: argparse.Namespace) -> int:
         lora=args.lora,
         adapters=args.adapters,
         resume=args.resume,
+        save_every=args.save_every,
     )
     quiet = args.quiet or args.json
-    say = (lambda _: None) if quiet else print
+    say = (lambda _: None) if quiet or not is_main() else print
     result = train_run(args.data, args.out, settings, say=say, quiet=quiet)
+    result.learner.close()  # the DDP wrapper goes before the process group
+    if not is_main():
+        return 0
     if args.json:
         summary = {
             "run_dir": str(result.run_dir),

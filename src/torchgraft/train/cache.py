@@ -25,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from torchgraft.data.sampling import Indices, SeededSampler
 from torchgraft.tasks.batch import call_model
-from torchgraft.train.distributed import EvalShard, rank, world_size
+from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
 from torchgraft.tune.freeze import frozen_batchnorm, held_in_eval, is_stochastic
 
 __all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader", "feature_loaders"]
@@ -153,7 +153,11 @@ def _cached_sampler(loader: DataLoader, data: TensorDataset, *, train: bool) -> 
         return sampler
     shuffled, generator = _shuffle_generator(loader)
     if world_size() > 1:
-        return DistributedSampler(data, shuffle=shuffled) if train else EvalShard(len(data), rank=rank(), world=world_size())
+        return (
+            DistributedSampler(data, shuffle=shuffled)
+            if train
+            else EvalShard(len(data), rank=rank(), world=world_size())
+        )
     return RandomSampler(data, generator=generator) if shuffled else SequentialSampler(data)
 
 
@@ -202,6 +206,6 @@ def feature_loaders(
         return None
     cached_train = cached_loader(model, train, prepare=prepare, train=True)
     cached_valid = cached_loader(model, valid, prepare=prepare, train=False) if valid is not None else None
-    if not quiet:
+    if not quiet and is_main():
         print(f"feature cache: body features of {len(cached_train.dataset)} samples computed once", file=sys.stderr)
     return cached_train, cached_valid, cached_head(model)

@@ -12,7 +12,8 @@ writes files.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sized
+import pickle
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "is_main",
     "launched",
     "local_device",
+    "on_main",
     "rank",
     "reduce_sum",
     "setup",
@@ -230,6 +232,28 @@ def broadcast_object(value: Any = None) -> Any:
     box = [value if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` run on rank 0 alone, its result (or its exception) given to every rank: data is
+    listed and checked once, not once per process, and an error stops every rank with the same message
+    instead of leaving the others waiting. Every rank must call it."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    outcome: tuple[str, Any] | None = None
+    if is_main():
+        try:
+            outcome = ("ok", fn(*args, **kwargs))
+        except Exception as error:  # handed to every rank, raised there
+            try:
+                pickle.dumps(error)
+                outcome = ("error", error)
+            except Exception:
+                outcome = ("error", RuntimeError(f"{type(error).__name__}: {error}"))
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        raise value
+    return value
 
 
 def barrier() -> None:

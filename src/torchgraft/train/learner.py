@@ -30,7 +30,7 @@ from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import feature_loaders
 from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
-from torchgraft.train.distributed import is_distributed, is_main, local_device, reduce_sum, setup, shard_loader, wrap
+from torchgraft.train.distributed import is_main, local_device, on_main, reduce_sum, setup, shard_loader, wrap
 from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.resume import capture, restore
@@ -189,6 +189,7 @@ class Learner:
         self.model = _batchnorm(model, batchnorm, self.device, self.distributed).to(self.device, memory_format=memory)
         self.network: nn.Module = self.model  # what runs the training forward: DDP around it, rebuilt per fit
         self.train_dl, self.valid_dl = self._shard(train_dl, valid_dl)
+        self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
         self.loop = Loop(
             task=self.task,
@@ -386,7 +387,9 @@ class Learner:
     def _set_epoch(self, loader: Any) -> None:
         """A new shuffle each epoch, the same on every rank: samplers with ``set_epoch`` get the number of
         epochs trained so far (over every fit, so that the stages of a recipe do not repeat one order)."""
-        for sampler in {id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))}.values():
+        for sampler in {
+            id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
+        }.values():
             setter = getattr(sampler, "set_epoch", None)
             if callable(setter):
                 setter(len(self.history))
@@ -565,7 +568,7 @@ class Learner:
             )
         stages = self._stages(epochs, freeze_epochs, gradual, keep_frozen)
         names = [name for name, _, _ in stages]
-        stage = read_state(resume).get("stage") if resume is not None else None
+        stage = on_main(lambda: read_state(resume).get("stage")) if resume is not None else None
         start = names.index(stage) if stage in names else 0
         try:
             for name, n_frozen, stage_epochs in stages[start:]:

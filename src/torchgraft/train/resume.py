@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
+from torchgraft.train.distributed import on_main
 from torchgraft.train.runstate import load_training_state, read_state, training_state
 
 __all__ = ["Resumable", "capture", "restore"]
@@ -81,7 +82,7 @@ def restore(learner: Resumable, path: str | Path) -> None:
         ValueError: the checkpoint was written by another call (``fit`` vs ``fit_one_cycle``, other epochs).
         StateError: a damaged file, or one that is not a training state.
     """
-    state = read_state(path)
+    state = on_main(read_state, path)  # rank 0's file, on every rank (other machines need not see RUN_DIR)
     if state["fit"] != learner.fit_kind:
         raise ValueError(
             f"resume: {path} was written by {state['fit']['kind']}({state['fit']['epochs']} epochs), not "

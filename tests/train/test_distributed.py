@@ -1,0 +1,158 @@
+"""Distributed training under torchrun (gloo, CPU) against one process on the combined batch, unpadded
+validation, seeded sampling and mid-epoch resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from torchgraft import Learner
+from torchgraft.data.sampling import Indices, SeededSampler, SeededSamples
+from torchgraft.train.distributed import EvalShard, ShardedBatches, local_device
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_recipes.py"
+RECIPES = "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,seeded,bn_eval,evaluate"
+GLOBAL_BATCH = "40"
+
+
+def _launch(out: Path, world: int, scenarios: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if world == 1:
+        command = [sys.executable, str(SCRIPT)]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(world),
+            str(SCRIPT),
+        ]
+    done = subprocess.run([*command, str(out), GLOBAL_BATCH, scenarios], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world1")
+    _launch(out, 1, RECIPES)
+    return out
+
+
+def _compare(one: Path, many: Path, scenario: str, world: int) -> None:
+    a, b = (torch.load(d / f"{scenario}.pt", weights_only=True) for d in (one, many))
+    assert a["world"] == 1 and b["world"] == world
+    assert b["same"], f"{scenario}: the ranks' weights differ"
+    for name, tensor in a["weights"].items():
+        assert torch.allclose(b["weights"][name].float(), tensor.float(), atol=1e-5, rtol=0), (scenario, name)
+    assert len(a["history"]) == len(b["history"])
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert x["phase"] == y["phase"] and x["epoch"] == y["epoch"]
+        assert x["accuracy"] == y["accuracy"], scenario  # every validation sample counted once
+        assert x["valid_loss"] == pytest.approx(y["valid_loss"], abs=1e-5)
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_every_recipe_under_ddp_equals_one_process_on_the_combined_batch(one_process, tmp_path, world):
+    _launch(tmp_path, world, RECIPES)
+    for scenario in RECIPES.split(","):
+        _compare(one_process, tmp_path, scenario, world)
+
+
+@pytest.mark.parametrize("world", [3, 4])
+def test_397_validation_samples_give_the_same_metrics_at_any_world_size(one_process, tmp_path, world):
+    _launch(tmp_path, world, "evaluate")
+    a, b = (torch.load(d / "evaluate.pt", weights_only=True)["history"][0] for d in (one_process, tmp_path))
+    assert b["accuracy"] == a["accuracy"]
+    assert abs(a["accuracy"] * 397 - round(a["accuracy"] * 397)) < 1e-3  # a count out of 397, not of a padded set
+    assert b["valid_loss"] == pytest.approx(a["valid_loss"], abs=1e-6)
+
+
+def test_eval_shards_read_every_sample_once():
+    for world in (1, 2, 3, 4):
+        shards = [list(EvalShard(397, rank=r, world=world)) for r in range(world)]
+        assert sorted(i for shard in shards for i in shard) == list(range(397))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_sharded_batches_deal_out_whole_batches_evenly():
+    batches = [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    shards = [list(ShardedBatches(batches, rank=r, world=2)) for r in range(2)]
+    assert shards == [[[0, 1], [4, 5], [8]], [[2, 3], [6, 7], [0, 1]]]
+    assert len(ShardedBatches(batches, rank=0, world=2)) == 3
+
+
+def test_seeded_sampler_shards_partition_the_epoch_and_give_each_sample_one_seed():
+    whole = list(SeededSampler(100, seed=1))
+    assert sorted(i for i, _ in whole) == list(range(100))
+    shards = [list(SeededSampler(100, seed=1).shard(r, 4)) for r in range(4)]
+    for k in range(25):  # the k-th sample of each shard: the k-th group of 4 of the one-process order
+        assert sorted(shard[k] for shard in shards) == sorted(whole[4 * k : 4 * k + 4])
+    sampler = SeededSampler(100, seed=1)
+    sampler.set_epoch(1)
+    assert list(sampler) != whole and sorted(list(sampler)) != sorted(whole)  # a new order and new seeds
+    full = list(sampler)
+    sampler.skip(30)
+    assert list(sampler) == full[30:] and list(sampler) == full  # skip holds for one iteration
+    assert list(Indices(sampler)) == [i for i, _ in full]
+
+
+class Noisy(Dataset):
+    """A random augmentation drawn from torch's and Python's generators."""
+
+    def __len__(self) -> int:
+        return 50
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import random
+
+        return torch.full((3,), float(index)) + torch.rand(3) + random.random()
+
+
+def test_seeded_samples_do_not_depend_on_workers_or_disturb_the_caller():
+    data = SeededSamples(Noisy())
+    sampler = SeededSampler(len(data), seed=5)
+    plain = torch.cat(list(DataLoader(data, batch_size=7, sampler=sampler)))
+    workers = torch.cat(list(DataLoader(data, batch_size=7, sampler=sampler, num_workers=2)))
+    assert torch.equal(plain, workers)
+    state = torch.get_rng_state()
+    data[(3, 123)]
+    assert torch.equal(torch.get_rng_state(), state)  # the main process's generator is left as it was
+    assert torch.equal(data[(3, 123)], data[(3, 123)]) and not torch.equal(data[(3, 123)], data[(3, 124)])
+
+
+def test_local_device_refuses_one_gpu_for_every_rank(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ValueError, match="every rank on one GPU"):
+        local_device("cuda:0")
+    assert local_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert local_device() == torch.device("cpu")
+
+
+def test_sync_batchnorm_on_cpu_is_refused_only_when_distributed():
+    data = TensorDataset(torch.randn(8, 2), torch.randint(0, 2, (8,)))
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    learner = Learner(model, DataLoader(data, batch_size=4), batchnorm="sync", quiet=True)  # one process: plain BN
+    assert isinstance(learner.model[1], nn.BatchNorm1d)
+    with pytest.raises(ValueError, match="Choose from"):
+        Learner(model, DataLoader(data, batch_size=4), batchnorm="frozen", quiet=True)  # type: ignore[arg-type]
+
+
+def test_batchnorm_eval_keeps_statistics_while_the_affine_parameters_train():
+    data = TensorDataset(torch.randn(32, 2) * 5 + 3, torch.randint(0, 2, (32,)))
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    mean = model[1].running_mean.clone()
+    weight = model[1].weight.detach().clone()
+    Learner(model, DataLoader(data, batch_size=8), batchnorm="eval", quiet=True).fit(1, 1e-2)
+    assert torch.equal(model[1].running_mean, mean) and not torch.equal(model[1].weight, weight)
