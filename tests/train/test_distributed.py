@@ -156,3 +156,72 @@ def test_batchnorm_eval_keeps_statistics_while_the_affine_parameters_train():
     weight = model[1].weight.detach().clone()
     Learner(model, DataLoader(data, batch_size=8), batchnorm="eval", quiet=True).fit(1, 1e-2)
     assert torch.equal(model[1].running_mean, mean) and not torch.equal(model[1].weight, weight)
+
+
+class Augmented(Dataset):
+    """Digits with noise from torch's generator at every read, and a dropout network: every source of
+    randomness a resumed epoch has to reproduce."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index] + 0.05 * torch.randn_like(self.x[index]), self.y[index]
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return torch.tensor(digits.data[:600], dtype=torch.float32) / 16, torch.tensor(digits.target[:600])
+
+
+def _learner(directory: Path, loader_kind: str, hooks: dict | None = None) -> Learner:
+    torch.manual_seed(0)
+    x, y = _digits()
+    train = Augmented(x[:480], y[:480])
+    if loader_kind == "seeded":  # skipped by the sampler, two persistent workers
+        loader = DataLoader(
+            SeededSamples(train),
+            batch_size=32,
+            sampler=SeededSampler(480, seed=1),
+            num_workers=2,
+            persistent_workers=True,
+        )
+    else:  # a plain shuffled loader with its own generator: the batches done are read again and dropped
+        loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+    valid = DataLoader(TensorDataset(x[480:], y[480:]), batch_size=50)
+    return Learner(model, loader, valid, quiet=True, checkpoint_dir=directory, save_every=3, hooks=hooks)
+
+
+@pytest.mark.parametrize("loader_kind", ["seeded", "plain"])
+@pytest.mark.parametrize("stop_at", [4, 7, 15 + 6])  # optimizer steps: inside epoch 1, twice, inside epoch 2
+def test_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, loader_kind, stop_at):
+    straight = _learner(tmp_path / "a", loader_kind)
+    straight.fit_one_cycle(3, 1e-2)
+
+    def stop(learner: Learner) -> None:
+        if learner.step == stop_at:
+            raise KeyboardInterrupt  # as a kill would, after the step's checkpoint (every 3 steps)
+
+    with pytest.raises(KeyboardInterrupt):
+        _learner(tmp_path / "b", loader_kind, {"step_end": stop}).fit_one_cycle(3, 1e-2)
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    saved = stop_at // 3 * 3
+    assert state["step"] == saved and state["position"]["batch"] == saved % 15  # 15 batches an epoch
+    resumed = _learner(tmp_path / "b", loader_kind)
+    history = resumed.fit_one_cycle(3, 1e-2, resume=tmp_path / "b" / "last.pt")
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert [r["train_loss"] for r in history] == pytest.approx([r["train_loss"] for r in straight.history], abs=1e-12)
+    assert [r["accuracy"] for r in history] == [r["accuracy"] for r in straight.history]
+
+
+def test_save_every_needs_a_checkpoint_dir():
+    data = DataLoader(TensorDataset(torch.randn(8, 2), torch.randint(0, 2, (8,))), batch_size=4)
+    with pytest.raises(ValueError, match="needs checkpoint_dir"):
+        Learner(nn.Linear(2, 2), data, save_every=10)
