@@ -17,8 +17,11 @@ from torchgraft.data.sampling import Indices, SeededSampler, SeededSamples
 from torchgraft.train.distributed import EvalShard, ShardedBatches, local_device
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_recipes.py"
-RECIPES = "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,seeded,bn_eval,evaluate"
-GLOBAL_BATCH = "40"
+RECIPES = (
+    "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,seeded,bn_eval,evaluate,resume,"
+    "fsdp_fine_tune,fsdp_gradual,fsdp_accumulate,fsdp_resume"
+)
+GLOBAL_BATCH = "60"
 
 
 def _launch(out: Path, world: int, scenarios: str) -> None:
@@ -67,10 +70,36 @@ def test_every_recipe_under_ddp_equals_one_process_on_the_combined_batch(one_pro
         _compare(one_process, tmp_path, scenario, world)
 
 
-@pytest.mark.parametrize("world", [3, 4])
-def test_397_validation_samples_give_the_same_metrics_at_any_world_size(one_process, tmp_path, world):
-    _launch(tmp_path, world, "evaluate")
-    a, b = (torch.load(d / "evaluate.pt", weights_only=True)["history"][0] for d in (one_process, tmp_path))
+def test_a_resumed_fine_tune_equals_the_uninterrupted_one_and_fsdp_checkpoints_are_unsharded(one_process, tmp_path):
+    a, b = (torch.load(one_process / f"{name}.pt", weights_only=True) for name in ("fine_tune", "resume"))
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    _launch(tmp_path, 2, "fsdp_resume")
+    plain, sharded = (
+        torch.load(d / name, weights_only=True)
+        for d, name in ((one_process, "checkpoints/last.pt"), (tmp_path, "fsdp_checkpoints/last.pt"))
+    )
+    assert plain["model"].keys() == sharded["model"].keys()  # whole tensors under the model's own names
+    for name, tensor in plain["model"].items():
+        assert sharded["model"][name].shape == tensor.shape and torch.allclose(
+            sharded["model"][name], tensor, atol=1e-5
+        )
+    assert plain["optimizer"]["state"].keys() == sharded["optimizer"]["state"].keys()
+    for index, moments in plain["optimizer"]["state"].items():
+        for key, value in moments.items():
+            assert torch.allclose(sharded["optimizer"]["state"][index][key], value, atol=1e-5), (index, key)
+
+
+def test_fsdp_with_uneven_shards_at_world_3_and_validation_at_3_and_4(one_process, tmp_path):
+    _launch(tmp_path / "3", 3, "fsdp_fine_tune,fsdp_resume,evaluate")
+    _compare(one_process, tmp_path / "3", "fsdp_fine_tune", 3)
+    _compare(one_process, tmp_path / "3", "fsdp_resume", 3)
+    _launch(tmp_path / "4", 4, "evaluate")
+    for world in (3, 4):
+        _check_evaluation(one_process, tmp_path / str(world))
+
+
+def _check_evaluation(one_process: Path, many: Path) -> None:
+    a, b = (torch.load(d / "evaluate.pt", weights_only=True)["history"][0] for d in (one_process, many))
     assert b["accuracy"] == a["accuracy"]
     assert abs(a["accuracy"] * 397 - round(a["accuracy"] * 397)) < 1e-3  # a count out of 397, not of a padded set
     assert b["valid_loss"] == pytest.approx(a["valid_loss"], abs=1e-6)

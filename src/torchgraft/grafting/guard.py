@@ -47,7 +47,8 @@ def fingerprint(tensor: torch.Tensor) -> tuple[float, tuple[float, ...]] | None:
     """A cheap content signature: the float64 sum and up to 4096 evenly strided values. ``None`` on meta."""
     if tensor.device.type == "meta":
         return None
-    flat = tensor.detach().reshape(-1)
+    local = getattr(tensor, "to_local", None)  # an FSDP2 shard (DTensor): each rank signs its own shard
+    flat = (local() if callable(local) else tensor).detach().reshape(-1)
     stride = max(1, flat.numel() // _SAMPLES)
     sample = flat[::stride][:_SAMPLES].to("cpu", torch.float64)
     return float(flat.sum(dtype=torch.float64)), tuple(sample.tolist())

@@ -34,6 +34,7 @@ __all__ = [
     "local_device",
     "on_main",
     "rank",
+    "reduce_max",
     "reduce_sum",
     "setup",
     "shard_loader",
@@ -221,6 +222,14 @@ def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The largest ``tensor`` over all ranks (itself when not distributed)."""
+    if world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

@@ -15,6 +15,7 @@ parameter untrained — and surgery in the middle of a fit is caught before the 
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import sys
@@ -30,7 +31,17 @@ from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import feature_loaders
 from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
-from torchgraft.train.distributed import is_main, local_device, on_main, reduce_sum, setup, shard_loader, wrap
+from torchgraft.train.distributed import (
+    is_main,
+    local_device,
+    on_main,
+    reduce_max,
+    reduce_sum,
+    setup,
+    shard_loader,
+    wrap,
+)
+from torchgraft.train.fsdp import full_model_state, is_sharded, plain_copy, shard_model
 from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.resume import capture, restore
@@ -52,6 +63,8 @@ __all__ = ["Learner", "TrainingDivergedError"]
 Hook = Callable[["Learner"], None]
 BatchNormMode = Literal["train", "eval", "sync"]
 BATCHNORM_MODES: tuple[str, ...] = ("train", "eval", "sync")
+Strategy = Literal["ddp", "fsdp"]
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 Schedule = Callable[[torch.optim.Optimizer, int], Any]
 
 
@@ -119,6 +132,11 @@ class Learner:
         batchnorm: how BatchNorm layers that train behave: ``"train"`` (default: batch statistics of each
             process), ``"eval"`` (statistics fixed, affine parameters train; Keras' advice for fine-tuning,
             and the same at any number of processes), ``"sync"`` (``SyncBatchNorm`` across processes on CUDA).
+        strategy: under ``torchrun``: ``"ddp"`` (default: a whole copy of the model per process) or ``"fsdp"``
+            (FSDP2 ``fully_shard`` per layer-group block, then the root: each process holds a shard of every
+            parameter, gradient and optimizer state, for models larger than one device; ``amp`` becomes FSDP2's
+            mixed-precision policy; checkpoints hold whole tensors, so they equal an unsharded run's; the
+            feature cache is off). On one process both train the model as it is.
         progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step).
@@ -165,9 +183,12 @@ class Learner:
         cache_features: bool = False,
         save_every: int | None = None,
         batchnorm: BatchNormMode = "train",
+        strategy: Strategy = "ddp",
     ) -> None:
         if accumulate < 1:
             raise ValueError(f"Learner: accumulate must be >= 1, got {accumulate}.")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Learner: strategy={strategy!r} is not one. Choose from {STRATEGIES}.")
         if save_every is not None and (save_every < 1 or checkpoint_dir is None):
             raise ValueError(
                 f"Learner: save_every={save_every} needs checkpoint_dir= and a number of steps >= 1 (the "
@@ -187,6 +208,10 @@ class Learner:
         memory = torch.channels_last if self.channels_last else torch.preserve_format
         self.distributed = setup(self.device)
         self.model = _batchnorm(model, batchnorm, self.device, self.distributed).to(self.device, memory_format=memory)
+        self.plain: nn.Module | None = None  # under FSDP: the unsharded structure (meta), for gathered_model()
+        if strategy == "fsdp" and self.distributed:
+            self.plain = plain_copy(self.model)
+            shard_model(self.model, param_dtype=amp_dtype)
         self.network: nn.Module = self.model  # what runs the training forward: DDP around it, rebuilt per fit
         self.train_dl, self.valid_dl = self._shard(train_dl, valid_dl)
         self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
@@ -249,7 +274,7 @@ class Learner:
         """DDP around what trains in this fit (the model, or the head on cached features), for the parameters
         that are trainable now."""
         self._unwrap()
-        if not self.distributed:
+        if not self.distributed or is_sharded(self.model):  # FSDP2 reduces gradients itself
             return
         if self.cache is not None:
             self.cache = (*self.cache[:2], wrap(self.cache[2], self.device))
@@ -305,7 +330,7 @@ class Learner:
         """Cache body features for this fit if asked and the body cannot change; else run normally."""
         self._unwrap()
         self.cache = None
-        if self.cache_features:
+        if self.cache_features and not is_sharded(self.model):
             self.cache = feature_loaders(self.model, self.train_dl, self.valid_dl, self.loop.prepare, quiet=self.quiet)
 
     def _bar(self, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Iterable[Any]:
@@ -316,6 +341,20 @@ class Learner:
         return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
 
     # ------------------------------------------------------------------------------------ checkpoints
+
+    def gathered_model(self) -> nn.Module | None:
+        """The trained model whole: itself, or under FSDP an unsharded copy filled with the gathered tensors on
+        rank 0 (``None`` on the other ranks; every rank must call it). What a run reports on and exports."""
+        if self.plain is None:
+            return self.model
+        state = full_model_state(self.model)
+        if not is_main():
+            return None
+        plain = copy.deepcopy(self.plain).to_empty(device="cpu")
+        for name, buffer in self.model.named_buffers():  # buffers are not sharded (non-persistent ones too)
+            plain.get_buffer(name).copy_(buffer.detach().cpu())
+        plain.load_state_dict(state)
+        return plain.to(self.device)
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed fit needs (:func:`torchgraft.train.resume.capture`)."""
@@ -328,8 +367,8 @@ class Learner:
         state = self.state()
         position = state.get("position")
         if position is not None and self.distributed:
-            position["loss_sum"] = float(reduce_sum(torch.tensor(position["loss_sum"], dtype=torch.float64)))
-            position["count"] = int(reduce_sum(torch.tensor(position["count"], dtype=torch.float64)))
+            sums = torch.tensor([position["loss_sum"], position["count"]], dtype=torch.float64, device=self.device)
+            position["loss_sum"], position["count"] = reduce_sum(sums).tolist()
         if is_main():
             write_state(path, state)
 
@@ -448,7 +487,9 @@ class Learner:
         record = {"phase": self.phase, "epoch": epoch, "train_loss": train_loss}
         if valid is not None:  # the plain module: its parameters are the same on every rank
             plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-            record.update(self.loop.evaluate(plain, self._bar(valid, "valid"), self.metric_set))
+            # sharded layers gather their parameters at every forward: every rank runs as many
+            forwards = int(reduce_max(torch.tensor(len(valid), device=self.device))) if is_sharded(plain) else 0
+            record.update(self.loop.evaluate(plain, self._bar(valid, "valid"), self.metric_set, forwards=forwards))
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)
         self.epoch += 1

@@ -7,8 +7,8 @@ epochs, schedules or checkpoints, which belong to the Learner.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,16 @@ from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import reduce_sum
 
 __all__ = ["EpochProgress", "Loop", "TrainingDivergedError"]
+
+
+@contextmanager
+def _fsdp_no_sync(network: Any) -> Iterator[None]:
+    network.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        network.set_requires_gradient_sync(True)
+
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -98,8 +108,13 @@ class Loop:
         return bool(bad)
 
     def no_sync(self, network: nn.Module, local: bool) -> Any:
-        """DDP's ``no_sync`` for the micro-batches before a step (one all-reduce per step), else nothing."""
-        return network.no_sync() if local else nullcontext()  # type: ignore[operator]
+        """No gradient reduction for the micro-batches before a step (one reduction per step): DDP's
+        ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``; else nothing."""
+        if not local:
+            return nullcontext()
+        if hasattr(network, "set_requires_gradient_sync"):
+            return _fsdp_no_sync(network)
+        return network.no_sync()  # type: ignore[operator]
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale and clip when asked, then step (through the scaler under fp16)."""
@@ -148,7 +163,10 @@ class Loop:
             on_step("begin")
             inputs, targets = self.prepare(batch)
             step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
-            local = self.distributed and not step_now and isinstance(model, nn.parallel.DistributedDataParallel)
+            reduces = isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(
+                model, "set_requires_gradient_sync"
+            )
+            local = self.distributed and not step_now and reduces
             with self.no_sync(model, local):
                 loss, _ = self.compute_loss(model, inputs, targets)
             if self.diverged(loss):
@@ -176,13 +194,17 @@ class Loop:
         return float(reduce_sum(total) / count_.clamp(min=1))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[Any], metrics: MetricSet) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[Any], metrics: MetricSet, *, forwards: int = 0
+    ) -> dict[str, float]:
         """``valid_loss`` and every metric over all of ``batches`` (all ranks), accumulated, not averaged
-        per batch."""
+        per batch. ``forwards``: run the model at least that many times, repeating the last batch with its
+        outputs left out (a sharded model gathers its parameters at every forward, on every rank at once)."""
         model.eval()
         metrics.reset()
-        total, count = torch.zeros((), device=self.device), 0
+        total, count, done, inputs = torch.zeros((), device=self.device), 0, 0, None
         for batch in batches:
+            done += 1
             inputs, targets = self.prepare(batch)
             with self.autocast():
                 outputs = self.task.outputs(call_model(model, inputs))
@@ -191,5 +213,7 @@ class Loop:
             total += (self.loss or self.task.loss)(outputs, targets) * n
             count += n
             metrics.update(outputs, targets)
+        for _ in range(forwards - done):  # this rank's shard has a batch fewer
+            call_model(model, inputs)
         count_ = reduce_sum(torch.tensor(float(count), device=self.device)).clamp(min=1)
         return {"valid_loss": (reduce_sum(total) / count_).item(), **(metrics.compute() if count else {})}

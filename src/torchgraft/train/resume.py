@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from torchgraft.train.distributed import on_main
+from torchgraft.train.fsdp import full_model_state, full_optimizer_state, is_sharded, load_full_state
 from torchgraft.train.runstate import load_training_state, read_state, training_state
 
 __all__ = ["Resumable", "capture", "restore"]
@@ -58,9 +59,12 @@ def capture(learner: Resumable) -> dict[str, Any]:
     counters and the history of ``learner``; inside an epoch also its position (a mid-epoch checkpoint)."""
     if learner.optimizer is None:
         raise ValueError("state: nothing to capture before the first fit built an optimizer.")
+    sharded = is_sharded(learner.model)  # whole tensors, gathered by every rank: the files of an unsharded run
     return training_state(
         learner.model,
         learner.optimizer,
+        model_state=full_model_state(learner.model) if sharded else None,
+        optimizer_state=full_optimizer_state(learner.optimizer) if sharded else None,
         scheduler=learner.scheduler,
         scaler=learner.loop.scaler,
         loaders=[learner.train_dl, learner.valid_dl],
@@ -91,6 +95,9 @@ def restore(learner: Resumable, path: str | Path) -> None:
     assert learner.optimizer is not None
     loaders = [learner.train_dl, learner.valid_dl]
     scaler = learner.loop.scaler
+    if is_sharded(learner.model):
+        load_full_state(learner.model, state["model"], optimizer=learner.optimizer, optimizer_state=state["optimizer"])
+        state = {**state, "model": None, "optimizer": None}
     load_training_state(
         state, learner.model, learner.optimizer, scheduler=learner.scheduler, scaler=scaler, loaders=loaders
     )

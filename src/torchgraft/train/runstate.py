@@ -145,14 +145,17 @@ def training_state(
     scheduler: Any = None,
     scaler: Any = None,
     loaders: list[Any] = (),  # type: ignore[assignment]
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
     **counters: Any,
 ) -> dict[str, Any]:
     """Everything a resumed fit needs: the model's, optimizer's, scheduler's and gradient scaler's states,
     every random generator (global ones and the data loaders' own ``generator=``), and ``counters``
-    (epoch, step, history, ...) as given."""
+    (epoch, step, history, ...) as given. ``model_state``/``optimizer_state`` stand for the objects' own
+    ``state_dict()`` (whole tensors gathered from a sharded model)."""
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_state if model_state is not None else model.state_dict(),
+        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": get_rng_state(),
@@ -170,9 +173,12 @@ def load_training_state(
     scaler: Any = None,
     loaders: list[Any] = (),  # type: ignore[assignment]
 ) -> None:
-    """Put what :func:`training_state` captured back into the same objects (the counters stay in ``state``)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    """Put what :func:`training_state` captured back into the same objects (the counters stay in ``state``);
+    a ``None`` model or optimizer entry was loaded by the caller."""
+    if state["model"] is not None:
+        model.load_state_dict(state["model"])
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
