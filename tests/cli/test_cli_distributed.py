@@ -64,7 +64,7 @@ def one_process(photos, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_write_one_run_equal_to_one_process(photos, one_process, tmp_path):
+def test_torchrun_two_processes_ddp_and_fsdp_write_one_run_equal_to_one_process(photos, one_process, tmp_path):
     out = tmp_path / "two"
     done = _train([*TORCHRUN, "--standalone", "--nproc_per_node", "2"], photos, out, 4)
     assert done.returncode == 0, done.stderr
@@ -73,6 +73,11 @@ def test_torchrun_two_processes_write_one_run_equal_to_one_process(photos, one_p
     assert "processes: 2 (batch 4 each, 8 per step)" in (out / "plan.txt").read_text()
     a, b = (json.loads((run / "history.json").read_text()) for run in (one_process, out))
     assert [(r["phase"], r["epoch"], r["accuracy"]) for r in a] == [(r["phase"], r["epoch"], r["accuracy"]) for r in b]
+    sharded = _train(
+        [*TORCHRUN, "--standalone", "--nproc_per_node", "2"], photos, tmp_path / "fsdp", 4, "--strategy", "fsdp"
+    )
+    assert sharded.returncode == 0, sharded.stderr
+    assert _max_difference(one_process, tmp_path / "fsdp") < 1e-5  # FSDP2 shards: the same model, exported whole
     control = _train([sys.executable], photos, tmp_path / "control", 4)  # one process at batch 4: not the same
     assert control.returncode == 0 and _max_difference(one_process, tmp_path / "control") > 1e-4
 

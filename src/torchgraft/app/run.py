@@ -18,6 +18,7 @@ the plan, fine-tune, then write the RUN_DIR:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -252,10 +253,11 @@ def train_run(
         resume=resume,
     )
     final = {k: v for k, v in history[-1].items() if k not in ("phase", "epoch")}
+    whole = learner.gathered_model()  # under FSDP the shards gathered on rank 0 (every rank takes part)
     if not is_main():  # rank 0 reports and exports; the others wait for it, then end
         barrier()
         return RunResult(run_dir, classes, history, learner, run.preprocessing, [], final)
-    result = _finish(run, run_dir, history, final, say=say)
+    result = _finish(dataclasses.replace(run, model=whole), run_dir, history, final, say=say)
     barrier()
     return result
 

@@ -19,7 +19,7 @@ from torchgraft.data.preprocess import Augment
 from torchgraft.data.sampling import SeededSampler, SeededSamples
 from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task
 from torchgraft.train.distributed import local_device
-from torchgraft.train.learner import BATCHNORM_MODES, Learner
+from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES, Learner
 from torchgraft.tune.lora import lora
 from torchgraft.weights.hf import DEFAULT_TEXT_MODEL
 
@@ -67,7 +67,8 @@ class TrainSettings:
     that much soft Dice loss to a segmentation's cross-entropy. ``keep_frozen`` layer groups stay frozen after
     the frozen epochs too (:meth:`torchgraft.Learner.fine_tune`; -1: every body group; segmentation: -1 by
     default). ``save_every`` writes a resumable checkpoint every that many optimizer steps inside epochs;
-    ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs).
+    ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs);
+    ``strategy`` how ``torchrun`` processes share the model (``ddp``: a copy each; ``fsdp``: FSDP2 shards).
     Under ``torchrun``, ``batch_size`` is per process: N processes train on batches of N x ``batch_size``.
     """
 
@@ -103,6 +104,7 @@ class TrainSettings:
     dice_weight: float | None = None
     save_every: int | None = None
     batchnorm: str = "train"
+    strategy: str = "ddp"
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
@@ -110,6 +112,8 @@ class TrainSettings:
             raise ValueError(f"adapters must be one of {ADAPTER_EXPORTS}, got {self.adapters!r}.")
         if self.dice_weight is not None and self.dice_weight < 0:
             raise ValueError(f"dice must be >= 0, got {self.dice_weight}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}.")
         for name in ("epochs", "batch_size", "max_length", "lora", "save_every"):
@@ -223,6 +227,7 @@ def make_learner(
         cache_features=cache_features,
         save_every=settings.save_every,
         batchnorm=settings.batchnorm,  # type: ignore[arg-type]
+        strategy=settings.strategy,  # type: ignore[arg-type]
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from torchgraft.app.run import TrainSettings, train_run
 from torchgraft.app.settings import IMAGE_DEFAULTS, TEXT_DEFAULTS
 from torchgraft.train.distributed import is_main
-from torchgraft.train.learner import BATCHNORM_MODES
+from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
@@ -93,6 +93,13 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="BatchNorm layers that train: train (batch statistics, default), eval (statistics fixed, the same at "
         "any number of processes), sync (SyncBatchNorm across GPUs under torchrun)",
     )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=_DEFAULTS.strategy,
+        help="under torchrun: ddp (a copy of the model per process, default) or fsdp (FSDP2: parameters, gradients "
+        "and optimizer state sharded across processes, for models larger than one GPU)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only errors")
 
 
@@ -120,6 +127,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
         decoder=args.decoder,
         dice_weight=args.dice,
         batchnorm=args.batchnorm,
+        strategy=args.strategy,
         **extra,
     )
 

@@ -33,6 +33,7 @@ from torchgraft.train.cache import feature_loaders
 from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
 from torchgraft.train.distributed import (
     is_main,
+    launched,
     local_device,
     on_main,
     reduce_max,
@@ -136,7 +137,7 @@ class Learner:
             (FSDP2 ``fully_shard`` per layer-group block, then the root: each process holds a shard of every
             parameter, gradient and optimizer state, for models larger than one device; ``amp`` becomes FSDP2's
             mixed-precision policy; checkpoints hold whole tensors, so they equal an unsharded run's; the
-            feature cache is off). On one process both train the model as it is.
+            feature cache and channels-last are off). On one process both train the model as it is.
         progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step).
@@ -205,15 +206,15 @@ class Learner:
         if amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("Learner: amp='fp16' needs CUDA; on CPU use amp='bf16'.")
         self.channels_last = _has_batchnorm2d(model) if channels_last == "auto" else bool(channels_last)
+        if strategy == "fsdp" and launched():  # FSDP2 shards contiguous parameters only
+            self.channels_last = False
         memory = torch.channels_last if self.channels_last else torch.preserve_format
         self.distributed = setup(self.device)
         self.model = _batchnorm(model, batchnorm, self.device, self.distributed).to(self.device, memory_format=memory)
         self.plain: nn.Module | None = None  # under FSDP: the unsharded structure (meta), for gathered_model()
-        if strategy == "fsdp" and self.distributed:
-            self.plain = plain_copy(self.model)
-            shard_model(self.model, param_dtype=amp_dtype)
+        self.strategy, self.amp_dtype = strategy, amp_dtype
         self.network: nn.Module = self.model  # what runs the training forward: DDP around it, rebuilt per fit
-        self.train_dl, self.valid_dl = self._shard(train_dl, valid_dl)
+        self.train_dl, self.valid_dl = self._shard_loaders(train_dl, valid_dl)
         self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
         self.loop = Loop(
@@ -254,7 +255,7 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------ set-up
 
-    def _shard(self, train_dl: Iterable[Any], valid_dl: Iterable[Any] | None) -> tuple[Any, Any]:
+    def _shard_loaders(self, train_dl: Iterable[Any], valid_dl: Iterable[Any] | None) -> tuple[Any, Any]:
         """The loaders, each rank reading its shard under DDP (validation unpadded)."""
         if not self.distributed:
             return train_dl, valid_dl
@@ -269,6 +270,12 @@ class Learner:
             self.cache, wrapped = (*self.cache[:2], self.cache[2].module), True
         if wrapped:
             gc.collect()
+
+    def _shard_model(self) -> None:
+        """Under FSDP, shard the model before its first fit (the optimizer is then built on the shards)."""
+        if self.strategy == "fsdp" and self.distributed and self.plain is None:
+            self.plain = plain_copy(self.model)
+            shard_model(self.model, param_dtype=self.amp_dtype)
 
     def _wrap_network(self) -> None:
         """DDP around what trains in this fit (the model, or the head on cached features), for the parameters
@@ -385,6 +392,7 @@ class Learner:
     def _run(self, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> list[Any]:
         if epochs < 1:
             raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
+        self._shard_model()
         optimizer = self._prepare_optimizer(lr)
         self._set_cache()
         self._wrap_network()
