@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from torchgraft import Learner, freeze, graft, lora
+from torchgraft import Learner, check_pretrained, describe, freeze, graft, lora
 from torchgraft.data.sampling import SeededSampler, SeededSamples
 from torchgraft.train.distributed import cleanup, is_main, setup, world_size
 
@@ -89,7 +89,7 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
 
     def resume(learner: Learner) -> Any:
         def stop(learner: Learner) -> None:
-            if learner.stage == "unfrozen" and learner.step == 30:
+            if learner.stage == "unfrozen" and learner.step == 15:
                 raise KeyboardInterrupt
 
         learner.add_hook("step_end", stop)
@@ -140,12 +140,13 @@ def main() -> None:
         history = recipe(learner)
         whole = learner.gathered_model()  # under FSDP: gathered on rank 0
         same = identical_on_every_rank(learner.model) if not scenario.startswith("fsdp_") else True
+        plan = describe(learner.model)  # on DTensor shards under FSDP: whole counts
+        pretrained = check_pretrained(learner.model).checked
         if is_main():
             assert whole is not None
             weights = {k: v.detach().clone() for k, v in whole.state_dict().items()}
-            torch.save(
-                {"weights": weights, "history": history, "world": world_size(), "same": same}, out / f"{scenario}.pt"
-            )
+            result = {"weights": weights, "history": history, "world": world_size(), "same": same}
+            torch.save({**result, "plan": plan, "guarded": pretrained}, out / f"{scenario}.pt")
         learner.close()
     cleanup()
 

@@ -21,6 +21,7 @@ RECIPES = (
     "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,seeded,bn_eval,evaluate,resume,"
     "fsdp_fine_tune,fsdp_gradual,fsdp_accumulate,fsdp_resume"
 )
+AT_FOUR = "fine_tune,prefrozen,gradual,keep_frozen,cached,fsdp_fine_tune,evaluate"  # every stage kind, FSDP2
 GLOBAL_BATCH = "60"
 
 
@@ -49,10 +50,18 @@ def one_process(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world2")
+    _launch(out, 2, RECIPES)
+    return out
+
+
 def _compare(one: Path, many: Path, scenario: str, world: int) -> None:
     a, b = (torch.load(d / f"{scenario}.pt", weights_only=True) for d in (one, many))
     assert a["world"] == 1 and b["world"] == world
     assert b["same"], f"{scenario}: the ranks' weights differ"
+    assert b["plan"] == a["plan"] and b["guarded"] == a["guarded"] > 0  # describe and the guard on shards too
     for name, tensor in a["weights"].items():
         assert torch.allclose(b["weights"][name].float(), tensor.float(), atol=1e-5, rtol=0), (scenario, name)
     assert len(a["history"]) == len(b["history"])
@@ -63,17 +72,25 @@ def _compare(one: Path, many: Path, scenario: str, world: int) -> None:
         assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
-def test_every_recipe_under_ddp_equals_one_process_on_the_combined_batch(one_process, tmp_path, world):
-    _launch(tmp_path, world, RECIPES)
+def test_every_recipe_under_ddp_and_fsdp_equals_one_process_on_the_combined_batch(one_process, two_processes):
     for scenario in RECIPES.split(","):
-        _compare(one_process, tmp_path, scenario, world)
+        _compare(one_process, two_processes, scenario, 2)
 
 
-def test_a_resumed_fine_tune_equals_the_uninterrupted_one_and_fsdp_checkpoints_are_unsharded(one_process, tmp_path):
+@pytest.mark.slow
+def test_every_stage_kind_at_world_4_and_its_validation(one_process, tmp_path):
+    _launch(tmp_path, 4, AT_FOUR)
+    for scenario in AT_FOUR.split(","):
+        _compare(one_process, tmp_path, scenario, 4)
+    _check_evaluation(one_process, tmp_path)
+
+
+def test_a_resumed_fine_tune_equals_the_uninterrupted_one_and_fsdp_checkpoints_are_unsharded(
+    one_process, two_processes
+):
     a, b = (torch.load(one_process / f"{name}.pt", weights_only=True) for name in ("fine_tune", "resume"))
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
-    _launch(tmp_path, 2, "fsdp_resume")
+    tmp_path = two_processes
     plain, sharded = (
         torch.load(d / name, weights_only=True)
         for d, name in ((one_process, "checkpoints/last.pt"), (tmp_path, "fsdp_checkpoints/last.pt"))
@@ -89,13 +106,11 @@ def test_a_resumed_fine_tune_equals_the_uninterrupted_one_and_fsdp_checkpoints_a
             assert torch.allclose(sharded["optimizer"]["state"][index][key], value, atol=1e-5), (index, key)
 
 
-def test_fsdp_with_uneven_shards_at_world_3_and_validation_at_3_and_4(one_process, tmp_path):
-    _launch(tmp_path / "3", 3, "fsdp_fine_tune,fsdp_resume,evaluate")
-    _compare(one_process, tmp_path / "3", "fsdp_fine_tune", 3)
-    _compare(one_process, tmp_path / "3", "fsdp_resume", 3)
-    _launch(tmp_path / "4", 4, "evaluate")
-    for world in (3, 4):
-        _check_evaluation(one_process, tmp_path / str(world))
+def test_fsdp_with_uneven_shards_at_world_3_and_validation_at_3(one_process, tmp_path):
+    _launch(tmp_path, 3, "fsdp_fine_tune,fsdp_resume,evaluate")
+    _compare(one_process, tmp_path, "fsdp_fine_tune", 3)
+    _compare(one_process, tmp_path, "fsdp_resume", 3)
+    _check_evaluation(one_process, tmp_path)  # 397 samples: shards of 133, 132, 132
 
 
 def _check_evaluation(one_process: Path, many: Path) -> None:

@@ -7,6 +7,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from torchgraft.train.distributed import is_main
+
 __all__ = ["add_parser", "epoch_table", "run"]
 
 
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     settings = DEMO_SETTINGS if args.epochs is None else replace(DEMO_SETTINGS, epochs=args.epochs)
     start = time.perf_counter()
     result = run_demo(args.out, settings=settings, quiet=args.quiet)
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     if args.quiet:  # otherwise the Learner has printed each epoch as it ended
         print(epoch_table(result.run.history))
     print(f"\nheld-out images, predicted from the exported model in {args.out}:")

@@ -8,6 +8,7 @@ from typing import Any
 
 from torchgraft.app.run import prepare_run
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
+from torchgraft.train.distributed import is_main
 from torchgraft.tune.freeze import freeze
 
 __all__ = ["add_parser", "run"]
@@ -35,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``lr-find``."""
     if args.steps < 2 or not 0 < args.start < args.end:
         raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
-    say = (lambda _: None) if args.quiet else print
+    say = (lambda _: None) if args.quiet or not is_main() else print
     prepared = prepare_run(args.data, Path(args.out), settings_from(args), say=say, quiet=args.quiet)
     if args.frozen:
         freeze(prepared.model)
     result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps)
+    if not is_main():  # under torchrun each rank sweeps on its own shard; rank 0 reports
+        return 0
     print(f"suggested learning rate: {result.suggestion:.2g}")
     path = result.plot(Path(args.out) / "lr_find.png")
     say(f"wrote {path}")

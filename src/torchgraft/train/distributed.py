@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import weakref
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
@@ -206,15 +207,27 @@ def shard_loader(loader: DataLoader, *, train: bool = True) -> DataLoader:
     return _rebuilt(loader, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, device: torch.device, *, synced: dict[int, weakref.ref] | None = None) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` for its *current* trainable parameters (``model`` itself when not
     distributed or when nothing trains). Build a new wrapper whenever the set of trainable parameters changes:
     DDP fixes its gradient buckets when it is built, so a wrapper built before freezing waits for gradients
-    that never come, and one built before unfreezing never averages the newly trainable parameters."""
+    that never come, and one built before unfreezing never averages the newly trainable parameters.
+
+    ``synced`` holds (by id, with a weak reference) the tensors already made equal on every rank: only the
+    others are broadcast from rank 0 (and added to it), so re-wrapping never writes into a tensor that
+    training has moved (which the pretrained-weights guard would rightly report as changed outside an
+    optimizer step). ``None``: broadcast everything, as DDP does."""
     if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
         return model
+    if synced is not None:
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                known = synced.get(id(tensor))
+                if known is None or known() is not tensor:  # never seen, or a new tensor at a freed one's id
+                    dist.broadcast(tensor.data, src=0)
+                    synced[id(tensor)] = weakref.ref(tensor)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, init_sync=synced is None)
 
 
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

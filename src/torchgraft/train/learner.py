@@ -214,6 +214,7 @@ class Learner:
         self.plain: nn.Module | None = None  # under FSDP: the unsharded structure (meta), for gathered_model()
         self.strategy, self.amp_dtype = strategy, amp_dtype
         self.network: nn.Module = self.model  # what runs the training forward: DDP around it, rebuilt per fit
+        self._synced: dict[int, Any] = {}  # tensors broadcast from rank 0 by an earlier DDP wrapper
         self.train_dl, self.valid_dl = self._shard_loaders(train_dl, valid_dl)
         self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
@@ -284,9 +285,9 @@ class Learner:
         if not self.distributed or is_sharded(self.model):  # FSDP2 reduces gradients itself
             return
         if self.cache is not None:
-            self.cache = (*self.cache[:2], wrap(self.cache[2], self.device))
+            self.cache = (*self.cache[:2], wrap(self.cache[2], self.device, synced=self._synced))
         else:
-            self.network = wrap(self.model, self.device)
+            self.network = wrap(self.model, self.device, synced=self._synced)
 
     def close(self) -> None:
         """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
