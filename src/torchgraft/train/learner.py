@@ -285,9 +285,10 @@ class Learner:
         if not self.distributed or is_sharded(self.model):  # FSDP2 reduces gradients itself
             return
         if self.cache is not None:
-            self.cache = (*self.cache[:2], wrap(self.cache[2], self.device, synced=self._synced))
+            head = wrap(self.cache[2], self.device, synced=self._synced, accumulate=self.loop.accumulate)
+            self.cache = (*self.cache[:2], head)
         else:
-            self.network = wrap(self.model, self.device, synced=self._synced)
+            self.network = wrap(self.model, self.device, synced=self._synced, accumulate=self.loop.accumulate)
 
     def close(self) -> None:
         """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
