@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from torchgraft import Learner, check_pretrained, describe, freeze, graft, lora
+from torchgraft import Learner, check_pretrained, describe, freeze, graft, lora, sync_optimizer
 from torchgraft.data.sampling import SeededSampler, SeededSamples
 from torchgraft.train.distributed import cleanup, is_main, setup, world_size
 
@@ -105,7 +105,17 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         learner.plain = fresh.plain
         return history
 
+    def surgery_inside(learner: Learner) -> Any:
+        def replace_head(learner: Learner) -> None:
+            if learner.step == 10:  # inside the first epoch: a new layer, the optimizer synced
+                learner.model.head[-1] = nn.Linear(16, 10)
+                sync_optimizer(learner.optimizer, learner.model)
+
+        learner.add_hook("step_end", replace_head)
+        return learner.fit(2, 1e-2)
+
     recipes: dict[str, Callable[[Learner], Any]] = {
+        "surgery_inside": surgery_inside,
         "resume": resume,
         "fine_tune": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
         "prefrozen": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),

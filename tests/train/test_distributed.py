@@ -18,7 +18,8 @@ from torchgraft.train.distributed import EvalShard, ShardedBatches, local_device
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_recipes.py"
 RECIPES = (
-    "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,seeded,bn_eval,evaluate,resume,"
+    "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,surgery_inside,seeded,bn_eval,evaluate,"
+    "resume,"
     "fsdp_fine_tune,fsdp_gradual,fsdp_accumulate,fsdp_resume"
 )
 AT_FOUR = "fine_tune,prefrozen,gradual,keep_frozen,cached,fsdp_fine_tune,evaluate"  # every stage kind, FSDP2

@@ -92,6 +92,11 @@ def _batchnorm(model: nn.Module, mode: str, device: torch.device, distributed: b
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
+def _trainable(model: nn.Module) -> tuple[int, ...]:
+    """The identity of ``model``'s trainable parameters (a DDP wrapper is built for exactly these)."""
+    return tuple(id(p) for p in model.parameters() if p.requires_grad)
+
+
 def _has_batchnorm2d(model: nn.Module) -> bool:
     """Whether ``model`` is a convolutional network with 2-D BatchNorm (channels-last pays off there)."""
     return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -215,6 +220,7 @@ class Learner:
         self.strategy, self.amp_dtype = strategy, amp_dtype
         self.network: nn.Module = self.model  # what runs the training forward: DDP around it, rebuilt per fit
         self._synced: dict[int, Any] = {}  # tensors broadcast from rank 0 by an earlier DDP wrapper
+        self._wrapped_for: tuple[int, ...] = ()  # the trainable parameters the DDP wrapper was built for
         self.train_dl, self.valid_dl = self._shard_loaders(train_dl, valid_dl)
         self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
@@ -284,11 +290,24 @@ class Learner:
         self._unwrap()
         if not self.distributed or is_sharded(self.model):  # FSDP2 reduces gradients itself
             return
+        trained = self.cache[2] if self.cache is not None else self.model
+        self._wrapped_for = _trainable(trained)
+        wrapped = wrap(trained, self.device, synced=self._synced, accumulate=self.loop.accumulate)
         if self.cache is not None:
-            head = wrap(self.cache[2], self.device, synced=self._synced, accumulate=self.loop.accumulate)
-            self.cache = (*self.cache[:2], head)
+            self.cache = (*self.cache[:2], wrapped)
         else:
-            self.network = wrap(self.model, self.device, synced=self._synced, accumulate=self.loop.accumulate)
+            self.network = wrapped
+
+    def _current_network(self) -> nn.Module:
+        """What the next training batch runs: under DDP a new wrapper when the trainable parameters changed
+        inside the fit (surgery and :func:`torchgraft.sync_optimizer` in a hook), so new layers are averaged too."""
+        trained = self.cache[2] if self.cache is not None else self.network
+        if self.distributed and not is_sharded(self.model):
+            plain = trained.module if isinstance(trained, nn.parallel.DistributedDataParallel) else trained
+            if _trainable(plain) != self._wrapped_for:
+                self._wrap_network()
+                trained = self.cache[2] if self.cache is not None else self.network
+        return trained
 
     def close(self) -> None:
         """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
@@ -492,6 +511,7 @@ class Learner:
             on_step=self._on_step,
             where=lambda i: f"epoch {epoch}, batch {i + 1}",
             progress=self.progress_in_epoch,
+            network=self._current_network if self.distributed else None,
         )
         self.progress_in_epoch = EpochProgress()
         record = {"phase": self.phase, "epoch": epoch, "train_loss": train_loss}

@@ -144,12 +144,15 @@ class Loop:
         on_step: Callable[[str], None],
         where: Callable[[int], str],
         progress: EpochProgress | None = None,
+        network: Callable[[], nn.Module] | None = None,
     ) -> float:
         """One pass over ``batches``; returns the mean training loss (over every rank).
 
         ``on_step("begin"|"end"|"optimizer")`` reports progress; ``where(i)`` describes batch ``i`` for the
         divergence error. ``progress`` is updated after every batch; when it says ``batch=k`` (a resumed
-        epoch), ``batches`` holds the epoch's batches after the first ``k``.
+        epoch), ``batches`` holds the epoch's batches after the first ``k``. ``network()``, asked before every
+        batch, gives the module to run when it can change inside the epoch (a DDP wrapper rebuilt after
+        surgery in a hook).
         """
         model.train()
         if self.batchnorm_eval:
@@ -161,6 +164,7 @@ class Loop:
         count = progress.count
         for i, batch in enumerate(batches, start=progress.batch):
             on_step("begin")
+            model = network() if network is not None else model
             inputs, targets = self.prepare(batch)
             step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
             reduces = isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(
