@@ -76,6 +76,8 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         options["cache_features"] = True
     if scenario == "accumulate":
         options["accumulate"] = 2
+    if scenario == "bf16":  # under FSDP2: its mixed-precision policy (bf16 gathers, fp32 reductions)
+        options["amp"] = "bf16"
     if scenario == "bn_eval":
         options["batchnorm"] = "eval"
     if scenario == "resume":
@@ -127,6 +129,7 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         "surgery": surgery,
         "seeded": lambda ln: ln.fit_one_cycle(2, 1e-2),
         "bn_eval": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
+        "bf16": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
         "evaluate": lambda ln: ln.fit(1, 0.0),  # weights unchanged: validation of the same model at any world
     }
     return learner, recipes[scenario]

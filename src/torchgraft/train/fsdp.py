@@ -63,14 +63,18 @@ def shard_blocks(model: nn.Module) -> list[str]:
 
 def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> nn.Module:
     """``model`` sharded in place with FSDP2 over the default process group: each block of
-    :func:`shard_blocks`, then the root. ``param_dtype`` (``torch.bfloat16``) runs the forward and backward
-    in that precision with gradients reduced in float32 (FSDP2's ``MixedPrecisionPolicy``).
+    :func:`shard_blocks`, then the root. ``param_dtype`` (``torch.bfloat16``) gathers the parameters in that
+    precision for the forward and backward, with gradients reduced in float32 (FSDP2's
+    ``MixedPrecisionPolicy``) — except in networks with BatchNorm, whose float32 running statistics do not
+    mix with bfloat16 weights: there the parameters stay float32 and autocast alone lowers the precision.
 
     Raises:
         RuntimeError: no process group (launch with ``torchrun``).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        param_dtype = None
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     options: dict[str, Any] = {"mp_policy": policy} if policy is not None else {}
     for name in shard_blocks(model):
