@@ -24,7 +24,7 @@ from pathlib import Path
 from torchgraft.cli.main import main
 
 ARGS = [
-    "--model", "timm/efficientnet_lite0", "--size", "32", "--epochs", "2", "--freeze-epochs", "1",
+    "--model", "timm/efficientnet_lite0", "--size", "32", "--epochs", "1", "--freeze-epochs", "1",
     "--workers", "1", "--quiet", "--valid-pct", "0.25", "--save-every", "1",
 ]  # fmt: skip
 
@@ -103,6 +103,7 @@ def kill_while_writing(pids: list[int], partial: Path, skip: int) -> str:
         inside = exists
         if all(os.waitpid(pid, os.WNOHANG) != (0, 0) for pid in pids):
             return "finished before the kill"
+        time.sleep(0.0005)  # a checkpoint takes tens of milliseconds to write
 
 
 def position(last: Path) -> dict[str, object]:
@@ -131,7 +132,7 @@ def main_script() -> None:
         pids = start(data, run, world)
         last = run / "checkpoints" / "last.pt"
         kind = trial % 3
-        count = 1 + (trial * 5 + chooser.randint(0, 2)) % 12  # early (frozen stage) and late (unfrozen) writes
+        count = 1 + (trial * 4 + chooser.randint(0, 1)) % 9  # early (frozen stage) and late (unfrozen) writes
         if kind == 0:
             moment = kill_after_writes(pids, last, count, chooser.uniform(0.0, 0.3))
         elif kind == 1:

@@ -23,7 +23,7 @@ RECIPES = (
     "fsdp_fine_tune,fsdp_gradual,fsdp_accumulate,fsdp_resume"
 )
 MIXED = "fsdp_bf16"  # FSDP2's mixed precision at 2 processes against autocast bf16 on one
-AT_FOUR = "fine_tune,prefrozen,gradual,keep_frozen,cached,fsdp_fine_tune,evaluate"  # every stage kind, FSDP2
+AT_FOUR = "fine_tune,gradual,cached,fsdp_fine_tune,evaluate"  # frozen, topN, unfrozen, cached stages; FSDP2
 GLOBAL_BATCH = "60"
 
 

@@ -344,24 +344,6 @@ def test_feature_cache_refuses_augmented_data_and_skips_a_trainable_body(digits,
 DDP_SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_digits.py"
 
 
-@pytest.mark.parametrize("accumulate", [1])  # accumulate=2 and every recipe: tests/train/test_distributed.py
-def test_two_process_gloo_ddp_equals_one_process_with_the_combined_batch(tmp_path, accumulate):
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    per_process = str(20 // accumulate)
-    subprocess.run(
-        [*run, str(DDP_SCRIPT), str(tmp_path / "ddp.pt"), per_process, str(accumulate)], check=True, capture_output=True
-    )
-    subprocess.run([sys.executable, str(DDP_SCRIPT), str(tmp_path / "one.pt"), "40"], check=True, capture_output=True)
-    ddp, one = (torch.load(tmp_path / name, weights_only=True) for name in ("ddp.pt", "one.pt"))
-    assert ddp["world"] == 2 and one["world"] == 1
-    for name, tensor in one["weights"].items():
-        assert torch.allclose(ddp["weights"][name], tensor, atol=1e-5), name
-    for a, b in zip(ddp["history"], one["history"], strict=True):  # metrics reduced over both ranks
-        assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-5)
-        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
-
-
 def test_plots_of_the_run_and_of_lr_find(digits, tmp_path):
     image = pytest.importorskip("matplotlib.image")
     learner = Learner(_cnn(), *_loaders(digits), quiet=True, metrics=["accuracy", "top3"])
