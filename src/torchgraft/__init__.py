@@ -12,7 +12,8 @@ from torchgraft.app.deploy import DeployReport, deploy
 from torchgraft.app.export import Exported, ExportError, export_model, load_exported
 from torchgraft.app.predict import MaskPrediction, Prediction, predict_images, predict_masks, predict_texts
 from torchgraft.app.program import DeployError, export_program
-from torchgraft.app.run import RunResult, TrainSettings, train_run
+from torchgraft.app.run import RunResult, train_run
+from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
 from torchgraft.data.images import BadImage, load_rgb, scan_images
 from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
@@ -33,7 +34,17 @@ from torchgraft.grafting.guard import (
 from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
 from torchgraft.grafting.resegment import Resegmented
 from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
-from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task, best_threshold, get_task
+from torchgraft.tasks import (
+    Classification,
+    Multilabel,
+    Regression,
+    Segmentation,
+    Task,
+    TaskReport,
+    best_threshold,
+    get_task,
+    register_task,
+)
 from torchgraft.tasks.metrics import MetricSet, TargetError, accuracy, error_rate, top_k_accuracy
 from torchgraft.train import distributed
 from torchgraft.train.callbacks import Callback, Checkpointer, EarlyStopping
@@ -113,6 +124,7 @@ __all__ = [
     "Tap",
     "TargetError",
     "Task",
+    "TaskReport",
     "TextData",
     "TextPreprocessing",
     "TokenDataset",
@@ -166,6 +178,7 @@ __all__ = [
     "pretrained_model",
     "read_checkpoint",
     "refreeze",
+    "register_task",
     "save_adapters",
     "save_weights",
     "scan_images",

@@ -13,7 +13,8 @@ import torch
 from conftest import bbc_news_root, minilm_folder
 from torchgraft.app.export import load_exported
 from torchgraft.app.predict import predict_texts
-from torchgraft.app.run import TrainSettings, train_run, validation_outputs
+from torchgraft.app.run import train_run, validation_outputs
+from torchgraft.app.settings import TrainSettings
 from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.tasks import Multilabel
 

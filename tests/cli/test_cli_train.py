@@ -110,7 +110,8 @@ def test_predict_names_an_unreadable_image(trained, folder, capsys):
 
 def test_export_equals_the_trained_model(folder, tmp_path):
     """train_run's in-memory model and the exported files give the same logits (no retraining, no drift)."""
-    from torchgraft.app.run import TrainSettings, train_run
+    from torchgraft.app.run import train_run
+    from torchgraft.app.settings import TrainSettings
 
     settings = TrainSettings(
         model="timm/efficientnet_lite0", size=32, batch_size=8, epochs=1, workers=0, skip_bad=True, valid_pct=0.34

@@ -95,7 +95,11 @@ def test_every_bad_pair_is_listed_by_path_or_skipped(tmp_path):
     ):
         assert expected in message, expected
     data = segmentation_data(root, skip_bad=True, valid_pct=0.2)
-    assert len(data.skipped) == 4 and len(data.train) + len(data.valid) == 5 and len(data.bad) == 6
+    assert (
+        len(data.skipped) == 4
+        and len(data.train) + len(data.valid) == 5
+        and len(data.bad_rows) + len(data.skipped) == 6
+    )
 
 
 def test_joint_transforms_keep_masks_integer_and_aligned(tmp_path):

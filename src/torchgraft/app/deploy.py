@@ -33,7 +33,7 @@ from torchgraft.app.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.grafting.body import Body
-from torchgraft.tasks import Multilabel, Regression, Segmentation, Task
+from torchgraft.tasks import Task
 from torchgraft.tune.lora import merged
 
 __all__ = ["DEPLOY_FORMATS", "DeployError", "DeployReport", "Deployable", "deploy", "deployable"]
@@ -55,7 +55,7 @@ class Deployable(nn.Module):
         self.model = model
         self.task = task
         self.input_names = tuple(input_names)
-        self.output_name = "values" if isinstance(task, Regression) else "probabilities"
+        self.output_name = task.output
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The task's decoded output for ``inputs`` (see the class docstring)."""
@@ -120,8 +120,7 @@ Inputs = tuple[tuple[torch.Tensor, ...], str]  # tensors, and what they are
 
 def _image_inputs(exported: Exported, sources: Sequence[str]) -> Inputs:
     prep = exported.preprocessing
-    dense = isinstance(exported.task, Segmentation)
-    transform = prep.dense_transform() if dense else prep.eval_transform()  # type: ignore[union-attr]
+    transform = prep.dense_transform() if exported.task.dense else prep.eval_transform()  # type: ignore[union-attr]
     paths = [s for s in sources if Path(s).is_file()]
     if paths:
         return (torch.stack([transform(load_rgb(p)) for p in paths]),), f"{len(paths)} images"
@@ -170,7 +169,7 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
             "truncation": True,
             "padding": "longest in the batch",
         }
-    elif isinstance(exported.task, Segmentation):  # the whole image, resized: the mask maps back onto it
+    elif exported.task.dense:  # the whole image, resized: the mask maps back onto it
         record["image"] = {
             "resize": [prep["size"], prep["size"]],
             "interpolation": prep["interpolation"],
@@ -179,8 +178,6 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
             "std": prep["std"],
             "layout": "NCHW float32",
         }
-        record["mask"] = "argmax over axis 1 of the (N, classes, H, W) probabilities; resize the probabilities to "
-        record["mask"] += "the image's size (bilinear) first for a mask at full size"
     else:
         record["image"] = {
             "resize_shorter_side": prep["resize"],
@@ -191,9 +188,7 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
             "std": prep["std"],
             "layout": "NCHW float32",
         }
-    if isinstance(exported.task, Multilabel):
-        record["threshold"] = exported.task.threshold
-    return record
+    return {**record, **exported.task.deploy_record()}
 
 
 def deploy(

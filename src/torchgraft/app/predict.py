@@ -14,7 +14,6 @@ import torch
 from torchgraft.app.export import Exported
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
-from torchgraft.tasks import Multilabel, Segmentation
 
 __all__ = ["MaskPrediction", "Prediction", "predict_images", "predict_masks", "predict_texts", "shorten_text"]
 
@@ -78,19 +77,8 @@ class MaskPrediction:
 
 def _describe(exported: Exported, logits: torch.Tensor, path: str, k: int) -> Prediction:
     """One image's prediction from its logits, as the exported task decodes them."""
-    decoded = exported.task.decode(logits[None])
-    names = exported.classes
-    if "values" in decoded:
-        values = {name: float(v) for name, v in zip(names, decoded["values"][0].tolist(), strict=True)}
-        return Prediction(path, [], logits.tolist(), values)
-    probabilities = decoded["probabilities"][0]
-    if isinstance(exported.task, Multilabel):
-        chosen = decoded["labels"][0].nonzero().flatten().tolist()
-        top = sorted(((names[i], float(probabilities[i])) for i in chosen), key=lambda item: -item[1])
-        return Prediction(path, top, logits.tolist())
-    values_, indices = probabilities.topk(k)
-    top = [(names[i], float(v)) for v, i in zip(values_.tolist(), indices.tolist(), strict=True)]
-    return Prediction(path, top, logits.tolist())
+    top, values = exported.task.prediction(exported.task.decode(logits[None]), exported.classes, top_k=k)
+    return Prediction(path, top, logits.tolist(), values)
 
 
 @torch.no_grad()
@@ -111,8 +99,8 @@ def predict_images(
     """
     if isinstance(exported.preprocessing, TextPreprocessing):
         raise TypeError("predict_images: this is a text model; use predict_texts (torchgraft predict RUN_DIR 'text').")
-    if isinstance(exported.task, Segmentation):
-        raise TypeError("predict_images: this is a segmentation model; use predict_masks.")
+    if exported.task.dense:
+        raise TypeError(f"predict_images: this {exported.task.name} model predicts per pixel; use predict_masks.")
     transform = exported.preprocessing.eval_transform()
     device = next(exported.model.parameters()).device
     k = max(1, min(top_k, len(exported.classes)))
@@ -139,7 +127,7 @@ def predict_masks(exported: Exported, paths: Sequence[str | Path], *, batch_size
         >>> prediction.labels.shape, list(prediction.fractions)[:2]
         ((480, 640), ['road', 'sky'])
     """
-    if not isinstance(exported.task, Segmentation) or isinstance(exported.preprocessing, TextPreprocessing):
+    if not exported.task.dense or isinstance(exported.preprocessing, TextPreprocessing):
         raise TypeError("predict_masks: not a segmentation model; use predict_images or predict_texts.")
     transform = exported.preprocessing.dense_transform()
     device = next(exported.model.parameters()).device

@@ -21,41 +21,23 @@ import csv
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from torchgraft.app.export import Preprocessor, export_model
-from torchgraft.app.segment import is_segment_run, prepare_segment_run, segment_report
-from torchgraft.app.settings import (
-    IMAGE_DEFAULTS,
-    TEXT_DEFAULTS,
-    Prepared,
-    TrainSettings,
-    adapt,
-    dataset_loaders,
-    device_of,
-    make_learner,
-    report,
-)
-from torchgraft.app.text import is_text_run, prepare_text_run
-from torchgraft.data.folders import ImageData, image_data
-from torchgraft.data.masks import MaskData
-from torchgraft.data.preprocess import Preprocessing, preprocessing_for
-from torchgraft.data.texts import looks_like_text
-from torchgraft.grafting.surgery import graft
-from torchgraft.tasks import Classification, Multilabel, Segmentation, Task, best_threshold
+from torchgraft.app.prepare import Prepared, prepare_run
+from torchgraft.app.settings import TrainSettings
+from torchgraft.tasks import Classification, Task
 from torchgraft.tasks.batch import call_model, move, output_tensor
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size
 from torchgraft.train.learner import Learner
 from torchgraft.tune.describe import describe
-from torchgraft.weights.pretrained import pretrained_model, weights_file
 
-__all__ = ["Prepared", "RunResult", "TrainSettings", "prepare_run", "train_run", "validation_outputs"]
+__all__ = ["RunResult", "train_run", "validation_batches", "validation_outputs"]
 
 
 @dataclass
@@ -71,26 +53,27 @@ class RunResult:
     final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics, and the chosen threshold
 
 
-def _image_loaders(
-    data: ImageData, prep: Preprocessing, settings: TrainSettings, device: torch.device
-) -> tuple[Any, Any]:
-    train, valid = data.datasets(prep.train_transform(augment=settings.augment), prep.eval_transform())
-    return dataset_loaders(train, valid, settings, device)
-
-
 @torch.no_grad()
-def validation_outputs(
-    model: torch.nn.Module, loader: DataLoader, *, device: Any, task: Task | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All outputs and targets of ``loader`` (batches split by ``task``, default classification: tuples or
-    dicts with ``labels``), the model in eval mode."""
+def validation_batches(
+    model: torch.nn.Module, loader: Iterable[Any], *, device: Any, task: Task | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(outputs, targets)`` of each batch of ``loader`` on the CPU (batches split by ``task``, default
+    classification: tuples or dicts with ``labels``), the model in eval mode; streamed, nothing kept."""
     task = task or Classification()
     model.eval()
-    outputs, targets = [], []
     for batch in loader:
-        inputs, batch_targets = task.split(batch)
-        outputs.append(output_tensor(call_model(model, move(inputs, torch.device(device)))).float().cpu())
-        targets.append(torch.as_tensor(batch_targets))
+        inputs, targets = task.split(batch)
+        yield (
+            output_tensor(call_model(model, move(inputs, torch.device(device)))).float().cpu(),
+            torch.as_tensor(targets),
+        )
+
+
+def validation_outputs(
+    model: torch.nn.Module, loader: Iterable[Any], *, device: Any, task: Task | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All outputs and targets of ``loader`` (see :func:`validation_batches`), concatenated."""
+    outputs, targets = zip(*validation_batches(model, loader, device=device, task=task), strict=True)
     return torch.cat(outputs), torch.cat(targets)
 
 
@@ -99,12 +82,6 @@ def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
     info = model.info  # type: ignore[attr-defined]
     keys = ("source", "method", "cut_at", "classifier", "removed", "input_size", "body_output", "pool")
     return {key: getattr(info, key) for key in keys}
-
-
-def _examples(data: Any, count: int = 4) -> list[str]:
-    """A few validation inputs (image paths, absolute; or texts) that ``deploy`` checks exported files on."""
-    chosen = [x for x, _ in data.valid[:count]]
-    return [str(Path(x).resolve()) if isinstance(data, ImageData | MaskData) else x[:5000] for x in chosen]
 
 
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
@@ -126,85 +103,6 @@ def _plots(learner: Learner, matrix: list[list[int]] | None, classes: list[str],
     except ImportError as error:  # matplotlib is optional: the run itself is complete without plots
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
-
-
-def _prepare_images(
-    data: str | Path | ImageData,
-    run_dir: str | Path,
-    settings: TrainSettings,
-    *,
-    say: Callable[[str], None],
-    quiet: bool,
-) -> Prepared:
-    settings = settings.with_defaults(IMAGE_DEFAULTS)
-    settings.check()
-    assert settings.model is not None
-    prep = preprocessing_for(settings.model, size=settings.size)  # an unknown model fails before the data scan
-    weights_file(settings.weights)  # a missing checkpoint file fails before the data scan too
-    torch.manual_seed(settings.seed)
-    if not isinstance(data, ImageData):
-        bar = not quiet and sys.stderr.isatty()  # a progress bar over the scan of every image, on a terminal
-        data = on_main(  # under torchrun: listed and checked once, by rank 0
-            image_data,
-            data,
-            task=settings.task,
-            x_col=settings.x_col,
-            y_col=settings.y_col,
-            valid_pct=settings.valid_pct,
-            seed=settings.seed,
-            skip_bad=settings.skip_bad,
-            progress=bar,
-        )
-    report(data, settings, say)
-    source, origin = pretrained_model(settings.model, settings.weights)
-    say(f"weights: {origin}")
-    graft_options: dict[str, Any] = {"head": settings.head}
-    if settings.y_range is not None:
-        graft_options["y_range"] = list(settings.y_range)
-    options = {**graft_options, "y_range": settings.y_range}
-    model = graft(source, data.n_outputs, input_size=(3, prep.size, prep.size), **options)
-    model = adapt(model, settings, say)
-    loaders = _image_loaders(data, prep, settings, device_of(settings))
-    learner = make_learner(model, loaders, data, settings, run_dir, quiet=quiet)
-    return Prepared(data, prep, model, origin, graft_options, learner, settings, settings.model)
-
-
-def prepare_run(
-    data: str | Path | Any,
-    run_dir: str | Path,
-    settings: TrainSettings,
-    *,
-    say: Callable[[str], None] = print,
-    quiet: bool = False,
-) -> Prepared:
-    """Check the data, build the pretrained network, graft a head and make the Learner (checkpoints in
-    ``run_dir/checkpoints``); prints what it found and decided through ``say``. Texts (a ``hf/`` model,
-    ``task="text"``, :class:`~torchgraft.data.texts.TextData` or data that looks like texts) go through
-    :func:`torchgraft.app.text.prepare_text_run`, image + mask pairs (``task="segment"``, ``MaskData`` or a folder
-    with ``masks/``) through :func:`torchgraft.app.segment.prepare_segment_run`; the returned ``settings`` have
-    the defaults filled in."""
-    if is_segment_run(data, settings):
-        return prepare_segment_run(data, run_dir, settings, say=say, quiet=quiet)
-    if is_text_run(data, settings):
-        return prepare_text_run(data, run_dir, settings, say=say, quiet=quiet)
-    if settings.model is not None and settings.model.startswith(("hf/", "hf:")):
-        raise ValueError(
-            f"--model {settings.model}: hf/ models train on texts; for images give a torchvision or timm name."
-        )
-    if isinstance(data, str | Path) and looks_like_text(data, x_col=settings.x_col):
-        raise ValueError(
-            f"{data} holds texts but --model {settings.model} is an image model; give a text model hf/NAME or "
-            f"hf/FOLDER (or leave --model out for {TEXT_DEFAULTS['model']})."
-        )
-    return _prepare_images(data, run_dir, settings, say=say, quiet=quiet)
-
-
-def _choose_threshold(learner: Learner, outputs: torch.Tensor, targets: torch.Tensor, final: dict[str, Any]) -> str:
-    """Set the multi-label threshold to the best micro-F1 on validation; returns the line to print."""
-    task: Multilabel = learner.task  # type: ignore[assignment]
-    task.threshold, final["f1_at_threshold"] = best_threshold(outputs.sigmoid(), targets)
-    final["threshold"] = task.threshold
-    return f"threshold: {task.threshold} (best micro-F1 on validation: {final['f1_at_threshold']:.4f})"
 
 
 def train_run(
@@ -257,7 +155,9 @@ def train_run(
     if not is_main():  # rank 0 reports and exports; the others wait for it, then end
         barrier()
         return RunResult(run_dir, classes, history, learner, run.preprocessing, [], final)
-    result = _finish(dataclasses.replace(run, model=whole), run_dir, history, final, say=say)
+    result = _finish(
+        dataclasses.replace(run, built=dataclasses.replace(run.built, model=whole)), run_dir, history, final, say=say
+    )
     barrier()
     return result
 
@@ -265,41 +165,36 @@ def train_run(
 def _finish(
     run: Prepared, run_dir: Path, history: list[dict[str, Any]], final: dict[str, Any], *, say: Callable[[str], None]
 ) -> RunResult:
-    """What rank 0 does after training: the validation report, the multi-label threshold, the export, the
-    history and the plots."""
+    """What rank 0 does after training: the task's validation report (which may set what the task decides
+    on validation, the multi-label threshold, before the export records it), the export, the history and the
+    plots."""
     settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
-    segment_files: list[Path] = []
-    if isinstance(learner.task, Segmentation):  # per-class IoU and masks.png, streamed (no stored logits)
-        per_class, segment_files = segment_report(run, run_dir)
-        final.update(per_class)
-    else:
-        outputs, targets = validation_outputs(model, learner.full_valid_dl, device=learner.device, task=learner.task)
-    if isinstance(learner.task, Multilabel) and settings.threshold is None:
-        say(_choose_threshold(learner, outputs, targets, final))
+    batches = validation_batches(model, learner.full_valid_dl, device=learner.device, task=learner.task)
+    summary = learner.task.report(batches, classes)
+    final.update(summary.final)
+    for line in summary.lines:
+        say(line)
     files = [
         export_model(
             run_dir,
             model,
-            architecture=run.architecture,
+            architecture=run.built.architecture,
             classes=classes,
             preprocessing=run.preprocessing,
-            graft_options=run.graft_options,
+            graft_options=run.built.graft_options,
             task=learner.task,
             extra={
-                "weights": run.origin,
+                "weights": run.built.origin,
                 "grafted": _graft_record(model),
                 "final": final,
-                "examples": _examples(run.data),
+                "examples": run.recipe.examples(run.data),
                 **({"colours": run.data.colours} if getattr(run.data, "colours", None) else {}),
             },
             adapters=settings.adapters,
         ),
-        *run.save_assets(run_dir),
+        *run.built.save_assets(run_dir),
         *_write_history(history, run_dir),
     ]
-    matrix = None
-    if isinstance(learner.task, Classification):
-        matrix = torch.bincount(targets * len(classes) + outputs.argmax(dim=1), minlength=len(classes) ** 2)
-        matrix = matrix.view(len(classes), len(classes)).tolist()
-    files += _plots(learner, matrix, classes, run_dir) + segment_files
+    files += _plots(learner, summary.confusion, classes, run_dir)
+    files += run.recipe.figures(run.data, run.built, learner.device, run_dir)
     return RunResult(run_dir, classes, history, learner, run.preprocessing, files, final)

@@ -1,51 +1,18 @@
-"""What a run needs besides the data (:class:`TrainSettings`, with defaults per kind of input), what it has
-once prepared (:class:`Prepared`), and the pieces every kind of run shares: the task object, the report of
-the data, the Learner."""
+"""What a run needs besides the data: :class:`TrainSettings`, one frozen record passed once from the CLI (or
+Python) to the recipe of the input (:mod:`torchgraft.app.inputs`), which fills the fields left ``None`` with
+its own defaults."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from torchgraft.app.export import ADAPTER_EXPORTS, Preprocessor
+from torchgraft.app.export import ADAPTER_EXPORTS
 from torchgraft.data.preprocess import Augment
-from torchgraft.data.sampling import SeededSampler, SeededSamples
-from torchgraft.tasks import Classification, Multilabel, Regression, Segmentation, Task
-from torchgraft.train.distributed import local_device
-from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES, Learner
-from torchgraft.tune.lora import lora
-from torchgraft.weights.hf import DEFAULT_TEXT_MODEL
+from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
 
-__all__ = [
-    "IMAGE_DEFAULTS",
-    "TEXT_DEFAULTS",
-    "LabelledData",
-    "Prepared",
-    "TrainSettings",
-    "adapt",
-    "dataset_loaders",
-    "device_of",
-    "make_learner",
-    "make_task",
-    "report",
-]
-
-# the recipe of each kind of input, where TrainSettings leaves a field None (measured: docs/benchmarks.md)
-IMAGE_DEFAULTS: dict[str, Any] = {"model": "resnet50", "lr": 3e-3, "lr_mult": 1.0, "batch_size": 64}
-TEXT_DEFAULTS: dict[str, Any] = {
-    "model": DEFAULT_TEXT_MODEL,
-    "lr": 1e-3,
-    "lr_mult": 10.0,
-    "frozen_lr": 3e-2,
-    "batch_size": 16,
-}
+__all__ = ["TrainSettings"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +21,7 @@ class TrainSettings:
 
     ``lr``, ``lr_mult``, ``frozen_lr``, ``epochs``, ``freeze_epochs`` and ``gradual`` are those of
     :meth:`torchgraft.Learner.fine_tune`; ``model``, ``lr``, ``lr_mult`` and ``batch_size`` left ``None``
-    take the defaults of the kind of input (:data:`IMAGE_DEFAULTS`, :data:`TEXT_DEFAULTS`); ``size``
+    take the defaults of the kind of input (each recipe's ``defaults``: :mod:`torchgraft.app.inputs`); ``size``
     overrides the input size of the weights' metadata; ``workers`` defaults to the CPU count (at most 8) for
     images, 0 for texts (tokenized up front). ``task`` (``classify``/``multilabel``/``regression``, or
     ``text`` to force text input) is inferred from the data when ``None``; ``x_col``/``y_col`` pick CSV
@@ -138,133 +105,3 @@ class TrainSettings:
     def with_defaults(self, defaults: dict[str, Any]) -> TrainSettings:
         """A copy with every ``None`` field named in ``defaults`` filled from it."""
         return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-
-
-class LabelledData(Protocol):
-    """What a run reads from checked data of any kind (:class:`~torchgraft.data.folders.ImageData`,
-    :class:`~torchgraft.data.texts.TextData`)."""
-
-    classes: list[str]
-    train: list[Any]
-    valid: list[Any]
-    task: str
-    task_reason: str
-    bad_rows: list[str]
-    warnings: list[str]
-    skipped: list[Any]
-
-    @property
-    def n_outputs(self) -> int: ...
-
-    def summary(self) -> str: ...
-
-
-@dataclass
-class Prepared:
-    """A run ready to train: checked data, preprocessing, the grafted model and its Learner.
-
-    ``architecture`` is what ``model.json`` records to rebuild the network; ``save_assets(run_dir)``
-    writes what else the export needs (a text model's tokenizer and config) and returns the files.
-    """
-
-    data: LabelledData
-    preprocessing: Preprocessor
-    model: torch.nn.Module
-    origin: str
-    graft_options: dict[str, Any]
-    learner: Learner
-    settings: TrainSettings
-    architecture: str
-    save_assets: Callable[[Path], list[Path]] = field(default=lambda run_dir: [])
-
-
-def make_task(data: LabelledData, settings: TrainSettings) -> Task:
-    """The task object of a run: regression targets standardised on the training set (unless ``y_range``
-    bounds the outputs in units), a given multi-label threshold kept."""
-    if data.task == "regression":
-        if settings.y_range is not None:
-            return Regression()
-        return Regression().fit_scale(torch.tensor([target for _, target in data.train], dtype=torch.float32))
-    if data.task == "multilabel":
-        return Multilabel(threshold=settings.threshold or 0.5)
-    if data.task == "segment":
-        return Segmentation(dice_weight=settings.dice_weight or 0.0)
-    return Classification()
-
-
-def report(data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> None:
-    """Print what the data checks found: the inferred task and why, counts, skipped rows, warnings."""
-    if settings.task in (None, "text") and data.task_reason:
-        say(f"task: {data.task} ({data.task_reason}; --task to choose)")
-    say(f"data: {data.summary()}")
-    for row in data.bad_rows:
-        say(f"  skipped {row}")
-    for bad in data.skipped:
-        say(f"  skipped {bad}")
-    for warning in data.warnings:
-        say(f"  warning: {warning}")
-
-
-def make_learner(
-    model: torch.nn.Module,
-    loaders: tuple[Any, Any],
-    data: LabelledData,
-    settings: TrainSettings,
-    run_dir: str | Path,
-    *,
-    quiet: bool,
-    cache_features: bool = False,
-) -> Learner:
-    """The run's Learner: the task of the data, checkpoints in ``run_dir/checkpoints``."""
-    return Learner(
-        model,
-        *loaders,
-        task=make_task(data, settings),
-        device=device_of(settings),
-        amp=settings.amp,
-        checkpoint_dir=Path(run_dir) / "checkpoints",
-        quiet=quiet,
-        cache_features=cache_features,
-        save_every=settings.save_every,
-        batchnorm=settings.batchnorm,  # type: ignore[arg-type]
-        strategy=settings.strategy,  # type: ignore[arg-type]
-    )
-
-
-def adapt(model: torch.nn.Module, settings: TrainSettings, say: Callable[[str], None]) -> torch.nn.Module:
-    """``model`` with LoRA adapters of rank ``settings.lora`` on every body group, or ``model`` itself."""
-    if settings.lora is None:
-        return model
-    adapted = lora(model, r=settings.lora)
-    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in adapted.parameters())
-    layers = adapted._torchgraft_lora["layers"]  # type: ignore[index]
-    say(f"LoRA: rank {settings.lora} on {layers} layers; {trainable:,} of {total:,} parameters train")
-    return adapted
-
-
-def dataset_loaders(
-    train: Dataset, valid: Dataset, settings: TrainSettings, device: torch.device
-) -> tuple[DataLoader, DataLoader]:
-    """The training loader (shuffled from ``settings.seed``, ``batch_size``) and the validation loader (twice
-    the batch) of an image run: ``workers`` processes (default: the CPU count, at most 8), kept between
-    epochs, pinned memory on CUDA. The training samples are drawn by a
-    :class:`~torchgraft.data.sampling.SeededSampler`, each augmented from a seed of its own, so a run under
-    ``torchrun`` augments exactly as one process does, and a resumed run exactly as the uninterrupted one,
-    whatever the number of workers."""
-    workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
-    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
-    if workers > 0:
-        options["persistent_workers"] = True
-    assert settings.batch_size is not None
-    sampler = SeededSampler(len(train), seed=settings.seed)  # type: ignore[arg-type]
-    return (
-        DataLoader(SeededSamples(train), batch_size=settings.batch_size, sampler=sampler, **options),
-        DataLoader(valid, batch_size=settings.batch_size * 2, **options),
-    )
-
-
-def device_of(settings: TrainSettings) -> torch.device:
-    """``settings.device``, else under ``torchrun`` this rank's GPU (``cuda:LOCAL_RANK``), else CUDA when
-    available, else the CPU."""
-    return local_device(settings.device)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from torchgraft.app.run import prepare_run
+from torchgraft.app.prepare import prepare_run
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
 from torchgraft.train.distributed import is_main
 from torchgraft.tune.freeze import freeze

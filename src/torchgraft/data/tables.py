@@ -10,6 +10,7 @@ by their line number in the file.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -44,28 +45,30 @@ def _looks_like_header(first: list[str]) -> bool:
     return bool(names & {*X_NAMES, *Y_NAMES, *SPLIT_NAMES})
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a ``.csv`` (header optional) or ``.jsonl`` file (one object per line; lists of labels allowed).
+def read_table(path: str | Path, *, limit: int | None = None) -> Table:
+    """Read a ``.csv`` (header optional) or ``.jsonl`` file (one object per line; lists of labels allowed);
+    ``limit`` stops after that many non-empty rows (a probe of a large file reads only its start).
 
     Raises:
         TableError: an empty file, or a JSON line that does not parse (its line number is named).
     """
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
+        return _read_jsonl(path, limit)
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        numbered = [(number, row) for number, row in enumerate(csv.reader(handle), 1) if any(c.strip() for c in row)]
+        rows = ((number, row) for number, row in enumerate(csv.reader(handle), 1) if any(c.strip() for c in row))
+        numbered = list(itertools.islice(rows, limit))
     if not numbered:
         raise TableError(f"{path}: no rows. Expected 'path,label' lines (paths relative to the file's folder).")
     header = [c.strip() for c in numbered[0][1]] if _looks_like_header(numbered[0][1]) else None
     return Table(path, header, numbered[1:] if header else numbered)
 
 
-def _read_jsonl(path: Path) -> Table:
+def _read_jsonl(path: Path, limit: int | None) -> Table:
     rows: list[tuple[int, dict]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    with path.open(encoding="utf-8") as handle:
+        lines = [(n, line) for n, line in enumerate(handle, 1) if line.strip()]
+    for number, line in lines[:limit]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:

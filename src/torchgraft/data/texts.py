@@ -77,15 +77,21 @@ def _read_files(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
 
 def looks_like_text(source: str | Path, *, x_col: str | None = None) -> bool:
     """Whether ``source`` holds texts rather than images: a folder whose files are ``.txt`` (none an image),
-    or a table whose input column is named ``text`` or holds no image file names."""
+    or a table whose input column is named ``text`` or holds no image file names in its first 50 rows (the
+    probe reads only those: the reader reads the whole table once, after)."""
     source = Path(source)
     if source.is_dir():
-        suffixes = {p.suffix.lower() for p in source.rglob("*") if p.is_file()}
-        return bool(suffixes & set(TEXT_SUFFIXES)) and not suffixes & set(IMAGE_SUFFIXES)
+        texts = False
+        for path in source.rglob("*"):  # stops at the first image
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_SUFFIXES and path.is_file():
+                return False
+            texts = texts or suffix in TEXT_SUFFIXES
+        return texts
     if not source.is_file() or source.suffix.lower() not in (".csv", ".jsonl", ".ndjson", ".tsv"):
         return False
     try:
-        table = read_table(source)
+        table = read_table(source, limit=51)
         x, _, _ = choose_columns(table, x_col=x_col)
     except ValueError:
         return False

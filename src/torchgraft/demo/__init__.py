@@ -17,7 +17,8 @@ from PIL import Image
 
 from torchgraft.app.export import load_exported
 from torchgraft.app.predict import Prediction, predict_images
-from torchgraft.app.run import RunResult, TrainSettings, train_run
+from torchgraft.app.run import RunResult, train_run
+from torchgraft.app.settings import TrainSettings
 from torchgraft.weights.pretrained import offline_weights
 
 __all__ = ["DEMO_SETTINGS", "DemoResult", "run_demo", "write_demo_folder"]

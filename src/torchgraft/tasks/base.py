@@ -1,13 +1,18 @@
-"""The Task contract: everything about a learning problem that the training loop must not hard-code.
+"""The Task contract: everything about a learning problem that the training loop and the application must not
+hard-code.
 
-A task owns how a batch becomes model inputs and targets, the default loss, which metrics fit its targets
-(and in which direction they improve), how outputs decode into predictions, and what an export records so
-that ``predict`` can read it back. The Learner, ``lr_find``, the feature cache and run/export/predict go
-through it, so one loop serves every task.
+A task owns how a batch becomes model inputs and targets, which layout of targets the data readers must
+produce, the default loss, which metrics fit its targets (and in which direction they improve), how it fits
+itself to the training targets, the report written after training, how outputs decode into predictions, and
+what an export and a deployed file record so that ``predict`` can read it back. The Learner, ``lr_find``, the
+feature cache and run/export/predict/deploy go through it, so a task defined outside the package (registered
+with :func:`torchgraft.tasks.register_task`) trains, exports, predicts and deploys like the built-in ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -15,7 +20,25 @@ import torchmetrics
 
 from torchgraft.tasks.batch import output_tensor, split_batch
 
-__all__ = ["Task"]
+__all__ = ["TARGET_LAYOUTS", "Task", "TaskReport"]
+
+# the layouts of targets the data readers produce: class indices, 0/1 rows, floats, class-index masks
+TARGET_LAYOUTS = ("classify", "multilabel", "regression", "segment")
+
+
+@dataclass
+class TaskReport:
+    """What a task found on the validation set after training (:meth:`Task.report`).
+
+    Attributes:
+        final: values for the run's summary and ``model.json`` (per-class IoU, the chosen threshold, ...).
+        lines: what to print, one line each.
+        confusion: a ``classes x classes`` confusion matrix to draw (rows: true class), or ``None``.
+    """
+
+    final: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    confusion: list[list[int]] | None = None
 
 
 class Task:
@@ -28,6 +51,21 @@ class Task:
     name: ClassVar[str] = "task"
     metric_names: ClassVar[tuple[str, ...]] = ()
     default_metrics: ClassVar[tuple[str, ...]] = ()
+    targets: ClassVar[str] = "classify"  # the layout of targets it trains on (one of TARGET_LAYOUTS)
+    dense: ClassVar[bool] = False  # outputs per pixel, (N, C, H, W): whole images in, masks out
+    output: ClassVar[str] = "probabilities"  # the entry of decode() a deployed file returns
+
+    @classmethod
+    def for_run(cls, **options: Any) -> Task:
+        """The task a ``torchgraft train`` run makes, from the run's options (``threshold``, ``dice_weight``,
+        ``y_range``: each task takes those it knows; the base class takes none)."""
+        return cls()
+
+    def fit_targets(self, targets: Sequence[Any]) -> Task:
+        """Fit the task to the training set's targets (as the data reader holds them: class indices, label
+        tuples, value tuples, mask paths) before training (regression: their mean and std); returns self. The
+        base class keeps nothing."""
+        return self
 
     def __init__(self, *, target_key: str = "labels") -> None:
         self.target_key = target_key
@@ -75,6 +113,27 @@ class Task:
     def decode(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions from raw outputs (probabilities, labels, values, masks)."""
         raise NotImplementedError
+
+    def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
+        """What a run reports after training from the validation set's ``(outputs, targets)`` batches (on the
+        CPU, in order); may set what the task decides on validation (multi-label: the threshold) before the
+        export records it. The base class reports nothing (the batches are not read)."""
+        return TaskReport()
+
+    def prediction(
+        self, decoded: dict[str, torch.Tensor], classes: Sequence[str], *, top_k: int
+    ) -> tuple[list[tuple[str, float]], dict[str, float]]:
+        """One sample's ``(top, values)`` from its :meth:`decode` (batch of one): ``top`` the ``top_k``
+        classes by probability, best first, or ``values`` by name when the task decodes ``values``."""
+        if "values" in decoded:
+            return [], {name: float(v) for name, v in zip(classes, decoded["values"][0].tolist(), strict=True)}
+        probabilities, indices = decoded["probabilities"][0].topk(max(1, min(top_k, len(classes))))
+        return [(classes[i], float(p)) for p, i in zip(probabilities.tolist(), indices.tolist(), strict=True)], {}
+
+    def deploy_record(self) -> dict[str, Any]:
+        """What ``preprocessing.json`` says about the deployed file's output beyond its name (multi-label:
+        the threshold; segmentation: how the mask is read)."""
+        return {}
 
     def record(self) -> dict[str, Any]:
         """What an export writes about the task (``predict`` rebuilds the task from it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -9,7 +10,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics import classification as tmc
 
-from torchgraft.tasks.base import Task
+from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import ErrorRate, TargetError, check_class_targets
 
 __all__ = ["Classification"]
@@ -98,6 +99,14 @@ class Classification(Task):
         """``probabilities`` (softmax) and ``labels`` (argmax)."""
         probabilities = outputs.float().softmax(dim=-1)
         return {"probabilities": probabilities, "labels": probabilities.argmax(dim=-1)}
+
+    def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
+        """The validation set's confusion matrix (rows: true class, columns: predicted), to draw."""
+        n = len(classes)
+        matrix = torch.zeros(n * n, dtype=torch.long)
+        for outputs, targets in batches:
+            matrix += torch.bincount(targets.long() * n + outputs.argmax(dim=1), minlength=n * n)
+        return TaskReport(confusion=matrix.view(n, n).tolist())
 
     def record(self) -> dict[str, Any]:
         """The task name, target key and label smoothing."""

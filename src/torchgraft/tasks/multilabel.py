@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -10,7 +10,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics import classification as tmc
 
-from torchgraft.tasks.base import Task
+from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
 
 __all__ = ["Multilabel", "best_threshold"]
@@ -70,15 +70,28 @@ class Multilabel(Task):
     name: ClassVar[str] = "multilabel"
     metric_names: ClassVar[tuple[str, ...]] = ("f1", "f1_macro", "accuracy", "map")
     default_metrics: ClassVar[tuple[str, ...]] = ("f1", "map")
+    targets: ClassVar[str] = "multilabel"
 
     def __init__(
-        self, *, threshold: float = 0.5, pos_weight: Sequence[float] | None = None, target_key: str = "labels"
+        self,
+        *,
+        threshold: float = 0.5,
+        pos_weight: Sequence[float] | None = None,
+        choose_threshold: bool = False,
+        target_key: str = "labels",
     ) -> None:
         super().__init__(target_key=target_key)
         if not 0 < threshold < 1:
             raise ValueError(f"Multilabel: threshold must lie in (0, 1), got {threshold}.")
         self.threshold = float(threshold)
         self.pos_weight = list(pos_weight) if pos_weight is not None else None
+        self.choose_threshold = choose_threshold
+
+    @classmethod
+    def for_run(cls, **options: Any) -> Multilabel:
+        """A given ``threshold`` kept; without one, 0.5 while training and the best F1 on validation after."""
+        threshold = options.get("threshold")
+        return cls(threshold=threshold or 0.5, choose_threshold=threshold is None)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy on the logits, one term per label."""
@@ -111,6 +124,28 @@ class Multilabel(Task):
         """``probabilities`` (sigmoid) and ``labels`` (0/1 at the threshold)."""
         probabilities = outputs.float().sigmoid()
         return {"probabilities": probabilities, "labels": (probabilities >= self.threshold).long()}
+
+    def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
+        """With ``choose_threshold``: set the threshold to the best micro-F1 on validation (reported)."""
+        if not self.choose_threshold:
+            return TaskReport()
+        outputs, targets = zip(*batches, strict=True)
+        self.threshold, f1 = best_threshold(torch.cat(outputs).sigmoid(), torch.cat(targets))
+        self.choose_threshold = False
+        line = f"threshold: {self.threshold} (best micro-F1 on validation: {f1:.4f})"
+        return TaskReport(final={"threshold": self.threshold, "f1_at_threshold": f1}, lines=[line])
+
+    def prediction(
+        self, decoded: dict[str, torch.Tensor], classes: Sequence[str], *, top_k: int
+    ) -> tuple[list[tuple[str, float]], dict[str, float]]:
+        """Every label at or above the threshold, most probable first (``top_k`` does not apply)."""
+        probabilities = decoded["probabilities"][0]
+        chosen = decoded["labels"][0].nonzero().flatten().tolist()
+        return sorted(((classes[i], float(probabilities[i])) for i in chosen), key=lambda item: -item[1]), {}
+
+    def deploy_record(self) -> dict[str, Any]:
+        """The decision threshold on the probabilities."""
+        return {"threshold": self.threshold}
 
     def record(self) -> dict[str, Any]:
         """The task name, target key, threshold and positive weights."""

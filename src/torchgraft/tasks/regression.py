@@ -38,6 +38,8 @@ class Regression(Task):
     name: ClassVar[str] = "regression"
     metric_names: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
     default_metrics: ClassVar[tuple[str, ...]] = ("mae", "r2")
+    targets: ClassVar[str] = "regression"
+    output: ClassVar[str] = "values"
 
     def __init__(
         self,
@@ -51,10 +53,24 @@ class Regression(Task):
         if loss not in _LOSSES:
             raise ValueError(f"Regression: unknown loss {loss!r}. Choose from {', '.join(_LOSSES)}.")
         self.loss_name = loss
+        self.standardise = True  # fit_targets takes mean and std from the training targets
         self.mean = torch.atleast_1d(torch.as_tensor(mean, dtype=torch.float32))
         self.std = torch.atleast_1d(torch.as_tensor(std, dtype=torch.float32))
         if bool((self.std <= 0).any()):
             raise ValueError(f"Regression: std must be > 0, got {self.std.tolist()}.")
+
+    @classmethod
+    def for_run(cls, **options: Any) -> Regression:
+        """Targets standardised on the training set (:meth:`fit_targets`) unless ``y_range`` bounds the
+        outputs in the targets' units."""
+        task = cls()
+        task.standardise = options.get("y_range") is None
+        return task
+
+    def fit_targets(self, targets: Sequence[Any]) -> Regression:
+        """:meth:`fit_scale` on the training targets (values or tuples of values), unless made for a run whose
+        head is bounded in units."""
+        return self.fit_scale(torch.tensor(targets, dtype=torch.float32)) if self.standardise else self
 
     def fit_scale(self, targets: torch.Tensor) -> Regression:
         """Take ``mean`` and ``std`` from the training targets (a constant target keeps std 1); returns self."""

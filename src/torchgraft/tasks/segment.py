@@ -13,13 +13,14 @@ matrix accumulated over the whole validation set (and summed over DDP ranks), ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torchmetrics
 from torch import nn
 
-from torchgraft.tasks.base import Task
+from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
 
 __all__ = ["IGNORE_INDEX", "ConfusionMatrix", "Segmentation", "per_class_dice", "per_class_iou"]
@@ -112,6 +113,8 @@ class Segmentation(Task):
     name: ClassVar[str] = "segment"
     metric_names: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")
     default_metrics: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy")
+    targets: ClassVar[str] = "segment"
+    dense: ClassVar[bool] = True
 
     def __init__(
         self, *, ignore_index: int = IGNORE_INDEX, dice_weight: float = 0.0, target_key: str = "labels"
@@ -161,6 +164,31 @@ class Segmentation(Task):
         """``probabilities`` (softmax over classes) and ``labels`` (the mask, argmax)."""
         probabilities = outputs.float().softmax(dim=1)
         return {"probabilities": probabilities, "labels": probabilities.argmax(dim=1)}
+
+    @classmethod
+    def for_run(cls, **options: Any) -> Segmentation:
+        """The run's ``dice_weight`` (default 0: cross-entropy alone)."""
+        return cls(dice_weight=options.get("dice_weight") or 0.0)
+
+    def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
+        """Per-class IoU and Dice over the validation set (``None`` for a class in neither masks nor predictions)."""
+        matrix = ConfusionMatrix(len(classes), ignore_index=self.ignore_index)
+        for outputs, targets in batches:
+            matrix.update(outputs, targets)
+        final: dict[str, Any] = {}
+        for name, values in (
+            ("per_class_iou", per_class_iou(matrix.matrix)),
+            ("per_class_dice", per_class_dice(matrix.matrix)),
+        ):
+            final[name] = {c: (None if v != v else round(float(v), 4)) for c, v in zip(classes, values, strict=True)}
+        return TaskReport(final=final)
+
+    def deploy_record(self) -> dict[str, Any]:
+        """How a program reads the mask from the ``(N, classes, H, W)`` probabilities."""
+        return {
+            "mask": "argmax over axis 1 of the (N, classes, H, W) probabilities; resize the probabilities to the "
+            "image's size (bilinear) first for a mask at full size"
+        }
 
     def record(self) -> dict[str, Any]:
         """The task name, target key, ignored value and Dice weight."""

@@ -1,0 +1,81 @@
+"""Images with one target each (a folder of class folders, or a CSV / JSON-lines table of image paths:
+single-label, multi-label or regression): a torchvision or timm network with a new head, its own
+preprocessing, seeded augmentation."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, target_layout
+from torchgraft.app.settings import TrainSettings
+from torchgraft.data.folders import ImageData, image_data
+from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+from torchgraft.grafting.surgery import graft
+from torchgraft.weights.pretrained import pretrained_model, weights_file
+
+__all__ = ["ImageInput"]
+
+
+class ImageInput(InputRecipe):
+    """Images with a class, labels or values each: what every other recipe does not claim."""
+
+    name: ClassVar[str] = "images"
+    # the image recipe (measured: bench/finetune_targets.py, docs/benchmarks.md)
+    defaults: ClassVar[dict[str, Any]] = {"model": "resnet50", "lr": 3e-3, "lr_mult": 1.0, "batch_size": 64}
+
+    def claims(self, data: Any, settings: TrainSettings) -> bool:
+        """Every input the other recipes leave (their probes run first)."""
+        return True
+
+    def check(self, settings: TrainSettings) -> None:
+        """An hf/ model is a text encoder; an unknown model or a missing weights file fails here."""
+        assert settings.model is not None
+        if settings.model.startswith(("hf/", "hf:")):
+            raise ValueError(
+                f"--model {settings.model}: hf/ models train on texts; for images give a torchvision or timm name."
+            )
+        preprocessing_for(settings.model, size=settings.size)
+        weights_file(settings.weights)
+
+    def is_read(self, data: Any) -> bool:
+        """Checked :class:`ImageData`."""
+        return isinstance(data, ImageData)
+
+    def read(self, data: str | Path, settings: TrainSettings, *, progress: bool) -> ImageData:
+        """:func:`~torchgraft.data.folders.image_data` (a progress bar over the check of every image on a
+        terminal)."""
+        return image_data(
+            data,
+            task=target_layout(settings),
+            x_col=settings.x_col,
+            y_col=settings.y_col,
+            valid_pct=settings.valid_pct,
+            seed=settings.seed,
+            skip_bad=settings.skip_bad,
+            progress=progress and sys.stderr.isatty(),
+        )
+
+    def build(self, data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> Built:
+        """The pretrained network with a new head of ``data.n_outputs``, at the weights' input size."""
+        assert settings.model is not None
+        prep = preprocessing_for(settings.model, size=settings.size)
+        source, origin = pretrained_model(settings.model, settings.weights)
+        say(f"weights: {origin}")
+        size = (3, prep.size, prep.size)
+        model = graft(source, data.n_outputs, input_size=size, head=settings.head, y_range=settings.y_range)
+        options = {"head": settings.head, **({"y_range": list(settings.y_range)} if settings.y_range else {})}
+        return Built(model, origin, settings.model, prep, options)
+
+    def loaders(
+        self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device
+    ) -> tuple[Any, Any]:
+        """Augmented training images, centre-cropped validation images (as the weights were evaluated)."""
+        assert isinstance(data, ImageData) and isinstance(built.preprocessing, Preprocessing)
+        prep = built.preprocessing
+        train, valid = data.datasets(prep.train_transform(augment=settings.augment), prep.eval_transform())
+        return dataset_loaders(train, valid, settings, device)
