@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torchvision
 
 from torchgraft import describe, graft
 from torchgraft.cli.main import main
+from torchgraft.weights import CheckpointReadError, read_checkpoint
 
 
 def test_inspect_torchvision_model(capsys):
@@ -60,6 +62,44 @@ def test_inspect_refuses_a_pickle_that_runs_code(tmp_path):
     assert result.returncode == 2 and "refused" in result.stderr and "trust_pickle" in result.stderr
     assert "code from the checkpoint ran" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _truncated_checkpoint() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(torch.nn.Linear(3, 2).state_dict(), buffer)
+    return buffer.getvalue()[:600]
+
+
+NOT_CHECKPOINTS = {  # file name -> (content, what the one line says the file is)
+    "x.pth": (b"hello", "it is a text file (starting 'hello'), not a PyTorch checkpoint"),
+    "empty.pth": (b"", "the file is empty"),
+    "truncated.pth": (_truncated_checkpoint(), "a damaged or truncated PyTorch checkpoint (a zip archive"),
+    "random.safetensors": (bytes(range(200, 0, -1)), "it is binary data (starting c8 c7 c6"),
+    "notes.bin": (b"see the README\n", "it is a text file (starting 'see the README'), not a PyTorch checkpoint"),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_CHECKPOINTS))
+def test_inspect_of_a_file_that_is_not_a_checkpoint_exits_2_with_the_librarys_one_line(name, tmp_path, capsys):
+    content, what = NOT_CHECKPOINTS[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointReadError) as error:
+        read_checkpoint(path)
+    assert main(["inspect", str(path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line == f"torchgraft inspect: error: {error.value}"
+    assert line.startswith(f"torchgraft inspect: error: cannot read checkpoint {path} ({len(content):,} bytes): {what}")
+
+
+def test_inspect_of_a_text_file_named_pth_prints_no_traceback(tmp_path):
+    path = tmp_path / "x.pth"
+    path.write_text("hello")
+    result = subprocess.run(
+        [sys.executable, "-m", "torchgraft.cli.main", "inspect", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "not a PyTorch checkpoint" in result.stderr and "KeyError" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Checkpoints of the full network into truncated copies (timm ``features_only`` encoders, the encoders
 segmentation libraries build) and the reverse, by structure; a checkpoint whose keys all carry one extra
-prefix, with one tensor of another shape; ambiguity still refused."""
+prefix, with one tensor of another shape, also beside head keys of their own; ambiguity still refused."""
 
 from __future__ import annotations
 
@@ -67,3 +67,36 @@ def test_extra_prefix_aligns_by_name_and_reports_the_one_wrong_shape():
     assert not report.ambiguous and not report.unexpected
     stem_bn = {k: v for k, v in model.state_dict().items() if k.startswith("0.1.")}
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in stem_bn.items())  # the stem's BatchNorm loaded
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_a_prefixed_backbone_beside_projector_keys_loads_all_but_the_wrong_shaped_stem(arch):
+    """The seed's checkpoint: the network under ``classifier.`` (mobilenet_v2's own head becomes
+    ``classifier.classifier.1.weight``), an SSL projector under ``projector.``, a 4-channel stem."""
+    torch.manual_seed(0)
+    source = getattr(torchvision.models, arch)()
+    stem = "conv1" if arch == "resnet18" else "features.0.0"
+    parent, _, leaf = stem.rpartition(".")
+    old = source.get_submodule(stem)
+    setattr(
+        source.get_submodule(parent),
+        leaf,
+        nn.Conv2d(4, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False),
+    )
+    features = [m for m in source.modules() if isinstance(m, nn.Linear)][-1].in_features
+    projector = nn.Sequential(nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 128))
+    checkpoint = {f"classifier.{k}": v for k, v in source.state_dict().items()}
+    checkpoint |= {f"projector.{k}": v for k, v in projector.state_dict().items()}
+    model = getattr(torchvision.models, arch)(weights=None)
+    stem_before = model.get_submodule(stem).weight.clone()
+    report = load_weights(model, checkpoint)
+    saved_stem, model_stem = (old.out_channels, 4, *old.kernel_size), tuple(stem_before.shape)
+    assert report.mismatched == [(f"classifier.{stem}.weight", f"{stem}.weight", saved_stem, model_stem)]
+    assert not report.ambiguous and not report.missing
+    assert report.unexpected == ["projector.0.weight", "projector.0.bias", "projector.2.weight", "projector.2.bias"]
+    state = model.state_dict()
+    assert len(report.loaded) == len(state) - 1 and {m.how for m in report.loaded} == {"prefix"}
+    for name, tensor in source.state_dict().items():  # the stem's BatchNorm and every other tensor loaded
+        if name != f"{stem}.weight":
+            assert torch.equal(state[name], tensor), name
+    assert torch.equal(model.get_submodule(stem).weight, stem_before)  # the stem keeps its own values

@@ -20,10 +20,6 @@ from torchgraft.train.distributed import cleanup, is_main, launched, local_devic
 __all__ = ["main"]
 
 
-class UsageError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line naming the fix, not the whole usage block."""
 

@@ -6,9 +6,10 @@ Works on names and shapes only (no tensors), in stages; each stage sees only wha
    prefix adding, applied in that order; then exact names;
 2. **prefix** — names equal once wrapper prefixes are removed (``module.`` from DataParallel/DDP,
    ``_orig_mod.`` from torch.compile, ``model.`` from Lightning, the target's own, such as a grafted
-   model's ``body.model.``, and a first segment every checkpoint key carries when removing it makes most
-   names equal, such as ``classifier.``); names decide here, so a tensor of another shape is paired (and
-   reported as mismatched by ``load_weights``) instead of leaving its neighbours unmatched;
+   model's ``body.model.``, and the first segment most checkpoint keys carry when removing it makes most
+   names equal, such as ``classifier.`` on a backbone saved beside a ``projector.`` head, whose own keys keep
+   their names); names decide here, so a tensor of another shape is paired (and reported as mismatched by
+   ``load_weights``) instead of leaving its neighbours unmatched;
 3. **suffix** — the longest dotted name suffix shared with exactly one model key (``backbone.layer1.0.conv1.weight``
    -> ``body.model.layer1.0.conv1.weight``); the suffix must name a module, not just ``1.weight``;
 4. **structure** — between keys already matched (anchors, in order), runs of remaining keys whose
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -144,22 +145,24 @@ def _unique_pairs(proposals: dict[str, list[str]], how: str, alignment: Alignmen
     return matched
 
 
-def _shared_first(names: Sequence[str]) -> str | None:
-    """The first dotted segment every name starts with (``classifier`` of ``classifier.0.weight``), if one."""
-    firsts = {name.split(".", 1)[0] for name in names if "." in name}
-    return firsts.pop() if len(firsts) == 1 and all("." in name for name in names) else None
+def _strip_first(name: str, first: str) -> str | None:
+    """``name`` without its first dotted segment (and the wrappers under it) when that segment is ``first``."""
+    return _normalize(name[len(first) + 1 :], WRAPPER_PREFIXES) if name.startswith(first + ".") else None
 
 
-def _extra_prefixes(sources: list[str], targets: list[str], target_prefixes: Sequence[str]) -> tuple[str, ...]:
-    """A prefix carried by every remaining checkpoint key (or every model key) but not by the other side,
-    kept when removing it makes more names equal (a ``classifier.``-prefixed copy of the network)."""
-    source_first, target_first = _shared_first(sources), _shared_first(targets)
-    if source_first is None or source_first == target_first or source_first in WRAPPER_PREFIXES:
-        return ()
-    plain_targets = {_normalize(t, (*target_prefixes, *WRAPPER_PREFIXES)) for t in targets}
-    before = sum(_normalize(s, WRAPPER_PREFIXES) in plain_targets for s in sources)
-    after = sum(_normalize(s, (source_first, *WRAPPER_PREFIXES)) in plain_targets for s in sources)
-    return (source_first,) if after > max(before, len(sources) // 2) else ()
+def _extra_prefix(plain: Mapping[str, str], index: Mapping[str, list[str]]) -> str | None:
+    """The first dotted segment most checkpoint keys carry (``classifier`` of ``classifier.conv1.weight``)
+    and the model's keys lack, kept when removing it pairs most names: a copy of the network saved inside
+    another module, possibly beside keys of its own (a ``projector.`` head)."""
+    firsts = Counter(name.split(".", 1)[0] for name in plain.values() if "." in name)
+    if not firsts:
+        return None
+    first = firsts.most_common(1)[0][0]
+    if first in WRAPPER_PREFIXES:
+        return None
+    before = sum(name in index for name in plain.values())
+    after = before + sum(name not in index and _strip_first(name, first) in index for name in plain.values())
+    return first if after > max(before, len(plain) // 2) else None
 
 
 def _by_prefix(
@@ -168,8 +171,14 @@ def _by_prefix(
     index: dict[str, list[str]] = defaultdict(list)
     for target in targets:
         index[_normalize(target, (*target_prefixes, *WRAPPER_PREFIXES))].append(target)
-    prefixes = (*_extra_prefixes(sources, targets, target_prefixes), *WRAPPER_PREFIXES)
-    proposals = {s: index[key] for s in sources if (key := _normalize(s, prefixes)) in index}
+    plain = {source: _normalize(source, WRAPPER_PREFIXES) for source in sources}
+    first = _extra_prefix(plain, index)
+    proposals = {}
+    for source, name in plain.items():
+        # the name as it is first; the extra prefix is removed only where that pairs it (once, at the start)
+        key = name if name in index or first is None else _strip_first(name, first)
+        if key in index:
+            proposals[source] = index[key]
     return _unique_pairs(proposals, "prefix", alignment)
 
 

@@ -2,7 +2,10 @@
 
 Checkpoints are untrusted input. ``.pth``/``.pt``/``.bin``/``.ckpt`` files are read with
 ``torch.load(weights_only=True)``: a file that needs code from itself to unpickle is refused, and only an
-explicit ``trust_pickle=True`` loads it. ``.safetensors`` files hold no code at all.
+explicit ``trust_pickle=True`` loads it. ``.safetensors`` files hold no code at all. What a file is comes
+from its first bytes (:mod:`torchgraft.weights.formats`): a text file named ``x.pth``, an empty or truncated
+file, a zip archive of something else, a safetensors file under a ``.pth`` name, each fails with one line
+naming the file, what it is not, and the fix (:class:`CheckpointReadError`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from torchgraft.weights.formats import PYTORCH_KINDS, FileFormat, file_format, zip_members
 
 __all__ = ["Checkpoint", "CheckpointReadError", "UnsafeCheckpointError", "read_checkpoint", "save_weights"]
 
@@ -37,15 +43,21 @@ class CheckpointReadError(ValueError):
     """The checkpoint file is damaged (empty, truncated, a corrupt header) or not a checkpoint at all."""
 
 
-def _damaged(path: Path, error: BaseException) -> CheckpointReadError:
-    lines = str(error).strip().splitlines()
-    what = lines[0].split(". ")[0].rstrip(".") if lines else type(error).__name__
-    if path.stat().st_size == 0:
-        what = "the file is empty"
+_AGAIN = "download or copy it again"
+_NOT_WEIGHTS = "pass a file written by torch.save or safetensors; if this one should be, download or copy it again"
+_UNSAFE_SIGNS = ("GLOBAL", "unrecognized function", "allowlisted")  # torch refusing code or objects
+
+
+def _unreadable(path: Path, what: str, fix: str) -> CheckpointReadError:
+    """One line: the file, its size, what it is (or is not), and the fix."""
     return CheckpointReadError(
-        f"cannot read checkpoint {path} ({path.stat().st_size:,} bytes): {what}. The file is damaged or not "
-        f"a checkpoint; download or copy it again."
+        f"cannot read checkpoint {path} ({path.stat().st_size:,} bytes): {what}. {fix[0].upper()}{fix[1:]}."
     )
+
+
+def _first_sentence(text: str, default: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else default
 
 
 @dataclass
@@ -68,35 +80,68 @@ class Checkpoint:
 def _load_file(path: Path, *, trust_pickle: bool) -> tuple[Any, dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    try:
+        found = file_format(path)  # by content: a text file named x.pth is named so, not unpickled
+    except OSError as error:
+        raise _unreadable(path, f"it cannot be opened ({error.strerror})", "check its permissions") from None
+    if found.kind == "empty":
+        raise _unreadable(path, "the file is empty", _AGAIN)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        return _load_safetensors(path, found)
+    return _load_pytorch(path, found, trust_pickle=trust_pickle), {}
 
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
-            return load_file(str(path)), metadata
-        except Exception as error:  # safetensors raises its own SafetensorError for a bad header
-            raise _damaged(path, error) from None
+
+def _load_safetensors(path: Path, found: FileFormat) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if found.kind in PYTORCH_KINDS:
+        what = f"it is a PyTorch checkpoint ({found.description} written by torch.save), not a safetensors file"
+        raise _unreadable(path, what, f"rename it to {path.with_suffix('.pth').name}")
+    if found.kind != "safetensors":
+        raise _unreadable(path, f"it is {found.description}, not a safetensors file", _NOT_WEIGHTS)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        return load_file(str(path)), metadata
+    except Exception as error:  # safetensors raises its own SafetensorError for a bad header or short data
+        raise _unreadable(
+            path, f"a damaged safetensors file ({_first_sentence(str(error), 'unreadable')})", _AGAIN
+        ) from None
+
+
+def _load_pytorch(path: Path, found: FileFormat, *, trust_pickle: bool) -> Any:
+    if found.kind == "safetensors":
+        what = "it is a safetensors file, not a PyTorch checkpoint"
+        raise _unreadable(path, what, f"rename it to {path.with_suffix('.safetensors').name}")
+    if found.kind not in PYTORCH_KINDS:
+        what = f"it is {found.description}, not a PyTorch checkpoint (a zip archive or pickle written by torch.save)"
+        raise _unreadable(path, what, _NOT_WEIGHTS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on old pickle protocols: the refusal says it all
-            return torch.load(path, map_location="cpu", weights_only=not trust_pickle), {}
-    except (EOFError, RuntimeError, OSError) as error:
-        raise _damaged(path, error) from None
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as error:
-        unsafe = "GLOBAL" in str(error) or "Unsupported" in str(error) or "weights_only" in str(error)
-        if path.stat().st_size == 0 or not unsafe:
-            raise _damaged(path, error) from None
-        reason = str(error).strip().splitlines()
-        detail = next(
-            (line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else ""
-        )
+        text = str(error)
+        reason = _first_sentence(text.partition("WeightsUnpickler error:")[2] or text, type(error).__name__)
+        if trust_pickle or not any(sign in reason for sign in _UNSAFE_SIGNS):
+            raise _damaged(path, found, reason) from None
         raise UnsafeCheckpointError(
-            f"refused {path}: unpickling it would run code named in the file ({detail.strip()}). "
-            f"If you trust where it came from, pass trust_pickle=True (this runs that code); better, convert it "
-            f"once to safetensors."
+            f"refused {path}: unpickling it would run code named in the file ({reason}). If you trust where it "
+            f"came from, pass trust_pickle=True (this runs that code); better, convert it once to safetensors."
         ) from None
+    except (EOFError, RuntimeError, OSError, IndexError, KeyError, ValueError, struct.error) as error:
+        raise _damaged(path, found, _first_sentence(str(error), "it ends too early")) from None
+
+
+def _damaged(path: Path, found: FileFormat, reason: str) -> CheckpointReadError:
+    """A zip archive that torch.save did not write, or a damaged or truncated checkpoint."""
+    members = zip_members(path) if found.kind == "zip" else None
+    if members is not None and not any(name.endswith("data.pkl") for name in members):
+        shown = ", ".join(members[:3]) + (", ..." if len(members) > 3 else "")
+        what = f"it is a zip archive holding {shown or 'nothing'}, not a PyTorch checkpoint (no data.pkl inside)"
+        return _unreadable(path, what, _NOT_WEIGHTS)
+    return _unreadable(path, f"a damaged or truncated PyTorch checkpoint ({found.description}: {reason})", _AGAIN)
 
 
 def _tensor_share(value: Any) -> float:
@@ -145,6 +190,8 @@ def read_checkpoint(
 
     Raises:
         UnsafeCheckpointError: the file needs arbitrary code to unpickle and ``trust_pickle`` is false.
+        CheckpointReadError: the file is empty, damaged or truncated, or not a checkpoint (text, another
+            archive, a safetensors file under a ``.pth`` name or the reverse).
         FileNotFoundError: no such file.
         KeyError, ValueError: no state dict inside.
 

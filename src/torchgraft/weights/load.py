@@ -208,6 +208,7 @@ def load_weights(
     Raises:
         LoadError: ``strict=True`` and something does not fit (nothing is loaded then).
         UnsafeCheckpointError: the file needs code to unpickle and ``trust_pickle`` is false.
+        CheckpointReadError: the file is empty, damaged, or not a checkpoint (the message names the fix).
 
     Example:
         >>> report = load_weights(graft(resnet50(), 10), "resnet50_imagenet.pth")
