@@ -66,7 +66,13 @@ from torchgraft.tune.optim import (
     watch_optimizer,
 )
 from torchgraft.weights.align import Alignment, Match, align_keys
-from torchgraft.weights.checkpoint import Checkpoint, UnsafeCheckpointError, read_checkpoint, save_weights
+from torchgraft.weights.checkpoint import (
+    Checkpoint,
+    CheckpointReadError,
+    UnsafeCheckpointError,
+    read_checkpoint,
+    save_weights,
+)
 from torchgraft.weights.load import LoadError, LoadReport, load_weights
 from torchgraft.weights.pretrained import WeightsError, pretrained_model
 
@@ -75,6 +81,7 @@ __all__ = [
     "BadImage",
     "Callback",
     "Checkpoint",
+    "CheckpointReadError",
     "Checkpointer",
     "Classification",
     "ClassifierInfo",
