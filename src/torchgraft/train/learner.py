@@ -42,6 +42,7 @@ from torchgraft.train.distributed import (
     shard_loader,
     wrap,
 )
+from torchgraft.train.first_batch import check_metric_names, inferred_task
 from torchgraft.train.fsdp import full_model_state, is_sharded, plain_copy, shard_model
 from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
@@ -111,8 +112,11 @@ class Learner:
             (a Hugging Face collator's output: the target under ``labels``, the rest passed to the model as
             keyword arguments).
         valid_dl: batches to evaluate after each epoch (optional).
-        task: a :class:`~torchgraft.tasks.Task` or its name (default ``"classify"``): how batches split,
-            the default loss, which metrics fit.
+        task: a :class:`~torchgraft.tasks.Task` or its name: how batches split, the default loss, which
+            metrics fit. Default: inferred from the first training batch's outputs and targets
+            (:func:`torchgraft.tasks.infer.infer_task`: class ids, 0/1 rows, float values, masks), said in one
+            line; what cannot be told apart is refused, naming ``task=``. With your own ``loss=`` and
+            ``metrics=None`` any outputs train (no task checks).
         target_key: the key of the targets in dict batches (when ``task`` is a name).
         loss: ``loss(outputs, targets)`` instead of the task's.
         metrics: names the task knows (``"accuracy"``, ``"f1"``, ...), torchmetrics ``Metric`` objects, or
@@ -205,7 +209,8 @@ class Learner:
                 f"Learner: target_key={target_key!r} but the task reads {task.target_key!r}; set the task's own "
                 f"target_key ({type(task).__name__}(target_key={target_key!r}))."
             )
-        self.task = task if isinstance(task, Task) else get_task(task, target_key=target_key)
+        self._task = task if isinstance(task, Task) or task is None else get_task(task, target_key=target_key)
+        self.target_key, self.metrics_spec = target_key, metrics
         self.device = local_device(device)
         amp_dtype = _amp_dtype(amp)
         if amp_dtype is torch.float16 and self.device.type != "cuda":
@@ -225,7 +230,7 @@ class Learner:
         self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
         self.loop = Loop(
-            task=self.task,
+            task=self._task or Task(target_key=target_key),  # until inferred: splits batches, nothing else
             device=self.device,
             loss=loss,
             amp_dtype=amp_dtype,
@@ -235,8 +240,13 @@ class Learner:
             scaler=scaler,
             distributed=self.distributed,
             batchnorm_eval=batchnorm == "eval",
+            check_targets=loss is None or metrics is not None,  # the user's loss alone: any targets it takes
         )
-        self.metric_set = MetricSet(self.task, self.task.default_metrics if metrics == "default" else metrics)
+        self.metric_set = MetricSet(self.loop.task, None)
+        if self._task is not None:
+            self._use_task(self._task)
+        elif metrics != "default":
+            check_metric_names(metrics)
         self.optimizer_class, self.weight_decay = optimizer, weight_decay
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -259,6 +269,28 @@ class Learner:
         self._start_fit({})
         self._watch: Any = None
         self.cache_features = cache_features
+
+    @property
+    def task(self) -> Task:
+        """The task: the one given, else inferred from the first training batch (at the first fit, or here)."""
+        if self._task is None:
+            own_loss = self.loop.loss is not None and self.metrics_spec is None
+            self._use_task(
+                inferred_task(
+                    self.model,
+                    self.train_dl,
+                    self.loop,
+                    target_key=self.target_key,
+                    own_loss=own_loss,
+                    quiet=self.quiet,
+                )
+            )
+        assert self._task is not None
+        return self._task
+
+    def _use_task(self, task: Task) -> None:
+        self._task = self.loop.task = task
+        self.metric_set = MetricSet(task, task.default_metrics if self.metrics_spec == "default" else self.metrics_spec)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -413,6 +445,7 @@ class Learner:
     def _run(self, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> list[Any]:
         if epochs < 1:
             raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
+        _ = self.task  # inferred from the first batch when none was given (before any sharding or wrapping)
         self._shard_model()
         optimizer = self._prepare_optimizer(lr)
         self._set_cache()
@@ -562,6 +595,8 @@ class Learner:
         """Sweep the learning rate and suggest one (:func:`torchgraft.train.lr_finder.lr_find` with this
         Learner's task, loss and autocast); the model, the optimizer and every random generator are left
         exactly as they were."""
+
+        _ = self.task  # the task's loss, unless the user's
 
         def loss_of(batch: Any) -> torch.Tensor:
             return self.loop.compute_loss(self.model, *self.loop.prepare(batch))[0]

@@ -65,6 +65,8 @@ class Loop:
         scaler: fp16 gradient scaler, or ``None``.
         distributed: whether the forward runs under DDP (``no_sync`` between steps, reduced sums).
         batchnorm_eval: BatchNorm layers stay in evaluation mode while training (statistics fixed).
+        check_targets: check the first training batch's targets against the task (off for a user's own loss
+            without metrics: the loss decides what targets mean).
     """
 
     task: Task
@@ -77,6 +79,7 @@ class Loop:
     scaler: torch.amp.GradScaler | None = None
     distributed: bool = False
     batchnorm_eval: bool = False
+    check_targets: bool = True
     checked: bool = field(default=False, init=False)
 
     def prepare(self, batch: Any) -> tuple[Any, Any]:
@@ -94,7 +97,7 @@ class Loop:
         """``(loss, outputs)``: the forward and the loss, in the autocast context."""
         with self.autocast():
             outputs = self.task.outputs(call_model(model, inputs))
-            if not self.checked and isinstance(targets, torch.Tensor):
+            if self.check_targets and not self.checked and isinstance(targets, torch.Tensor):
                 self.task.check_training(outputs.detach(), targets)  # once per fit: a wrong kind of target fails early
                 self.checked = True
             loss = (self.loss or self.task.loss)(outputs, targets)
