@@ -30,7 +30,7 @@ from torch import nn
 from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import feature_loaders
-from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
+from torchgraft.train.callbacks import BestEpoch, Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
 from torchgraft.train.distributed import (
     is_main,
     launched,
@@ -43,9 +43,10 @@ from torchgraft.train.distributed import (
     wrap,
 )
 from torchgraft.train.first_batch import check_metric_names, inferred_task
-from torchgraft.train.fsdp import full_model_state, is_sharded, plain_copy, shard_model
+from torchgraft.train.fsdp import full_model_state, is_sharded, load_full_state, plain_copy, shard_model
 from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
+from torchgraft.train.recipes import Recipe, recipe_for
 from torchgraft.train.resume import capture, restore
 from torchgraft.train.runstate import (
     get_loader_rng_state,
@@ -56,6 +57,7 @@ from torchgraft.train.runstate import (
     write_state,
 )
 from torchgraft.train.schedule import one_cycle
+from torchgraft.train.stages import Stage, plan_stages
 from torchgraft.tune.freeze import BNPolicy, freeze_to
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
@@ -252,7 +254,8 @@ class Learner:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.quiet = quiet
         self.hooks = Hooks(hooks or {})
-        self.callbacks: list[Any] = [ProgressPrinter(), self.hooks, *callbacks]
+        self.callbacks: list[Any] = [ProgressPrinter(), BestEpoch(monitor, mode), self.hooks, *callbacks]
+        self.best_epoch: dict[str, Any] | None = None  # the best epoch so far (BestEpoch): its place, phase, value
         if self.checkpoint_dir is not None:
             self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every))
         self.optimizer: torch.optim.Optimizer | None = None
@@ -415,6 +418,30 @@ class Learner:
             plain.get_buffer(name).copy_(buffer.detach().cpu())
         plain.load_state_dict(state)
         return plain.to(self.device)
+
+    def load_best(self) -> dict[str, Any]:
+        """Put the weights of ``checkpoint_dir/best.pt`` (the best epoch by the monitored value, over every fit)
+        into the model; returns that epoch's record. Every rank must call it.
+
+        Raises:
+            FileNotFoundError: no ``checkpoint_dir`` was given, or no epoch has ended yet.
+
+        Example:
+            >>> learner.fine_tune(3)
+            >>> learner.load_best()["epoch"]
+        """
+        path = self.checkpoint_dir / "best.pt" if self.checkpoint_dir is not None else None
+        if path is None or not on_main(path.is_file):
+            raise FileNotFoundError(
+                f"load_best: no best.pt{f' in {self.checkpoint_dir}' if path else ''}; the Learner writes it with "
+                f"checkpoint_dir= after each epoch that improves the monitored value."
+            )
+        state = on_main(read_state, path)
+        if is_sharded(self.model):
+            load_full_state(self.model, state["model"])
+        else:
+            self.model.load_state_dict(state["model"])
+        return dict(state["history"][-1])
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed fit needs (:func:`torchgraft.train.resume.capture`)."""
@@ -612,44 +639,73 @@ class Learner:
             steps=steps,
         )
 
-    def _stages(self, epochs: int, freeze_epochs: int, gradual: bool, keep_frozen: int) -> list[tuple[str, int, int]]:
-        """``(stage name, frozen groups, epochs)`` of a fine-tune recipe."""
-        groups = layer_groups(self.model)
-        count, new = len(groups), groups.n_new  # new: the head (and a dense graft's decoder) train throughout
-        keep_frozen = count - new + 1 + keep_frozen if keep_frozen < 0 else keep_frozen  # -1: every body group
-        if not 0 <= keep_frozen <= count - new:
+    def recipe(
+        self,
+        *,
+        lr: float | None = None,
+        lr_mult: float | None = None,
+        frozen_lr: float | None = None,
+        keep_frozen: int | None = None,
+    ) -> Recipe:
+        """The rates :meth:`fine_tune` uses: those given, the rest from the measured recipe of this model's kind
+        and task (:func:`torchgraft.train.recipes.recipe_for`: images, texts, segmentation)."""
+        given = {"lr": lr, "lr_mult": lr_mult, "frozen_lr": frozen_lr, "keep_frozen": keep_frozen}
+        return recipe_for(self.model, self.task).filled(**given)
+
+    def stages(
+        self,
+        epochs: int,
+        lr: float | None = None,
+        *,
+        freeze_epochs: int = 1,
+        lr_mult: float | None = None,
+        frozen_lr: float | None = None,
+        bn: BNPolicy = "frozen",
+        gradual: bool = False,
+        keep_frozen: int | None = None,
+    ) -> list[Stage]:
+        """The stages :meth:`fine_tune` with the same arguments runs (:mod:`torchgraft.train.stages`): per
+        stage the frozen layer groups, the trained ones and their rates, the epochs, cached or not.
+
+        Example:
+            >>> print(plan_text(learner.stages(2, freeze_epochs=1, keep_frozen=1)))
+        """
+        if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs < 1:
             raise ValueError(
-                f"fine_tune: keep_frozen={keep_frozen}, but the model has {count - new} body groups "
-                f"({', '.join(g.name for g in groups.groups)}); give 0..{count - new}."
+                f"fine_tune: need epochs, freeze_epochs >= 0 and one epoch at least, got {epochs}, {freeze_epochs}."
             )
-        stages = [("frozen", count - new, freeze_epochs)] if freeze_epochs > 0 else []
-        if gradual:  # each epoch one more group from the top, until every group trains
-            partial = min(epochs, max(0, count - new - 1))
-            stages += [(f"top{k + new + 1}", count - k - new - 1, 1) for k in range(partial)]
-            stages = [(name, max(frozen, keep_frozen), n) for name, frozen, n in stages]
-            epochs -= partial
-        return stages + ([("unfrozen", keep_frozen, epochs)] if epochs > 0 else [])
+        recipe = self.recipe(lr=lr, lr_mult=lr_mult, frozen_lr=frozen_lr, keep_frozen=keep_frozen)
+        structure = getattr(self.model, "body", None) is not None and getattr(self.model, "cacheable", True)
+        sharded = self.strategy == "fsdp" and self.distributed
+        cache = self.cache_features and bn == "frozen" and bool(structure) and not sharded
+        groups = layer_groups(self.model)
+        return plan_stages(groups, epochs, recipe=recipe, freeze_epochs=freeze_epochs, gradual=gradual, cache=cache)
 
     def fine_tune(
         self,
         epochs: int,
-        base_lr: float = 3e-3,
+        lr: float | None = None,
         *,
         freeze_epochs: int = 1,
-        lr_mult: float = 1.0,
+        lr_mult: float | None = None,
         frozen_lr: float | None = None,
         bn: BNPolicy = "frozen",
         pct_start: float = 0.25,
         gradual: bool = False,
-        keep_frozen: int = 0,
+        keep_frozen: int | None = None,
         resume: str | Path | None = None,
     ) -> list[dict[str, Any]]:
         """Transfer-learning recipe: ``freeze_epochs`` of one-cycle training of the head alone (body frozen
         with BatchNorm policy ``bn``), then ``epochs`` of the whole network with discriminative rates from
-        ``base_lr / lr_mult`` (first group) to ``base_lr`` (head). ``resume=`` continues a run of the same
-        call from its ``last.pt``, in whichever stage it stopped. ``frozen_lr`` sets the head's rate in the
-        frozen stage apart (default ``base_lr``): a head on cached features (``cache_features=True``) trains
-        almost for free and often wants a higher rate than the network.
+        ``lr / lr_mult`` (first group) to ``lr`` (head). ``resume=`` continues a run of the same call from
+        its ``last.pt``, in whichever stage it stopped. ``frozen_lr`` sets the head's rate in the frozen stage
+        apart (default ``lr``): a head on cached features (``cache_features=True``) trains almost for free and
+        often wants a higher rate than the network. :meth:`stages` lists the stages this runs.
+
+        Rates and ``keep_frozen`` left ``None`` come from the measured recipe of the model's kind and task
+        (:mod:`torchgraft.train.recipes`, the same table ``torchgraft train`` reads): images 3e-3 for every
+        group; texts (a Hugging Face text model) 1e-3 with ``lr_mult=10`` and ``frozen_lr=3e-2``;
+        segmentation 4e-3 with the backbone kept frozen (``keep_frozen=-1``).
 
         ``gradual=True`` unfreezes ULMFiT-style: each of the ``epochs`` unfreezes one more layer group from
         the top (one one-cycle fit per epoch; ``learner.stage`` is ``"top2"``, ``"top3"``, ...) until every
@@ -658,30 +714,25 @@ class Learner:
         ``keep_frozen=k`` leaves the first ``k`` layer groups frozen (with BatchNorm policy ``bn``) in the
         unfrozen stages too: their backward pass, the costliest part of a high-resolution network, is never
         run; ``-1`` keeps every body group frozen (only the head, and a dense graft's decoder, train: with
-        ``cache_features`` every stage then trains on cached features). ``torchgraft train --task segment``
-        uses -1: on small targets a decoder on frozen ImageNet features beat every unfrozen recipe
-        (bench/segment.py).
+        ``cache_features`` every stage then trains on cached features). On small segmentation targets a
+        decoder on frozen ImageNet features beat every unfrozen recipe (bench/segment.py).
 
-        The defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on three
-        small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
+        The image defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on
+        three small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
         (``lr_mult=1``) of 3e-3 beat every discriminative spread tried (2x, 3x, 10x) and rates of 1e-3 and
         2e-3 (5e-3 was close: better on two targets, worse on the third); pass ``lr_mult > 1`` for data
         close to the pretraining data, where early layers should move less.
         """
-        if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs < 1:
-            raise ValueError(
-                f"fine_tune: need epochs, freeze_epochs >= 0 and one epoch at least, got {epochs}, {freeze_epochs}."
-            )
-        stages = self._stages(epochs, freeze_epochs, gradual, keep_frozen)
-        names = [name for name, _, _ in stages]
-        stage = on_main(lambda: read_state(resume).get("stage")) if resume is not None else None
-        start = names.index(stage) if stage in names else 0
+        options = {"lr_mult": lr_mult, "frozen_lr": frozen_lr, "keep_frozen": keep_frozen}
+        stages = self.stages(epochs, lr, freeze_epochs=freeze_epochs, bn=bn, gradual=gradual, **options)
+        names = [stage.name for stage in stages]
+        saved = on_main(lambda: read_state(resume).get("stage")) if resume is not None else None
+        start = names.index(saved) if saved in names else 0
         try:
-            for name, n_frozen, stage_epochs in stages[start:]:
-                self.stage = name
-                freeze_to(self.model, n_frozen, bn=bn)
-                lr: LRSpec = (frozen_lr or base_lr) if name == "frozen" else slice(base_lr / lr_mult, base_lr)
-                self.fit_one_cycle(stage_epochs, lr, pct_start=pct_start, resume=resume)
+            for stage in stages[start:]:
+                self.stage = stage.name
+                freeze_to(self.model, stage.frozen, bn=bn)
+                self.fit_one_cycle(stage.epochs, stage.lr, pct_start=pct_start, resume=resume)
                 resume = None
             return self.history
         finally:
