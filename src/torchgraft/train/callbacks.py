@@ -3,8 +3,9 @@
 A callback is an object with any of the methods ``on_fit_begin``, ``on_epoch_begin``, ``on_step_begin``,
 ``on_step_end``, ``on_epoch_end`` and ``on_fit_end``, each called with the Learner (``on_epoch_end`` also
 with the epoch's record). Setting ``learner.stop = True`` ends the fit after the current epoch. The
-Learner's own printing (:class:`ProgressPrinter`), checkpointing (:class:`Checkpointer`) and the old
-``hooks=`` dict (:class:`Hooks`) are callbacks too, so user code extends training without subclassing.
+Learner's own printing (:class:`ProgressPrinter`), best-epoch watch (:class:`BestEpoch`) and checkpointing
+(:class:`Checkpointer`) are callbacks too, so user code extends training without subclassing; plain
+functions make one with :class:`LambdaCallback`.
 
 Example:
     >>> class PrintLR(Callback):
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -26,13 +27,11 @@ from torchgraft.train.distributed import is_main
 
 __all__ = [
     "COLLAPSE",
-    "EVENTS",
-    "HOOKS",
     "BestEpoch",
     "Callback",
     "Checkpointer",
     "EarlyStopping",
-    "Hooks",
+    "LambdaCallback",
     "Monitor",
     "ProgressPrinter",
     "notify",
@@ -58,8 +57,6 @@ class Learner(Protocol):
         """Write the resumable state to ``path``."""
 
 
-EVENTS = ("on_fit_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_epoch_end", "on_fit_end")
-HOOKS = ("epoch_begin", "epoch_end", "step_begin", "step_end")
 Mode = Literal["min", "max"]
 
 
@@ -93,36 +90,38 @@ def notify(callbacks: Iterable[Any], event: str, learner: Learner, *args: Any) -
             method(learner, *args)
 
 
-class Hooks(Callback):
-    """The ``hooks={"epoch_end": fn, ...}`` form: each ``fn(learner)`` runs at its event."""
+Event = Callable[..., None]
 
-    def __init__(self, hooks: dict[str, Callable[[Learner], None] | Sequence[Callable[[Learner], None]]]) -> None:
-        self.hooks: dict[str, list[Callable[[Learner], None]]] = {name: [] for name in HOOKS}
-        for name, hook in hooks.items():
-            for fn in [hook] if callable(hook) else hook:
-                self.add(name, fn)
 
-    def add(self, event: str, hook: Callable[[Learner], None]) -> None:
-        """Call ``hook(learner)`` at ``event`` (one of :data:`HOOKS`)."""
-        if event not in self.hooks:
-            raise ValueError(f"Learner: unknown hook event {event!r}. Choose from {HOOKS}.")
-        self.hooks[event].append(hook)
+class LambdaCallback(Callback):
+    """A callback made of plain functions, one per event (Keras' ``LambdaCallback``): each is called as the
+    method it stands for (``on_epoch_end(learner, record)``, the others ``(learner)``).
 
-    def _run(self, event: str, learner: Learner) -> None:
-        for hook in self.hooks[event]:
-            hook(learner)
+    Example:
+        >>> learner.add_callback(LambdaCallback(on_step_end=lambda learner: print(learner.step)))
+    """
 
-    def on_epoch_begin(self, learner: Learner) -> None:
-        self._run("epoch_begin", learner)
-
-    def on_step_begin(self, learner: Learner) -> None:
-        self._run("step_begin", learner)
-
-    def on_step_end(self, learner: Learner) -> None:
-        self._run("step_end", learner)
-
-    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
-        self._run("epoch_end", learner)
+    def __init__(
+        self,
+        *,
+        on_fit_begin: Event | None = None,
+        on_epoch_begin: Event | None = None,
+        on_step_begin: Event | None = None,
+        on_step_end: Event | None = None,
+        on_epoch_end: Event | None = None,
+        on_fit_end: Event | None = None,
+    ) -> None:
+        events = {
+            "on_fit_begin": on_fit_begin,
+            "on_epoch_begin": on_epoch_begin,
+            "on_step_begin": on_step_begin,
+            "on_step_end": on_step_end,
+            "on_epoch_end": on_epoch_end,
+            "on_fit_end": on_fit_end,
+        }
+        for name, function in events.items():
+            if function is not None:
+                setattr(self, name, function)
 
 
 class ProgressPrinter(Callback):

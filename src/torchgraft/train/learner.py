@@ -30,7 +30,7 @@ from torch import nn
 from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import feature_loaders
-from torchgraft.train.callbacks import BestEpoch, Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
+from torchgraft.train.callbacks import BestEpoch, Callback, Checkpointer, Mode, ProgressPrinter, notify
 from torchgraft.train.distributed import (
     is_main,
     launched,
@@ -64,7 +64,6 @@ from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
 
 __all__ = ["Learner", "TrainingDivergedError"]
 
-Hook = Callable[["Learner"], None]
 BatchNormMode = Literal["train", "eval", "sync"]
 BATCHNORM_MODES: tuple[str, ...] = ("train", "eval", "sync")
 Strategy = Literal["ddp", "fsdp"]
@@ -151,8 +150,8 @@ class Learner:
             feature cache and channels-last are off). On one process both train the model as it is.
         progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
         quiet: print nothing.
-        callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step).
-        hooks: ``{"epoch_begin"|"epoch_end"|"step_begin"|"step_end": callable(learner) or a list}``.
+        callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step; plain
+            functions as :class:`~torchgraft.train.callbacks.LambdaCallback`).
         cache_features: while the body of a grafted model is fully frozen (``bn="frozen"``), compute its
             (pooled) features once and train the head on them; other fits run normally.
 
@@ -191,7 +190,6 @@ class Learner:
         progress: bool | None = None,
         quiet: bool = False,
         callbacks: Sequence[Callback] = (),
-        hooks: dict[str, Hook | Sequence[Hook]] | None = None,
         cache_features: bool = False,
         save_every: int | None = None,
         batchnorm: BatchNormMode = "train",
@@ -253,8 +251,7 @@ class Learner:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.quiet = quiet
-        self.hooks = Hooks(hooks or {})
-        self.callbacks: list[Any] = [ProgressPrinter(), BestEpoch(monitor, mode), self.hooks, *callbacks]
+        self.callbacks: list[Any] = [ProgressPrinter(), BestEpoch(monitor, mode), *callbacks]
         self.best_epoch: dict[str, Any] | None = None  # the best epoch so far (BestEpoch): its place, phase, value
         if self.checkpoint_dir is not None:
             self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every))
@@ -366,10 +363,6 @@ class Learner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def add_hook(self, event: str, hook: Hook) -> None:
-        """Call ``hook(learner)`` at ``event`` (``epoch_begin``, ``epoch_end``, ``step_begin``, ``step_end``)."""
-        self.hooks.add(event, hook)
 
     def add_callback(self, callback: Callback) -> None:
         """Add a :class:`~torchgraft.train.callbacks.Callback`; it runs after the ones already there."""
