@@ -44,20 +44,17 @@ from torchgraft.train.distributed import (
 )
 from torchgraft.train.first_batch import check_metric_names, inferred_task
 from torchgraft.train.fsdp import full_model_state, is_sharded, load_full_state, plain_copy, shard_model
-from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
+from torchgraft.train.loop import EpochProgress, Loop, StepEvents, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.recipes import Recipe, recipe_for
-from torchgraft.train.resume import capture, restore
+from torchgraft.train.resume import Trained, capture, epoch_batches, restore, set_sampler_epoch
 from torchgraft.train.runstate import (
-    get_loader_rng_state,
-    get_rng_state,
     read_state,
-    set_loader_rng_state,
-    set_rng_state,
     write_state,
 )
 from torchgraft.train.schedule import one_cycle
 from torchgraft.train.stages import Stage, plan_stages
+from torchgraft.train.state import FitState, InState
 from torchgraft.tune.freeze import BNPolicy, freeze_to
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
@@ -167,6 +164,17 @@ class Learner:
         >>> learner.fine_tune(3)
     """
 
+    epoch = InState()  # epochs completed in the current fit
+    step = InState()  # optimizer steps in the current fit
+    phase = InState()  # fits completed so far (a fine-tune's stages)
+    stage = InState()  # the part of a fine-tune running ("frozen", "top2", "unfrozen"), else None
+    history = InState()  # one record per epoch, every fit
+    lr_history = InState()  # each optimizer group's rate after every step
+    best_epoch = InState()  # the best epoch so far (BestEpoch): its place in the history, phase, value
+    stop = InState()  # a callback sets it to end the fit after this epoch
+    stepped = InState()  # whether the last batch ended with an optimizer step
+    resumed = InState()  # the checkpoint the current fit resumed from
+
     def __init__(
         self,
         model: nn.Module,
@@ -252,21 +260,11 @@ class Learner:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.quiet = quiet
         self.callbacks: list[Any] = [ProgressPrinter(), BestEpoch(monitor, mode), *callbacks]
-        self.best_epoch: dict[str, Any] | None = None  # the best epoch so far (BestEpoch): its place, phase, value
         if self.checkpoint_dir is not None:
             self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every))
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.history: list[dict[str, Any]] = []  # one record per epoch, every fit
-        self.lr_history: list[list[float]] = []  # each optimizer group's rate after every step
-        self.phase = 0  # fit calls so far (fine_tune's phases)
-        self.stage: str | None = None  # which part of a recipe is running ("frozen", "unfrozen")
-        self.progress_in_epoch = EpochProgress()  # batches done in the running epoch (mid-epoch checkpoints)
-        self.epoch_rng: dict[str, Any] | None = None  # every generator's state when the running epoch began
-        self.resume_position: dict[str, Any] | None = None  # a mid-epoch checkpoint's place, until resumed
-        self.stepped = False  # whether the last batch ended with an optimizer step
+        self.fit_state = FitState()  # counters, history, best epoch, the running epoch's position
         self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features
-        self._start_fit({})
         self._watch: Any = None
         self.cache_features = cache_features
 
@@ -438,7 +436,16 @@ class Learner:
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed fit needs (:func:`torchgraft.train.resume.capture`)."""
-        return capture(self)
+        return capture(self.fit_state, self._trained())
+
+    def _trained(self) -> Trained:
+        loaders = [self.train_dl, self.valid_dl]
+        return Trained(self.model, self.optimizer, self.scheduler, self.loop.scaler, loaders)
+
+    @property
+    def scheduler(self) -> Any:
+        """The running fit's learning-rate schedule (stepped by the loop with the optimizer), or ``None``."""
+        return self.loop.scheduler
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state` to ``path`` atomically (on rank 0 only). Under DDP every rank must call it (the
@@ -454,14 +461,6 @@ class Learner:
 
     # ----------------------------------------------------------------------------------------- fitting
 
-    def _start_fit(self, kind: dict[str, Any]) -> None:
-        self.fit_kind = kind  # {"kind": "fit_one_cycle", "epochs": 3}: a resumed fit must be the same call
-        self.epoch = 0  # epochs completed in the current fit
-        self.step = 0  # optimizer steps in the current fit
-        self.stop = False  # a callback sets it to end the fit after this epoch
-        self.resumed: Path | None = None  # the checkpoint the current fit resumed from
-        self.loop.checked = False  # check the first batch's targets against the task again
-
     def _run(self, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> list[Any]:
         if epochs < 1:
             raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
@@ -471,10 +470,11 @@ class Learner:
         self._set_cache()
         self._wrap_network()
         steps = math.ceil(len(self.train_dl) / self.loop.accumulate) * epochs  # type: ignore[arg-type]
-        self.scheduler = schedule(optimizer, steps)
-        self._start_fit({"kind": kind, "epochs": epochs})
+        self.loop.scheduler = schedule(optimizer, steps)
+        self.fit_state.start_fit({"kind": kind, "epochs": epochs})
+        self.loop.checked = False  # check the first batch's targets against the task again
         if resume is not None:
-            restore(self, resume)
+            self.fit_state = restore(resume, self.fit_state, self._trained())
         notify(self.callbacks, "on_fit_begin", self)
         try:
             while self.epoch < epochs and not self.stop:
@@ -493,80 +493,37 @@ class Learner:
         notify(self.callbacks, "on_fit_end", self)
         return self.history
 
-    def _on_step(self, event: str) -> None:
-        if event == "optimizer":
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            self.stepped = True
-            self.lr_history.append([group["lr"] for group in self.optimizer.param_groups])  # type: ignore[union-attr]
-        else:
-            if event == "begin":
-                self.stepped = False
-            notify(self.callbacks, f"on_step_{event}", self)
+    def _step_begin(self) -> None:
+        self.stepped = False
+        notify(self.callbacks, "on_step_begin", self)
 
-    def _set_epoch(self, loader: Any) -> None:
-        """A new shuffle each epoch, the same on every rank: samplers with ``set_epoch`` get the number of
-        epochs trained so far (over every fit, so that the stages of a recipe do not repeat one order)."""
-        for sampler in {
-            id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
-        }.values():
-            setter = getattr(sampler, "set_epoch", None)
-            if callable(setter):
-                setter(len(self.history))
+    def _stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        self.step += 1
+        self.stepped = True
+        self.lr_history.append([group["lr"] for group in optimizer.param_groups])
 
-    def _epoch_batches(self, train: Any) -> Iterable[Any]:
-        """The epoch's training batches. A fit resumed from a mid-epoch checkpoint starts at the saved batch:
-        every generator is put back to its state at the start of that epoch, the iterator is made (the same
-        shuffle, the same worker seeds), the batches already trained are skipped — by the sampler when it can
-        (:class:`~torchgraft.data.sampling.SeededSampler`: nothing read), else by reading them — and the
-        generators are set to where the checkpoint left them."""
-        loaders = [self.train_dl, self.valid_dl]
-        position, self.resume_position = self.resume_position, None
-        self.progress_in_epoch = EpochProgress()
-        if position is None:
-            self.epoch_rng = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
-            return iter(train)
-        now = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
-        self.epoch_rng = position["epoch_rng"]
-        set_rng_state(self.epoch_rng["rng"])
-        set_loader_rng_state(loaders, self.epoch_rng["loader_rng"])
-        done = position["batch"]
-        sampler, size = getattr(train, "sampler", None), getattr(train, "batch_size", None)
-        if callable(getattr(sampler, "skip", None)) and size:
-            sampler.skip(done * size)  # type: ignore[union-attr]
-            batches = iter(train)
-        else:
-            batches = iter(train)
-            for _ in range(done):
-                next(batches)
-        set_rng_state(now["rng"])
-        set_loader_rng_state(loaders, now["loader_rng"])
-        main = is_main() or not self.distributed  # the saved loss sum is every rank's: one rank carries it
-        self.progress_in_epoch = EpochProgress(
-            batch=done, loss_sum=position["loss_sum"] if main else 0.0, count=position["count"] if main else 0
-        )
-        return batches
+    def _step_end(self) -> None:
+        notify(self.callbacks, "on_step_end", self)
 
     def _one_epoch(self) -> None:
         notify(self.callbacks, "on_epoch_begin", self)
         start = time.perf_counter()
         train, valid, model = self.cache if self.cache else (self.train_dl, self.valid_dl, self.network)
-        self._set_epoch(train)
+        set_sampler_epoch(train, len(self.history))
         epoch = self.epoch + 1
-        batches = self._epoch_batches(train)
-        done = self.progress_in_epoch.batch
+        batches = epoch_batches(train, [self.train_dl, self.valid_dl], self.fit_state, distributed=self.distributed)
+        done = self.fit_state.progress.batch
         train_loss = self.loop.train_epoch(
             model,
             self._bar(batches, f"epoch {epoch}", total=len(train), initial=done),  # type: ignore[arg-type]
             self.optimizer,  # type: ignore[arg-type]
             n_batches=len(train),  # type: ignore[arg-type]
-            on_step=self._on_step,
+            events=StepEvents(self._step_begin, self._stepped, self._step_end),
             where=lambda i: f"epoch {epoch}, batch {i + 1}",
-            progress=self.progress_in_epoch,
+            progress=self.fit_state.progress,
             network=self._current_network if self.distributed else None,
         )
-        self.progress_in_epoch = EpochProgress()
+        self.fit_state.progress = EpochProgress()
         record = {"phase": self.phase, "epoch": epoch, "train_loss": train_loss}
         if valid is not None:  # the plain module: its parameters are the same on every rank
             plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
