@@ -34,6 +34,7 @@ def worker(kind: str, out: str) -> None:
     """One run (under torchrun or alone): the step times of ``kind`` written by rank 0 to ``out``."""
     from loop_overhead import fashion_mnist
     from torchgraft import Learner, graft
+    from torchgraft.train.callbacks import LambdaCallback
     from torchgraft.train.distributed import cleanup, is_main, setup, world_size
 
     torch.set_flush_denormal(True)
@@ -57,7 +58,7 @@ def worker(kind: str, out: str) -> None:
                 times.append(now - last[0])
             last[0] = now
 
-        learner.add_hook("step_end", tick)
+        learner.add_callback(LambdaCallback(on_step_end=tick))
         learner.fit(1, 1e-3)
         learner.close()
     if is_main():

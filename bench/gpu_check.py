@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from torchgraft import Learner, graft
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.distributed import cleanup, is_main, setup, world_size
 
 
@@ -82,7 +83,7 @@ def timed_learner(learner: Learner, s: dict[str, Any], run: Any) -> float:
         sync()
         marks.append(time.perf_counter())
 
-    learner.add_hook("step_end", tick)
+    learner.add_callback(LambdaCallback(on_step_end=tick))
     run(learner)
     steps = marks[s["warmup"] :]
     return learner.train_dl.batch_size * world_size() * (len(steps) - 1) / (steps[-1] - steps[0])

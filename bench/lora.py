@@ -47,9 +47,14 @@ def _peak_mb() -> float:
 
 
 def _timed(learner: object, steps: list[float]) -> None:
+    from torchgraft.train.callbacks import LambdaCallback
+
     begin: list[float] = []
-    learner.add_hook("step_begin", lambda _: begin.append(time.perf_counter()))  # type: ignore[attr-defined]
-    learner.add_hook("step_end", lambda lrn: steps.append((lrn.stage, time.perf_counter() - begin[-1])))  # type: ignore[attr-defined]
+    watch = LambdaCallback(
+        on_step_begin=lambda _: begin.append(time.perf_counter()),
+        on_step_end=lambda lrn: steps.append((lrn.stage, time.perf_counter() - begin[-1])),
+    )
+    learner.add_callback(watch)  # type: ignore[attr-defined]
 
 
 def _text_learner(args: argparse.Namespace, rank: int) -> tuple[object, dict]:

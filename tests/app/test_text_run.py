@@ -17,6 +17,7 @@ from torchgraft.app.run import train_run, validation_outputs
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.tasks import Multilabel
+from torchgraft.train.callbacks import LambdaCallback
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -106,9 +107,8 @@ def test_a_lora_text_run_trains_adapters_only_and_exports_them_merged(bbc_folder
 
     def watched(*args, **kwargs):
         prepared = make(*args, **kwargs)
-        prepared.learner.add_hook(
-            "step_begin", lambda lrn: seen.append({n for n, p in lrn.model.named_parameters() if p.requires_grad})
-        )
+        trainable = lambda lrn: seen.append({n for n, p in lrn.model.named_parameters() if p.requires_grad})  # noqa: E731
+        prepared.learner.add_callback(LambdaCallback(on_step_begin=trainable))
         return prepared
 
     monkeypatch.setattr(run_module, "prepare_run", watched)  # a spy: the real run, its Learner watched

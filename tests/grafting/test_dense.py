@@ -18,6 +18,7 @@ import torchgraft
 from torchgraft import Learner, layer_groups, param_groups
 from torchgraft.grafting.dense import Segmenter, graft_dense
 from torchgraft.tasks import Segmentation
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.weights.zoo import build_model, torchvision_classifiers
 
 FIXED = ("vit_", "swin", "maxvit")  # networks that take exactly their own input size
@@ -143,8 +144,8 @@ def test_training_with_the_multiscale_feature_cache(lite0):
     assert isinstance(segmenter, Segmenter)
     cached: list[bool] = []
     learner = Learner(segmenter, train, valid, task=Segmentation(), cache_features=True, quiet=True)
-    learner.add_hook("step_begin", lambda lrn: cached.append(lrn.cache is not None))
-    history = learner.fine_tune(2, 1e-3, freeze_epochs=2, frozen_lr=3e-3)
+    learner.add_callback(LambdaCallback(on_step_begin=lambda lrn: cached.append(lrn.cache is not None)))
+    history = learner.fine_tune(2, 1e-3, freeze_epochs=2, frozen_lr=3e-3, keep_frozen=0)  # not the recipe's -1
     steps = len(train)
     assert cached[: 2 * steps] == [True] * (2 * steps) and not any(cached[2 * steps :])
     assert history[-1]["miou"] > 0.7 and history[-1]["miou"] >= history[0]["miou"] - 0.02

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from torchgraft import Learner, describe, freeze, graft, layer_groups
+from torchgraft.train.callbacks import LambdaCallback
 
 transformers = pytest.importorskip("transformers")
 
@@ -202,8 +203,8 @@ def test_feature_cache_on_padded_text_trains_the_same_head():
         freeze(model)
         train = torch.utils.data.DataLoader(_token_rows(64), batch_size=16, shuffle=True, collate_fn=_collate)
         valid = torch.utils.data.DataLoader(_token_rows(32, seed=1), batch_size=16, collate_fn=_collate)
-        hooks = {"epoch_end": lambda learner: used.append(learner.cache is not None)}
-        learner = Learner(model, train, valid, quiet=True, cache_features=cache, hooks=hooks)
+        watch = LambdaCallback(on_epoch_end=lambda learner, record: used.append(learner.cache is not None))
+        learner = Learner(model, train, valid, quiet=True, cache_features=cache, callbacks=[watch])
         history = learner.fit_one_cycle(2, 1e-2)
         return model, history
 

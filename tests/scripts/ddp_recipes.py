@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from torchgraft import Learner, check_pretrained, describe, freeze, graft, lora, sync_optimizer
 from torchgraft.data.sampling import SeededSampler, SeededSamples
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.distributed import cleanup, is_main, setup, world_size
 
 
@@ -94,7 +95,7 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
             if learner.stage == "unfrozen" and learner.step == 15:
                 raise KeyboardInterrupt
 
-        learner.add_hook("step_end", stop)
+        learner.add_callback(LambdaCallback(on_step_end=stop))
         interrupted = False
         try:
             learner.fine_tune(1, 1e-2, freeze_epochs=1)
@@ -113,7 +114,7 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
                 learner.model.head[-1] = nn.Linear(16, 10)
                 sync_optimizer(learner.optimizer, learner.model)
 
-        learner.add_hook("step_end", replace_head)
+        learner.add_callback(LambdaCallback(on_step_end=replace_head))
         return learner.fit(2, 1e-2)
 
     recipes: dict[str, Callable[[Learner], Any]] = {

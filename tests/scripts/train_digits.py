@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from torchgraft import Learner
+from torchgraft.train.callbacks import LambdaCallback
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
         torch.utils.data.DataLoader(valid, batch_size=256),
         checkpoint_dir=out,
         quiet=True,
-        hooks={"step_end": lambda learn: print(f"step {learn.epoch} {learn.step}", flush=True)},
+        callbacks=[LambdaCallback(on_step_end=lambda learn: print(f"step {learn.epoch} {learn.step}", flush=True))],
     )
     learner.fit_one_cycle(3, slice(1e-3, 1e-2), resume=resume)
     torch.save(model.state_dict(), out / "final.pt")

@@ -106,8 +106,8 @@ def test_soft_labels_train_but_multilabel_rows_are_refused():
     multilabel[:, 0] = 1  # at least one label per row, several in most
     multilabel[0] = torch.tensor([1.0, 1.0, 0.0])
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, multilabel), batch_size=8)
-    with pytest.raises(TargetError, match="multi-label 0/1 rows"):
-        Learner(nn.Linear(5, 3), loader, quiet=True, metrics=None).fit(1)
+    with pytest.raises(TargetError, match="multi-label 0/1 rows"):  # with no task= they are multi-label
+        Learner(nn.Linear(5, 3), loader, quiet=True, metrics=None, task="classify").fit(1)
 
 
 def test_metric_names_are_checked_against_the_task():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from torchgraft import Callback, EarlyStopping, Learner, graft
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.runstate import StateError, read_state, write_state
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -111,7 +112,11 @@ def test_resume_is_exact_with_loaders_that_have_their_own_generator(digits, tmp_
                 raise KeyboardInterrupt
 
         learner = Learner(
-            model, *_loaders(digits, seed=0), quiet=True, checkpoint_dir=directory, hooks={"step_end": kill}
+            model,
+            *_loaders(digits, seed=0),
+            quiet=True,
+            checkpoint_dir=directory,
+            callbacks=[LambdaCallback(on_step_end=kill)],
         )
         learner.fine_tune(2, freeze_epochs=1, resume=resume)
         return model

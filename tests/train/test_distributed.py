@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from torchgraft import Learner
 from torchgraft.data.sampling import Indices, SeededSampler, SeededSamples
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.distributed import EvalShard, ShardedBatches, local_device
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_recipes.py"
@@ -231,7 +232,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(digits.data[:600], dtype=torch.float32) / 16, torch.tensor(digits.target[:600])
 
 
-def _learner(directory: Path, loader_kind: str, hooks: dict | None = None) -> Learner:
+def _learner(directory: Path, loader_kind: str, watch: LambdaCallback | None = None) -> Learner:
     torch.manual_seed(0)
     x, y = _digits()
     train = Augmented(x[:480], y[:480])
@@ -247,7 +248,8 @@ def _learner(directory: Path, loader_kind: str, hooks: dict | None = None) -> Le
         loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
     valid = DataLoader(TensorDataset(x[480:], y[480:]), batch_size=50)
-    return Learner(model, loader, valid, quiet=True, checkpoint_dir=directory, save_every=3, hooks=hooks)
+    callbacks = [watch] if watch else []
+    return Learner(model, loader, valid, quiet=True, checkpoint_dir=directory, save_every=3, callbacks=callbacks)
 
 
 @pytest.mark.parametrize("loader_kind", ["seeded", "plain"])
@@ -261,7 +263,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, loader_kind, stop_
             raise KeyboardInterrupt  # as a kill would, after the step's checkpoint (every 3 steps)
 
     with pytest.raises(KeyboardInterrupt):
-        _learner(tmp_path / "b", loader_kind, {"step_end": stop}).fit_one_cycle(3, 1e-2)
+        _learner(tmp_path / "b", loader_kind, LambdaCallback(on_step_end=stop)).fit_one_cycle(3, 1e-2)
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     saved = stop_at // 3 * 3
     assert state["step"] == saved and state["position"]["batch"] == saved % 15  # 15 batches an epoch

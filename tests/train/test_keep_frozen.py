@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchgraft import Learner, graft, graft_dense, layer_groups
 from torchgraft.data.masks import MaskDataset, mask_transforms
 from torchgraft.train.cache import FeatureCacheError, cached_loader
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.tune.freeze import freeze
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -42,8 +43,8 @@ def test_minus_one_keeps_the_whole_body_frozen_and_trains_on_cached_features():
     body = {n: p.detach().clone() for n, p in model.body.named_parameters()}
     head = {n: p.detach().clone() for n, p in model.head.named_parameters()}
     cached: list[bool] = []
-    hooks = {"epoch_end": lambda learner: cached.append(learner.cache is not None)}
-    learner = Learner(model, *_loaders(), quiet=True, device="cpu", cache_features=True, hooks=hooks)
+    watch = LambdaCallback(on_epoch_end=lambda learner, record: cached.append(learner.cache is not None))
+    learner = Learner(model, *_loaders(), quiet=True, device="cpu", cache_features=True, callbacks=[watch])
     learner.fine_tune(1, 1e-2, freeze_epochs=1, keep_frozen=-1)
     assert all(torch.equal(p, body[n]) for n, p in model.body.named_parameters())
     assert not all(torch.equal(p, head[n]) for n, p in model.head.named_parameters())

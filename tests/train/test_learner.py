@@ -25,6 +25,7 @@ from torchgraft import (
     unfreeze,
 )
 from torchgraft.train.cache import FeatureCacheError
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.runstate import read_state
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -105,14 +106,17 @@ def test_fine_tune_frozen_phase_changes_only_the_head(lite0, digits):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = {}
 
-    def after_epoch(learner: Learner) -> None:
+    def after_epoch(learner: Learner, record: dict) -> None:
         if learner.phase == 0:
             seen["frozen"] = {k: v.clone() for k, v in learner.model.state_dict().items()}
 
     x, y = digits
     small = (x[:320], y[:320])
     learner = Learner(
-        model, *_loaders(small, batch=32, size=32, rgb=True), quiet=True, hooks={"epoch_end": after_epoch}
+        model,
+        *_loaders(small, batch=32, size=32, rgb=True),
+        quiet=True,
+        callbacks=[LambdaCallback(on_epoch_end=after_epoch)],
     )
     learner.fine_tune(1, 1e-3, freeze_epochs=1)
     changed = {k for k, v in seen["frozen"].items() if not torch.equal(v, before[k])}
@@ -248,9 +252,9 @@ def test_close_releases_the_wrapper_and_keeps_the_model_usable(digits):
 def test_surgery_between_fits_is_trained_and_hooks_run(digits):
     model = graft(_cnn(), 10, cut="6", head="linear", input_size=(1, 8, 8))
     counts = {event: 0 for event in ("epoch_begin", "epoch_end", "step_begin", "step_end")}
-    hooks = {event: (lambda learner, e=event: counts.__setitem__(e, counts[e] + 1)) for event in counts}
+    events = {f"on_{event}": (lambda learner, *_, e=event: counts.__setitem__(e, counts[e] + 1)) for event in counts}
     train, valid = _loaders(digits)
-    learner = Learner(model, train, valid, quiet=True, hooks=hooks)
+    learner = Learner(model, train, valid, quiet=True, callbacks=[LambdaCallback(**events)])
     learner.fit(1, 1e-3)
     model.head[-1] = nn.Linear(32, 10)  # surgery after the optimizer exists
     new = model.head[-1].weight.detach().clone()
@@ -276,8 +280,6 @@ def test_learner_argument_errors(digits, tmp_path):
         Learner(_cnn(), train, amp="fp16", device="cpu")
     with pytest.raises(ValueError, match="unknown metric 'acc'"):
         Learner(_cnn(), train, metrics=["acc"])
-    with pytest.raises(ValueError, match="unknown hook event 'batch_end'"):
-        Learner(_cnn(), train, hooks={"batch_end": print})
     learner = Learner(_cnn(), train, valid, quiet=True, checkpoint_dir=tmp_path)
     learner.fit(1, 1e-3)
     with pytest.raises(ValueError, match=r"written by fit\(1 epochs\), not fit_one_cycle\(2 epochs\)"):
@@ -297,7 +299,7 @@ def _frozen_phase(lite0: nn.Module, digits, *, cache: bool) -> tuple[nn.Module, 
         *_loaders((x[:480], y[:480]), batch=32, size=32, rgb=True),
         quiet=True,
         cache_features=cache,
-        hooks={"epoch_end": lambda learner: used.append(learner.cache is not None)},
+        callbacks=[LambdaCallback(on_epoch_end=lambda learner, record: used.append(learner.cache is not None))],
     )
     history = learner.fit_one_cycle(3, 3e-3)
     assert used == [cache] * 3
@@ -370,7 +372,9 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(digits, tmp_path, capsys):
         if learner.epoch == 1 and learner.step == 22 + 3:  # third batch of the second epoch
             raise KeyboardInterrupt
 
-    learner = Learner(_cnn(), *_loaders(digits), checkpoint_dir=tmp_path, hooks={"step_end": interrupt})
+    learner = Learner(
+        _cnn(), *_loaders(digits), checkpoint_dir=tmp_path, callbacks=[LambdaCallback(on_step_end=interrupt)]
+    )
     with pytest.raises(KeyboardInterrupt):
         learner.fit(3, 1e-3)
     assert f"interrupted after 1 of 3 epochs; resume with resume={tmp_path / 'last.pt'}" in capsys.readouterr().err
@@ -392,10 +396,11 @@ def test_progress_bars_on_request_and_plain_lines_otherwise(digits, capsys):
 
 @pytest.mark.parametrize("stop_in", ["frozen", "unfrozen"])
 def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
-    def learner_for(directory: Path, hooks: dict | None = None) -> tuple[Learner, nn.Module]:
+    def learner_for(directory: Path, watch: LambdaCallback | None = None) -> tuple[Learner, nn.Module]:
         torch.manual_seed(0)
         model = graft(_cnn(), 10, cut="6", input_size=(1, 8, 8))
-        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, hooks=hooks), model
+        callbacks = [watch] if watch else []
+        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, callbacks=callbacks), model
 
     straight, reference = learner_for(tmp_path / "a")
     straight.fine_tune(2, 1e-2, freeze_epochs=2)
@@ -404,7 +409,7 @@ def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
         if learner.stage == stop_in and learner.epoch == 1 and learner.step == 22 + 4:
             raise KeyboardInterrupt
 
-    interrupted, _ = learner_for(tmp_path / "b", {"step_end": stop})
+    interrupted, _ = learner_for(tmp_path / "b", LambdaCallback(on_step_end=stop))
     with pytest.raises(KeyboardInterrupt):
         interrupted.fine_tune(2, 1e-2, freeze_epochs=2)
     assert read_state(tmp_path / "b" / "last.pt")["stage"] == stop_in
@@ -424,7 +429,7 @@ def test_adam_moments_carry_over_from_one_fit_to_the_next(digits):
         if learner.phase == 1 and learner.step == 0:
             seen["state"] = {k: v.clone() for k, v in learner.optimizer.state[model[0].weight].items()}
 
-    learner = Learner(model, *_loaders(digits), quiet=True, hooks={"step_begin": first_step})
+    learner = Learner(model, *_loaders(digits), quiet=True, callbacks=[LambdaCallback(on_step_begin=first_step)])
     learner.fit(1, 1e-3)
     after_first = {k: v.clone() for k, v in learner.optimizer.state[model[0].weight].items()}
     learner.fit(1, slice(1e-4, 1e-3))  # a new optimizer (other groups and rates), the same moments
@@ -448,10 +453,11 @@ def test_one_cycle_with_an_optimizer_without_momentum(digits):
 
 @pytest.mark.parametrize("stop_in", ["frozen", "top2", "unfrozen"])
 def test_gradual_fine_tune_unfreezes_from_the_top_and_resumes_in_any_stage(digits, tmp_path, stop_in):
-    def learner_for(directory: Path, hooks: dict) -> tuple[Learner, nn.Module]:
+    def learner_for(directory: Path, watch: LambdaCallback | None) -> tuple[Learner, nn.Module]:
         torch.manual_seed(0)
         model = graft(_cnn(), 10, cut="6", input_size=(1, 8, 8))
-        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, hooks=hooks), model
+        callbacks = [watch] if watch else []
+        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, callbacks=callbacks), model
 
     seen: list[tuple[str | None, int]] = []
 
@@ -459,7 +465,7 @@ def test_gradual_fine_tune_unfreezes_from_the_top_and_resumes_in_any_stage(digit
         groups = layer_groups(learner.model)
         seen.append((learner.stage, sum(any(p.requires_grad for p in g.params) for g in groups)))
 
-    straight, reference = learner_for(tmp_path / "a", {"epoch_begin": watch})
+    straight, reference = learner_for(tmp_path / "a", LambdaCallback(on_epoch_begin=watch))
     assert len(layer_groups(reference)) == 3
     straight.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True)
     assert seen == [("frozen", 1), ("frozen", 1), ("top2", 2), ("unfrozen", 3), ("unfrozen", 3)]
@@ -470,10 +476,10 @@ def test_gradual_fine_tune_unfreezes_from_the_top_and_resumes_in_any_stage(digit
         if learner.stage == stop_in and learner.epoch == last and learner.step == 22 * last + 4:
             raise KeyboardInterrupt
 
-    interrupted, _ = learner_for(tmp_path / "b", {"step_end": stop})
+    interrupted, _ = learner_for(tmp_path / "b", LambdaCallback(on_step_end=stop))
     with pytest.raises(KeyboardInterrupt):
         interrupted.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True)
-    resumed, model = learner_for(tmp_path / "b", {})
+    resumed, model = learner_for(tmp_path / "b", None)
     history = resumed.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True, resume=tmp_path / "b" / "last.pt")
     assert len(history) == 5
     for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchgraft
 from conftest import minilm_folder
 from torchgraft import Learner, export_model, graft, layer_groups, load_exported, preprocessing_for
+from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.tune.lora import LoraError, is_adapted, lora, lora_targets, merged
 
 peft = pytest.importorskip("peft")
@@ -81,7 +82,7 @@ def test_fine_tune_trains_adapters_and_head_only_and_resumes(build, tmp_path):
     base = {n: p.detach().clone() for n, p in adapted.named_parameters() if not p.requires_grad}
     seen: list[set[str]] = []
     learner = Learner(adapted, train_dl, valid_dl, cache_features=True, checkpoint_dir=tmp_path, quiet=True)
-    learner.add_hook("step_begin", lambda lrn: seen.append(_trainable(lrn.model)))
+    learner.add_callback(LambdaCallback(on_step_begin=lambda lrn: seen.append(_trainable(lrn.model))))
     history = learner.fine_tune(2, 1e-2, freeze_epochs=1)
     assert len(history) == 3 and seen
     assert all(_adapter_or_head(n) for names in seen for n in names)

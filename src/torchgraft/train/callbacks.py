@@ -3,8 +3,9 @@
 A callback is an object with any of the methods ``on_fit_begin``, ``on_epoch_begin``, ``on_step_begin``,
 ``on_step_end``, ``on_epoch_end`` and ``on_fit_end``, each called with the Learner (``on_epoch_end`` also
 with the epoch's record). Setting ``learner.stop = True`` ends the fit after the current epoch. The
-Learner's own printing (:class:`ProgressPrinter`), checkpointing (:class:`Checkpointer`) and the old
-``hooks=`` dict (:class:`Hooks`) are callbacks too, so user code extends training without subclassing.
+Learner's own printing (:class:`ProgressPrinter`), best-epoch watch (:class:`BestEpoch`) and checkpointing
+(:class:`Checkpointer`) are callbacks too, so user code extends training without subclassing; plain
+functions make one with :class:`LambdaCallback`.
 
 Example:
     >>> class PrintLR(Callback):
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -25,12 +26,12 @@ from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import is_main
 
 __all__ = [
-    "EVENTS",
-    "HOOKS",
+    "COLLAPSE",
+    "BestEpoch",
     "Callback",
     "Checkpointer",
     "EarlyStopping",
-    "Hooks",
+    "LambdaCallback",
     "Monitor",
     "ProgressPrinter",
     "notify",
@@ -49,13 +50,13 @@ class Learner(Protocol):
     metric_set: MetricSet
     step: int
     stepped: bool
+    stage: str | None
+    best_epoch: dict[str, Any] | None
 
     def save(self, path: str | Path) -> None:
         """Write the resumable state to ``path``."""
 
 
-EVENTS = ("on_fit_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_epoch_end", "on_fit_end")
-HOOKS = ("epoch_begin", "epoch_end", "step_begin", "step_end")
 Mode = Literal["min", "max"]
 
 
@@ -89,36 +90,38 @@ def notify(callbacks: Iterable[Any], event: str, learner: Learner, *args: Any) -
             method(learner, *args)
 
 
-class Hooks(Callback):
-    """The ``hooks={"epoch_end": fn, ...}`` form: each ``fn(learner)`` runs at its event."""
+Event = Callable[..., None]
 
-    def __init__(self, hooks: dict[str, Callable[[Learner], None] | Sequence[Callable[[Learner], None]]]) -> None:
-        self.hooks: dict[str, list[Callable[[Learner], None]]] = {name: [] for name in HOOKS}
-        for name, hook in hooks.items():
-            for fn in [hook] if callable(hook) else hook:
-                self.add(name, fn)
 
-    def add(self, event: str, hook: Callable[[Learner], None]) -> None:
-        """Call ``hook(learner)`` at ``event`` (one of :data:`HOOKS`)."""
-        if event not in self.hooks:
-            raise ValueError(f"Learner: unknown hook event {event!r}. Choose from {HOOKS}.")
-        self.hooks[event].append(hook)
+class LambdaCallback(Callback):
+    """A callback made of plain functions, one per event (Keras' ``LambdaCallback``): each is called as the
+    method it stands for (``on_epoch_end(learner, record)``, the others ``(learner)``).
 
-    def _run(self, event: str, learner: Learner) -> None:
-        for hook in self.hooks[event]:
-            hook(learner)
+    Example:
+        >>> learner.add_callback(LambdaCallback(on_step_end=lambda learner: print(learner.step)))
+    """
 
-    def on_epoch_begin(self, learner: Learner) -> None:
-        self._run("epoch_begin", learner)
-
-    def on_step_begin(self, learner: Learner) -> None:
-        self._run("step_begin", learner)
-
-    def on_step_end(self, learner: Learner) -> None:
-        self._run("step_end", learner)
-
-    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
-        self._run("epoch_end", learner)
+    def __init__(
+        self,
+        *,
+        on_fit_begin: Event | None = None,
+        on_epoch_begin: Event | None = None,
+        on_step_begin: Event | None = None,
+        on_step_end: Event | None = None,
+        on_epoch_end: Event | None = None,
+        on_fit_end: Event | None = None,
+    ) -> None:
+        events = {
+            "on_fit_begin": on_fit_begin,
+            "on_epoch_begin": on_epoch_begin,
+            "on_step_begin": on_step_begin,
+            "on_step_end": on_step_end,
+            "on_epoch_end": on_epoch_end,
+            "on_fit_end": on_fit_end,
+        }
+        for name, function in events.items():
+            if function is not None:
+                setattr(self, name, function)
 
 
 class ProgressPrinter(Callback):
@@ -147,10 +150,10 @@ class Monitor:
     is better needs ``mode=``.
     """
 
-    def __init__(self, monitor: str | None = None, mode: Mode | None = None) -> None:
+    def __init__(self, monitor: str | None = None, mode: Mode | None = None, *, owner: str = "Checkpointer") -> None:
         if mode not in (None, "min", "max"):
             raise ValueError(f"monitor: mode={mode!r}; choose 'min' or 'max'.")
-        self.monitor, self.mode = monitor, mode
+        self.monitor, self.mode, self.owner = monitor, mode, owner
         self.resolved: tuple[str, Mode] | None = None
 
     def resolve(self, learner: Learner) -> tuple[str, Mode]:
@@ -163,7 +166,7 @@ class Monitor:
         monitor = self.monitor or (names[0] if names else "valid_loss")
         if monitor not in ("valid_loss", "train_loss", *names):
             raise ValueError(
-                f"Checkpointer: monitor={monitor!r} is not recorded; choose from valid_loss, train_loss, "
+                f"{self.owner}: monitor={monitor!r} is not recorded; choose from valid_loss, train_loss, "
                 f"{', '.join(names)}."
             )
         higher = None
@@ -171,7 +174,7 @@ class Monitor:
             higher = False if monitor.endswith("_loss") else learner.metric_set.higher_is_better(monitor)
             if higher is None:
                 raise ValueError(
-                    f"Checkpointer: metric {monitor!r} does not say whether higher is better, so best.pt could "
+                    f"{self.owner}: metric {monitor!r} does not say whether higher is better, so best.pt could "
                     f"keep the worst epoch. Pass mode='min' or mode='max' (Learner(..., mode=...)), or set "
                     f"{monitor}.higher_is_better."
                 )
@@ -187,8 +190,9 @@ class Monitor:
 
 
 class Checkpointer(Callback):
-    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored value improves (``monitor`` and
-    ``mode`` as for :class:`Monitor`); with ``every=N`` also ``last.pt`` after every ``N``-th optimizer step,
+    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored value improves on every epoch of
+    the Learner so far (every fit's: the frozen stage of a fine-tune counts) (``monitor`` and ``mode`` as for
+    :class:`Monitor`); with ``every=N`` also ``last.pt`` after every ``N``-th optimizer step,
     from which a fit resumes at the next batch. Every file is written atomically (a kill while writing leaves
     the previous one)."""
 
@@ -202,7 +206,7 @@ class Checkpointer(Callback):
 
     def on_fit_begin(self, learner: Learner) -> None:
         self.watch.resolve(learner)  # fail before training, not after the first epoch
-        scores = [self.watch.score(r) for r in learner.history if r.get("phase") == learner.phase]
+        scores = [self.watch.score(r) for r in learner.history]  # every fit's: a fine-tune's frozen stage too
         self.best = max((s for s in scores if s is not None), default=-math.inf)
         if learner.resumed is None:
             learner.save(self.directory / "last.pt")  # resumable even if stopped during the first epoch
@@ -225,7 +229,7 @@ class EarlyStopping(Callback):
     def __init__(self, *, monitor: str | None = None, mode: Mode | None = None, patience: int = 3) -> None:
         if patience < 1:
             raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}.")
-        self.watch = Monitor(monitor, mode)
+        self.watch = Monitor(monitor, mode, owner="EarlyStopping")
         self.patience = patience
         self.best, self.waited = -math.inf, 0
 
@@ -243,3 +247,71 @@ class EarlyStopping(Callback):
             learner.stop = True
             if not learner.quiet and is_main():
                 print(f"early stop: no improvement for {self.patience} epochs", file=sys.stderr)
+
+
+COLLAPSE = 0.2  # an unfrozen epoch worse than the frozen stage's best by more than this share of it
+
+
+class BestEpoch(Callback):
+    """Which epoch was best so far by the monitored value (``learner.best_epoch``: its place in the history,
+    phase, epoch, stage and value; every fit counts), and one line when a fine-tune collapses: an epoch after
+    unfreezing worse than the frozen stage's best by more than :data:`COLLAPSE` (20%) of it — e.g. accuracy
+    0.93 in the frozen stage, below 0.744 after. ``best.pt`` keeps the better epoch; the line says so.
+    A metric whose direction is unknown is not watched (the :class:`Checkpointer` asks for ``mode=``)."""
+
+    def __init__(self, monitor: str | None = None, mode: Mode | None = None) -> None:
+        self.watch = Monitor(monitor, mode, owner="BestEpoch")
+        self.on = False
+        self.frozen_best: float | None = None
+        self.warned = False
+        self.stages: dict[int, str | None] = {}  # the stage of each fit (phase) seen
+
+    def on_fit_begin(self, learner: Learner) -> None:
+        try:
+            self.watch.resolve(learner)
+        except ValueError:
+            self.on = False
+            return
+        self.on = True
+        self.stages[learner.phase] = learner.stage
+        if learner.stage in (None, "frozen"):
+            self.warned = False
+        if learner.stage == "frozen" or not learner.history:
+            self.frozen_best = None
+        if learner.best_epoch is None:
+            for index, record in enumerate(learner.history):
+                self._consider(learner, index, record)
+
+    def _consider(self, learner: Learner, index: int, record: dict[str, Any]) -> None:
+        score = self.watch.score(record)
+        best = learner.best_epoch
+        if score is not None and (best is None or score > self.watch.score(learner.history[best["index"]])):
+            monitor = self.watch.resolved[0]  # type: ignore[index]
+            learner.best_epoch = {
+                "index": index,
+                "phase": record.get("phase"),
+                "epoch": record.get("epoch"),
+                "stage": self.stages.get(record.get("phase", -1)),
+                monitor: record[monitor],
+            }
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        self._consider(learner, len(learner.history) - 1, record)
+        score = self.watch.score(record)
+        if score is None or learner.stage is None:
+            return
+        if learner.stage == "frozen":
+            self.frozen_best = score if self.frozen_best is None else max(self.frozen_best, score)
+            return
+        if self.frozen_best is not None and self.frozen_best - score > COLLAPSE * abs(self.frozen_best):
+            if not self.warned and not learner.quiet and is_main():
+                monitor = self.watch.resolved[0]  # type: ignore[index]
+                print(
+                    f"collapse: {monitor} {record[monitor]:.4g} after unfreezing, worse than the frozen stage's "
+                    f"{abs(self.frozen_best):.4g} by more than {COLLAPSE:.0%}; best.pt keeps the better epoch "
+                    f"(lower lr, raise lr_mult, or keep_frozen=-1)",
+                    file=sys.stderr,
+                )
+            self.warned = True

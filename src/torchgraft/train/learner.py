@@ -30,7 +30,7 @@ from torch import nn
 from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import feature_loaders
-from torchgraft.train.callbacks import Callback, Checkpointer, Hooks, Mode, ProgressPrinter, notify
+from torchgraft.train.callbacks import BestEpoch, Callback, Checkpointer, Mode, ProgressPrinter, notify
 from torchgraft.train.distributed import (
     is_main,
     launched,
@@ -42,26 +42,25 @@ from torchgraft.train.distributed import (
     shard_loader,
     wrap,
 )
-from torchgraft.train.fsdp import full_model_state, is_sharded, plain_copy, shard_model
-from torchgraft.train.loop import EpochProgress, Loop, TrainingDivergedError
+from torchgraft.train.first_batch import check_metric_names, inferred_task
+from torchgraft.train.fsdp import full_model_state, is_sharded, load_full_state, plain_copy, shard_model
+from torchgraft.train.loop import EpochProgress, Loop, StepEvents, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
-from torchgraft.train.resume import capture, restore
+from torchgraft.train.recipes import Recipe, recipe_for
+from torchgraft.train.resume import Trained, capture, epoch_batches, restore, set_sampler_epoch
 from torchgraft.train.runstate import (
-    get_loader_rng_state,
-    get_rng_state,
     read_state,
-    set_loader_rng_state,
-    set_rng_state,
     write_state,
 )
 from torchgraft.train.schedule import one_cycle
+from torchgraft.train.stages import Stage, plan_stages
+from torchgraft.train.state import FitState, InState
 from torchgraft.tune.freeze import BNPolicy, freeze_to
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
 
 __all__ = ["Learner", "TrainingDivergedError"]
 
-Hook = Callable[["Learner"], None]
 BatchNormMode = Literal["train", "eval", "sync"]
 BATCHNORM_MODES: tuple[str, ...] = ("train", "eval", "sync")
 Strategy = Literal["ddp", "fsdp"]
@@ -111,8 +110,11 @@ class Learner:
             (a Hugging Face collator's output: the target under ``labels``, the rest passed to the model as
             keyword arguments).
         valid_dl: batches to evaluate after each epoch (optional).
-        task: a :class:`~torchgraft.tasks.Task` or its name (default ``"classify"``): how batches split,
-            the default loss, which metrics fit.
+        task: a :class:`~torchgraft.tasks.Task` or its name: how batches split, the default loss, which
+            metrics fit. Default: inferred from the first training batch's outputs and targets
+            (:func:`torchgraft.tasks.infer.infer_task`: class ids, 0/1 rows, float values, masks), said in one
+            line; what cannot be told apart is refused, naming ``task=``. With your own ``loss=`` and
+            ``metrics=None`` any outputs train (no task checks).
         target_key: the key of the targets in dict batches (when ``task`` is a name).
         loss: ``loss(outputs, targets)`` instead of the task's.
         metrics: names the task knows (``"accuracy"``, ``"f1"``, ...), torchmetrics ``Metric`` objects, or
@@ -145,8 +147,8 @@ class Learner:
             feature cache and channels-last are off). On one process both train the model as it is.
         progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
         quiet: print nothing.
-        callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step).
-        hooks: ``{"epoch_begin"|"epoch_end"|"step_begin"|"step_end": callable(learner) or a list}``.
+        callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step; plain
+            functions as :class:`~torchgraft.train.callbacks.LambdaCallback`).
         cache_features: while the body of a grafted model is fully frozen (``bn="frozen"``), compute its
             (pooled) features once and train the head on them; other fits run normally.
 
@@ -161,6 +163,17 @@ class Learner:
         >>> learner = Learner(graft(resnet18(weights="DEFAULT"), 10), train_dl, valid_dl)
         >>> learner.fine_tune(3)
     """
+
+    epoch = InState()  # epochs completed in the current fit
+    step = InState()  # optimizer steps in the current fit
+    phase = InState()  # fits completed so far (a fine-tune's stages)
+    stage = InState()  # the part of a fine-tune running ("frozen", "top2", "unfrozen"), else None
+    history = InState()  # one record per epoch, every fit
+    lr_history = InState()  # each optimizer group's rate after every step
+    best_epoch = InState()  # the best epoch so far (BestEpoch): its place in the history, phase, value
+    stop = InState()  # a callback sets it to end the fit after this epoch
+    stepped = InState()  # whether the last batch ended with an optimizer step
+    resumed = InState()  # the checkpoint the current fit resumed from
 
     def __init__(
         self,
@@ -185,7 +198,6 @@ class Learner:
         progress: bool | None = None,
         quiet: bool = False,
         callbacks: Sequence[Callback] = (),
-        hooks: dict[str, Hook | Sequence[Hook]] | None = None,
         cache_features: bool = False,
         save_every: int | None = None,
         batchnorm: BatchNormMode = "train",
@@ -205,7 +217,8 @@ class Learner:
                 f"Learner: target_key={target_key!r} but the task reads {task.target_key!r}; set the task's own "
                 f"target_key ({type(task).__name__}(target_key={target_key!r}))."
             )
-        self.task = task if isinstance(task, Task) else get_task(task, target_key=target_key)
+        self._task = task if isinstance(task, Task) or task is None else get_task(task, target_key=target_key)
+        self.target_key, self.metrics_spec = target_key, metrics
         self.device = local_device(device)
         amp_dtype = _amp_dtype(amp)
         if amp_dtype is torch.float16 and self.device.type != "cuda":
@@ -225,7 +238,7 @@ class Learner:
         self.full_valid_dl = valid_dl  # every validation sample, unsharded: what rank 0 reports on after a fit
         scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
         self.loop = Loop(
-            task=self.task,
+            task=self._task or Task(target_key=target_key),  # until inferred: splits batches, nothing else
             device=self.device,
             loss=loss,
             amp_dtype=amp_dtype,
@@ -235,30 +248,47 @@ class Learner:
             scaler=scaler,
             distributed=self.distributed,
             batchnorm_eval=batchnorm == "eval",
+            check_targets=loss is None or metrics is not None,  # the user's loss alone: any targets it takes
         )
-        self.metric_set = MetricSet(self.task, self.task.default_metrics if metrics == "default" else metrics)
+        self.metric_set = MetricSet(self.loop.task, None)
+        if self._task is not None:
+            self._use_task(self._task)
+        elif metrics != "default":
+            check_metric_names(metrics)
         self.optimizer_class, self.weight_decay = optimizer, weight_decay
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.quiet = quiet
-        self.hooks = Hooks(hooks or {})
-        self.callbacks: list[Any] = [ProgressPrinter(), self.hooks, *callbacks]
+        self.callbacks: list[Any] = [ProgressPrinter(), BestEpoch(monitor, mode), *callbacks]
         if self.checkpoint_dir is not None:
             self.callbacks.insert(1, Checkpointer(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every))
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.history: list[dict[str, Any]] = []  # one record per epoch, every fit
-        self.lr_history: list[list[float]] = []  # each optimizer group's rate after every step
-        self.phase = 0  # fit calls so far (fine_tune's phases)
-        self.stage: str | None = None  # which part of a recipe is running ("frozen", "unfrozen")
-        self.progress_in_epoch = EpochProgress()  # batches done in the running epoch (mid-epoch checkpoints)
-        self.epoch_rng: dict[str, Any] | None = None  # every generator's state when the running epoch began
-        self.resume_position: dict[str, Any] | None = None  # a mid-epoch checkpoint's place, until resumed
-        self.stepped = False  # whether the last batch ended with an optimizer step
+        self.fit_state = FitState()  # counters, history, best epoch, the running epoch's position
         self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features
-        self._start_fit({})
         self._watch: Any = None
         self.cache_features = cache_features
+
+    @property
+    def task(self) -> Task:
+        """The task: the one given, else inferred from the first training batch (at the first fit, or here)."""
+        if self._task is None:
+            own_loss = self.loop.loss is not None and self.metrics_spec is None
+            self._use_task(
+                inferred_task(
+                    self.model,
+                    self.train_dl,
+                    self.loop,
+                    target_key=self.target_key,
+                    own_loss=own_loss,
+                    quiet=self.quiet,
+                )
+            )
+        assert self._task is not None
+        return self._task
+
+    def _use_task(self, task: Task) -> None:
+        self._task = self.loop.task = task
+        self.metric_set = MetricSet(task, task.default_metrics if self.metrics_spec == "default" else self.metrics_spec)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -332,10 +362,6 @@ class Learner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add_hook(self, event: str, hook: Hook) -> None:
-        """Call ``hook(learner)`` at ``event`` (``epoch_begin``, ``epoch_end``, ``step_begin``, ``step_end``)."""
-        self.hooks.add(event, hook)
-
     def add_callback(self, callback: Callback) -> None:
         """Add a :class:`~torchgraft.train.callbacks.Callback`; it runs after the ones already there."""
         self.callbacks.append(callback)
@@ -384,9 +410,42 @@ class Learner:
         plain.load_state_dict(state)
         return plain.to(self.device)
 
+    def load_best(self) -> dict[str, Any]:
+        """Put the weights of ``checkpoint_dir/best.pt`` (the best epoch by the monitored value, over every fit)
+        into the model; returns that epoch's record. Every rank must call it.
+
+        Raises:
+            FileNotFoundError: no ``checkpoint_dir`` was given, or no epoch has ended yet.
+
+        Example:
+            >>> learner.fine_tune(3)
+            >>> learner.load_best()["epoch"]
+        """
+        path = self.checkpoint_dir / "best.pt" if self.checkpoint_dir is not None else None
+        if path is None or not on_main(path.is_file):
+            raise FileNotFoundError(
+                f"load_best: no best.pt{f' in {self.checkpoint_dir}' if path else ''}; the Learner writes it with "
+                f"checkpoint_dir= after each epoch that improves the monitored value."
+            )
+        state = on_main(read_state, path)
+        if is_sharded(self.model):
+            load_full_state(self.model, state["model"])
+        else:
+            self.model.load_state_dict(state["model"])
+        return dict(state["history"][-1])
+
     def state(self) -> dict[str, Any]:
         """Everything a resumed fit needs (:func:`torchgraft.train.resume.capture`)."""
-        return capture(self)
+        return capture(self.fit_state, self._trained())
+
+    def _trained(self) -> Trained:
+        loaders = [self.train_dl, self.valid_dl]
+        return Trained(self.model, self.optimizer, self.scheduler, self.loop.scaler, loaders)
+
+    @property
+    def scheduler(self) -> Any:
+        """The running fit's learning-rate schedule (stepped by the loop with the optimizer), or ``None``."""
+        return self.loop.scheduler
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state` to ``path`` atomically (on rank 0 only). Under DDP every rank must call it (the
@@ -402,26 +461,20 @@ class Learner:
 
     # ----------------------------------------------------------------------------------------- fitting
 
-    def _start_fit(self, kind: dict[str, Any]) -> None:
-        self.fit_kind = kind  # {"kind": "fit_one_cycle", "epochs": 3}: a resumed fit must be the same call
-        self.epoch = 0  # epochs completed in the current fit
-        self.step = 0  # optimizer steps in the current fit
-        self.stop = False  # a callback sets it to end the fit after this epoch
-        self.resumed: Path | None = None  # the checkpoint the current fit resumed from
-        self.loop.checked = False  # check the first batch's targets against the task again
-
     def _run(self, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> list[Any]:
         if epochs < 1:
             raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
+        _ = self.task  # inferred from the first batch when none was given (before any sharding or wrapping)
         self._shard_model()
         optimizer = self._prepare_optimizer(lr)
         self._set_cache()
         self._wrap_network()
         steps = math.ceil(len(self.train_dl) / self.loop.accumulate) * epochs  # type: ignore[arg-type]
-        self.scheduler = schedule(optimizer, steps)
-        self._start_fit({"kind": kind, "epochs": epochs})
+        self.loop.scheduler = schedule(optimizer, steps)
+        self.fit_state.start_fit({"kind": kind, "epochs": epochs})
+        self.loop.checked = False  # check the first batch's targets against the task again
         if resume is not None:
-            restore(self, resume)
+            self.fit_state = restore(resume, self.fit_state, self._trained())
         notify(self.callbacks, "on_fit_begin", self)
         try:
             while self.epoch < epochs and not self.stop:
@@ -440,80 +493,37 @@ class Learner:
         notify(self.callbacks, "on_fit_end", self)
         return self.history
 
-    def _on_step(self, event: str) -> None:
-        if event == "optimizer":
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            self.stepped = True
-            self.lr_history.append([group["lr"] for group in self.optimizer.param_groups])  # type: ignore[union-attr]
-        else:
-            if event == "begin":
-                self.stepped = False
-            notify(self.callbacks, f"on_step_{event}", self)
+    def _step_begin(self) -> None:
+        self.stepped = False
+        notify(self.callbacks, "on_step_begin", self)
 
-    def _set_epoch(self, loader: Any) -> None:
-        """A new shuffle each epoch, the same on every rank: samplers with ``set_epoch`` get the number of
-        epochs trained so far (over every fit, so that the stages of a recipe do not repeat one order)."""
-        for sampler in {
-            id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
-        }.values():
-            setter = getattr(sampler, "set_epoch", None)
-            if callable(setter):
-                setter(len(self.history))
+    def _stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        self.step += 1
+        self.stepped = True
+        self.lr_history.append([group["lr"] for group in optimizer.param_groups])
 
-    def _epoch_batches(self, train: Any) -> Iterable[Any]:
-        """The epoch's training batches. A fit resumed from a mid-epoch checkpoint starts at the saved batch:
-        every generator is put back to its state at the start of that epoch, the iterator is made (the same
-        shuffle, the same worker seeds), the batches already trained are skipped — by the sampler when it can
-        (:class:`~torchgraft.data.sampling.SeededSampler`: nothing read), else by reading them — and the
-        generators are set to where the checkpoint left them."""
-        loaders = [self.train_dl, self.valid_dl]
-        position, self.resume_position = self.resume_position, None
-        self.progress_in_epoch = EpochProgress()
-        if position is None:
-            self.epoch_rng = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
-            return iter(train)
-        now = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
-        self.epoch_rng = position["epoch_rng"]
-        set_rng_state(self.epoch_rng["rng"])
-        set_loader_rng_state(loaders, self.epoch_rng["loader_rng"])
-        done = position["batch"]
-        sampler, size = getattr(train, "sampler", None), getattr(train, "batch_size", None)
-        if callable(getattr(sampler, "skip", None)) and size:
-            sampler.skip(done * size)  # type: ignore[union-attr]
-            batches = iter(train)
-        else:
-            batches = iter(train)
-            for _ in range(done):
-                next(batches)
-        set_rng_state(now["rng"])
-        set_loader_rng_state(loaders, now["loader_rng"])
-        main = is_main() or not self.distributed  # the saved loss sum is every rank's: one rank carries it
-        self.progress_in_epoch = EpochProgress(
-            batch=done, loss_sum=position["loss_sum"] if main else 0.0, count=position["count"] if main else 0
-        )
-        return batches
+    def _step_end(self) -> None:
+        notify(self.callbacks, "on_step_end", self)
 
     def _one_epoch(self) -> None:
         notify(self.callbacks, "on_epoch_begin", self)
         start = time.perf_counter()
         train, valid, model = self.cache if self.cache else (self.train_dl, self.valid_dl, self.network)
-        self._set_epoch(train)
+        set_sampler_epoch(train, len(self.history))
         epoch = self.epoch + 1
-        batches = self._epoch_batches(train)
-        done = self.progress_in_epoch.batch
+        batches = epoch_batches(train, [self.train_dl, self.valid_dl], self.fit_state, distributed=self.distributed)
+        done = self.fit_state.progress.batch
         train_loss = self.loop.train_epoch(
             model,
             self._bar(batches, f"epoch {epoch}", total=len(train), initial=done),  # type: ignore[arg-type]
             self.optimizer,  # type: ignore[arg-type]
             n_batches=len(train),  # type: ignore[arg-type]
-            on_step=self._on_step,
+            events=StepEvents(self._step_begin, self._stepped, self._step_end),
             where=lambda i: f"epoch {epoch}, batch {i + 1}",
-            progress=self.progress_in_epoch,
+            progress=self.fit_state.progress,
             network=self._current_network if self.distributed else None,
         )
-        self.progress_in_epoch = EpochProgress()
+        self.fit_state.progress = EpochProgress()
         record = {"phase": self.phase, "epoch": epoch, "train_loss": train_loss}
         if valid is not None:  # the plain module: its parameters are the same on every rank
             plain = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -563,6 +573,8 @@ class Learner:
         Learner's task, loss and autocast); the model, the optimizer and every random generator are left
         exactly as they were."""
 
+        _ = self.task  # the task's loss, unless the user's
+
         def loss_of(batch: Any) -> torch.Tensor:
             return self.loop.compute_loss(self.model, *self.loop.prepare(batch))[0]
 
@@ -577,44 +589,73 @@ class Learner:
             steps=steps,
         )
 
-    def _stages(self, epochs: int, freeze_epochs: int, gradual: bool, keep_frozen: int) -> list[tuple[str, int, int]]:
-        """``(stage name, frozen groups, epochs)`` of a fine-tune recipe."""
-        groups = layer_groups(self.model)
-        count, new = len(groups), groups.n_new  # new: the head (and a dense graft's decoder) train throughout
-        keep_frozen = count - new + 1 + keep_frozen if keep_frozen < 0 else keep_frozen  # -1: every body group
-        if not 0 <= keep_frozen <= count - new:
+    def recipe(
+        self,
+        *,
+        lr: float | None = None,
+        lr_mult: float | None = None,
+        frozen_lr: float | None = None,
+        keep_frozen: int | None = None,
+    ) -> Recipe:
+        """The rates :meth:`fine_tune` uses: those given, the rest from the measured recipe of this model's kind
+        and task (:func:`torchgraft.train.recipes.recipe_for`: images, texts, segmentation)."""
+        given = {"lr": lr, "lr_mult": lr_mult, "frozen_lr": frozen_lr, "keep_frozen": keep_frozen}
+        return recipe_for(self.model, self.task).filled(**given)
+
+    def stages(
+        self,
+        epochs: int,
+        lr: float | None = None,
+        *,
+        freeze_epochs: int = 1,
+        lr_mult: float | None = None,
+        frozen_lr: float | None = None,
+        bn: BNPolicy = "frozen",
+        gradual: bool = False,
+        keep_frozen: int | None = None,
+    ) -> list[Stage]:
+        """The stages :meth:`fine_tune` with the same arguments runs (:mod:`torchgraft.train.stages`): per
+        stage the frozen layer groups, the trained ones and their rates, the epochs, cached or not.
+
+        Example:
+            >>> print(plan_text(learner.stages(2, freeze_epochs=1, keep_frozen=1)))
+        """
+        if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs < 1:
             raise ValueError(
-                f"fine_tune: keep_frozen={keep_frozen}, but the model has {count - new} body groups "
-                f"({', '.join(g.name for g in groups.groups)}); give 0..{count - new}."
+                f"fine_tune: need epochs, freeze_epochs >= 0 and one epoch at least, got {epochs}, {freeze_epochs}."
             )
-        stages = [("frozen", count - new, freeze_epochs)] if freeze_epochs > 0 else []
-        if gradual:  # each epoch one more group from the top, until every group trains
-            partial = min(epochs, max(0, count - new - 1))
-            stages += [(f"top{k + new + 1}", count - k - new - 1, 1) for k in range(partial)]
-            stages = [(name, max(frozen, keep_frozen), n) for name, frozen, n in stages]
-            epochs -= partial
-        return stages + ([("unfrozen", keep_frozen, epochs)] if epochs > 0 else [])
+        recipe = self.recipe(lr=lr, lr_mult=lr_mult, frozen_lr=frozen_lr, keep_frozen=keep_frozen)
+        structure = getattr(self.model, "body", None) is not None and getattr(self.model, "cacheable", True)
+        sharded = self.strategy == "fsdp" and self.distributed
+        cache = self.cache_features and bn == "frozen" and bool(structure) and not sharded
+        groups = layer_groups(self.model)
+        return plan_stages(groups, epochs, recipe=recipe, freeze_epochs=freeze_epochs, gradual=gradual, cache=cache)
 
     def fine_tune(
         self,
         epochs: int,
-        base_lr: float = 3e-3,
+        lr: float | None = None,
         *,
         freeze_epochs: int = 1,
-        lr_mult: float = 1.0,
+        lr_mult: float | None = None,
         frozen_lr: float | None = None,
         bn: BNPolicy = "frozen",
         pct_start: float = 0.25,
         gradual: bool = False,
-        keep_frozen: int = 0,
+        keep_frozen: int | None = None,
         resume: str | Path | None = None,
     ) -> list[dict[str, Any]]:
         """Transfer-learning recipe: ``freeze_epochs`` of one-cycle training of the head alone (body frozen
         with BatchNorm policy ``bn``), then ``epochs`` of the whole network with discriminative rates from
-        ``base_lr / lr_mult`` (first group) to ``base_lr`` (head). ``resume=`` continues a run of the same
-        call from its ``last.pt``, in whichever stage it stopped. ``frozen_lr`` sets the head's rate in the
-        frozen stage apart (default ``base_lr``): a head on cached features (``cache_features=True``) trains
-        almost for free and often wants a higher rate than the network.
+        ``lr / lr_mult`` (first group) to ``lr`` (head). ``resume=`` continues a run of the same call from
+        its ``last.pt``, in whichever stage it stopped. ``frozen_lr`` sets the head's rate in the frozen stage
+        apart (default ``lr``): a head on cached features (``cache_features=True``) trains almost for free and
+        often wants a higher rate than the network. :meth:`stages` lists the stages this runs.
+
+        Rates and ``keep_frozen`` left ``None`` come from the measured recipe of the model's kind and task
+        (:mod:`torchgraft.train.recipes`, the same table ``torchgraft train`` reads): images 3e-3 for every
+        group; texts (a Hugging Face text model) 1e-3 with ``lr_mult=10`` and ``frozen_lr=3e-2``;
+        segmentation 4e-3 with the backbone kept frozen (``keep_frozen=-1``).
 
         ``gradual=True`` unfreezes ULMFiT-style: each of the ``epochs`` unfreezes one more layer group from
         the top (one one-cycle fit per epoch; ``learner.stage`` is ``"top2"``, ``"top3"``, ...) until every
@@ -623,30 +664,25 @@ class Learner:
         ``keep_frozen=k`` leaves the first ``k`` layer groups frozen (with BatchNorm policy ``bn``) in the
         unfrozen stages too: their backward pass, the costliest part of a high-resolution network, is never
         run; ``-1`` keeps every body group frozen (only the head, and a dense graft's decoder, train: with
-        ``cache_features`` every stage then trains on cached features). ``torchgraft train --task segment``
-        uses -1: on small targets a decoder on frozen ImageNet features beat every unfrozen recipe
-        (bench/segment.py).
+        ``cache_features`` every stage then trains on cached features). On small segmentation targets a
+        decoder on frozen ImageNet features beat every unfrozen recipe (bench/segment.py).
 
-        The defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on three
-        small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
+        The image defaults were chosen by measurement (bench/finetune_targets.py, docs/benchmarks.md): on
+        three small targets far from ImageNet (Fashion-MNIST, sklearn digits, lfw faces) a uniform rate
         (``lr_mult=1``) of 3e-3 beat every discriminative spread tried (2x, 3x, 10x) and rates of 1e-3 and
         2e-3 (5e-3 was close: better on two targets, worse on the third); pass ``lr_mult > 1`` for data
         close to the pretraining data, where early layers should move less.
         """
-        if epochs < 0 or freeze_epochs < 0 or epochs + freeze_epochs < 1:
-            raise ValueError(
-                f"fine_tune: need epochs, freeze_epochs >= 0 and one epoch at least, got {epochs}, {freeze_epochs}."
-            )
-        stages = self._stages(epochs, freeze_epochs, gradual, keep_frozen)
-        names = [name for name, _, _ in stages]
-        stage = on_main(lambda: read_state(resume).get("stage")) if resume is not None else None
-        start = names.index(stage) if stage in names else 0
+        options = {"lr_mult": lr_mult, "frozen_lr": frozen_lr, "keep_frozen": keep_frozen}
+        stages = self.stages(epochs, lr, freeze_epochs=freeze_epochs, bn=bn, gradual=gradual, **options)
+        names = [stage.name for stage in stages]
+        saved = on_main(lambda: read_state(resume).get("stage")) if resume is not None else None
+        start = names.index(saved) if saved in names else 0
         try:
-            for name, n_frozen, stage_epochs in stages[start:]:
-                self.stage = name
-                freeze_to(self.model, n_frozen, bn=bn)
-                lr: LRSpec = (frozen_lr or base_lr) if name == "frozen" else slice(base_lr / lr_mult, base_lr)
-                self.fit_one_cycle(stage_epochs, lr, pct_start=pct_start, resume=resume)
+            for stage in stages[start:]:
+                self.stage = stage.name
+                freeze_to(self.model, stage.frozen, bn=bn)
+                self.fit_one_cycle(stage.epochs, stage.lr, pct_start=pct_start, resume=resume)
                 resume = None
             return self.history
         finally:

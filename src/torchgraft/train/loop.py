@@ -21,7 +21,7 @@ from torchgraft.tasks.batch import call_model, count_samples, move
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import reduce_sum
 
-__all__ = ["EpochProgress", "Loop", "TrainingDivergedError"]
+__all__ = ["EpochProgress", "Loop", "StepEvents", "TrainingDivergedError"]
 
 
 @contextmanager
@@ -38,6 +38,16 @@ LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class StepEvents:
+    """What :meth:`Loop.train_epoch` tells its caller: a batch begins, the optimizer (and the schedule) stepped,
+    a batch ends."""
+
+    begin: Callable[[], None]
+    stepped: Callable[[torch.optim.Optimizer], None]
+    end: Callable[[], None]
 
 
 @dataclass
@@ -65,6 +75,8 @@ class Loop:
         scaler: fp16 gradient scaler, or ``None``.
         distributed: whether the forward runs under DDP (``no_sync`` between steps, reduced sums).
         batchnorm_eval: BatchNorm layers stay in evaluation mode while training (statistics fixed).
+        check_targets: check the first training batch's targets against the task (off for a user's own loss
+            without metrics: the loss decides what targets mean).
     """
 
     task: Task
@@ -77,6 +89,8 @@ class Loop:
     scaler: torch.amp.GradScaler | None = None
     distributed: bool = False
     batchnorm_eval: bool = False
+    check_targets: bool = True
+    scheduler: Any = field(default=None, init=False)  # the running fit's, stepped with the optimizer
     checked: bool = field(default=False, init=False)
 
     def prepare(self, batch: Any) -> tuple[Any, Any]:
@@ -94,7 +108,7 @@ class Loop:
         """``(loss, outputs)``: the forward and the loss, in the autocast context."""
         with self.autocast():
             outputs = self.task.outputs(call_model(model, inputs))
-            if not self.checked and isinstance(targets, torch.Tensor):
+            if self.check_targets and not self.checked and isinstance(targets, torch.Tensor):
                 self.task.check_training(outputs.detach(), targets)  # once per fit: a wrong kind of target fails early
                 self.checked = True
             loss = (self.loss or self.task.loss)(outputs, targets)
@@ -117,7 +131,7 @@ class Loop:
         return network.no_sync()  # type: ignore[operator]
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Unscale and clip when asked, then step (through the scaler under fp16)."""
+        """Unscale and clip when asked, then step (through the scaler under fp16), and the schedule with it."""
         if self.clip_grad is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(optimizer)
@@ -128,6 +142,8 @@ class Loop:
             self.scaler.update()
         else:
             optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of ``loss / accumulate`` (scaled under fp16)."""
@@ -141,16 +157,17 @@ class Loop:
         optimizer: torch.optim.Optimizer,
         *,
         n_batches: int,
-        on_step: Callable[[str], None],
+        events: StepEvents,
         where: Callable[[int], str],
         progress: EpochProgress | None = None,
         network: Callable[[], nn.Module] | None = None,
     ) -> float:
         """One pass over ``batches``; returns the mean training loss (over every rank).
 
-        ``on_step("begin"|"end"|"optimizer")`` reports progress; ``where(i)`` describes batch ``i`` for the
-        divergence error. ``progress`` is updated after every batch; when it says ``batch=k`` (a resumed
-        epoch), ``batches`` holds the epoch's batches after the first ``k``. ``network()``, asked before every
+        ``events`` hears of each batch's start and end and of each optimizer step; ``where(i)`` describes
+        batch ``i`` for the divergence error. ``progress`` is updated after every batch; when it says
+        ``batch=k`` (a resumed epoch), ``batches`` holds the epoch's batches after the first ``k``.
+        ``network()``, asked before every
         batch, gives the module to run when it can change inside the epoch (a DDP wrapper rebuilt after
         surgery in a hook).
         """
@@ -163,7 +180,7 @@ class Loop:
         total = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
         count = progress.count
         for i, batch in enumerate(batches, start=progress.batch):
-            on_step("begin")
+            events.begin()
             model = network() if network is not None else model
             inputs, targets = self.prepare(batch)
             step_now = (i + 1) % self.accumulate == 0 or i + 1 == n_batches
@@ -186,13 +203,13 @@ class Loop:
                 self.backward(loss)
             if step_now:
                 self.optimizer_step(optimizer)
-                on_step("optimizer")
+                events.stepped(optimizer)
             n = count_samples(targets)
             total += loss.detach() * n
             count += n
             progress.batch, progress.count = i + 1, count
             progress.loss_sum = total  # type: ignore[assignment]  # a tensor until read: no sync per step
-            on_step("end")
+            events.end()
         optimizer.zero_grad(set_to_none=True)  # free the last gradients
         count_ = reduce_sum(torch.tensor(float(count), device=self.device, dtype=torch.float64))
         return float(reduce_sum(total) / count_.clamp(min=1))

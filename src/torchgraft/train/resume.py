@@ -1,107 +1,164 @@
 """Capturing and restoring a Learner's whole training state, for checkpoints that resume exactly.
 
-Kept apart from the Learner so that the loop reads without it; it touches only the attributes named in
-:class:`Resumable`.
+Kept apart from the Learner so that the loop reads without it: it reads and returns a
+:class:`~torchgraft.train.state.FitState` and the objects of :class:`Trained`, nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from torchgraft.train.distributed import on_main
+from torchgraft.train.distributed import is_main, on_main
 from torchgraft.train.fsdp import full_model_state, full_optimizer_state, is_sharded, load_full_state
-from torchgraft.train.runstate import load_training_state, read_state, training_state
+from torchgraft.train.loop import EpochProgress
+from torchgraft.train.runstate import (
+    get_loader_rng_state,
+    get_rng_state,
+    load_training_state,
+    read_state,
+    set_loader_rng_state,
+    set_rng_state,
+    training_state,
+)
+from torchgraft.train.state import FitState
 
-__all__ = ["Resumable", "capture", "restore"]
+__all__ = ["Trained", "capture", "epoch_batches", "restore", "set_sampler_epoch"]
 
 
-class Resumable(Protocol):
-    """What :func:`capture` and :func:`restore` read and write on a Learner."""
+@dataclass(frozen=True)
+class Trained:
+    """What a checkpoint holds besides the :class:`FitState`: the objects whose states it saves."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer | None
     scheduler: Any
-    loop: Any
-    train_dl: Any
-    valid_dl: Any
-    epoch: int
-    step: int
-    phase: int
-    stage: str | None
-    fit_kind: dict[str, Any]
-    history: list[dict[str, Any]]
-    lr_history: list[list[float]]
-    resumed: Path | None
-    progress_in_epoch: Any
-    epoch_rng: dict[str, Any] | None
-    resume_position: dict[str, Any] | None
+    scaler: Any
+    loaders: list[Any]
 
 
-def _position(learner: Resumable) -> dict[str, Any] | None:
+def _position(state: FitState) -> dict[str, Any] | None:
     """Where the running epoch stands (``None`` between epochs): batches done, this rank's loss sum and count,
     and every generator's state when the epoch began."""
-    progress = learner.progress_in_epoch
-    if progress.batch == 0 or learner.epoch_rng is None:
+    progress = state.progress
+    if progress.batch == 0 or state.epoch_rng is None:
         return None
     return {
         "batch": progress.batch,
         "loss_sum": float(progress.loss_sum),
         "count": int(progress.count),
-        "epoch_rng": learner.epoch_rng,
+        "epoch_rng": state.epoch_rng,
     }
 
 
-def capture(learner: Resumable) -> dict[str, Any]:
+def capture(state: FitState, trained: Trained) -> dict[str, Any]:
     """Model, optimizer, scheduler, gradient scaler, every random generator (the loaders' own too), the
-    counters and the history of ``learner``; inside an epoch also its position (a mid-epoch checkpoint)."""
-    if learner.optimizer is None:
+    counters and the history of ``state``; inside an epoch also its position (a mid-epoch checkpoint)."""
+    if trained.optimizer is None:
         raise ValueError("state: nothing to capture before the first fit built an optimizer.")
-    sharded = is_sharded(learner.model)  # whole tensors, gathered by every rank: the files of an unsharded run
+    sharded = is_sharded(trained.model)  # whole tensors, gathered by every rank: the files of an unsharded run
     return training_state(
-        learner.model,
-        learner.optimizer,
-        model_state=full_model_state(learner.model) if sharded else None,
-        optimizer_state=full_optimizer_state(learner.optimizer) if sharded else None,
-        scheduler=learner.scheduler,
-        scaler=learner.loop.scaler,
-        loaders=[learner.train_dl, learner.valid_dl],
-        epoch=learner.epoch,
-        step=learner.step,
-        phase=learner.phase,
-        stage=learner.stage,
-        fit=learner.fit_kind,
-        history=learner.history,
-        lr_history=learner.lr_history,
-        position=_position(learner),
+        trained.model,
+        trained.optimizer,
+        model_state=full_model_state(trained.model) if sharded else None,
+        optimizer_state=full_optimizer_state(trained.optimizer) if sharded else None,
+        scheduler=trained.scheduler,
+        scaler=trained.scaler,
+        loaders=trained.loaders,
+        epoch=state.epoch,
+        step=state.step,
+        phase=state.phase,
+        stage=state.stage,
+        fit=state.kind,
+        history=state.history,
+        lr_history=state.lr_history,
+        position=_position(state),
     )
 
 
-def restore(learner: Resumable, path: str | Path) -> None:
-    """Put the state at ``path`` back into ``learner``, whose current fit must be the call that wrote it.
+def restore(path: str | Path, state: FitState, trained: Trained) -> FitState:
+    """Put the checkpoint at ``path`` back into ``trained``'s objects; returns ``state`` with its counters,
+    history and epoch position. The current fit (``state.kind``) must be the call that wrote it.
 
     Raises:
         ValueError: the checkpoint was written by another call (``fit`` vs ``fit_one_cycle``, other epochs).
         StateError: a damaged file, or one that is not a training state.
     """
-    state = on_main(read_state, path)  # rank 0's file, on every rank (other machines need not see RUN_DIR)
-    if state["fit"] != learner.fit_kind:
+    saved = on_main(read_state, path)  # rank 0's file, on every rank (other machines need not see RUN_DIR)
+    if saved["fit"] != state.kind:
         raise ValueError(
-            f"resume: {path} was written by {state['fit']['kind']}({state['fit']['epochs']} epochs), not "
-            f"{learner.fit_kind['kind']}({learner.fit_kind['epochs']} epochs); resume with the same call."
+            f"resume: {path} was written by {saved['fit']['kind']}({saved['fit']['epochs']} epochs), not "
+            f"{state.kind['kind']}({state.kind['epochs']} epochs); resume with the same call."
         )
-    assert learner.optimizer is not None
-    loaders = [learner.train_dl, learner.valid_dl]
-    scaler = learner.loop.scaler
-    if is_sharded(learner.model):
-        load_full_state(learner.model, state["model"], optimizer=learner.optimizer, optimizer_state=state["optimizer"])
-        state = {**state, "model": None, "optimizer": None}
+    assert trained.optimizer is not None
+    if is_sharded(trained.model):
+        load_full_state(trained.model, saved["model"], optimizer=trained.optimizer, optimizer_state=saved["optimizer"])
+        saved = {**saved, "model": None, "optimizer": None}
     load_training_state(
-        state, learner.model, learner.optimizer, scheduler=learner.scheduler, scaler=scaler, loaders=loaders
+        saved,
+        trained.model,
+        trained.optimizer,
+        scheduler=trained.scheduler,
+        scaler=trained.scaler,
+        loaders=trained.loaders,
     )
-    learner.epoch, learner.step, learner.phase = state["epoch"], state["step"], state.get("phase", learner.phase)
-    learner.resume_position = state.get("position")
-    learner.history, learner.lr_history = list(state["history"]), [list(r) for r in state["lr_history"]]
-    learner.resumed = Path(path)
+    return dataclasses.replace(
+        state,
+        epoch=saved["epoch"],
+        step=saved["step"],
+        phase=saved.get("phase", state.phase),
+        resume_position=saved.get("position"),
+        history=list(saved["history"]),
+        lr_history=[list(r) for r in saved["lr_history"]],
+        resumed=Path(path),
+    )
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """A new shuffle each epoch, the same on every rank: samplers with ``set_epoch`` get ``epoch`` (the Learner
+    gives the epochs trained over every fit, so that the stages of a recipe do not repeat one order)."""
+    for sampler in {
+        id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
+    }.values():
+        setter = getattr(sampler, "set_epoch", None)
+        if callable(setter):
+            setter(epoch)
+
+
+def epoch_batches(train: Any, loaders: list[Any], state: FitState, *, distributed: bool) -> Iterator[Any]:
+    """The epoch's training batches, ``state.progress`` and ``state.epoch_rng`` set for it. A fit resumed from a
+    mid-epoch checkpoint (``state.resume_position``) starts at the saved batch: every generator is put back to
+    its state at the start of that epoch, the iterator is made (the same shuffle, the same worker seeds), the
+    batches already trained are skipped — by the sampler when it can
+    (:class:`~torchgraft.data.sampling.SeededSampler`: nothing read), else by reading them — and the
+    generators are set to where the checkpoint left them."""
+    position, state.resume_position = state.resume_position, None
+    state.progress = EpochProgress()
+    if position is None:
+        state.epoch_rng = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
+        return iter(train)
+    now = {"rng": get_rng_state(), "loader_rng": get_loader_rng_state(loaders)}
+    state.epoch_rng = position["epoch_rng"]
+    set_rng_state(state.epoch_rng["rng"])
+    set_loader_rng_state(loaders, state.epoch_rng["loader_rng"])
+    done = position["batch"]
+    sampler, size = getattr(train, "sampler", None), getattr(train, "batch_size", None)
+    if callable(getattr(sampler, "skip", None)) and size:
+        sampler.skip(done * size)
+        batches = iter(train)
+    else:
+        batches = iter(train)
+        for _ in range(done):
+            next(batches)
+    set_rng_state(now["rng"])
+    set_loader_rng_state(loaders, now["loader_rng"])
+    main = is_main() or not distributed  # the saved loss sum is every rank's: one rank carries it
+    state.progress = EpochProgress(
+        batch=done, loss_sum=position["loss_sum"] if main else 0.0, count=position["count"] if main else 0
+    )
+    return batches

@@ -1,0 +1,70 @@
+"""Where training stands, as one object (like Hugging Face's ``TrainerState``): the counters of the current
+fit, the history of every fit, the best epoch, the running epoch's position. Checkpoints save it and
+:func:`torchgraft.train.resume.restore` gives it back; the Learner reads its ``epoch``, ``step``, ``phase``,
+``stage``, ``history``, ... from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchgraft.train.loop import EpochProgress
+
+__all__ = ["FitState", "InState"]
+
+
+@dataclass
+class FitState:
+    """The state of a Learner's training.
+
+    Attributes:
+        kind: the running fit's call (``{"kind": "fit_one_cycle", "epochs": 3}``): a resumed fit must be the same.
+        epoch: epochs completed in the current fit.
+        step: optimizer steps in the current fit.
+        phase: fits completed so far (a fine-tune's stages are phases).
+        stage: the part of a fine-tune running (``"frozen"``, ``"top2"``, ``"unfrozen"``), else ``None``.
+        history: one record per epoch, every fit.
+        lr_history: each optimizer group's rate after every step.
+        best_epoch: the best epoch by the monitored value (:class:`~torchgraft.train.callbacks.BestEpoch`).
+        stop: a callback sets it to end the fit after the current epoch.
+        stepped: whether the last batch ended with an optimizer step.
+        resumed: the checkpoint the current fit resumed from.
+        progress: batches done in the running epoch (mid-epoch checkpoints).
+        epoch_rng: every generator's state when the running epoch began.
+        resume_position: a mid-epoch checkpoint's place in its epoch, until the epoch resumes there.
+    """
+
+    kind: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    step: int = 0
+    phase: int = 0
+    stage: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    lr_history: list[list[float]] = field(default_factory=list)
+    best_epoch: dict[str, Any] | None = None
+    stop: bool = False
+    stepped: bool = False
+    resumed: Path | None = None
+    progress: EpochProgress = field(default_factory=EpochProgress)
+    epoch_rng: dict[str, Any] | None = None
+    resume_position: dict[str, Any] | None = None
+
+    def start_fit(self, kind: dict[str, Any]) -> None:
+        """Counters of a new fit (the history, phase, stage and best epoch go on)."""
+        self.kind, self.epoch, self.step, self.stop, self.resumed = kind, 0, 0, False, None
+
+
+class InState:
+    """An attribute of the owner read from and written to its ``fit_state`` (``learner.epoch`` is
+    ``learner.fit_state.epoch``), so that callbacks keep reading ``learner.step``, ``learner.history``, ..."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, owner: Any, kind: type | None = None) -> Any:
+        return self if owner is None else getattr(owner.fit_state, self.name)
+
+    def __set__(self, owner: Any, value: Any) -> None:
+        setattr(owner.fit_state, self.name, value)
