@@ -62,36 +62,38 @@ def _text_learner(args: argparse.Namespace, rank: int) -> tuple[object, dict]:
 
     from text import bbc
     from torchgraft import Learner, graft
-    from torchgraft.app.settings import TEXT_DEFAULTS
-    from torchgraft.app.text import text_loaders
+    from torchgraft.app.texts import TextInput, text_loaders
     from torchgraft.data.tokens import TextPreprocessing
+    from torchgraft.train.recipes import RECIPES
     from torchgraft.tune.lora import lora as add_lora
     from torchgraft.weights.hf import hf_location
 
     hf.logging.set_verbosity_error()
     data = bbc(args.per_class)  # the articles bench/text.py uses
-    model_dir = hf_location(TEXT_DEFAULTS["model"])
+    model_dir = hf_location(TextInput.defaults["model"])
     tokenizer = hf.AutoTokenizer.from_pretrained(model_dir)
     loaders = text_loaders(data, tokenizer, TextPreprocessing(model_dir, args.max_length), batch_size=16, seed=0)
     model = graft(hf.AutoModel.from_pretrained(model_dir), len(data.classes), pool="mean")
     if rank:
         model = add_lora(model, r=rank)
-    recipe = {"lr": TEXT_DEFAULTS["lr"], "lr_mult": TEXT_DEFAULTS["lr_mult"], "frozen_lr": TEXT_DEFAULTS["frozen_lr"]}
+    text = RECIPES["text"]
+    recipe = {"lr": text.lr, "lr_mult": text.lr_mult, "frozen_lr": text.frozen_lr}
     return Learner(model, *loaders, quiet=True, cache_features=True), recipe
 
 
 def _image_learner(args: argparse.Namespace, rank: int) -> tuple[object, dict]:
     sys.path.insert(0, str(Path(__file__).parent))
     from fashion_folder import make_folder
-    from torchgraft.app.run import prepare_run
-    from torchgraft.app.settings import IMAGE_DEFAULTS, TrainSettings
+    from torchgraft.app.prepare import prepare_run
+    from torchgraft.app.settings import TrainSettings
+    from torchgraft.train.recipes import RECIPES
 
     folder = make_folder(FASHION)
     settings = TrainSettings(
         model="timm/efficientnet_lite0", size=64, augment="none", lora=rank or None, workers=0, seed=0
     )
     run = prepare_run(folder, tempfile.mkdtemp(), settings, say=lambda _: None, quiet=True)
-    return run.learner, {"lr": IMAGE_DEFAULTS["lr"], "lr_mult": IMAGE_DEFAULTS["lr_mult"], "frozen_lr": None}
+    return run.learner, {"lr": RECIPES["image"].lr, "lr_mult": RECIPES["image"].lr_mult, "frozen_lr": None}
 
 
 def _tensor_memory(learner: object, steps: int = 3) -> dict[str, float]:

@@ -9,7 +9,7 @@ present in targets or predictions):
 
 - smp: ``Unet("tu-efficientnet_lite0")`` trained by a plain AdamW + OneCycleLR loop (bench/smp_segment.py, in
   its own venv), at lr 1e-3 and 2e-3 (its best counts);
-- torchgraft: ``torchgraft train --task segment``'s recipe (prepare_segment_run + Learner.fine_tune with the
+- torchgraft: ``torchgraft train --task segment``'s recipe (prepare_run + Learner.fine_tune with the
   run's defaults, ``fine_tune(9, freeze_epochs=1)``: the backbone stays frozen (``keep_frozen=-1``) and the
   U-Net decoder trains on its cached multi-scale features, lr 4e-3, cross-entropy + Dice), and, as ablations,
   the same with the first layer group kept frozen after the frozen epoch (``keep_frozen=1``) or none;
@@ -50,7 +50,8 @@ def ours(data: Path, keep_frozen: int) -> dict:
     """One torchgraft run in this process (called with --ours)."""
     import time
 
-    from torchgraft.app.segment import prepare_segment_run, segment_report
+    from torchgraft.app.prepare import prepare_run
+    from torchgraft.app.run import validation_batches
     from torchgraft.app.settings import TrainSettings
 
     torch.set_flush_denormal(True)
@@ -59,14 +60,15 @@ def ours(data: Path, keep_frozen: int) -> dict:
         keep_frozen=keep_frozen,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as run_dir:
-        run = prepare_segment_run(data, run_dir, settings, say=lambda _: None, quiet=True)
-        s = run.settings
+        run = prepare_run(data, run_dir, settings, say=lambda _: None, quiet=True)
+        learner = run.learner
         start = time.perf_counter()
-        history = run.learner.fine_tune(
-            s.epochs, s.lr, freeze_epochs=s.freeze_epochs, frozen_lr=s.frozen_lr, keep_frozen=keep_frozen
+        history = learner.fine_tune(
+            run.settings.epochs, freeze_epochs=run.settings.freeze_epochs, keep_frozen=keep_frozen
         )
         seconds = time.perf_counter() - start
-        final, _ = segment_report(run, Path(run_dir))
+        batches = validation_batches(run.model, learner.full_valid_dl, device=learner.device, task=learner.task)
+        final = learner.task.report(batches, run.data.classes).final
     return {"seconds": seconds, "miou": history[-1]["miou"], "per_class_iou": final["per_class_iou"]}
 
 

@@ -7,7 +7,7 @@ data each:
 - Trainer: ``AutoModelForSequenceClassification`` (its pooler and a new classifier), its defaults (AdamW at
   5e-5, linear decay, no warm-up), ``DataCollatorWithPadding``, 3 epochs, evaluation after each epoch.
 - torchgraft: the bare encoder grafted with a mean-pooling head, length-grouped dynamic padding, the text
-  recipe of ``torchgraft train`` (``TEXT_DEFAULTS``): 2 frozen epochs of the head on cached features
+  recipe of ``torchgraft train`` (the Learner's text recipe, ``torchgraft.train.recipes``): 2 frozen epochs of the head on cached features
   (rate 3e-2), then 1 epoch of the whole network with discriminative rates 1e-4 (embeddings) .. 1e-3 (head);
   and, for reference, 3 frozen epochs (the head alone on cached features).
 Time: the training call (Trainer.train(); Learner + fine_tune, feature cache included), tokenization and
@@ -33,13 +33,12 @@ import transformers as hf
 
 from _report import machine, report
 from torchgraft import Learner, graft
-from torchgraft.app.settings import TEXT_DEFAULTS
-from torchgraft.app.text import text_loaders
+from torchgraft.app.texts import TextInput, text_loaders
 from torchgraft.data.texts import TextData
 from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.weights.hf import hf_location
 
-MODEL = hf_location(TEXT_DEFAULTS["model"])
+MODEL = hf_location(TextInput.defaults["model"])
 
 
 def bbc(per_class: int) -> TextData:
@@ -99,13 +98,7 @@ def ours(data: TextData, max_length: int, freeze_epochs: int, epochs: int) -> tu
     model = graft(hf.AutoModel.from_pretrained(MODEL), len(data.classes), pool="mean")
     start = time.perf_counter()
     learner = Learner(model, *loaders, quiet=True, cache_features=True)
-    history = learner.fine_tune(
-        epochs,
-        TEXT_DEFAULTS["lr"],
-        freeze_epochs=freeze_epochs,
-        lr_mult=TEXT_DEFAULTS["lr_mult"],
-        frozen_lr=TEXT_DEFAULTS["frozen_lr"],
-    )
+    history = learner.fine_tune(epochs, freeze_epochs=freeze_epochs)  # the rates: the measured text recipe
     return history[-1]["accuracy"], time.perf_counter() - start
 
 

@@ -25,8 +25,8 @@ class ImageInput(InputRecipe):
     """Images with a class, labels or values each: what every other recipe does not claim."""
 
     name: ClassVar[str] = "images"
-    # the image recipe (measured: bench/finetune_targets.py, docs/benchmarks.md)
-    defaults: ClassVar[dict[str, Any]] = {"model": "resnet50", "lr": 3e-3, "lr_mult": 1.0, "batch_size": 64}
+    # rates: the Learner's measured recipe of the model's kind (torchgraft.train.recipes)
+    defaults: ClassVar[dict[str, Any]] = {"model": "resnet50", "batch_size": 64}
 
     def claims(self, data: Any, settings: TrainSettings) -> bool:
         """Every input the other recipes leave (their probes run first)."""

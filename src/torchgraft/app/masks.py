@@ -52,16 +52,9 @@ class MaskInput(InputRecipe):
     """Image + mask pairs: ``task="segment"``, :class:`MaskData`, or a folder with ``masks/``."""
 
     name: ClassVar[str] = "masks"
-    # the segmentation recipe (measured: bench/segment.py, docs/benchmarks.md)
-    defaults: ClassVar[dict[str, Any]] = {
-        "model": "resnet34",
-        "lr": 4e-3,
-        "lr_mult": 1.0,
-        "frozen_lr": 4e-3,
-        "batch_size": 16,
-        "keep_frozen": -1,  # the backbone stays frozen: the decoder trains on its cached features
-        "dice_weight": 1.0,
-    }
+    # rates and keep_frozen: the Learner's measured recipe for segmentation (torchgraft.train.recipes);
+    # cross-entropy + soft Dice (measured: bench/segment.py, docs/benchmarks.md)
+    defaults: ClassVar[dict[str, Any]] = {"model": "resnet34", "batch_size": 16, "dice_weight": 1.0}
     cache_features: ClassVar[bool] = True
 
     def claims(self, data: Any, settings: TrainSettings) -> bool:

@@ -35,6 +35,7 @@ from torchgraft.tasks import Classification, Task
 from torchgraft.tasks.batch import call_model, move, output_tensor
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size
 from torchgraft.train.learner import Learner
+from torchgraft.train.stages import plan_text
 from torchgraft.tune.describe import describe
 
 __all__ = ["RunResult", "train_run", "validation_batches", "validation_outputs"]
@@ -84,6 +85,12 @@ def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
     return {key: getattr(info, key) for key in keys}
 
 
+def _epoch_name(place: int, history: list[dict[str, Any]]) -> str:
+    """``"epoch 2 of 3 (train_loss 0.31, accuracy 0.9412)"``: the row ``place`` of ``history`` and its values."""
+    values = ", ".join(f"{k} {v:.4g}" for k, v in history[place].items() if isinstance(v, float) and k != "seconds")
+    return f"epoch {place + 1} of {len(history)} ({values})"
+
+
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -130,9 +137,15 @@ def train_run(
     say = say if is_main() else (lambda _: None)  # under torchrun only rank 0 prints and writes
     run = prepare_run(data, run_dir, settings, say=say, quiet=quiet or not is_main())
     settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
-    assert settings.lr is not None and settings.lr_mult is not None
-    lr = slice(settings.lr / settings.lr_mult, settings.lr) if settings.lr_mult > 1 else settings.lr
-    plan = f"{describe(model, lr=lr)}\n\npreprocessing: {run.preprocessing}\n"
+    recipe = {  # what is left None comes from the Learner's measured recipe of the model's kind
+        "freeze_epochs": settings.freeze_epochs,
+        "lr_mult": settings.lr_mult,
+        "frozen_lr": settings.frozen_lr,
+        "gradual": settings.gradual,
+        "keep_frozen": settings.keep_frozen,
+    }
+    plan = f"{describe(model)}\n\n{plan_text(learner.stages(settings.epochs, settings.lr, **recipe))}\n\n"
+    plan += f"preprocessing: {run.preprocessing}\n"
     if world_size() > 1:
         per_step = world_size() * settings.batch_size  # type: ignore[operator]
         plan += f"processes: {world_size()} (batch {settings.batch_size} each, {per_step} per step)\n"
@@ -140,17 +153,13 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.txt").write_text(plan)
     say(plan)
-    history = learner.fine_tune(
-        settings.epochs,
-        settings.lr,
-        freeze_epochs=settings.freeze_epochs,
-        lr_mult=settings.lr_mult,
-        frozen_lr=settings.frozen_lr,
-        gradual=settings.gradual,
-        keep_frozen=settings.keep_frozen or 0,
-        resume=resume,
-    )
-    final = {k: v for k, v in history[-1].items() if k not in ("phase", "epoch")}
+    history = learner.fine_tune(settings.epochs, settings.lr, **recipe, resume=resume)
+    best = learner.load_best()  # the export is the best epoch, not the last (every rank loads it)
+    place = next(i for i, row in enumerate(history) if (row["phase"], row["epoch"]) == (best["phase"], best["epoch"]))
+    if place != len(history) - 1:
+        say(f"exported the best epoch: {_epoch_name(place, history)}, not the last")
+    final = {k: v for k, v in best.items() if k not in ("phase", "epoch")}
+    final["exported_epoch"] = place + 1  # its row in history.csv, counted from 1
     whole = learner.gathered_model()  # under FSDP the shards gathered on rank 0 (every rank takes part)
     if not is_main():  # rank 0 reports and exports; the others wait for it, then end
         barrier()

@@ -63,14 +63,8 @@ class TextInput(InputRecipe):
     """Texts: ``task="text"``, an ``hf/`` model, :class:`TextData`, or data that looks like texts."""
 
     name: ClassVar[str] = "texts"
-    # the text recipe (measured: bench/text.py, docs/benchmarks.md)
-    defaults: ClassVar[dict[str, Any]] = {
-        "model": DEFAULT_TEXT_MODEL,
-        "lr": 1e-3,
-        "lr_mult": 10.0,
-        "frozen_lr": 3e-2,
-        "batch_size": 16,
-    }
+    # rates: the Learner's measured recipe of the model's kind (torchgraft.train.recipes)
+    defaults: ClassVar[dict[str, Any]] = {"model": DEFAULT_TEXT_MODEL, "batch_size": 16}
     cache_features: ClassVar[bool] = True
 
     def claims(self, data: Any, settings: TrainSettings) -> bool:

@@ -16,11 +16,13 @@ from torchgraft.app.texts import TextInput
 from torchgraft.tasks import TASKS
 from torchgraft.train.distributed import is_main
 from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
+from torchgraft.train.recipes import RECIPES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
 _DEFAULTS = TrainSettings()
-_IMAGES, _TEXTS = ImageInput.defaults, TextInput.defaults  # the recipes of the kinds of input
+_IMAGES, _TEXTS = ImageInput.defaults, TextInput.defaults  # the defaults of the kinds of input
+_RATES = RECIPES  # the Learner's measured rates per kind of model
 
 
 def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,20 +141,20 @@ def add_parser(commands: Any) -> None:
         "--lr",
         type=float,
         default=None,
-        help=f"the head's rate when unfrozen (default: {_IMAGES['lr']:g} images, {_TEXTS['lr']:g} texts)",
+        help=f"the head's rate when unfrozen (default: {_RATES['image'].lr:g} images, {_RATES['text'].lr:g} texts)",
     )
     parser.add_argument(
         "--lr-mult",
         type=float,
         default=None,
         help="first layer group's rate = lr / lr-mult, geometric in between (default: "
-        f"{_IMAGES['lr_mult']:g} images, {_TEXTS['lr_mult']:g} texts)",
+        f"{_RATES['image'].lr_mult:g} images, {_RATES['text'].lr_mult:g} texts)",
     )
     parser.add_argument(
         "--frozen-lr",
         type=float,
         default=None,
-        help=f"the head's rate while the body is frozen (default: --lr; texts: {_TEXTS['frozen_lr']:g})",
+        help=f"the head's rate while the body is frozen (default: --lr; texts: {_RATES['text'].frozen_lr:g})",
     )
     parser.add_argument(
         "--gradual", action="store_true", help="unfreeze one layer group per epoch from the top (ULMFiT)"
