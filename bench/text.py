@@ -7,9 +7,9 @@ data each:
 - Trainer: ``AutoModelForSequenceClassification`` (its pooler and a new classifier), its defaults (AdamW at
   5e-5, linear decay, no warm-up), ``DataCollatorWithPadding``, 3 epochs, evaluation after each epoch.
 - torchgraft: the bare encoder grafted with a mean-pooling head, length-grouped dynamic padding, the text
-  recipe of ``torchgraft train`` (the Learner's text recipe, ``torchgraft.train.recipes``): 2 frozen epochs of
-  the head on cached features (rate 3e-2), then 1 epoch of the whole network with discriminative rates 1e-4 (embeddings) .. 1e-3 (head);
-  and, for reference, 3 frozen epochs (the head alone on cached features).
+  recipe of ``torchgraft train`` (the Learner's, ``torchgraft.train.recipes``): 2 frozen epochs of the head on
+  cached features (rate 3e-2), then 1 epoch of the whole network with discriminative rates 1e-4 (embeddings)
+  .. 1e-3 (head); and, for reference, 3 frozen epochs (the head alone on cached features).
 Time: the training call (Trainer.train(); Learner + fine_tune, feature cache included), tokenization and
 model loading excluded on both sides. Accuracy on the validation articles.
 Target (issue 14): accuracy >= Trainer's, time <= 0.7x.
