@@ -27,7 +27,8 @@ from typing import Any, Literal
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from torchgraft.tune.groups import LayerGroups, layer_groups
+from torchgraft.tune.group_types import LayerGroups
+from torchgraft.tune.groups import layer_groups
 
 __all__ = [
     "BN_POLICIES",

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from torchgraft.tune.freeze import is_norm, refreeze
-from torchgraft.tune.groups import LayerGroups, layer_groups
+from torchgraft.tune.group_types import LayerGroups
+from torchgraft.tune.groups import layer_groups
 
 __all__ = [
     "OptimizerReport",
