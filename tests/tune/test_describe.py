@@ -10,7 +10,10 @@ from torchgraft.grafting.loaded import loaded_names
 
 
 def _row(text: str, part: str) -> list[str]:
-    return next(line.split() for line in text.splitlines() if line.split()[:1] == [part] and "output" not in line)
+    """The cells of ``part``'s row in the parameter table."""
+    lines = text.splitlines()
+    table = next(i for i, line in enumerate(lines) if line.split()[:2] == ["part", "parameters"])
+    return next(line.split() for line in lines[table:] if line.split()[:1] == [part])
 
 
 def test_random_weights_count_nothing_as_pretrained():
@@ -45,5 +48,5 @@ def test_partly_loaded_counts_the_loaded_part(tmp_path):
 
 def test_weights_no_loader_recorded_are_not_known():
     text = describe(graft(torchvision.models.resnet18(), 10))  # built by the user: torchgraft cannot tell
-    assert _row(text, "body")[2] == "-" and _row(text, "total")[2] == "-"
+    assert _row(text, "body")[2] == "-" and _row(text, "total")[2] == "-" and _row(text, "head")[2] == "0"
     assert "pretrained: not known" in text

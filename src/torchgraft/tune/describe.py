@@ -57,7 +57,7 @@ def _parameter_rows(model: nn.Module) -> list[list[str]]:
             named = [(view.canonical[n] if view.roles[n] != "adapter" else n, p) for n, p in named]
         counts = [
             _count([p for _, p in named]),
-            _count([p for n, p in named if n in kept and loaded is not None and n in loaded]),
+            _count([p for n, p in named if n in kept and (loaded is None or n in loaded)]),
             _count([p for n, p in named if n not in kept]),
             _count([p for _, p in named if p.requires_grad]),
         ]
@@ -68,8 +68,9 @@ def _parameter_rows(model: nn.Module) -> list[list[str]]:
 
 
 def _cells(counts: list[int], *, known: bool) -> list[str]:
+    """The row's numbers; without a load record, the pretrained count (kept tensors, loaded or not) is ``-``."""
     cells = [f"{c:,}" for c in counts]
-    return cells if known else [cells[0], "-", *cells[2:]]
+    return cells if known or not counts[1] else [cells[0], "-", *cells[2:]]
 
 
 def _head_lines(head: nn.Module) -> list[str]:

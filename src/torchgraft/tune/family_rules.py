@@ -25,6 +25,8 @@ from torchgraft.tune.group_types import GroupSpec, spec_from_assignment
 
 __all__ = ["family_spec", "timm_spec"]
 
+_Unit = tuple[int, int, list[str]]  # (timm stage, parameter count, parameter names) of one timm block
+
 _UNMATCHED = "\0unmatched"  # a name no matcher names: timm gives it the group of unmatched parameters
 
 
@@ -64,20 +66,27 @@ def timm_spec(model: nn.Module, n: int | str, head: tuple[str, ...], body: list[
     units = _units([name[len(dot) :] for name in body], fine, coarse, sizes)
     if units is None:
         return None
-    if n == "blocks":
-        parts = [[unit] for unit in units]
-        how = "one group per block"
-    else:
-        n_body = int(n) - 1 if head else int(n)
-        if len(units) < n_body:
-            return None
-        stage = [unit[0] for unit in units]
-        ranges = balanced_split([unit[1] for unit in units], n_body, depth=lambda j: int(stage[j] == stage[j + 1]))
-        parts = [units[r.start : r.stop] for r in ranges]
-        how = f"{len(parts)} body groups balanced by parameter count, cut at its stages"
+    cut = _cut(units, n, headless=not head)
+    if cut is None:
+        return None
+    parts, how = cut
     assignment = [[dot + name for unit in part for name in unit[2]] for part in parts]
     scope = [name for name, _ in model.named_parameters()]
     return spec_from_assignment(scope, assignment, head, f"timm group_matcher: {how}", strip)
+
+
+def _cut(units: list[_Unit], n: int | str, *, headless: bool) -> tuple[list[list[_Unit]], str] | None:
+    """The units in body groups: one per unit for ``"blocks"``, else ``n - 1`` groups (``n`` for a headless
+    network) balanced by parameter count, preferring timm's stage boundaries; ``None`` when there are fewer
+    units than groups."""
+    if n == "blocks":
+        return [[unit] for unit in units], "one group per block"
+    n_body = int(n) if headless else int(n) - 1
+    if len(units) < n_body:
+        return None
+    stage = [unit[0] for unit in units]
+    ranges = balanced_split([unit[1] for unit in units], n_body, depth=lambda j: int(stage[j] == stage[j + 1]))
+    return [units[r.start : r.stop] for r in ranges], f"{len(ranges)} body groups by parameter count at its stages"
 
 
 def _timm_groups(root: nn.Module, *, coarse: bool) -> dict[str, int] | None:
@@ -95,9 +104,7 @@ def _timm_groups(root: nn.Module, *, coarse: bool) -> dict[str, int] | None:
         return None
 
 
-def _units(
-    body: list[str], fine: dict[str, int], coarse: dict[str, int], sizes: dict[str, int]
-) -> list[tuple[int, int, list[str]]] | None:
+def _units(body: list[str], fine: dict[str, int], coarse: dict[str, int], sizes: dict[str, int]) -> list[_Unit] | None:
     """(stage, parameter count, names) of each fine group of the body, in timm's order, then the names it
     leaves unmatched as one last unit (a stage of their own). ``None`` when the matcher names less than a
     quarter of the body or its fine groups do not nest in its stages."""
