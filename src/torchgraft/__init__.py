@@ -53,18 +53,12 @@ from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.schedule import one_cycle
 from torchgraft.tune.describe import describe
 from torchgraft.tune.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
-from torchgraft.tune.groups import GroupSpec, LayerGroup, LayerGroups, layer_groups
+from torchgraft.tune.group_types import GroupSpec, LayerGroup, LayerGroups
+from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.lora import LoraError, is_adapted, lora, merged, save_adapters
-from torchgraft.tune.optim import (
-    OptimizerReport,
-    StaleOptimizerError,
-    SyncReport,
-    check_optimizer,
-    group_lrs,
-    param_groups,
-    sync_optimizer,
-    watch_optimizer,
-)
+from torchgraft.tune.optim import group_lrs, param_groups
+from torchgraft.tune.stale import OptimizerReport, StaleOptimizerError, check_optimizer, watch_optimizer
+from torchgraft.tune.sync import SyncReport, sync_optimizer
 from torchgraft.weights.align import Alignment, Match, align_keys
 from torchgraft.weights.checkpoint import (
     Checkpoint,

@@ -243,3 +243,47 @@ def test_grouping_does_not_touch_weights():
     layer_groups(model, n="blocks")
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _timm_groups(model: nn.Module, *, coarse: bool) -> dict[str, int]:
+    from timm.models import group_parameters
+
+    return group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+
+
+@pytest.mark.parametrize("grafted", [False, True])
+def test_timm_blocks_are_timms_own_blocks(grafted):
+    pytest.importorskip("timm")
+    source = build_model("timm/efficientnet_b0", device="meta")
+    fine = _timm_groups(source, coarse=False)
+    model = graft(source, 10) if grafted else source
+    groups = layer_groups(model, n="blocks")
+    assert groups.spec.method == "timm group_matcher: one group per block"
+    prefix = "body.model." if grafted else ""
+    timm_blocks = [{fine[n.removeprefix(prefix)] for n in g.names} for g in groups[:-1]]
+    assert all(len(ids) == 1 for ids in timm_blocks), "a body group mixes timm blocks"
+    ids = [ids.pop() for ids in timm_blocks]
+    assert ids == sorted(set(ids)) and len(ids) == len(set(fine.values())) - 1  # every block but the head's
+    _check_cover(model, groups)
+
+
+@pytest.mark.parametrize("name", ["cspresnet50", "dpn68", "efficientformer_l1"])
+def test_timm_default_split_cuts_at_a_timm_stage(name):
+    """The automatic split cuts these inside a stage (measured: bench/timm_groups.py); timm's matcher does not."""
+    pytest.importorskip("timm")
+    model = build_model(f"timm/{name}", device="meta")
+    stages = _timm_groups(model, coarse=True)
+    groups = layer_groups(model)
+    assert groups.spec.method.startswith("timm group_matcher") and len(groups) == 3
+    early, late = ({stages[n] for n in g.names} for g in groups[:2])
+    assert max(early) < min(late), "a timm stage is cut in two"
+
+
+@pytest.mark.parametrize("name", ["poolformer_s12", "vgg11", "hrnet_w18_small"])
+def test_timm_without_a_usable_matcher_splits_automatically(name):
+    """poolformer has no group_matcher; vgg11's and hrnet's name under a quarter of the body."""
+    pytest.importorskip("timm")
+    model = build_model(f"timm/{name}", device="meta")
+    groups = layer_groups(model)
+    assert groups.spec.method.startswith("auto") and len(groups) == 3
+    _check_cover(model, groups)

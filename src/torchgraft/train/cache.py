@@ -26,7 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchgraft.data.sampling import Indices, SeededSampler
 from torchgraft.tasks.batch import call_model
 from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
-from torchgraft.tune.freeze import frozen_batchnorm, held_in_eval, is_stochastic
+from torchgraft.tune.freeze import held_in_eval, is_stochastic
 
 __all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader", "feature_loaders"]
 
@@ -46,7 +46,7 @@ def cache_problem(model: nn.Module) -> str | None:
     if trainable:
         return f"{len(trainable)} body parameters are trainable ({trainable[0]}, ...); freeze the body first"
     for name, module in body.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not frozen_batchnorm(module):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not held_in_eval(module):
             return f"BatchNorm 'body.{name}' is not frozen (its statistics would move); freeze with bn='frozen'"
         probability = getattr(module, "p", getattr(module, "drop_prob", 0.0))
         random = is_stochastic(module) and isinstance(probability, float) and probability > 0

@@ -57,7 +57,8 @@ from torchgraft.train.stages import Stage, plan_stages
 from torchgraft.train.state import FitState, InState
 from torchgraft.tune.freeze import BNPolicy, freeze_to
 from torchgraft.tune.groups import layer_groups
-from torchgraft.tune.optim import LRSpec, param_groups, watch_optimizer
+from torchgraft.tune.optim import LRSpec, param_groups
+from torchgraft.tune.stale import watch_optimizer
 
 __all__ = ["Learner", "TrainingDivergedError"]
 

@@ -1,4 +1,5 @@
-"""A table a person can read: what was cut, where, the body's output, the head, pretrained vs new."""
+"""A table a person can read: what was cut, where, the body's output, the head, pretrained (what a loader
+recorded as loaded) vs new."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from torch import nn
 
 from torchgraft.grafting.adapters import adapter_view, base_model
 from torchgraft.grafting.dryrun import trace
+from torchgraft.grafting.loaded import loaded_names
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, group_lrs
 
@@ -41,25 +43,34 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _parameter_rows(model: nn.Module) -> list[list[str]]:
-    pretrained = set(getattr(getattr(model, "info", None), "pretrained", ()))
+    """Per part: parameters, pretrained (kept from the source network *and* recorded as loaded; ``-`` when
+    no torchgraft loader left a record), new, trainable."""
+    kept = set(getattr(getattr(model, "info", None), "pretrained", ()))
+    model = base_model(model)  # a PeftModel: the parts of the network inside it
+    loaded = loaded_names(model)
+    view = adapter_view(model)
     rows = [["part", "parameters", "pretrained", "new", "trainable"]]
     totals = [0, 0, 0, 0]
-    model = base_model(model)  # a PeftModel: the parts of the network inside it
-    view = adapter_view(model)
     for part, module in model.named_children():
         named = [(f"{part}.{n}", p) for n, p in module.named_parameters()]
         if view:  # the base's pretrained tensors by their plain names; adapters are new
             named = [(view.canonical[n] if view.roles[n] != "adapter" else n, p) for n, p in named]
         counts = [
             _count([p for _, p in named]),
-            _count([p for n, p in named if n in pretrained]),
-            _count([p for n, p in named if n not in pretrained]),
+            _count([p for n, p in named if n in kept and (loaded is None or n in loaded)]),
+            _count([p for n, p in named if n not in kept]),
             _count([p for _, p in named if p.requires_grad]),
         ]
         totals = [t + c for t, c in zip(totals, counts, strict=True)]
-        rows.append([part, *(f"{c:,}" for c in counts)])
-    rows.append(["total", *(f"{c:,}" for c in totals)])
+        rows.append([part, *_cells(counts, known=loaded is not None)])
+    rows.append(["total", *_cells(totals, known=loaded is not None)])
     return rows
+
+
+def _cells(counts: list[int], *, known: bool) -> list[str]:
+    """The row's numbers; without a load record, the pretrained count (kept tensors, loaded or not) is ``-``."""
+    cells = [f"{c:,}" for c in counts]
+    return cells if known or not counts[1] else [cells[0], "-", *cells[2:]]
 
 
 def _head_lines(head: nn.Module) -> list[str]:
@@ -123,6 +134,10 @@ def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
     lines += [f"  body output  {output}", "  head"]
     lines += _head_lines(model.head)
     lines += [f"  note         {note}" for note in info.notes]
+    if loaded_names(model) is None:
+        lines.append(
+            "  note         pretrained: not known (the weights were not loaded by pretrained_model/load_weights)"
+        )
     lines += ["", *("  " + line for line in _table(_parameter_rows(model)))]
     groups = layer_groups(model)
     lrs = group_lrs(lr, len(groups), names=[g.name for g in groups]) if lr is not None else None

@@ -27,17 +27,18 @@ from typing import Any, Literal
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from torchgraft.tune.groups import LayerGroups, layer_groups
+from torchgraft.tune.group_types import LayerGroups
+from torchgraft.tune.groups import layer_groups
 
 __all__ = [
     "BN_POLICIES",
     "FreezeState",
     "freeze",
     "freeze_to",
-    "frozen_batchnorm",
     "gradual_unfreeze",
     "held_in_eval",
     "is_norm",
+    "is_stochastic",
     "refreeze",
     "unfreeze",
 ]
@@ -77,18 +78,13 @@ def held_in_eval(module: nn.Module) -> bool:
     return any(hook is _keep_eval for hook in module._forward_pre_hooks.values())
 
 
-def frozen_batchnorm(module: nn.Module) -> bool:
-    """Whether ``module`` is held in evaluation mode by the ``"frozen"`` BatchNorm policy."""
-    return held_in_eval(module)
-
-
 def is_stochastic(module: nn.Module) -> bool:
     """Whether ``module`` is random in training mode (dropout, drop-path, stochastic depth) by its class name."""
     return any(name in type(module).__name__ for name in _STOCHASTIC)
 
 
 def _set_bn_frozen(module: nn.Module, frozen: bool, training: bool) -> None:
-    hooked = frozen_batchnorm(module)
+    hooked = held_in_eval(module)
     if frozen:
         module.training = False
         if not hooked:

@@ -28,7 +28,8 @@ from torch import nn
 from torchgraft.grafting.adapters import adapter_view, is_peft_wrapper
 from torchgraft.grafting.dryrun import infer_input_size, trace
 from torchgraft.tune.freeze import unfreeze
-from torchgraft.tune.groups import LayerGroups, group_state, layer_groups
+from torchgraft.tune.group_types import LayerGroups
+from torchgraft.tune.groups import group_state, layer_groups
 from torchgraft.tune.names import compile_pattern
 
 __all__ = ["LoraError", "is_adapted", "lora", "lora_targets", "merged", "save_adapters", "without_adapters"]

@@ -13,10 +13,19 @@ Patterns never run user code: a regex is compiled with :mod:`re`, never evaluate
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-__all__ = ["collapse_names", "compile_pattern", "compress_names", "name_prefixes"]
+__all__ = [
+    "collapse_names",
+    "compile_pattern",
+    "compress_names",
+    "name_prefixes",
+    "shown_names",
+    "top_modules",
+    "under",
+]
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _TRAILING_NUMBER = re.compile(r"^(.*?)(\d+)$")
@@ -82,6 +91,42 @@ def name_prefixes(name: str) -> list[str]:
     """``"a.b.c"`` -> ``["a", "a.b", "a.b.c"]``: the modules a parameter lives in, outermost first."""
     parts = name.split(".")
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def under(name: str, modules: Sequence[str]) -> bool:
+    """Whether ``name`` is one of ``modules`` or lies inside one of them."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def top_modules(members: Sequence[str], scope: Sequence[str]) -> list[str]:
+    """The outermost module names whose parameters all belong to ``members`` (a subset of ``scope``).
+
+    Example:
+        >>> top_modules(["a.0.w", "a.1.w"], ["a.0.w", "a.1.w", "b.w"])
+        ['a']
+    """
+    inside, total = Counter(), Counter()
+    chosen = set(members)
+    for name in scope:
+        for prefix in name_prefixes(name):
+            total[prefix] += 1
+            if name in chosen:
+                inside[prefix] += 1
+    tops: list[str] = []
+    for name in members:
+        top = next(p for p in name_prefixes(name) if inside[p] == total[p])
+        if not tops or tops[-1] != top:
+            tops.append(top)
+    return tops
+
+
+def shown_names(names: Sequence[str], prefix: str) -> list[str]:
+    """Names without ``prefix`` (as a plan shows them), unless that would read like a top-level ``head``/``body``."""
+    out = []
+    for name in names:
+        short = name[len(prefix) :] if prefix and name.startswith(prefix) else name
+        out.append(name if short != name and short.split(".")[0] in ("head", "body") else short)
+    return out
 
 
 def compress_names(names: Sequence[str]) -> list[str]:

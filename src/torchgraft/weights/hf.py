@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from torchgraft.grafting.loaded import record_loaded
+
 __all__ = [
     "DEFAULT_TEXT_MODEL",
     "HFModelError",
@@ -93,11 +95,7 @@ def hf_text_model(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any
     local = Path(location).is_dir()
     try:
         tokenizer = load_tokenizer(location)
-        if pretrained:
-            model = transformers.AutoModel.from_pretrained(location, local_files_only=local)
-        else:
-            config = transformers.AutoConfig.from_pretrained(location, local_files_only=local)
-            model = transformers.AutoModel.from_config(config)
+        model = _encoder(transformers, location, local=local, pretrained=pretrained)
     except (OSError, ValueError) as error:
         raise HFModelError(
             f"{name}: cannot load a Hugging Face model and tokenizer from {location!r} "
@@ -106,6 +104,21 @@ def hf_text_model(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any
         ) from None
     origin = f"{location} ({'local folder' if local else 'Hugging Face hub'})"
     return model, tokenizer, origin if pretrained else "none (random initialisation)"
+
+
+def _encoder(transformers: Any, location: str, *, local: bool, pretrained: bool) -> nn.Module:
+    """The bare encoder, with the tensors its checkpoint filled recorded (none for random weights)."""
+    if not pretrained:
+        model = transformers.AutoModel.from_config(
+            transformers.AutoConfig.from_pretrained(location, local_files_only=local)
+        )
+        record_loaded(model, ())
+        return model
+    model, loading = transformers.AutoModel.from_pretrained(location, local_files_only=local, output_loading_info=True)
+    mismatched = (key if isinstance(key, str) else key[0] for key in loading.get("mismatched_keys", ()))
+    skipped = {*loading.get("missing_keys", ()), *mismatched}
+    record_loaded(model, (name for name in model.state_dict() if name not in skipped))
+    return model
 
 
 def hf_config_model(folder: str | Path) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 
 from torchgraft.grafting.channels import adapt_conv_weight, find_input_conv
 from torchgraft.grafting.guard import accept_pretrained
+from torchgraft.grafting.loaded import record_loaded
 from torchgraft.weights.align import Match, align_keys
 from torchgraft.weights.checkpoint import read_checkpoint
 
@@ -257,6 +258,7 @@ def load_weights(
     with torch.no_grad():
         for name, tensor in updates.items():
             target[name].copy_(tensor)
+    record_loaded(model, updates)
     if getattr(model, "guard", None) is not None:
         accept_pretrained(model)  # loaded on purpose: the new values are the pretrained reference now
     return report

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from torchgraft.grafting.loaded import record_loaded
 from torchgraft.weights.load import load_weights
 from torchgraft.weights.zoo import _timm, build_model, torchvision_classifiers
 
@@ -97,7 +98,9 @@ def pretrained_model(architecture: str, weights: str = "imagenet") -> tuple[nn.M
     if path is not None:
         return _from_file(architecture, path)
     if weights.lower() == "none":
-        return build_model(architecture, device="cpu"), "none (random initialisation)"
+        model = build_model(architecture, device="cpu")
+        record_loaded(model, ())  # known to be random: the plan counts nothing as pretrained
+        return model, "none (random initialisation)"
     # one of HUB_NAMES: an offline package, else the library's own download
     local = offline_weights(architecture)
     if local is not None:
@@ -106,4 +109,6 @@ def pretrained_model(architecture: str, weights: str = "imagenet") -> tuple[nn.M
     if not architecture.startswith(("timm/", "timm:")) and architecture not in torchvision_classifiers():
         build_model(architecture)  # raises UnknownModelError with close names
     library = "timm" if architecture.startswith(("timm/", "timm:")) else "torchvision"
-    return _from_hub(architecture), f"{weights} (downloaded by {library})"
+    model = _from_hub(architecture)
+    record_loaded(model, model.state_dict())  # the library loaded its whole checkpoint
+    return model, f"{weights} (downloaded by {library})"
