@@ -94,13 +94,6 @@ def validation_outputs(
     return torch.cat(outputs), torch.cat(targets)
 
 
-def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
-    """What the graft did, for model.json (the rebuild itself needs only the architecture and options)."""
-    info = model.info  # type: ignore[attr-defined]
-    keys = ("source", "method", "cut_at", "classifier", "removed", "input_size", "body_output", "pool")
-    return {key: getattr(info, key) for key in keys}
-
-
 def _examples(data: Any, count: int = 4) -> list[str]:
     """A few validation inputs (image paths, absolute; or texts) that ``deploy`` checks exported files on."""
     chosen = [x for x, _ in data.valid[:count]]
@@ -158,15 +151,12 @@ def _prepare_images(
     report(data, settings, say)
     source, origin = pretrained_model(settings.model, settings.weights)
     say(f"weights: {origin}")
-    graft_options: dict[str, Any] = {"head": settings.head}
-    if settings.y_range is not None:
-        graft_options["y_range"] = list(settings.y_range)
-    options = {**graft_options, "y_range": settings.y_range}
-    model = graft(source, data.n_outputs, input_size=(3, prep.size, prep.size), **options)
+    size = (3, prep.size, prep.size)
+    model = graft(source, data.n_outputs, input_size=size, head=settings.head, y_range=settings.y_range)
     model = adapt(model, settings, say)
     loaders = _image_loaders(data, prep, settings, device_of(settings))
     learner = make_learner(model, loaders, data, settings, run_dir, quiet=quiet)
-    return Prepared(data, prep, model, origin, graft_options, learner, settings, settings.model)
+    return Prepared(data, prep, model, origin, learner, settings, settings.model)
 
 
 def prepare_run(
@@ -283,11 +273,9 @@ def _finish(
             architecture=run.architecture,
             classes=classes,
             preprocessing=run.preprocessing,
-            graft_options=run.graft_options,
             task=learner.task,
             extra={
                 "weights": run.origin,
-                "grafted": _graft_record(model),
                 "final": final,
                 "examples": _examples(run.data),
                 **({"colours": run.data.colours} if getattr(run.data, "colours", None) else {}),

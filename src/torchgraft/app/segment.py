@@ -26,7 +26,8 @@ from torchgraft.data.masks import (
     segmentation_data,
 )
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
-from torchgraft.grafting.dense import DECODERS, UNET_WIDTHS, graft_dense
+from torchgraft.grafting.decoders import DECODERS
+from torchgraft.grafting.dense import graft_dense
 from torchgraft.tasks.batch import move
 from torchgraft.tasks.segment import ConfusionMatrix, per_class_dice, per_class_iou
 from torchgraft.train.distributed import on_main
@@ -111,14 +112,12 @@ def prepare_segment_run(
         say(f"  skipped {reason}")
     source, origin = pretrained_model(settings.model, settings.weights)
     say(f"weights: {origin}")
-    widths = UNET_WIDTHS
     size = (3, prep.size, prep.size)
-    model = graft_dense(source, data.n_outputs, decoder=settings.decoder, input_size=size, widths=widths)
+    model = graft_dense(source, data.n_outputs, decoder=settings.decoder, input_size=size)
     device = device_of(settings)
     loaders = segment_loaders(data, prep, settings, device)
     learner = make_learner(model, loaders, data, settings, run_dir, quiet=quiet, cache_features=True)  # type: ignore[arg-type]
-    options = {"decoder": settings.decoder, "widths": list(widths)} if model.info.method == "dense" else {}
-    return Prepared(data, prep, model, origin, options, learner, settings, settings.model)  # type: ignore[arg-type]
+    return Prepared(data, prep, model, origin, learner, settings, settings.model)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

@@ -171,7 +171,6 @@ class Prepared:
     preprocessing: Preprocessor
     model: torch.nn.Module
     origin: str
-    graft_options: dict[str, Any]
     learner: Learner
     settings: TrainSettings
     architecture: str

@@ -97,10 +97,7 @@ def prepare_text_run(
     say(f"weights: {origin}")
     prep = TextPreprocessing(HF_FOLDER, settings.max_length or hf_max_length(encoder, tokenizer))
     config = encoder.config
-    graft_options: dict[str, Any] = {"head": settings.head, "pool": "mean"}
-    if settings.y_range is not None:
-        graft_options["y_range"] = list(settings.y_range)
-    model = graft(encoder, data.n_outputs, **{**graft_options, "y_range": settings.y_range})
+    model = graft(encoder, data.n_outputs, head=settings.head, pool="mean", y_range=settings.y_range)
     model = adapt(model, settings, say)
     loaders = text_loaders(
         data, tokenizer, prep, batch_size=settings.batch_size, seed=settings.seed, workers=settings.workers or 0
@@ -113,4 +110,4 @@ def prepare_text_run(
         config.save_pretrained(str(folder))
         return sorted({Path(f) for f in files} | {folder / "config.json"})
 
-    return Prepared(data, prep, model, origin, graft_options, learner, settings, architecture, save_assets)
+    return Prepared(data, prep, model, origin, learner, settings, architecture, save_assets)
