@@ -245,6 +245,6 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
     _load_exact(model, directory / WEIGHTS_FILE, config["architecture"])
     if (config.get("adapters") or {}).get("mode") == "separate":
         model = _with_adapters(model, directory)
-    task = task_from_record(config.get("task"))
+    task = task_from_record(config["task"])
     config["directory"] = str(directory)  # where the files were read (a text model's tokenizer is beside them)
     return Exported(model.to(device).eval(), list(config["classes"]), prep, config, task)
