@@ -22,8 +22,9 @@ from torchgraft.data.texts import TextData, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
 from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
-from torchgraft.grafting.dense import Segmenter, Tap, find_taps, graft_dense
+from torchgraft.grafting.dense import Segmenter, graft_dense
 from torchgraft.grafting.dryrun import Trace, trace
+from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import (
     GuardReport,
     PretrainedGuard,
@@ -32,8 +33,11 @@ from torchgraft.grafting.guard import (
     check_pretrained,
 )
 from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.grafting.info import GraftInfo
+from torchgraft.grafting.replay import replay_graft
 from torchgraft.grafting.resegment import Resegmented
-from torchgraft.grafting.surgery import Grafted, GraftInfo, graft
+from torchgraft.grafting.surgery import graft
+from torchgraft.grafting.taps import Tap, find_taps
 from torchgraft.tasks import (
     Classification,
     Multilabel,
@@ -180,6 +184,7 @@ __all__ = [
     "read_checkpoint",
     "refreeze",
     "register_task",
+    "replay_graft",
     "save_adapters",
     "save_weights",
     "scan_images",

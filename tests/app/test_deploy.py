@@ -48,7 +48,7 @@ def _export(directory: Path, architecture: str, options: dict, photos: list[str]
     classes = [f"class{i}" for i in range(n)]
     extra = {"examples": photos}
     export_model(
-        directory, model, architecture=architecture, classes=classes, preprocessing=prep, graft_options=options,
+        directory, model, architecture=architecture, classes=classes, preprocessing=prep,
         task=task, extra=extra,
     )  # fmt: skip
     return directory

@@ -59,7 +59,9 @@ def test_run_dir_has_segmentation_history_per_class_iou_and_mask_plots(segment_r
         assert (run_dir / name).is_file(), name
     assert Image.open(run_dir / "masks.png").size[0] > 300  # three columns of four examples
     config = json.loads((run_dir / "model.json").read_text())
-    assert config["graft"] == {"n_out": 11, "kind": "dense", "decoder": "unet", "widths": [256, 128, 64, 32, 16]}
+    graft = config["graft"]
+    assert (graft["n_out"], graft["method"]) == (11, "dense")
+    assert graft["options"] == {"decoder": "unet", "widths": [256, 128, 64, 32, 16]}
     assert config["task"]["name"] == "segment" and config["preprocessing"]["resize"] == 64
     assert "decoder" in (run_dir / "plan.txt").read_text()
 

@@ -71,7 +71,7 @@ def test_train_writes_a_complete_run_dir(trained):
     assert config["architecture"] == "timm/efficientnet_lite0"
     assert config["preprocessing"]["size"] == 32 and config["preprocessing"]["interpolation"] == "bicubic"
     assert "offline package" in config["weights"]
-    assert config["grafted"]["method"] == "timm" and config["grafted"]["input_size"] == [3, 32, 32]
+    assert config["graft"]["method"] == "timm" and config["graft"]["input_size"] == [3, 32, 32]
     history = json.loads((trained / "history.json").read_text())
     assert [row["phase"] for row in history] == [0, 1]
     assert "accuracy" in (trained / "history.csv").read_text().splitlines()[0]

@@ -18,13 +18,12 @@ from torch import nn
 
 from torchgraft.data.preprocess import Preprocessing
 from torchgraft.data.tokens import TextPreprocessing
-from torchgraft.grafting.dense import graft_dense
-from torchgraft.grafting.surgery import graft
+from torchgraft.grafting.info import GraftInfo, GraftRecordError
+from torchgraft.grafting.replay import replay_graft
 from torchgraft.tasks import Classification, Task, task_from_record
 from torchgraft.tune.lora import is_adapted, merged, save_adapters, without_adapters
-from torchgraft.weights.checkpoint import save_weights
+from torchgraft.weights.checkpoint import read_checkpoint, save_weights
 from torchgraft.weights.hf import hf_config_model
-from torchgraft.weights.load import LoadError, load_weights
 from torchgraft.weights.zoo import build_model
 
 __all__ = [
@@ -37,13 +36,11 @@ __all__ = [
     "load_exported",
 ]
 
-EXPORT_FORMAT = "torchgraft-export/1"
+EXPORT_FORMAT = "torchgraft-export/2"  # 2: the graft's own record (GraftInfo.record), replayed without a dry run
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "model.json"
 Preprocessor = Preprocessing | TextPreprocessing  # images or texts
 ADAPTER_EXPORTS = ("merge", "separate")
 ADAPTER_FILE = "adapter_model.safetensors"
-_GRAFT_OPTIONS = ("cut", "head", "pool", "in_chans", "hidden", "dropout", "batch_norm", "y_range")
-_DENSE_OPTIONS = ("decoder", "widths", "aux")  # graft_dense's: a segmentation export records these instead
 
 
 class ExportError(ValueError):
@@ -68,7 +65,6 @@ def export_model(
     architecture: str,
     classes: Sequence[str],
     preprocessing: Preprocessor,
-    graft_options: dict[str, Any] | None = None,
     task: Task | None = None,
     extra: dict[str, Any] | None = None,
     adapters: str = "merge",
@@ -83,15 +79,13 @@ def export_model(
 
     Args:
         directory: the folder to write (created if needed).
-        model: the grafted model (the output of :func:`torchgraft.graft` with ``graft_options``).
+        model: the grafted model (from :func:`torchgraft.graft` or :func:`torchgraft.graft_dense`, trained, with
+            or without LoRA adapters); ``model.json`` records its ``info.record()``, which the rebuild replays.
         architecture: the name :func:`torchgraft.build_model` builds (``"resnet50"``, ``"timm/convnext_tiny"``),
             or ``"hf/..."`` for a text encoder (rebuilt from the ``config.json`` that ``preprocessing``'s
             tokenizer folder holds; :func:`torchgraft.train_run` writes it).
         classes: class names, in output order.
         preprocessing: what validation used (image transforms or a tokenizer); prediction uses the same.
-        graft_options: the keyword arguments ``graft`` was called with (JSON values); for a segmentation
-            model (:func:`torchgraft.graft_dense`), ``decoder`` and ``widths``. The rebuild reruns the graft at
-            the input size of ``preprocessing``.
         task: the task trained (recorded so that ``predict`` decodes outputs the same way; default
             classification).
         extra: more JSON fields to record (weights source, final metrics...).
@@ -103,28 +97,26 @@ def export_model(
     """
     from torchgraft._version import __version__
 
-    options = dict(graft_options or {})
-    known = _DENSE_OPTIONS if _is_dense(model) else _GRAFT_OPTIONS
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ExportError(f"export_model: graft options {unknown} cannot be stored; use only {known}.")
     if adapters not in ADAPTER_EXPORTS:
         raise ExportError(f"export_model: adapters={adapters!r}; choose one of {ADAPTER_EXPORTS}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    record = None
+    plain = model
+    if is_adapted(model):
+        plain = merged(model) if adapters == "merge" else without_adapters(model)
+    graft = _graft_record(plain, len(classes))
+    record = None  # LoRA is applied after the graft: its own record, beside the graft's
     if is_adapted(model):
         record = {"mode": adapters, **getattr(model, "_torchgraft_lora", {})}
         if adapters == "separate":
             save_adapters(model, directory)
             record["file"] = ADAPTER_FILE
-        model = merged(model) if adapters == "merge" else without_adapters(model)
-    save_weights(model, directory / WEIGHTS_FILE)
+    save_weights(plain, directory / WEIGHTS_FILE)
     config = {
         "format": EXPORT_FORMAT,
         "torchgraft_version": __version__,
         "architecture": architecture,
-        "graft": {"n_out": len(classes), **({"kind": "dense"} if _is_dense(model) else {}), **options},
+        "graft": graft,
         "classes": list(classes),
         "task": (task or Classification()).record(),
         "preprocessing": preprocessing.as_dict(),
@@ -137,22 +129,27 @@ def export_model(
     return directory / CONFIG_FILE
 
 
-def _is_dense(model: nn.Module) -> bool:
-    """Whether ``model`` (or the network inside its LoRA wrapper) was grafted by :func:`graft_dense`."""
-    return any(getattr(getattr(m, "info", None), "method", None) in ("dense", "resegment") for m in model.modules())
-
-
-def _rebuild(config: dict[str, Any], prep: Preprocessing) -> nn.Module:
-    """The grafted image network model.json describes, with fresh weights."""
-    options = dict(config["graft"])
-    n_out, dense = options.pop("n_out"), options.pop("kind", None) == "dense"
-    source = build_model(config["architecture"], device="cpu")
-    if dense:
-        widths = tuple(options.pop("widths", (256, 128, 64, 32, 16)))
-        return graft_dense(source, n_out, input_size=(3, prep.size, prep.size), widths=widths, **options)
-    if options.get("y_range") is not None:
-        options["y_range"] = tuple(options["y_range"])
-    return graft(source, n_out, input_size=(options.get("in_chans") or 3, prep.size, prep.size), **options)
+def _graft_record(model: nn.Module, n_classes: int) -> dict[str, Any]:
+    """``model.info.record()``, checked: a graft that the record can rebuild, with one output per class."""
+    info = getattr(model, "info", None)
+    if not isinstance(info, GraftInfo):
+        raise ExportError(
+            f"export_model: {type(model).__name__} was not made by torchgraft.graft or graft_dense, so model.json "
+            f"cannot record how to rebuild it; graft it (graft(network, n_classes)), or save_weights() and "
+            f"rebuild it in your code."
+        )
+    problem = info.replay_problem()
+    if problem is not None:
+        raise ExportError(
+            f"export_model: {problem}; model.json cannot rebuild it. Graft with head='linear' or 'mlp' and a "
+            f"module name or int cut=, or save_weights() and rebuild the model in your code."
+        )
+    if info.n_out != n_classes:
+        raise ExportError(
+            f"export_model: classes names {n_classes} classes but the model has {info.n_out} outputs; give one "
+            f"name per output, in output order."
+        )
+    return info.record()
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -164,7 +161,10 @@ def _read_config(directory: Path) -> dict[str, Any]:
         )
     config = json.loads(path.read_text())
     if config.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{path}: format {config.get('format')!r}, this torchgraft reads {EXPORT_FORMAT!r}.")
+        raise ExportError(
+            f"{path}: format {config.get('format')!r}, this torchgraft reads {EXPORT_FORMAT!r}; export the model "
+            f"again with this torchgraft (torchgraft train --out, or export_model)."
+        )
     return config
 
 
@@ -182,39 +182,69 @@ def _with_adapters(model: nn.Module, directory: Path) -> nn.Module:
     return PeftModel.from_pretrained(model, str(directory))
 
 
+def _source_network(config: dict[str, Any], directory: Path) -> tuple[nn.Module, Preprocessor]:
+    """The source network of the export, with random weights, and the preprocessing."""
+    if config["preprocessing"].get("kind") == "text":
+        text = TextPreprocessing.from_dict(config["preprocessing"])
+        folder = directory / text.tokenizer
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{directory}: a text model needs {folder}/config.json (written by train).")
+        return hf_config_model(folder), text
+    return build_model(config["architecture"], device="cpu"), Preprocessing.from_dict(config["preprocessing"])
+
+
+def _few(names: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(names[:count])
+    return f"{shown} (and {len(names) - count} more)" if len(names) > count else shown or "none"
+
+
+def _load_exact(model: nn.Module, path: Path, architecture: str) -> None:
+    """Load ``path`` into ``model`` with exact keys (``load_state_dict(strict=True)``, no key matching)."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.tensors
+    state = {**saved, **{alias: saved[key] for alias, key in checkpoint.aliases.items() if key in saved}}
+    expected = model.state_dict().keys()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ExportError(
+            f"{path.parent}: {WEIGHTS_FILE} does not fit {architecture} as model.json describes it (missing in "
+            f"{WEIGHTS_FILE}: {_few(missing)}; unexpected: {_few(unexpected)}). An export loads with exact keys: "
+            f"{WEIGHTS_FILE} and {CONFIG_FILE} must come from one export_model call; export the model again."
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # a tensor of another shape
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+        raise ExportError(
+            f"{path.parent}: {WEIGHTS_FILE} does not fit {architecture} as model.json describes it ({detail}); "
+            f"{WEIGHTS_FILE} and {CONFIG_FILE} must come from one export_model call."
+        ) from None
+
+
 def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") -> Exported:
-    """Rebuild the exported model in ``directory`` from its two files (no training code, no download).
+    """Rebuild the exported model in ``directory`` from its two files (no training code, no download): the
+    recorded graft is replayed on the architecture built again (no dry run), and the weights load with exact
+    keys (``load_state_dict(strict=True)``), so the model is the trained one, bit for bit.
 
     Raises:
         FileNotFoundError: a file is missing.
-        ExportError: unknown format, or weights that do not fit the rebuilt network.
+        ExportError: unknown format, or weights whose keys or shapes do not fit the rebuilt network.
+
+    Example:
+        >>> exported = load_exported("runs/pets")
+        >>> exported.model(batch).argmax(1)
     """
     directory = Path(directory)
     config = _read_config(directory)
-    prep: Preprocessor
-    if config["preprocessing"].get("kind") == "text":
-        options = dict(config["graft"])
-        n_out = options.pop("n_out")
-        if options.get("y_range") is not None:
-            options["y_range"] = tuple(options["y_range"])
-        prep = TextPreprocessing.from_dict(config["preprocessing"])
-        folder = directory / prep.tokenizer
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{directory}: a text model needs {folder}/config.json (written by train).")
-        model = graft(hf_config_model(folder), n_out, **options)
-    else:
-        prep = Preprocessing.from_dict(config["preprocessing"])
-        model = _rebuild(config, prep)
+    source, prep = _source_network(config, directory)
     try:
-        load_weights(model, directory / WEIGHTS_FILE, strict=True)
-    except LoadError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise ExportError(
-            f"{directory}: {WEIGHTS_FILE} does not fit {config['architecture']} as model.json describes it "
-            f"({first}; ...). Were the files written by one run?"
-        ) from error
+        model: nn.Module = replay_graft(source, config["graft"])
+    except GraftRecordError as error:
+        raise ExportError(f"{directory / CONFIG_FILE}: {error}") from None
+    _load_exact(model, directory / WEIGHTS_FILE, config["architecture"])
     if (config.get("adapters") or {}).get("mode") == "separate":
         model = _with_adapters(model, directory)
-    task = task_from_record(config.get("task"))
+    task = task_from_record(config["task"])
     config["directory"] = str(directory)  # where the files were read (a text model's tokenizer is beside them)
     return Exported(model.to(device).eval(), list(config["classes"]), prep, config, task)

@@ -68,8 +68,7 @@ class ImageInput(InputRecipe):
         say(f"weights: {origin}")
         size = (3, prep.size, prep.size)
         model = graft(source, data.n_outputs, input_size=size, head=settings.head, y_range=settings.y_range)
-        options = {"head": settings.head, **({"y_range": list(settings.y_range)} if settings.y_range else {})}
-        return Built(model, origin, settings.model, prep, options)
+        return Built(model, origin, settings.model, prep)
 
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device

@@ -58,7 +58,6 @@ class Built:
     origin: str
     architecture: str
     preprocessing: Preprocessor
-    graft_options: dict[str, Any] = field(default_factory=dict)
     save_assets: Callable[[Path], list[Path]] = field(default=lambda run_dir: [])
     tokenizer: Any = None
 

@@ -26,7 +26,8 @@ from torchgraft.data.masks import (
     segmentation_data,
 )
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
-from torchgraft.grafting.dense import DECODERS, UNET_WIDTHS, graft_dense
+from torchgraft.grafting.decoders import DECODERS
+from torchgraft.grafting.dense import graft_dense
 from torchgraft.tasks import TASKS
 from torchgraft.weights.pretrained import pretrained_model, weights_file
 
@@ -90,9 +91,8 @@ class MaskInput(InputRecipe):
         source, origin = pretrained_model(settings.model, settings.weights)
         say(f"weights: {origin}")
         size = (3, prep.size, prep.size)
-        model = graft_dense(source, data.n_outputs, decoder=settings.decoder, input_size=size, widths=UNET_WIDTHS)
-        options = {"decoder": settings.decoder, "widths": list(UNET_WIDTHS)} if model.info.method == "dense" else {}
-        return Built(model, origin, settings.model, prep, options)
+        model = graft_dense(source, data.n_outputs, decoder=settings.decoder, input_size=size)
+        return Built(model, origin, settings.model, prep)
 
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device

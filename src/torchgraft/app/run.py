@@ -78,13 +78,6 @@ def validation_outputs(
     return torch.cat(outputs), torch.cat(targets)
 
 
-def _graft_record(model: torch.nn.Module) -> dict[str, Any]:
-    """What the graft did, for model.json (the rebuild itself needs only the architecture and options)."""
-    info = model.info  # type: ignore[attr-defined]
-    keys = ("source", "method", "cut_at", "classifier", "removed", "input_size", "body_output", "pool")
-    return {key: getattr(info, key) for key in keys}
-
-
 def _epoch_name(place: int, history: list[dict[str, Any]]) -> str:
     """``"epoch 2 of 3 (train_loss 0.31, accuracy 0.9412)"``: the row ``place`` of ``history`` and its values."""
     values = ", ".join(f"{k} {v:.4g}" for k, v in history[place].items() if isinstance(v, float) and k != "seconds")
@@ -190,11 +183,9 @@ def _finish(
             architecture=run.built.architecture,
             classes=classes,
             preprocessing=run.preprocessing,
-            graft_options=run.built.graft_options,
             task=learner.task,
             extra={
                 "weights": run.built.origin,
-                "grafted": _graft_record(model),
                 "final": final,
                 "examples": run.recipe.examples(run.data),
                 **({"colours": run.data.colours} if getattr(run.data, "colours", None) else {}),

@@ -116,12 +116,7 @@ class TextInput(InputRecipe):
             config.save_pretrained(str(folder))
             return sorted({Path(f) for f in files} | {folder / "config.json"})
 
-        options = {
-            "head": settings.head,
-            "pool": "mean",
-            **({"y_range": list(settings.y_range)} if settings.y_range else {}),
-        }
-        return Built(model, origin, architecture, prep, options, save_assets, tokenizer=tokenizer)
+        return Built(model, origin, architecture, prep, save_assets, tokenizer=tokenizer)
 
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device

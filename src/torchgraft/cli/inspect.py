@@ -8,7 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from torchgraft.grafting.dense import DECODERS, Segmenter, graft_dense
+from torchgraft.grafting.decoders import DECODERS
+from torchgraft.grafting.dense import Segmenter, graft_dense
 from torchgraft.grafting.surgery import graft
 from torchgraft.tune.describe import describe
 from torchgraft.tune.groups import layer_groups

@@ -1,2 +1,63 @@
 """Grafting: dry runs on the meta device, finding the classifier, cutting the body, new heads, input channels,
-the pretrained-weights guard. Knows nothing of training."""
+dense (segmentation) grafts, the graft's record and its replay, the pretrained-weights guard. Knows nothing
+of training."""
+
+from __future__ import annotations
+
+from torchgraft.grafting.body import Body, PrunedModule
+from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
+from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
+from torchgraft.grafting.decoders import DECODERS, UNET_WIDTHS, FPNDecoder, UNetDecoder
+from torchgraft.grafting.dense import Segmenter, graft_dense
+from torchgraft.grafting.dryrun import Trace, trace
+from torchgraft.grafting.grafted import Grafted
+from torchgraft.grafting.guard import (
+    GuardReport,
+    PretrainedGuard,
+    PretrainedWeightsChangedError,
+    accept_pretrained,
+    check_pretrained,
+)
+from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
+from torchgraft.grafting.info import GraftInfo, GraftRecordError
+from torchgraft.grafting.replay import replay_graft
+from torchgraft.grafting.resegment import Resegmented, regraft_segmentation
+from torchgraft.grafting.surgery import graft
+from torchgraft.grafting.taps import Tap, find_taps
+
+__all__ = [
+    "DECODERS",
+    "UNET_WIDTHS",
+    "Body",
+    "ClassifierInfo",
+    "ClassifierNotFoundError",
+    "FPNDecoder",
+    "GraftInfo",
+    "GraftRecordError",
+    "Grafted",
+    "GuardReport",
+    "InputAdaptation",
+    "Pool",
+    "PretrainedGuard",
+    "PretrainedWeightsChangedError",
+    "PrunedModule",
+    "Resegmented",
+    "Segmenter",
+    "SigmoidRange",
+    "Tap",
+    "Trace",
+    "UNetDecoder",
+    "accept_pretrained",
+    "adapt_conv_weight",
+    "adapt_input_channels",
+    "check_pretrained",
+    "find_classifier",
+    "find_taps",
+    "graft",
+    "graft_dense",
+    "linear_head",
+    "mlp_head",
+    "regraft_segmentation",
+    "replay_graft",
+    "trace",
+]

@@ -13,13 +13,17 @@ arguments the network takes (``input_ids=``, ``attention_mask=``), in one of thr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from torchgraft.grafting.channels import adapt_input_channels
 from torchgraft.grafting.dryrun import main_tensor
 
-__all__ = ["Body", "PrunedModule", "replace_module"]
+if TYPE_CHECKING:
+    from torchgraft.grafting.info import GraftInfo
+
+__all__ = ["Body", "PrunedModule", "rebuild_body", "replace_module"]
 
 
 class _ExitForward(Exception):
@@ -139,3 +143,22 @@ class Body(nn.Module):
         if self.method != "forward":
             parts.append(f"method={self.method!r}")
         return ", ".join(parts)
+
+
+def rebuild_body(model: nn.Module, info: GraftInfo) -> Body:
+    """The body that ``info`` records, made from ``model`` (a fresh source network of the same architecture)
+    in place and without a dry run: the input convolution adapted, the classifier replaced (or timm's
+    ``reset_classifier(0)``), the auxiliary heads dropped, the cut, the modules after it pruned."""
+    if info.in_chans is not None and info.in_chans.rule != "unchanged":
+        adapt_input_channels(model, info.in_chans.to_channels, module=info.in_chans.module)
+    if info.method in ("timm", "timm-features"):
+        model.reset_classifier(0)  # type: ignore[operator]
+    elif info.method == "classifier":
+        for name in info.classifier:
+            replace_module(model, name, nn.Identity())
+    for name in info.dropped:
+        replace_module(model, name, None)
+    body = Body(model, exit_at=info.cut_at, method=info.body_method, select_main=info.select_main)
+    for name in info.pruned:
+        replace_module(model, name, PrunedModule(name))
+    return body

@@ -77,18 +77,19 @@ def find_input_conv(model: nn.Module, input_size: tuple[int, ...] | None = None)
 
 
 def adapt_input_channels(
-    model: nn.Module, in_chans: int, *, input_size: tuple[int, ...] | None = None
+    model: nn.Module, in_chans: int, *, input_size: tuple[int, ...] | None = None, module: str | None = None
 ) -> InputAdaptation:
     """Rewrite the first convolution of ``model`` (in place) to take ``in_chans`` input channels.
 
-    Grouped first convolutions are refused (their channel groups have no pretrained counterpart).
+    Grouped first convolutions are refused (their channel groups have no pretrained counterpart). ``module``
+    names the convolution (as a recorded :class:`InputAdaptation` does) instead of finding it by a dry run.
 
     Example:
         >>> m = torchvision.models.resnet18()
         >>> adapt_input_channels(m, 1)
         InputAdaptation(module='conv1', from_channels=3, to_channels=1, rule='sum')
     """
-    name, conv = find_input_conv(model, input_size)
+    name, conv = (module, model.get_submodule(module)) if module is not None else find_input_conv(model, input_size)
     if conv.groups != 1:
         raise ValueError(
             f"in_chans: the first convolution '{name}' is grouped (groups={conv.groups}); adapt it yourself."

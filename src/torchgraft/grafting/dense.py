@@ -1,229 +1,33 @@
-"""Dense grafts: a segmentation decoder on any pretrained backbone, its multi-scale features found by a dry run.
+"""Dense grafts: a segmentation decoder on any pretrained backbone, reading its multi-scale features.
 
-:func:`find_taps` runs the network once on the meta device and keeps, for each spatial stride (2, 4, 8, 16,
-32, ...), the output of the module that finishes *last* at that stride — the end of each stage — whatever
-the layout: ``(N, C, H, W)`` (CNNs), ``(N, H, W, C)`` (channels-last stages: timm Swin, ConvNeXt's norms) or
-``(N, L, C)`` tokens (ViT, DeiT, DINO: the patch grid after the class/register tokens). Nothing is listed
-per family; channel counts and sizes come from the shapes.
-
-:func:`graft_dense` cuts the backbone after its deepest tap (later modules are pruned), hooks the taps, and
-adds a decoder — ``"unet"`` (upsampling blocks with skip connections, down to stride 1) or ``"fpn"`` (a
-feature pyramid merged at the finest tap) — and a 1x1 classifier; logits are resized to the input size, so
-inputs whose size is not a multiple of the stride work.
+:func:`graft_dense` finds the backbone's taps by a dry run (:func:`~torchgraft.grafting.taps.find_taps`),
+cuts it after its deepest tap (later modules are pruned), hooks the taps, and adds a decoder
+(:mod:`~torchgraft.grafting.decoders`: ``"unet"`` or ``"fpn"``) and a 1x1 classifier; logits are resized
+to the input size, so inputs whose size is not a multiple of the stride work. :func:`rebuild_segmenter`
+makes the same model again from its record, without the dry run.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchgraft.grafting.body import Body, rebuild_body
 from torchgraft.grafting.classifier import ClassifierNotFoundError, find_classifier
-from torchgraft.grafting.dryrun import Trace, infer_input_size
+from torchgraft.grafting.decoders import DECODERS, UNET_WIDTHS, build_decoder
+from torchgraft.grafting.dryrun import infer_input_size
+from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import PretrainedGuard
+from torchgraft.grafting.info import GraftInfo
 from torchgraft.grafting.resegment import Resegmented, regraft_segmentation, segmentation_classifiers
-from torchgraft.grafting.surgery import Grafted, GraftInfo, _cut_body, _trace
+from torchgraft.grafting.surgery import _trace, cut_body
+from torchgraft.grafting.taps import Tap, find_taps
 
-__all__ = [
-    "DECODERS",
-    "UNET_WIDTHS",
-    "FPNDecoder",
-    "PackedDecoder",
-    "Segmenter",
-    "Tap",
-    "UNetDecoder",
-    "find_taps",
-    "graft_dense",
-]
-
-DECODERS = ("unet", "fpn")
-UNET_WIDTHS = (256, 128, 64, 32, 16)  # U-Net block widths, coarsest first (as smp's Unet)
-_MAX_PREFIX = 8  # class, distillation and register tokens before a token grid
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A multi-scale feature: the output of ``name`` (a module of the source network).
-
-    Attributes:
-        name: dotted module name.
-        stride: input size / feature size.
-        channels: feature channels.
-        layout: ``"nchw"``, ``"nhwc"`` or ``"nlc"`` (tokens).
-        prefix: leading tokens before the grid (``"nlc"`` only: class / register tokens).
-    """
-
-    name: str
-    stride: int
-    channels: int
-    layout: str
-    prefix: int = 0
-
-
-def _stride(size: int, extent: int) -> int | None:
-    """The power-of-two stride that maps an input of ``size`` to ``extent`` (valid convolutions make it
-    inexact: Inception's 299 px give 35, 17, 8), or ``None`` for a global (1 px) or fixed-size output."""
-    if extent < 2 or extent >= size:
-        return None
-    ratio = size / extent
-    stride = 2 ** round(math.log2(ratio))
-    return stride if 2 <= stride <= 64 and 0.8 <= ratio / stride <= 1.25 else None
-
-
-def _as_tap(name: str, shape: torch.Size, height: int, width: int) -> Tap | None:
-    if len(shape) == 4:
-        channels_first = _stride(height, shape[2]), _stride(width, shape[3])
-        if channels_first[0] is not None and channels_first[0] == channels_first[1]:
-            return Tap(name, channels_first[0], int(shape[1]), "nchw")
-        channels_last = _stride(height, shape[1]), _stride(width, shape[2])
-        if channels_last[0] is not None and channels_last[0] == channels_last[1]:
-            return Tap(name, channels_last[0], int(shape[3]), "nhwc")
-        return None
-    if len(shape) == 3:
-        for stride in (4, 8, 14, 16, 32):
-            grid = (height // stride) * (width // stride)
-            if grid > 1 and 0 <= shape[1] - grid <= _MAX_PREFIX:
-                return Tap(name, stride, int(shape[2]), "nlc", int(shape[1] - grid))
-    return None
-
-
-_GENERIC = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_NOT_FEATURES = (
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-)  # fixed size, copies
-
-
-def _inside_a_resampling_block(name: str, modules: dict[str, nn.Module], strides: dict[str, int | None]) -> bool:
-    """Whether ``name`` lies inside a block (not a plain container, not the root) whose own output has
-    another stride: the expansion convolution of a block that downsamples is not a stage's output."""
-    parts = name.split(".")
-    own = strides.get(name)
-    for depth in range(1, len(parts)):
-        ancestor = ".".join(parts[:depth])
-        if ancestor in strides and not isinstance(modules[ancestor], _GENERIC) and strides[ancestor] != own:
-            return True
-    return False
-
-
-def find_taps(run: Trace, input_size: Sequence[int], *, before: int | None = None) -> list[Tap]:
-    """The last module output at each spatial stride in the dry run ``run`` (input ``(C, H, W)``), ordered
-    from the finest stride to the coarsest; only calls that start before call number ``before`` (the old
-    classifier) count. Outputs of fixed size (adaptive pooling) and the insides of blocks that change the
-    resolution are left out. Empty when the network has no spatial features.
-
-    Example:
-        >>> [(t.name, t.stride, t.channels) for t in find_taps(trace(resnet50(), (3, 224, 224)), (3, 224, 224))]
-        [('relu', 2, 64), ('layer1', 4, 256), ('layer2', 8, 512), ('layer3', 16, 1024), ('layer4', 32, 2048)]
-    """
-    height, width = int(input_size[-2]), int(input_size[-1])
-    candidates = {}
-    for call in run.calls:
-        if not call.name or not isinstance(call.main_shape, torch.Size) or isinstance(call.module, _NOT_FEATURES):
-            continue
-        if before is not None and call.start >= before:
-            continue
-        tap = _as_tap(call.name, call.main_shape, height, width)
-        candidates[call.name] = (call, tap)
-    modules = {name: call.module for name, (call, _) in candidates.items()}
-    strides = {name: (tap.stride if tap else None) for name, (_, tap) in candidates.items()}
-    last: dict[int, tuple[int, Tap]] = {}
-    for name, (call, tap) in candidates.items():
-        if tap is None or _inside_a_resampling_block(name, modules, strides):
-            continue
-        if tap.stride not in last or call.finish > last[tap.stride][0]:
-            last[tap.stride] = (call.finish, tap)
-    # a coarser stride must come later in the network: drop taps that finish before a finer one (side branches)
-    kept: list[tuple[int, Tap]] = []
-    for stride in sorted(last):
-        finish, tap = last[stride]
-        if not kept or finish > kept[-1][0]:
-            kept.append((finish, tap))
-    return [tap for _, tap in kept]
-
-
-def _conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-class UNetDecoder(nn.Module):
-    """U-Net decoder: from the coarsest feature, blocks that upsample x2 (to the next tap's size), concatenate
-    that tap and apply two 3x3 conv-BN-ReLU; blocks without a tap continue down to stride 1.
-
-    Args:
-        channels: channels of the taps, finest first.
-        strides: their strides.
-        widths: output channels of the blocks, coarsest first (the last is repeated as needed).
-    """
-
-    def __init__(self, channels: Sequence[int], strides: Sequence[int], widths: Sequence[int]) -> None:
-        super().__init__()
-        steps = max(1, math.ceil(math.log2(strides[-1])))
-        skips = list(channels[:-1])[::-1]  # finest-but-one .. finest: the skip of each block, while there are taps
-        blocks, width_in = [], channels[-1]
-        for i in range(steps):
-            skip = skips[i] if i < len(skips) else 0
-            width = widths[min(i, len(widths) - 1)]
-            blocks.append(nn.Sequential(_conv(width_in + skip, width), _conv(width, width)))
-            width_in = width
-        self.blocks = nn.ModuleList(blocks)
-        self.out_channels = width_in
-
-    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Decode ``features`` (finest first) towards ``size`` (the input's height and width)."""
-        x, skips = features[-1], features[:-1][::-1]
-        for i, block in enumerate(self.blocks):
-            if i < len(skips):
-                x = F.interpolate(x, size=skips[i].shape[-2:], mode="nearest")
-                x = torch.cat([x, skips[i]], dim=1)
-            else:
-                remaining = len(self.blocks) - i
-                target = (
-                    size if remaining == 1 else (max(1, size[0] >> (remaining - 1)), max(1, size[1] >> (remaining - 1)))
-                )
-                x = F.interpolate(x, size=target, mode="nearest")
-            x = block(x)
-        return x
-
-
-class FPNDecoder(nn.Module):
-    """Feature pyramid decoder: 1x1 laterals, a top-down pathway, each level refined by 3x3 conv-BN-ReLU,
-    upsampled to the finest tap and summed.
-
-    Args:
-        channels: channels of the taps, finest first.
-        pyramid: channels of the pyramid.
-        width: channels of the merged output.
-    """
-
-    def __init__(self, channels: Sequence[int], pyramid: int = 256, width: int = 128) -> None:
-        super().__init__()
-        self.laterals = nn.ModuleList(nn.Conv2d(c, pyramid, 1) for c in channels)
-        self.smooth = nn.ModuleList(_conv(pyramid, width) for _ in channels)
-        self.out_channels = width
-
-    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Merge ``features`` (finest first) at the finest tap's resolution."""
-        levels = [lateral(f) for lateral, f in zip(self.laterals, features, strict=True)]
-        for i in range(len(levels) - 2, -1, -1):  # top-down
-            levels[i] = levels[i] + F.interpolate(levels[i + 1], size=levels[i].shape[-2:], mode="nearest")
-        finest = levels[0].shape[-2:]
-        merged = [
-            F.interpolate(s(level), size=finest, mode="bilinear", align_corners=False)
-            for s, level in zip(self.smooth, levels, strict=True)
-        ]
-        return torch.stack(merged).sum(dim=0)
+__all__ = ["PackedDecoder", "Segmenter", "graft_dense", "rebuild_segmenter"]
 
 
 def _to_nchw(feature: torch.Tensor, tap: Tap, size: tuple[int, int]) -> torch.Tensor:
@@ -381,30 +185,49 @@ def graft_dense(
             f"graft_dense: {source} gives no spatial feature map in a dry run at {size}; it cannot be a "
             f"segmentation backbone (pass input_size= if it needs another size)."
         )
-    body, _, _, removed, _ = _cut_body(model, taps[-1].name, None, size)
-    channels, strides = [t.channels for t in taps], [t.stride for t in taps]
-    dense = UNetDecoder(channels, strides, widths) if decoder == "unet" else FPNDecoder(channels)
-    head = nn.Conv2d(dense.out_channels, n_classes, 1)
-    reference = next(body.parameters(), None)
-    if reference is not None:
-        dense, head = dense.to(reference.device, reference.dtype), head.to(reference.device, reference.dtype)
+    cut = cut_body(model, taps[-1].name, None, size)
     info = GraftInfo(
         source=source,
         method="dense",
-        cut_at=body.exit_at,
+        cut_at=cut.body.exit_at,
         classifier=(),
-        removed=tuple(removed),
-        removed_params=total - sum(p.numel() for p in body.parameters()),
+        removed=tuple(cut.removed),
+        removed_params=total - sum(p.numel() for p in cut.body.parameters()),
         input_size=size,
         body_output=None,
         layout="nchw",
         pool=decoder,
         in_chans=None,
         notes=tuple(f"tap '{t.name}': stride {t.stride}, {t.channels} channels [{t.layout}]" for t in taps),
+        n_out=n_classes,
+        options={"decoder": decoder, "widths": tuple(widths)},
+        dropped=tuple(cut.dropped),
+        pruned=tuple(cut.pruned),
+        body_method=cut.body.method,
+        select_main=cut.body.select_main,
+        taps=tuple(taps),
     )
-    segmenter = Segmenter(body, dense, head, taps, info)
+    return _segmenter(cut.body, info, guard=guard)
+
+
+def _segmenter(body: Body, info: GraftInfo, *, guard: bool) -> Segmenter:
+    """The decoder and classifier that ``info`` records on ``body``, with the parameter names recorded."""
+    channels, strides = [t.channels for t in info.taps], [t.stride for t in info.taps]
+    dense = build_decoder(info.options["decoder"], channels, strides, info.options.get("widths", UNET_WIDTHS))
+    head = nn.Conv2d(dense.out_channels, info.n_out, 1)
+    reference = next(body.parameters(), None)
+    if reference is not None:
+        dense, head = dense.to(reference.device, reference.dtype), head.to(reference.device, reference.dtype)
+    segmenter = Segmenter(body, dense, head, info.taps, info)
     info.pretrained = tuple(f"body.{n}" for n, _ in body.named_parameters())
     info.new = tuple(n for n, _ in segmenter.named_parameters() if not n.startswith("body."))
     if guard:
         segmenter.guard = PretrainedGuard.track(segmenter, info.pretrained)
     return segmenter
+
+
+def rebuild_segmenter(model: nn.Module, info: GraftInfo) -> Segmenter:
+    """The :func:`graft_dense` decoder graft that ``info`` records, rebuilt on ``model`` (a fresh backbone of
+    the same architecture) without a dry run: the same modules under the same names, decoder and classifier
+    weights fresh; no guard."""
+    return _segmenter(rebuild_body(model, info), info, guard=False)

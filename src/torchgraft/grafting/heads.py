@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ __all__ = [
     "SigmoidRange",
     "infer_layout",
     "linear_head",
+    "make_head",
     "mlp_head",
     "pooled_features",
     "run_head",
@@ -195,3 +196,37 @@ def mlp_head(
         if i < len(widths) - 2:
             layers.append(nn.ReLU(inplace=True))
     return _finish(layers, y_range)
+
+
+def make_head(
+    head: str, n_out: int, shape: Any, layout: str | None, pool: str, options: dict[str, Any]
+) -> nn.Sequential:
+    """The ``"linear"`` or ``"mlp"`` head for body outputs of ``shape`` (with batch dimension) in ``layout``,
+    pooled by ``pool`` (``"model"``: the body pooled already), with ``options`` (``hidden``, ``dropout``,
+    ``batch_norm``, ``y_range``; ``None`` values take the defaults).
+
+    Example:
+        >>> make_head("linear", 10, torch.Size([1, 512]), "nc", "model", {})
+        Sequential((0): Pool(mode='avg', layout='nc'), (1): Linear(in_features=512, out_features=10, ...))
+    """
+    if layout is None or not isinstance(shape, torch.Size):
+        raise ValueError(
+            f"graft: the body returns {shape}, not one tensor, so head={head!r} cannot be built. "
+            f"Pass head=<a module that takes that output>."
+        )
+    channels = int(shape[1] if layout in ("nc", "nchw") else shape[-1])
+    mode: Any = "avg" if pool == "model" else pool
+    if head == "linear":
+        return linear_head(
+            channels,
+            n_out,
+            layout=layout,  # type: ignore[arg-type]
+            pool=mode,
+            dropout=options.get("dropout") or 0.0,
+            y_range=options.get("y_range"),
+        )
+    if head == "mlp":
+        mode = "concat" if pool == "model" and layout != "nc" else mode
+        kwargs = {k: v for k, v in options.items() if v is not None}
+        return mlp_head(channels, n_out, layout=layout, pool=mode, **kwargs)  # type: ignore[arg-type]
+    raise ValueError(f"graft: unknown head={head!r}. Choose 'linear', 'mlp', an nn.Module or a callable(shape).")

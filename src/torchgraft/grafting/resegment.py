@@ -20,10 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchgraft.grafting.dryrun import Trace, infer_input_size, main_tensor
+from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import PretrainedGuard
-from torchgraft.grafting.surgery import Grafted, GraftInfo, _trace
+from torchgraft.grafting.info import GraftInfo
+from torchgraft.grafting.surgery import _trace
 
-__all__ = ["AUX_CHOICES", "Resegmented", "dense_output", "regraft_segmentation", "segmentation_classifiers"]
+__all__ = [
+    "AUX_CHOICES",
+    "Resegmented",
+    "dense_output",
+    "rebuild_resegmented",
+    "regraft_segmentation",
+    "segmentation_classifiers",
+]
 
 AUX_CHOICES = ("drop", "replace")
 _BACKBONES = ("backbone", "segformer", "encoder", "pixel_level_module")  # the encoder's attribute, per family
@@ -106,10 +115,14 @@ class Resegmented(Grafted):
         return logits if logits.shape[-2:] == size else F.interpolate(logits, size=size, mode="bilinear")
 
 
-def _drop_aux(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
-    """Remove an auxiliary head (torchvision's ``aux_classifier``) and the backbone output that feeds it."""
+def _aux_parts(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The classifiers that stay and the auxiliary heads (torchvision's ``aux_classifier``) to drop."""
     aux = [n for n in names if n.split(".")[0].startswith("aux")]
-    removed = sorted({n.split(".")[0] for n in aux})
+    return [n for n in names if n not in aux], sorted({n.split(".")[0] for n in aux})
+
+
+def _drop_aux(model: nn.Module, removed: Sequence[str]) -> None:
+    """Remove the auxiliary heads ``removed`` and the backbone output that feeds them."""
     for name in removed:
         setattr(model, name, None)
     backbone = getattr(model, "backbone", None)
@@ -117,7 +130,6 @@ def _drop_aux(model: nn.Module, names: list[str]) -> tuple[list[str], list[str]]
     if isinstance(layers, dict):
         for key in [k for k, v in layers.items() if v == "aux"]:
             layers.pop(key)
-    return [n for n in names if n not in aux], removed
 
 
 def _body_name(model: nn.Module, backbone: str | None) -> str:
@@ -174,24 +186,14 @@ def regraft_segmentation(
     if not names:
         raise ValueError(f"graft_dense: {type(model).__name__} does not return per-pixel logits at {size}.")
     total = sum(p.numel() for p in model.parameters())
-    removed: list[str] = []
-    if aux == "drop":
-        names, removed = _drop_aux(model, names)
-    body_name = _body_name(model, backbone)
-    reference = next(model.parameters())
-    head = nn.ModuleList()
-    for name in names:
-        old: nn.Conv2d = model.get_submodule(name)  # type: ignore[assignment]
-        new = nn.Conv2d(old.in_channels, n_classes, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
-        head.append(new.to(reference.device, reference.dtype))
-        model.set_submodule(name, _Slot(head[-1]))
+    names, removed = _aux_parts(names) if aux == "drop" else (names, [])
     info = GraftInfo(
         source=type(model).__name__,
         method="resegment",
         cut_at=None,
         classifier=tuple(names),
         removed=tuple(removed),
-        removed_params=total - sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in head.parameters()),
+        removed_params=0,  # counted below, once the classifiers are replaced
         input_size=size,
         body_output=None,
         layout="nchw",
@@ -199,10 +201,38 @@ def regraft_segmentation(
         in_chans=None,
         notes=tuple(f"classifier '{n}' replaced: {n_classes} classes" for n in names)
         + tuple(f"auxiliary head '{n}' dropped" for n in removed),
+        n_out=n_classes,
+        options={"aux": aux, "backbone": _body_name(model, backbone)},
+        dropped=tuple(removed),
     )
-    segmenter = Resegmented(model, body_name, head, info, None)
+    segmenter = _resegmented(model, info, guard=guard)
+    added = sum(p.numel() for p in segmenter.head.parameters())
+    info.removed_params = total - sum(p.numel() for p in model.parameters()) + added
+    return segmenter
+
+
+def _resegmented(model: nn.Module, info: GraftInfo, *, guard: bool) -> Resegmented:
+    """``model`` with the auxiliary heads dropped and new classifiers as ``info`` records."""
+    if info.options["aux"] == "drop":
+        _drop_aux(model, info.dropped)
+    reference = next(model.parameters())
+    head = nn.ModuleList()
+    for name in info.classifier:
+        old: nn.Conv2d = model.get_submodule(name)  # type: ignore[assignment]
+        new = nn.Conv2d(
+            old.in_channels, info.n_out, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+        )
+        head.append(new.to(reference.device, reference.dtype))
+        model.set_submodule(name, _Slot(head[-1]))
+    segmenter = Resegmented(model, info.options["backbone"], head, info, None)
     info.pretrained = tuple(n for n, _ in segmenter.named_parameters() if not n.startswith("head."))
     info.new = tuple(n for n, _ in segmenter.named_parameters() if n.startswith("head."))
     if guard:
         segmenter.guard = PretrainedGuard.track(segmenter, info.pretrained)
     return segmenter
+
+
+def rebuild_resegmented(model: nn.Module, info: GraftInfo) -> Resegmented:
+    """The new-classifier graft that ``info`` records, rebuilt on ``model`` (a fresh segmentation network of
+    the same architecture) without a dry run; the new classifiers' weights fresh, no guard."""
+    return _resegmented(model, info, guard=False)

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchgraft.grafting.adapters import active_module
-from torchgraft.grafting.body import Body, PrunedModule, replace_module
+from torchgraft.grafting.body import Body, PrunedModule, rebuild_body, replace_module
 from torchgraft.grafting.channels import InputAdaptation, adapt_input_channels
 from torchgraft.grafting.classifier import (
     ClassifierInfo,
@@ -28,101 +27,15 @@ from torchgraft.grafting.classifier import (
     suggest_names,
 )
 from torchgraft.grafting.dryrun import Example, Trace, default_example, infer_input_size, trace
+from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import PretrainedGuard
-from torchgraft.grafting.heads import POOLS, Pool, infer_layout, linear_head, mlp_head, run_head
+from torchgraft.grafting.heads import POOLS, infer_layout, make_head
+from torchgraft.grafting.info import GraftInfo, GraftRecordError
 
-__all__ = ["GraftInfo", "Grafted", "graft"]
+__all__ = ["Cut", "cut_body", "graft", "rebuild_grafted"]
 
 HeadSpec = str | nn.Module | Callable[[torch.Size], nn.Module]
 CutSpec = int | str | Callable[[nn.Module], nn.Module] | None
-
-
-@dataclass
-class GraftInfo:
-    """What :func:`graft` did, as data (``describe`` prints it).
-
-    Attributes:
-        source: class name of the source network.
-        method: ``"classifier"`` (replaced in place, model pooling kept), ``"timm"`` (timm's
-            ``reset_classifier``), ``"unpooled"`` (cut before the model's pooling), ``"cut"`` (user cut),
-            ``"callable"`` or ``"timm-features"``.
-        cut_at: module whose output the body returns, if the body is cut there.
-        classifier: names of the classifier layers that were found (and removed).
-        removed: every module removed from the source network (classifier, aux heads, pruned layers).
-        removed_params: number of pretrained parameters removed with them.
-        input_size: the per-sample input shape used for the dry runs.
-        body_output: per-sample shape of the body's output (``None`` for structured outputs).
-        layout: ``"nc"``, ``"nchw"``, ``"nhwc"`` or ``"nlc"`` (``None`` for structured outputs).
-        pool: how the head pools the features (``"model"``: the body already pooled them).
-        in_chans: the input-convolution adaptation, if any.
-        pretrained: names (in the grafted model) of parameters that came from the source network.
-        new: names of the new head's parameters.
-        notes: anything else worth knowing (an auxiliary head kept, ...).
-    """
-
-    source: str
-    method: str
-    cut_at: str | None
-    classifier: tuple[str, ...]
-    removed: tuple[str, ...]
-    removed_params: int
-    input_size: tuple[int, ...]
-    body_output: tuple[int, ...] | None
-    layout: str | None
-    pool: str
-    in_chans: InputAdaptation | None
-    pretrained: tuple[str, ...] = ()
-    new: tuple[str, ...] = ()
-    notes: tuple[str, ...] = field(default=())
-
-
-class Grafted(nn.Module):
-    """A pretrained body and a new head: ``forward(x) = head(body(x))``.
-
-    ``info`` (a :class:`GraftInfo`) records what was cut and which parameters are pretrained or new;
-    ``guard`` holds the fingerprints of the pretrained tensors (see :func:`torchgraft.check_pretrained`).
-    """
-
-    def __init__(self, body: nn.Module, head: nn.Module, info: GraftInfo, guard: PretrainedGuard | None) -> None:
-        super().__init__()
-        self.body = body
-        self.head = head
-        self.info = info
-        self.guard = guard
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """``head(body(...))``, called like the source network (``model(x)``, ``model(**tokenizer(...))``);
-        token features are pooled over the ``attention_mask`` when one is passed."""
-        return run_head(self.head, self.body(*args, **kwargs), self._mask(kwargs))
-
-    def _mask(self, kwargs: dict[str, Any]) -> torch.Tensor | None:
-        return kwargs.get("attention_mask") if self.info.layout == "nlc" else None
-
-    def features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """What the head's first trainable layer reads: the body's output, pooled (with the attention mask)
-        when the head starts with a :class:`~torchgraft.grafting.heads.Pool` (the feature cache stores it)."""
-        features = self.body(*args, **kwargs)
-        head = active_module(self.head)  # the trained copy when peft wraps the head (modules_to_save)
-        if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], Pool):
-            return head[0](features, self._mask(kwargs))
-        return features
-
-    def pooled_head(self) -> nn.Module:
-        """The head after its leading ``Pool`` (the same modules): it maps :meth:`features` to outputs."""
-        head = active_module(self.head)
-        if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], Pool):
-            return head[1:]
-        return head
-
-    def pretrained_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """``(name, parameter)`` pairs that came from the source network and are still in the model."""
-        names = set(self.info.pretrained)
-        return [(n, p) for n, p in self.named_parameters() if n in names]
-
-    def new_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """``(name, parameter)`` pairs that were not in the source network (the head, later additions)."""
-        names = set(self.info.pretrained)
-        return [(n, p) for n, p in self.named_parameters() if n not in names]
 
 
 def _param_count(module: nn.Module | None) -> int:
@@ -208,10 +121,27 @@ def _check_pool(pool: str | None) -> None:
         )
 
 
-def _build_body(
-    model: nn.Module, cut: CutSpec, pool: str | None, size: Probe, eval_trace: Trace
-) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
-    """Cut ``model``; returns the body, the method, the classifier found, removed names and notes."""
+@dataclass
+class Cut:
+    """How a source network was cut: the body, the method (see :class:`GraftInfo`), the classifier found,
+    the auxiliary heads dropped, the modules pruned after the cut, and notes."""
+
+    body: Body
+    method: str
+    found: ClassifierInfo | None
+    dropped: list[str]
+    notes: list[str]
+    pruned: list[str] = field(default_factory=list)
+
+    @property
+    def removed(self) -> list[str]:
+        """Every module removed: the classifier (unless it was pruned with the rest), aux heads, pruned."""
+        replaced = self.found is not None and self.method in ("classifier", "timm", "timm-features")
+        return [*(self.found.names if replaced else ()), *self.dropped, *self.pruned]  # type: ignore[union-attr]
+
+
+def _build_body(model: nn.Module, cut: CutSpec, pool: str | None, size: Probe, eval_trace: Trace) -> Cut:
+    """Cut ``model`` (the pruning after the cut is :func:`cut_body`'s)."""
     if cut is not None:
         name = _named_child_cut(model, cut) if isinstance(cut, int) else cut
         if not isinstance(name, str) or name not in dict(model.named_modules()):
@@ -228,20 +158,20 @@ def _build_body(
                 f"{error} A backbone without a classifier (a Hugging Face AutoModel, a features network) "
                 f"grafts whole with pool='token', 'mean', 'avg', 'max' or 'concat'."
             ) from None
-        return Body(model), "backbone", None, [], []  # the whole network; its main output is the features
+        return Cut(Body(model), "backbone", None, [], [])  # the whole network; its main output is the features
     if pool in (None, "model"):
         return _replace_classifier(model, info, eval_trace, size)
     if is_timm_model(model):
         model.reset_classifier(0)
-        removed, notes = _remove_aux_heads(model, size, eval_trace)
-        return Body(model, method="forward_features"), "timm-features", info, list(info.names) + removed, notes
+        dropped, notes = _remove_aux_heads(model, size, eval_trace)
+        return Cut(Body(model, method="forward_features"), "timm-features", info, dropped, notes)
     unpooled = find_unpooled(eval_trace, info.names[0])
     return _exit_body(model, unpooled.name, "unpooled", eval_trace, size, info)
 
 
 def _exit_body(
     model: nn.Module, name: str, method: str, eval_trace: Trace, size: Probe, info: ClassifierInfo | None
-) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
+) -> Cut:
     calls = len(eval_trace.by_name.get(name, []))
     if calls != 1:
         raise ValueError(
@@ -249,16 +179,14 @@ def _exit_body(
             f"one point of the network. Cut at a module that runs once (candidates: "
             f"{', '.join(candidate_cuts(model, eval_trace))}) or pass a callable."
         )
-    removed, notes = _remove_aux_heads(model, size, eval_trace)
+    dropped, notes = _remove_aux_heads(model, size, eval_trace)
     # the automatic cut wants the feature tensor; a user cut keeps a tuple (multi-scale backbones) whole
     # but unwraps a mapping (a Hugging Face ModelOutput) to its main tensor
     select_main = method == "unpooled" or isinstance(eval_trace.by_name[name][0].output, dict)
-    return Body(model, exit_at=name, select_main=select_main), method, info, removed, notes
+    return Cut(Body(model, exit_at=name, select_main=select_main), method, info, dropped, notes)
 
 
-def _replace_classifier(
-    model: nn.Module, info: ClassifierInfo, eval_trace: Trace, size: Probe
-) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
+def _replace_classifier(model: nn.Module, info: ClassifierInfo, eval_trace: Trace, size: Probe) -> Cut:
     if info.method == "timm":
         model.reset_classifier(0)
         method = "timm"
@@ -266,38 +194,31 @@ def _replace_classifier(
         for name in info.names:
             replace_module(model, name, nn.Identity())
         method = "classifier"
-    removed, notes = _remove_aux_heads(model, size, eval_trace)
-    return Body(model), method, info, list(info.names) + removed, notes
+    dropped, notes = _remove_aux_heads(model, size, eval_trace)
+    return Cut(Body(model), method, info, dropped, notes)
 
 
-def _make_head(
-    head: HeadSpec, n_out: int, shape: Any, layout: str | None, pool: str, options: dict[str, Any]
-) -> nn.Module:
+def _head(head: HeadSpec, info: GraftInfo, shape: Any, body: nn.Module) -> nn.Module:
+    """The new head for ``info`` (outputs, layout, pooling, options) on body outputs of ``shape``; a built
+    head takes the body's device and dtype."""
     if isinstance(head, nn.Module):
         return head
     if not isinstance(head, str):
         return head(shape)
-    if layout is None or not isinstance(shape, torch.Size):
-        raise ValueError(
-            f"graft: the body returns {shape}, not one tensor, so head={head!r} cannot be built. "
-            f"Pass head=<a module that takes that output>."
-        )
-    channels = int(shape[1] if layout in ("nc", "nchw") else shape[-1])
-    mode = "avg" if pool == "model" else pool
-    if head == "linear":
-        return linear_head(
-            channels,
-            n_out,
-            layout=layout,
-            pool=mode,
-            dropout=options.get("dropout") or 0.0,
-            y_range=options.get("y_range"),
-        )
-    if head == "mlp":
-        mode = "concat" if pool == "model" and layout != "nc" else mode
-        kwargs = {k: v for k, v in options.items() if v is not None}
-        return mlp_head(channels, n_out, layout=layout, pool=mode, **kwargs)
-    raise ValueError(f"graft: unknown head={head!r}. Choose 'linear', 'mlp', an nn.Module or a callable(shape).")
+    options = {k: info.options.get(k) for k in ("hidden", "dropout", "batch_norm", "y_range")}
+    new_head = make_head(head, info.n_out, shape, info.layout, info.pool, options)
+    reference = next(body.parameters(), None)
+    return new_head if reference is None else new_head.to(device=reference.device, dtype=reference.dtype)
+
+
+def _grafted(body: Body, head: nn.Module, info: GraftInfo, *, guard: bool) -> Grafted:
+    """The model, with the names of its pretrained and new parameters recorded (and fingerprinted)."""
+    grafted = Grafted(body, head, info, None)
+    info.pretrained = tuple(f"body.{n}" for n, _ in body.named_parameters())
+    info.new = tuple(f"head.{n}" for n, _ in head.named_parameters())
+    if guard:
+        grafted.guard = PretrainedGuard.track(grafted, info.pretrained)
+    return grafted
 
 
 def graft(
@@ -369,36 +290,61 @@ def graft(
     size = tuple(input_size) if input_size is not None else infer_input_size(model)
     adaptation, size = _adapt_channels(model, in_chans, size, example)
     probe: Probe = size if example is None else example
-    body, method, info, removed, notes = _cut_body(model, cut, pool, probe)
+    cut_done = cut_body(model, cut, pool, probe)
+    body, found = cut_done.body, cut_done.found
     body_trace = _trace(body, probe)
     shape = body_trace.output
-    layout = _layout(body_trace, info, model)
     head_pool = pool or ("model" if cut is None else ("concat" if head == "mlp" else "avg"))
     options = {"hidden": hidden, "dropout": dropout, "batch_norm": batch_norm, "y_range": y_range}
-    new_head = _make_head(head, n_out, shape, layout, head_pool, options)
-    reference = next(body.parameters(), None)
-    if reference is not None and head in ("linear", "mlp"):
-        new_head = new_head.to(device=reference.device, dtype=reference.dtype)
-    graft_info = GraftInfo(
+    info = GraftInfo(
         source=source,
-        method=method,
+        method=cut_done.method,
         cut_at=body.exit_at,
-        classifier=info.names if info else (),
-        removed=tuple(removed),
+        classifier=found.names if found else (),
+        removed=tuple(cut_done.removed),
         removed_params=before + adaptation_delta(adaptation, model) - _param_count(body),
         input_size=size if example is None else body_trace.input_shape,
         body_output=tuple(shape[1:]) if isinstance(shape, torch.Size) else None,
-        layout=layout,
+        layout=_layout(body_trace, found, model),
         pool=head_pool,
         in_chans=adaptation,
-        notes=tuple(notes),
+        notes=tuple(cut_done.notes),
+        n_out=n_out,
+        options={"head": _head_kind(head), **_recorded(options)},
+        dropped=tuple(cut_done.dropped),
+        pruned=tuple(cut_done.pruned),
+        body_method=body.method,
+        select_main=body.select_main,
     )
-    grafted = Grafted(body, new_head, graft_info, None)
-    graft_info.pretrained = tuple(f"body.{n}" for n, _ in body.named_parameters())
-    graft_info.new = tuple(f"head.{n}" for n, _ in new_head.named_parameters())
-    if guard:
-        grafted.guard = PretrainedGuard.track(grafted, graft_info.pretrained)
-    return grafted
+    return _grafted(body, _head(head, info, shape, body), info, guard=guard)
+
+
+def _head_kind(head: HeadSpec) -> str:
+    """What the record says of ``head``: its name, or ``"module"`` / ``"callable"`` (not replayable)."""
+    if isinstance(head, str):
+        return head
+    return "module" if isinstance(head, nn.Module) else "callable"
+
+
+def _recorded(options: dict[str, Any]) -> dict[str, Any]:
+    """The head options as given, sequences as tuples of numbers (what a JSON record gives back)."""
+    return {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in options.items()}
+
+
+def rebuild_grafted(model: nn.Module, info: GraftInfo) -> Grafted:
+    """The :func:`graft` that ``info`` records, rebuilt on ``model`` (a fresh source network of the same
+    architecture, any weights) without a dry run: the same modules under the same names, the head's weights
+    fresh (load the trained ones with ``load_state_dict``); no guard.
+
+    Raises:
+        GraftRecordError: ``info`` records a head or cut given as code.
+    """
+    problem = info.replay_problem()
+    if problem is not None:
+        raise GraftRecordError(f"rebuild_grafted: {problem}, which a record cannot rebuild.")
+    body = rebuild_body(model, info)
+    shape = torch.Size((1, *info.body_output)) if info.body_output is not None else None
+    return _grafted(body, _head(info.options["head"], info, shape, body), info, guard=False)
 
 
 def _adapt_channels(
@@ -415,18 +361,15 @@ def _adapt_channels(
     return adapt_input_channels(model, in_chans, input_size=size), (in_chans, *size[1:])
 
 
-def _cut_body(
-    model: nn.Module, cut: CutSpec, pool: str | None, probe: Probe
-) -> tuple[Body, str, ClassifierInfo | None, list[str], list[str]]:
-    """The body (by a callable ``cut``, or from a dry run), the method, the classifier found, the removed
-    module names (pruned layers included) and notes."""
+def cut_body(model: nn.Module, cut: CutSpec, pool: str | None, probe: Probe) -> Cut:
+    """Cut ``model`` (by a callable ``cut``, or from a dry run at ``probe``) and prune what runs after the cut."""
     if callable(cut) and not isinstance(cut, nn.Module):
-        return Body(cut(model), select_main=False), "callable", None, [], []
+        return Cut(Body(cut(model), select_main=False), "callable", None, [], [])
     eval_trace = _trace(model, probe)
-    body, method, info, removed, notes = _build_body(model, cut, pool, probe, eval_trace)
-    if body.exit_at is not None or body.method != "forward":
-        removed += _prune_unused(body, probe, eval_trace.names())
-    return body, method, info, removed, notes
+    done = _build_body(model, cut, pool, probe, eval_trace)
+    if done.body.exit_at is not None or done.body.method != "forward":
+        done.pruned = _prune_unused(done.body, probe, eval_trace.names())
+    return done
 
 
 def adaptation_delta(adaptation: InputAdaptation | None, model: nn.Module) -> int:
