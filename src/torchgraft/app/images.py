@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, target_layout
+from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, image_data
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
@@ -49,16 +49,7 @@ class ImageInput(InputRecipe):
     def read(self, data: str | Path, settings: TrainSettings, *, progress: bool) -> ImageData:
         """:func:`~torchgraft.data.folders.image_data` (a progress bar over the check of every image on a
         terminal)."""
-        return image_data(
-            data,
-            task=target_layout(settings),
-            x_col=settings.x_col,
-            y_col=settings.y_col,
-            valid_pct=settings.valid_pct,
-            seed=settings.seed,
-            skip_bad=settings.skip_bad,
-            progress=progress and sys.stderr.isatty(),
-        )
+        return image_data(data, **read_options(settings), progress=progress and sys.stderr.isatty())
 
     def build(self, data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> Built:
         """The pretrained network with a new head of ``data.n_outputs``, at the weights' input size."""

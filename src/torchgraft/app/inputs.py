@@ -26,7 +26,7 @@ from torchgraft.tasks import TASKS
 if TYPE_CHECKING:
     from torchgraft.app.export import Preprocessor
 
-__all__ = ["Built", "InputRecipe", "LabelledData", "dataset_loaders", "target_layout"]
+__all__ = ["Built", "InputRecipe", "LabelledData", "dataset_loaders", "read_options", "target_layout"]
 
 
 class LabelledData(Protocol):
@@ -115,6 +115,20 @@ def target_layout(settings: TrainSettings) -> str | None:
             f"with torchgraft.register_task."
         )
     return TASKS[settings.task].targets
+
+
+def read_options(settings: TrainSettings) -> dict[str, Any]:
+    """What the folder and table readers (:func:`~torchgraft.data.folders.image_data`,
+    :func:`~torchgraft.data.texts.text_data`) take from the settings: the layout of targets, the columns, the
+    split and what to do with bad rows."""
+    return {
+        "task": target_layout(settings),
+        "x_col": settings.x_col,
+        "y_col": settings.y_col,
+        "valid_pct": settings.valid_pct,
+        "seed": settings.seed,
+        "skip_bad": settings.skip_bad,
+    }
 
 
 def dataset_loaders(

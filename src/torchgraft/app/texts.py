@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import DataLoader
 
-from torchgraft.app.inputs import Built, InputRecipe, LabelledData, target_layout
+from torchgraft.app.inputs import Built, InputRecipe, LabelledData, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.texts import TextData, looks_like_text, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
@@ -91,15 +91,7 @@ class TextInput(InputRecipe):
 
     def read(self, data: str | Path, settings: TrainSettings, *, progress: bool) -> TextData:
         """:func:`~torchgraft.data.texts.text_data`."""
-        return text_data(
-            data,
-            task=target_layout(settings),
-            x_col=settings.x_col,
-            y_col=settings.y_col,
-            valid_pct=settings.valid_pct,
-            seed=settings.seed,
-            skip_bad=settings.skip_bad,
-        )
+        return text_data(data, **read_options(settings))
 
     def build(self, data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> Built:
         """The encoder and its tokenizer (offline), grafted with a mean-pooling head of ``data.n_outputs``."""
