@@ -25,10 +25,10 @@ import onnxruntime
 import torch
 
 from _report import machine, report
-from torchgraft.app.deploy import deploy, deployable
-from torchgraft.app.export import load_exported
 from torchgraft.data.images import load_rgb
 from torchgraft.demo import DEMO_SETTINGS, run_demo
+from torchgraft.ship.deploy import deploy, deployable
+from torchgraft.ship.export import load_exported
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:

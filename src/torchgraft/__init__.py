@@ -8,10 +8,6 @@ Graft a new head onto any pretrained network without touching its weights::
 """
 
 from torchgraft._version import __version__
-from torchgraft.app.deploy import DeployReport, deploy
-from torchgraft.app.export import Exported, ExportError, export_model, load_exported
-from torchgraft.app.predict import MaskPrediction, Prediction, predict_images, predict_masks, predict_texts
-from torchgraft.app.program import DeployError, export_program
 from torchgraft.app.run import RunResult, train_run
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
@@ -38,6 +34,10 @@ from torchgraft.grafting.replay import replay_graft
 from torchgraft.grafting.resegment import Resegmented
 from torchgraft.grafting.surgery import graft
 from torchgraft.grafting.taps import Tap, find_taps
+from torchgraft.ship.deploy import DeployReport, deploy
+from torchgraft.ship.export import Exported, ExportError, export_model, load_exported
+from torchgraft.ship.predict import MaskPrediction, Prediction, predict_images, predict_masks, predict_texts
+from torchgraft.ship.program import DeployError, export_program
 from torchgraft.tasks import (
     Classification,
     Multilabel,

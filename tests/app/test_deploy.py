@@ -17,8 +17,8 @@ from PIL import Image
 from torch import nn
 
 from torchgraft import Multilabel, Regression, export_model, graft, load_exported, predict_images, preprocessing_for
-from torchgraft.app.deploy import deploy
-from torchgraft.app.program import DeployError, export_program, find_culprit
+from torchgraft.ship.deploy import deploy
+from torchgraft.ship.program import DeployError, export_program, find_culprit
 from torchgraft.weights.zoo import build_model
 
 ort = pytest.importorskip("onnxruntime")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import bbc_news_root, minilm_folder
-from torchgraft.app.export import load_exported
-from torchgraft.app.predict import predict_texts
 from torchgraft.app.run import train_run, validation_outputs
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.tokens import TextPreprocessing
+from torchgraft.ship.export import load_exported
+from torchgraft.ship.predict import predict_texts
 from torchgraft.tasks import Multilabel
 from torchgraft.train.callbacks import LambdaCallback
 

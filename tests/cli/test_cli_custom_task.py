@@ -19,8 +19,8 @@ import torch
 import torchmetrics
 from PIL import Image
 
-from torchgraft.app.export import load_exported
 from torchgraft.cli.main import main
+from torchgraft.ship.export import load_exported
 from torchgraft.tasks import TASKS, Task, TaskReport, get_task, register_task, task_from_record
 
 pytest.importorskip("timm")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torchgraft.app.export import load_exported
-from torchgraft.app.predict import predict_images
 from torchgraft.cli.main import main
+from torchgraft.ship.export import load_exported
+from torchgraft.ship.predict import predict_images
 
 skimage_data = pytest.importorskip("skimage.data")
 pytest.importorskip("timm")

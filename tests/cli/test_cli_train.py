@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from torchgraft.app.export import load_exported
 from torchgraft.cli.main import main
 from torchgraft.data.images import load_rgb
+from torchgraft.ship.export import load_exported
 
 skimage_data = pytest.importorskip("skimage.data")
 pytest.importorskip("timm")

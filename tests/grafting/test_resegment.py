@@ -9,9 +9,9 @@ import torch
 import torchvision
 
 from torchgraft import freeze, graft_dense, layer_groups
-from torchgraft.app.export import export_model, load_exported
 from torchgraft.data.preprocess import Preprocessing
 from torchgraft.grafting.resegment import Resegmented
+from torchgraft.ship.export import export_model, load_exported
 from torchgraft.tasks import Segmentation
 from torchgraft.weights.zoo import build_model
 

@@ -24,7 +24,7 @@ from torchgraft.data.sampling import SeededSampler, SeededSamples
 from torchgraft.tasks import TASKS
 
 if TYPE_CHECKING:
-    from torchgraft.app.export import Preprocessor
+    from torchgraft.ship.export import Preprocessor
 
 __all__ = ["Built", "InputRecipe", "LabelledData", "dataset_loaders", "read_options", "target_layout"]
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from torchgraft.app.export import Preprocessor, export_model
 from torchgraft.app.prepare import Prepared, prepare_run
 from torchgraft.app.settings import TrainSettings
+from torchgraft.ship.export import Preprocessor, export_model
 from torchgraft.tasks import Classification, Task
 from torchgraft.tasks.batch import call_model, move, output_tensor
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size

@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from torchgraft.app.export import ADAPTER_EXPORTS
 from torchgraft.data.preprocess import Augment
+from torchgraft.ship.export import ADAPTER_EXPORTS
 from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
 
 __all__ = ["TrainSettings"]

@@ -7,8 +7,8 @@ import argparse
 import json
 from typing import Any
 
-from torchgraft.app.deploy import deploy
-from torchgraft.app.program import DEPLOY_FORMATS
+from torchgraft.ship.deploy import deploy
+from torchgraft.ship.program import DEPLOY_FORMATS
 
 __all__ = ["add_parser", "run"]
 

@@ -17,8 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchgraft.app.export import Exported, load_exported
-from torchgraft.app.predict import (
+from torchgraft.data.images import IMAGE_SUFFIXES, load_rgb
+from torchgraft.data.masks import class_colours, overlay, write_mask
+from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
+from torchgraft.data.tokens import TextPreprocessing
+from torchgraft.ship.export import Exported, load_exported
+from torchgraft.ship.predict import (
     MaskPrediction,
     Prediction,
     predict_images,
@@ -26,10 +30,6 @@ from torchgraft.app.predict import (
     predict_texts,
     shorten_text,
 )
-from torchgraft.data.images import IMAGE_SUFFIXES, load_rgb
-from torchgraft.data.masks import class_colours, overlay, write_mask
-from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
-from torchgraft.data.tokens import TextPreprocessing
 
 __all__ = ["add_parser", "expand_images", "expand_texts", "run", "write_masks"]
 

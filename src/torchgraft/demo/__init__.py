@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from torchgraft.app.export import load_exported
-from torchgraft.app.predict import Prediction, predict_images
 from torchgraft.app.run import RunResult, train_run
 from torchgraft.app.settings import TrainSettings
+from torchgraft.ship.export import load_exported
+from torchgraft.ship.predict import Prediction, predict_images
 from torchgraft.weights.pretrained import offline_weights
 
 __all__ = ["DEMO_SETTINGS", "DemoResult", "run_demo", "write_demo_folder"]

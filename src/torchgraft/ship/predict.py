@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchgraft.app.export import Exported
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
+from torchgraft.ship.export import Exported
 
 __all__ = ["MaskPrediction", "Prediction", "predict_images", "predict_masks", "predict_texts", "shorten_text"]
 

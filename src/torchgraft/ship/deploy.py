@@ -11,7 +11,7 @@ units for regression) and writes
 
 Then it proves the file computes what the trained model computes: both run on real inputs (the validation
 examples the run recorded, or the images/texts given) and the largest difference must stay within
-``tolerance`` (1e-4), else :class:`DeployError` (:mod:`torchgraft.app.program` exports and checks; an
+``tolerance`` (1e-4), else :class:`DeployError` (:mod:`torchgraft.ship.program` exports and checks; an
 exporter failure names the smallest module that fails to export on its own and the fallbacks).
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchgraft.app.export import Exported, load_exported
-from torchgraft.app.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.data.images import load_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.grafting.body import Body
+from torchgraft.ship.export import Exported, load_exported
+from torchgraft.ship.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.tasks import Task
 from torchgraft.tune.lora import merged
 
