@@ -18,6 +18,7 @@ from PIL import Image
 from torchgraft.cli.main import main
 from torchgraft.data.images import load_rgb
 from torchgraft.ship.export import load_exported
+from torchgraft.train.runstate import read_state
 
 skimage_data = pytest.importorskip("skimage.data")
 pytest.importorskip("timm")
@@ -75,7 +76,18 @@ def test_train_writes_a_complete_run_dir(trained):
     history = json.loads((trained / "history.json").read_text())
     assert [row["phase"] for row in history] == [0, 1]
     assert "accuracy" in (trained / "history.csv").read_text().splitlines()[0]
-    assert "layer groups" in (trained / "plan.txt").read_text()
+    plan = (trained / "plan.txt").read_text()
+    assert "layer groups" in plan
+    assert "stages (as fine_tune runs them):" in plan and "\n  frozen " in plan and "\n  unfrozen " in plan
+    best = read_state(trained / "checkpoints" / "best.pt")  # the export is the best epoch, and says which
+    assert config["final"]["exported_epoch"] == 1 + next(
+        i
+        for i, row in enumerate(history)
+        if (row["phase"], row["epoch"]) == (best["history"][-1]["phase"], best["history"][-1]["epoch"])
+    )
+    exported = load_exported(trained).model.state_dict()
+    assert exported.keys() == best["model"].keys()
+    assert all(torch.equal(exported[k], v) for k, v in best["model"].items())
     assert (trained / "checkpoints" / "last.pt").is_file()
 
 

@@ -2,13 +2,14 @@
 pairs (segmentation) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) to a RUN_DIR:
 the pipeline behind ``torchgraft train`` and ``torchgraft demo``, usable from Python too.
 
-Read top to bottom: check the data, build the pretrained network and its preprocessing, graft a head, print
-the plan, fine-tune, then write the RUN_DIR:
+Read top to bottom: :func:`~torchgraft.app.prepare.prepare_run` (the recipe of the input: data, network,
+head, Learner), print the plan (layer groups and the stages as they will run), fine-tune, load the best epoch,
+let the task report on the validation set, then write the RUN_DIR:
 
-    RUN_DIR/model.safetensors, model.json   the exported model (see torchgraft.export)
+    RUN_DIR/model.safetensors, model.json   the exported model, the best epoch (see torchgraft.ship.export)
     RUN_DIR/hf/                             text models: the tokenizer and the encoder's config
     RUN_DIR/history.csv, history.json       one row per epoch
-    RUN_DIR/plan.txt                        the graft and layer-group plan
+    RUN_DIR/plan.txt                        the graft, the layer groups and the stages
     RUN_DIR/loss.png, lr.png, confusion.png plots (with matplotlib installed; the confusion matrix for
                                             single-label classification; segmentation: masks.png, a few
                                             validation images with true and predicted masks)
@@ -51,7 +52,7 @@ class RunResult:
     learner: Learner
     preprocessing: Preprocessor
     files: list[Path] = field(default_factory=list)
-    final: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics, and the chosen threshold
+    final: dict[str, Any] = field(default_factory=dict)  # the exported epoch's metrics and the task's report
 
 
 @torch.no_grad()
