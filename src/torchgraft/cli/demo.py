@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         name, probability = prediction.top[0]
         mark = "ok" if name == truth else f"wrong (true: {truth})"
         print(f"  {prediction.path}  {name} {probability:.2f}  {mark}")
-    accuracy = result.run.history[-1].get("accuracy", float("nan"))
+    accuracy = result.run.final.get("accuracy", float("nan"))  # the exported (best) epoch's
     seconds = time.perf_counter() - start
     print(f"\nvalid accuracy {accuracy:.3f} in {seconds:.0f} s; next: torchgraft predict {args.out} IMAGE")
     return 0
