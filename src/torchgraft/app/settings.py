@@ -10,7 +10,7 @@ from typing import Any
 
 from torchgraft.data.preprocess import Augment
 from torchgraft.ship.export import ADAPTER_EXPORTS
-from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
+from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
 
 __all__ = ["TrainSettings"]
 

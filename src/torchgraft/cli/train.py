@@ -15,7 +15,7 @@ from torchgraft.app.settings import TrainSettings
 from torchgraft.app.texts import TextInput
 from torchgraft.tasks import TASKS
 from torchgraft.train.distributed import is_main
-from torchgraft.train.learner import BATCHNORM_MODES, STRATEGIES
+from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
 from torchgraft.train.recipes import RECIPES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]

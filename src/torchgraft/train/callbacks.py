@@ -34,6 +34,7 @@ __all__ = [
     "LambdaCallback",
     "Monitor",
     "ProgressPrinter",
+    "builtin_callbacks",
     "notify",
 ]
 
@@ -315,3 +316,12 @@ class BestEpoch(Callback):
                     file=sys.stderr,
                 )
             self.warned = True
+
+
+def builtin_callbacks(
+    checkpoint_dir: Path | None, *, monitor: str | None, mode: Mode | None, every: int | None
+) -> list[Callback]:
+    """The Learner's own callbacks, before the user's: printing, checkpoints (with ``checkpoint_dir``: ``last.pt``
+    after every epoch, and every ``every`` steps, ``best.pt`` by ``monitor``), the best epoch's watch."""
+    checkpoints = [Checkpointer(checkpoint_dir, monitor=monitor, mode=mode, every=every)] if checkpoint_dir else []
+    return [ProgressPrinter(), *checkpoints, BestEpoch(monitor, mode)]

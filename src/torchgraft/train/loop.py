@@ -21,7 +21,7 @@ from torchgraft.tasks.batch import call_model, count_samples, move
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import reduce_sum
 
-__all__ = ["EpochProgress", "Loop", "StepEvents", "TrainingDivergedError"]
+__all__ = ["EpochProgress", "Loop", "StepEvents", "TrainingDivergedError", "amp_dtype"]
 
 
 @contextmanager
@@ -34,6 +34,22 @@ def _fsdp_no_sync(network: Any) -> Iterator[None]:
 
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` (``None``, ``"bf16"`` or ``"fp16"``) on ``device``.
+
+    Raises:
+        ValueError: an unknown mode, or ``"fp16"`` off CUDA.
+    """
+    if amp in (None, False, "no"):
+        return None
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"Learner: amp={amp!r} is not a mode. Choose None, 'bf16' or 'fp16'.")
+    if dtypes[amp] is torch.float16 and device.type != "cuda":
+        raise ValueError("Learner: amp='fp16' needs CUDA; on CPU use amp='bf16'.")
+    return dtypes[amp]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -72,7 +88,7 @@ class Loop:
         channels_last: 4-D float inputs in channels-last memory format.
         accumulate: batches whose gradients are summed per optimizer step.
         clip_grad: maximum gradient norm, or ``None``.
-        scaler: fp16 gradient scaler, or ``None``.
+        scaler: fp16 gradient scaler (made for ``amp_dtype=torch.float16`` when not given), or ``None``.
         distributed: whether the forward runs under DDP (``no_sync`` between steps, reduced sums).
         batchnorm_eval: BatchNorm layers stay in evaluation mode while training (statistics fixed).
         check_targets: check the first training batch's targets against the task (off for a user's own loss
@@ -92,6 +108,10 @@ class Loop:
     check_targets: bool = True
     scheduler: Any = field(default=None, init=False)  # the running fit's, stepped with the optimizer
     checked: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype is torch.float16 and self.scaler is None:
+            self.scaler = torch.amp.GradScaler("cuda")
 
     def prepare(self, batch: Any) -> tuple[Any, Any]:
         """``(inputs, targets)`` of ``batch`` on the device."""
@@ -113,6 +133,10 @@ class Loop:
                 self.checked = True
             loss = (self.loss or self.task.loss)(outputs, targets)
         return loss, outputs
+
+    def batch_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The loss of ``model`` on one raw ``batch`` (split, moved, in the autocast context)."""
+        return self.compute_loss(model, *self.prepare(batch))[0]
 
     def diverged(self, loss: torch.Tensor) -> bool:
         """Whether the loss is NaN/inf — on any rank, so that all ranks stop together."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from torchgraft.train.distributed import is_main, on_main
+from torchgraft.train.distributed import is_main, on_main, reduce_sum
 from torchgraft.train.fsdp import full_model_state, full_optimizer_state, is_sharded, load_full_state
 from torchgraft.train.loop import EpochProgress
 from torchgraft.train.runstate import (
@@ -25,10 +25,11 @@ from torchgraft.train.runstate import (
     set_loader_rng_state,
     set_rng_state,
     training_state,
+    write_state,
 )
 from torchgraft.train.state import FitState
 
-__all__ = ["Trained", "capture", "epoch_batches", "restore", "set_sampler_epoch"]
+__all__ = ["Trained", "capture", "epoch_batches", "load_best_weights", "restore", "save_state", "set_sampler_epoch"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,38 @@ def restore(path: str | Path, state: FitState, trained: Trained) -> FitState:
         lr_history=[list(r) for r in saved["lr_history"]],
         resumed=Path(path),
     )
+
+
+def save_state(path: str | Path, state: dict[str, Any], *, distributed: bool, device: torch.device) -> None:
+    """Write a state from :func:`capture` to ``path`` atomically on rank 0. Under DDP every rank must call it:
+    inside an epoch the ranks' partial training losses are summed first."""
+    position = state.get("position")
+    if position is not None and distributed:
+        sums = torch.tensor([position["loss_sum"], position["count"]], dtype=torch.float64, device=device)
+        position["loss_sum"], position["count"] = reduce_sum(sums).tolist()
+    if is_main():
+        write_state(path, state)
+
+
+def load_best_weights(checkpoint_dir: Path | None, model: torch.nn.Module) -> dict[str, Any]:
+    """Put the weights of ``checkpoint_dir/best.pt`` into ``model`` (sharded or not); returns that epoch's record.
+    Every rank must call it.
+
+    Raises:
+        FileNotFoundError: no ``checkpoint_dir``, or no ``best.pt`` in it yet.
+    """
+    path = checkpoint_dir / "best.pt" if checkpoint_dir is not None else None
+    if path is None or not on_main(path.is_file):
+        raise FileNotFoundError(
+            f"load_best: no best.pt{f' in {checkpoint_dir}' if path else ''}; the Learner writes it with "
+            f"checkpoint_dir= after each epoch that improves the monitored value."
+        )
+    state = on_main(read_state, path)
+    if is_sharded(model):
+        load_full_state(model, state["model"])
+    else:
+        model.load_state_dict(state["model"])
+    return dict(state["history"][-1])
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:

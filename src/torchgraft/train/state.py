@@ -12,7 +12,7 @@ from typing import Any
 
 from torchgraft.train.loop import EpochProgress
 
-__all__ = ["FitState", "InState"]
+__all__ = ["FitState", "Held"]
 
 
 @dataclass
@@ -56,15 +56,19 @@ class FitState:
         self.kind, self.epoch, self.step, self.stop, self.resumed = kind, 0, 0, False, None
 
 
-class InState:
-    """An attribute of the owner read from and written to its ``fit_state`` (``learner.epoch`` is
-    ``learner.fit_state.epoch``), so that callbacks keep reading ``learner.step``, ``learner.history``, ..."""
+class Held:
+    """An attribute of the owner kept on one of its parts, ``fit_state`` by default (``learner.epoch`` is
+    ``learner.fit_state.epoch``, ``learner.model`` is ``learner.placement.model``), so that callbacks keep
+    reading ``learner.step``, ``learner.history``, ... wherever the value lives."""
+
+    def __init__(self, part: str = "fit_state") -> None:
+        self.part = part
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def __get__(self, owner: Any, kind: type | None = None) -> Any:
-        return self if owner is None else getattr(owner.fit_state, self.name)
+        return self if owner is None else getattr(getattr(owner, self.part), self.name)
 
     def __set__(self, owner: Any, value: Any) -> None:
-        setattr(owner.fit_state, self.name, value)
+        setattr(getattr(owner, self.part), self.name, value)

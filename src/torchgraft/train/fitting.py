@@ -1,0 +1,197 @@
+"""One fit of a Learner, epoch by epoch: the fit's optimizer (rebuilt from the model's parameters, moments
+carried over, watched), its feature cache, its DDP wrapper and schedule, then each epoch's training pass and
+validation, recorded in the :class:`~torchgraft.train.state.FitState` and told to the callbacks.
+
+What a fit reads and sets on its Learner is :class:`Fitted`; the training step itself is
+:class:`~torchgraft.train.loop.Loop`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from torchgraft.tasks import Task
+from torchgraft.tasks.metrics import MetricSet
+from torchgraft.train.cache import feature_loaders
+from torchgraft.train.callbacks import notify
+from torchgraft.train.distributed import is_main, reduce_max
+from torchgraft.train.fsdp import is_sharded
+from torchgraft.train.loop import EpochProgress, Loop, StepEvents, TrainingDivergedError
+from torchgraft.train.placement import Placement
+from torchgraft.train.resume import Trained, epoch_batches, restore, set_sampler_epoch
+from torchgraft.train.state import FitState
+from torchgraft.tune.optim import LRSpec, param_groups
+from torchgraft.tune.stale import watch_optimizer
+
+__all__ = ["Fitted", "Schedule", "run_fit", "trained_objects"]
+
+Schedule = Callable[[torch.optim.Optimizer, int], Any]
+
+
+class Fitted(Protocol):
+    """What a fit reads and sets on the :class:`torchgraft.Learner` it runs for."""
+
+    placement: Placement
+    loop: Loop
+    fit_state: FitState
+    callbacks: list[Any]
+    metric_set: MetricSet
+    train_dl: Any
+    valid_dl: Any
+    optimizer: torch.optim.Optimizer | None
+    optimizer_class: type[torch.optim.Optimizer]
+    weight_decay: float
+    watch: Any
+    cache: tuple[Any, Any, nn.Module] | None
+    cache_features: bool
+    checkpoint_dir: Path | None
+    progress: bool
+    quiet: bool
+
+    @property
+    def task(self) -> Task:
+        """The task, inferred from the first batch when none was given."""
+
+
+def trained_objects(learner: Fitted) -> Trained:
+    """The objects whose states a checkpoint holds: model, optimizer, scheduler, gradient scaler, loaders."""
+    loop, loaders = learner.loop, [learner.train_dl, learner.valid_dl]
+    return Trained(learner.placement.model, learner.optimizer, loop.scheduler, loop.scaler, loaders)
+
+
+def _prepare_optimizer(learner: Fitted, lr: LRSpec) -> torch.optim.Optimizer:
+    """An optimizer with ``lr`` per layer group; moments of a previous optimizer carry over."""
+    model = learner.placement.model
+    optimizer = learner.optimizer_class(param_groups(model, lr=lr, weight_decay=learner.weight_decay))
+    if learner.optimizer is not None:  # carry the moments of parameters still in the model over
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for param, state in learner.optimizer.state.items():
+            if id(param) in held:
+                optimizer.state[param] = state
+    if learner.watch is not None:
+        learner.watch.remove()
+    learner.watch = watch_optimizer(optimizer, model)
+    learner.optimizer = optimizer
+    return optimizer
+
+
+def _set_cache(learner: Fitted) -> None:
+    """Cache body features for this fit if asked and the body cannot change; else run normally."""
+    learner.placement.unwrap()
+    learner.cache = None
+    model = learner.placement.model
+    if learner.cache_features and not is_sharded(model):
+        prepare = learner.loop.prepare
+        learner.cache = feature_loaders(model, learner.train_dl, learner.valid_dl, prepare, quiet=learner.quiet)
+
+
+def _bar(learner: Fitted, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Any:
+    if not learner.progress or learner.quiet or not is_main():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
+
+
+def _events(learner: Fitted) -> StepEvents:
+    """The callbacks' step events, with the step counted and each group's rate recorded after every step."""
+    state = learner.fit_state
+
+    def begin() -> None:
+        state.stepped = False
+        notify(learner.callbacks, "on_step_begin", learner)
+
+    def stepped(optimizer: torch.optim.Optimizer) -> None:
+        state.step += 1
+        state.stepped = True
+        state.lr_history.append([group["lr"] for group in optimizer.param_groups])
+
+    return StepEvents(begin, stepped, lambda: notify(learner.callbacks, "on_step_end", learner))
+
+
+def _one_epoch(learner: Fitted) -> None:
+    notify(learner.callbacks, "on_epoch_begin", learner)
+    start = time.perf_counter()
+    state, placement = learner.fit_state, learner.placement
+    train, valid = learner.cache[:2] if learner.cache else (learner.train_dl, learner.valid_dl)
+    set_sampler_epoch(train, len(state.history))
+    epoch, distributed = state.epoch + 1, placement.distributed
+    batches = epoch_batches(train, [learner.train_dl, learner.valid_dl], state, distributed=distributed)
+    train_loss = learner.loop.train_epoch(
+        placement.network,
+        _bar(learner, batches, f"epoch {epoch}", total=len(train), initial=state.progress.batch),
+        learner.optimizer,  # type: ignore[arg-type]
+        n_batches=len(train),
+        events=_events(learner),
+        where=lambda i: f"epoch {epoch}, batch {i + 1}",
+        progress=state.progress,
+        network=placement.current if distributed else None,
+    )
+    state.progress = EpochProgress()
+    record = {"phase": state.phase, "epoch": epoch, "train_loss": train_loss}
+    if valid is not None:  # the plain module: its parameters are the same on every rank
+        plain = placement.trained
+        # sharded layers gather their parameters at every forward: every rank runs as many
+        forwards = int(reduce_max(torch.tensor(len(valid), device=placement.device))) if is_sharded(plain) else 0
+        bar = _bar(learner, valid, "valid")
+        record.update(learner.loop.evaluate(plain, bar, learner.metric_set, forwards=forwards))
+    record["seconds"] = time.perf_counter() - start
+    state.history.append(record)
+    state.epoch += 1
+    notify(learner.callbacks, "on_epoch_end", learner, record)
+
+
+def _start(learner: Fitted, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> None:
+    """The fit's model placement, optimizer, cache, wrapper, schedule and counters (a resumed fit's restored)."""
+    _ = learner.task  # inferred from the first batch when none was given (before any sharding or wrapping)
+    learner.placement.shard()
+    optimizer = _prepare_optimizer(learner, lr)
+    _set_cache(learner)
+    learner.placement.wrap(learner.cache[2] if learner.cache is not None else None)
+    steps = math.ceil(len(learner.train_dl) / learner.loop.accumulate) * epochs
+    learner.loop.scheduler = schedule(optimizer, steps)
+    learner.fit_state.start_fit({"kind": kind, "epochs": epochs})
+    learner.loop.checked = False  # check the first batch's targets against the task again
+    if resume is not None:
+        learner.fit_state = restore(resume, learner.fit_state, trained_objects(learner))
+
+
+def run_fit(
+    learner: Fitted, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None
+) -> list[dict[str, Any]]:
+    """Run one fit (``kind`` names the call: ``"fit"``, ``"fit_one_cycle"``) of ``epochs`` at ``lr`` on
+    ``schedule(optimizer, steps)``, resumed from ``resume`` when given; returns the history of every fit.
+
+    Raises:
+        ValueError: ``epochs < 1``.
+        TrainingDivergedError: the loss became NaN or infinite (the message names the last good checkpoint).
+    """
+    if epochs < 1:
+        raise ValueError(f"{kind}: epochs must be >= 1, got {epochs}.")
+    _start(learner, kind, epochs, lr, schedule, resume)
+    notify(learner.callbacks, "on_fit_begin", learner)
+    where = learner.checkpoint_dir
+    try:
+        while learner.fit_state.epoch < epochs and not learner.fit_state.stop:
+            _one_epoch(learner)
+    except KeyboardInterrupt:
+        if not learner.quiet:
+            hint = f"; resume with resume={where / 'last.pt'}" if where else ""
+            print(f"interrupted after {learner.fit_state.epoch} of {epochs} epochs{hint}", file=sys.stderr)
+        raise
+    except TrainingDivergedError as error:
+        last = where / "last.pt" if where is not None else None
+        good = f" The last good checkpoint is {last}." if last is not None and last.is_file() else ""
+        raise TrainingDivergedError(f"{error}{good}") from None
+    learner.fit_state.phase += 1
+    learner.cache = None
+    notify(learner.callbacks, "on_fit_end", learner)
+    return learner.fit_state.history
