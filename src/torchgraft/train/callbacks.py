@@ -217,11 +217,13 @@ class Checkpointer(Callback):
             learner.save(self.directory / "last.pt")
 
     def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
-        learner.save(self.directory / "last.pt")
+        # best.pt before last.pt: a kill between the two leaves a last.pt from before this epoch's end, so the
+        # resumed fit ends the epoch again and writes best.pt (the other way round it would never be written)
         score = self.watch.score(record)
         if score is not None and score > self.best:
             self.best = score
             learner.save(self.directory / "best.pt")
+        learner.save(self.directory / "last.pt")
 
 
 class EarlyStopping(Callback):
