@@ -135,6 +135,8 @@ class Learner(FineTuning):
     plain = Held("placement")  # under FSDP: the unsharded structure (meta), for gathered_model()
     device = Held("placement")  # where it trains
     channels_last = Held("placement")  # whether the model and 4-D inputs are channels-last
+    distributed = Held("placement")  # whether it trains under torchrun with several processes
+    strategy = Held("placement")  # "ddp" or "fsdp"
 
     def __init__(
         self,
@@ -181,7 +183,7 @@ class Learner(FineTuning):
             channels_last=self.channels_last,
             accumulate=accumulate,
             clip_grad=clip_grad,
-            distributed=self.placement.distributed,
+            distributed=self.distributed,
             batchnorm_eval=batchnorm == "eval",
             check_targets=loss is None or metrics is not None,  # the user's loss alone: any targets it takes
         )
@@ -271,7 +273,7 @@ class Learner(FineTuning):
         """Write :meth:`state` to ``path`` atomically (on rank 0 only). Under DDP every rank must call it (the
         built-in :class:`~torchgraft.train.callbacks.Checkpointer` does): inside an epoch the ranks' partial
         training losses are summed first."""
-        save_state(path, self.state(), distributed=self.placement.distributed, device=self.device)
+        save_state(path, self.state(), distributed=self.distributed, device=self.device)
 
     def fit(self, epochs: int, lr: LRSpec = 1e-3, *, resume: str | Path | None = None) -> list[dict[str, Any]]:
         """Train for ``epochs`` at constant learning rate(s) ``lr`` (a float, ``slice(lo, hi)`` over the layer
