@@ -229,7 +229,12 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(folder, tmp_path):
     run_dir = tmp_path / "run"
     args = [*MODEL, "--skip-bad", "--valid-pct", "0.34", "--out", str(run_dir), "--epochs", "30"]
     command = [sys.executable, "-m", "torchgraft.cli.main", "train", str(folder), *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell that starts the suite in the background (`cmd &`) has it
+    # ignored, and a Python started with SIGINT ignored never raises KeyboardInterrupt
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=restore
+    )
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
