@@ -2,24 +2,27 @@
 
 Pillow opens all of these, but ``Image.convert("RGB")`` gets several wrong for training: a 16-bit PNG
 (mode ``I;16``/``I``) is clipped to white, transparent pixels keep whatever colour they had under the alpha,
-and an EXIF orientation is ignored. :func:`load_rgb` handles each case; :func:`scan_images` decodes every
-file once before training, so a corrupt file is reported with its path instead of crashing an epoch.
+and an EXIF orientation is ignored. :func:`load_rgb` handles each case; :func:`scan_images` checks every
+file before training — its header (:func:`check_header`: fast, what Pillow reads before decoding) or a full
+decode — so a corrupt file is reported with its path instead of crashing an epoch.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_SUFFIXES", "BadImage", "load_rgb", "scan_images", "to_rgb"]
+__all__ = ["CHECKS", "IMAGE_SUFFIXES", "BadImage", "check_header", "load_rgb", "scan_images", "to_rgb"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
+CHECKS = ("header", "full", "none")  # how much of each file scan_images reads, cheapest check first: see there
+_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class BadImage(ValueError):
@@ -64,32 +67,75 @@ def load_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except _ERRORS as error:
         raise BadImage(path, f"{type(error).__name__}: {error}") from None
 
 
-def _check(path: str) -> BadImage | None:
+def check_header(path: str | Path) -> tuple[int, int, str]:
+    """Open the image at ``path`` and verify what Pillow reads without decoding the pixels (the format, size
+    and mode; ``Image.verify``: a PNG's chunk checksums); returns ``(width, height, mode)``. About 30x faster
+    than :func:`load_rgb`; a file whose pixel data is cut short passes (training replaces it when it fails to
+    decode).
+
+    Raises:
+        BadImage: the file is missing, not an image, or its header is truncated or empty.
+    """
     try:
-        load_rgb(path)
-    except BadImage as error:
-        return error
-    return None
+        with Image.open(path) as image:
+            width, height, mode = *image.size, image.mode
+            image.verify()
+    except _ERRORS as error:
+        raise BadImage(path, f"{type(error).__name__}: {error}") from None
+    if width < 1 or height < 1:
+        raise BadImage(path, f"empty image ({width}x{height})")
+    return width, height, mode
 
 
-def scan_images(paths: Sequence[str | Path], *, progress: bool = False, workers: int | None = None) -> list[BadImage]:
-    """Decode every file once (in threads) and return the ones that fail, in input order.
+def _checker(check: str) -> Callable[[list[str]], list[BadImage | None]]:
+    """A function checking a chunk of paths (threads take chunks: one future per file costs more than a
+    header check)."""
+    read = {"header": check_header, "full": load_rgb}[check]
+
+    def checked(path: str) -> BadImage | None:
+        try:
+            read(path)
+        except BadImage as error:
+            return error
+        return None
+
+    return lambda chunk: [checked(path) for path in chunk]
+
+
+def scan_images(
+    paths: Sequence[str | Path], *, check: str = "full", progress: bool = False, workers: int | None = None
+) -> list[BadImage]:
+    """Check every file once (in threads) and return the ones that fail, in input order: ``check="full"``
+    decodes each (:func:`load_rgb`), ``"header"`` reads its header (:func:`check_header`), ``"none"`` reads
+    nothing (returns ``[]``).
 
     Example:
         >>> bad = scan_images(["cat.jpg", "truncated.png"])
         >>> [b.path for b in bad]
         ['truncated.png']
     """
+    if check not in CHECKS:
+        raise ValueError(f"scan_images: check={check!r}; choose from {', '.join(CHECKS)}.")
+    if check == "none" or not paths:
+        return []
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    results: Iterable[BadImage | None]
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(_check, [str(p) for p in paths], chunksize=16)
-        if progress:
-            from tqdm.auto import tqdm
+    size = 512 if check == "header" else 16
+    chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-            results = tqdm(results, total=len(paths), desc="checking images", unit="img", leave=False)
-        return [bad for bad in results if bad is not None]
+        bar = tqdm(total=len(paths), desc=f"checking images ({check})", unit="img", leave=False, mininterval=0.5)
+    bad: list[BadImage] = []
+    with ThreadPoolExecutor(workers) as pool:
+        for chunk, results in zip(chunks, pool.map(_checker(check), chunks), strict=True):
+            bad += [result for result in results if result is not None]
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return bad
