@@ -10,7 +10,7 @@ decode — so a corrupt file is reported with its path instead of crashing an ep
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

@@ -61,7 +61,7 @@ class Manifest:
     """The entries of one data source, in sample order (training samples, then validation ones).
 
     Attributes:
-        base: the folder every relative path is under (the data folder, or the table's folder).
+        base: the folder every relative path is under (the data folder, or the table's folder), resolved.
         paths: each file's path relative to ``base`` (as given when outside it).
         sizes, mtimes: ``st_size`` and ``st_mtime_ns`` of each file when it was checked.
         levels: how far each file was checked: 0 not at all, 1 its header, 2 fully decoded.
@@ -82,7 +82,7 @@ class Manifest:
     @property
     def fingerprint(self) -> str:
         """A hash of every entry (path, size, modification time, target, split) and of the bad files."""
-        digest = hashlib.sha256(_SEP.join(self.paths).encode())
+        digest = hashlib.sha256(self.base.encode() + _SEP.encode() + _SEP.join(self.paths).encode())
         digest.update(_SEP.join(self.targets).encode())
         for array in (self.sizes, self.mtimes, self.valid):
             digest.update(np.ascontiguousarray(array).tobytes())
@@ -218,10 +218,11 @@ def checked_files(
     source = Path(source)
     paths = [path for path, _ in train] + [path for path, _ in valid]
     sizes, mtimes, missing = _stats(paths)
-    base = str(source if source.is_dir() else source.parent)
+    folder = source if source.is_dir() else source.parent  # the sample paths start with it, as given
     targets = [_text(target) for _, target in train] + [_text(target) for _, target in valid]
     split = np.concatenate([np.zeros(len(train), np.uint8), np.ones(len(valid), np.uint8)])
-    entries = Manifest(base, _relative(paths, base), sizes, mtimes, np.zeros(len(paths), np.uint8), targets, split)
+    relative, levels = _relative(paths, str(folder)), np.zeros(len(paths), np.uint8)
+    entries = Manifest(str(folder.resolve()), relative, sizes, mtimes, levels, targets, split)
     file = manifest_file(source, directory)
     old, warnings = _read(file) if remember else (None, [])
     keep, reasons = _reused(entries, old, LEVELS[check])
