@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from torchgraft.data.tables import choose_columns, infer_task, parse_targets, read_table
@@ -37,6 +38,9 @@ VALID_NAMES = ("valid", "val", "validation")
 TASK_NAMES: tuple[str, ...] = ("classify", "multilabel", "regression")
 # read_cell(line, cell, table path) -> (input, None) or (None, why the row is bad)
 CellReader = Callable[[int, str, Path], tuple[str | None, str | None]]
+
+
+_name = attrgetter("name")
 
 
 class DataError(ValueError):
@@ -82,19 +86,24 @@ def split_samples(samples: list[Sample], valid_pct: float, seed: int) -> tuple[l
 
 
 def _walk(folder: str, suffixes: Sequence[str], found: list[str]) -> None:
-    """Append the files under ``folder`` with ``suffixes`` to ``found``; symlinked folders are not entered
-    (as ``Path.rglob``), symlinked files are kept."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                _walk(entry.path, suffixes, found)
-            elif os.path.splitext(entry.name)[1].lower() in suffixes and entry.is_file():
-                found.append(entry.path)
+    """Append the files under ``folder`` with ``suffixes`` to ``found`` in path order (each folder's entries by
+    name, a sub-folder's files in its place: what sorting whole paths part by part gives); symlinked folders are
+    not entered (as ``Path.rglob``), symlinked files are kept."""
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=_name)
+    for entry in entries:
+        name = entry.name
+        dot = name.rfind(".")  # Path.suffix: from the last dot, unless the name starts with it
+        if entry.is_dir(follow_symlinks=False):
+            _walk(entry.path, suffixes, found)
+        elif dot > 0 and name[dot:].lower() in suffixes and entry.is_file():
+            found.append(entry.path)
 
 
 def list_files(folder: Path, suffixes: Sequence[str]) -> list[str]:
     """The files under ``folder`` (recursively) whose suffix is one of ``suffixes`` (lower case), sorted as
-    paths (part by part). One ``os.scandir`` per folder: a stat only for what the entry cannot tell.
+    paths (part by part, as ``sorted(Path.rglob(...))``). One ``os.scandir`` per folder, a stat only for what
+    the entry cannot tell.
 
     Example:
         >>> list_files(Path("pets/cat"), (".jpg",))[:1]
@@ -102,7 +111,6 @@ def list_files(folder: Path, suffixes: Sequence[str]) -> list[str]:
     """
     found: list[str] = []
     _walk(str(folder), tuple(suffixes), found)
-    found.sort(key=lambda path: path.split(os.sep))  # Path order: part by part, not character by character
     return found
 
 
