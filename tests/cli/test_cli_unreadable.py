@@ -96,8 +96,8 @@ def test_the_flags_parse_into_the_settings(capsys):
 
 @pytest.mark.slow
 def test_under_torchrun_ranks_stay_in_step_and_the_file_is_reported_once(photos, tmp_path):
-    """Two gloo processes at batch 4 train exactly as one at batch 8 although one file is replaced, and the
-    report comes once per epoch (rank 0), counting the file once."""
+    """Two gloo processes at batch 4 train exactly as one at batch 8 although one file is replaced, the report
+    comes once per epoch (rank 0), counting the file once, and ``--max-bad 0`` stops both ranks with one error."""
     args = ["-m", "torchgraft", "train", str(photos), *MODEL, "--workers", "1", "--batchnorm", "eval", "--lr", "1e-4"]
     one = subprocess.run(
         [sys.executable, *args, "--batch-size", "8", "--out", str(tmp_path / "one")], capture_output=True, text=True
@@ -115,3 +115,10 @@ def test_under_torchrun_ranks_stay_in_step_and_the_file_is_reported_once(photos,
         assert len(lines) == 2 and _cut(photos) in lines[0], done.stdout[-3000:]
     final = json.loads((tmp_path / "two" / "model.json").read_text())["final"]
     assert [entry["path"] for entry in final["unreadable_files"]] == [_cut(photos)]
+    stopped = subprocess.run(  # every rank stops at the same epoch; rank 0 tells why, once
+        [*torchrun, *args, "--batch-size", "4", "--max-bad", "0", "--out", str(tmp_path / "stop")],
+        capture_output=True,
+        text=True,
+    )
+    assert stopped.returncode != 0 and stopped.stderr.count("torchgraft train: error:") == 1, stopped.stderr[-3000:]
+    assert f"more than max_bad=0: {_cut(photos)}" in stopped.stderr
