@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from torchgraft.data import images
 from torchgraft.data.badfiles import BadFiles
 from torchgraft.data.folders import ImageDataset, image_data
 from torchgraft.data.images import BadImage, check_header, scan_images
@@ -106,6 +107,18 @@ def test_header_check_finds_bad_headers_and_passes_cut_pixel_data(tmp_path):
         scan_images(paths, check="quick")
 
 
+def test_a_large_header_check_in_processes_finds_the_same_files(tmp_path, monkeypatch):
+    good, paths = _jpeg(), []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(good if i % 7 else good[:90])
+    threads = scan_images(paths, check="header")
+    monkeypatch.setattr(images, "PROCESS_CHECKS", 10)
+    processes = scan_images(paths, check="header", progress=True)
+    assert [(b.path, b.reason) for b in processes] == [(b.path, b.reason) for b in threads]
+    assert [Path(b.path).name for b in processes] == [f"{i}.jpg" for i in range(0, 40, 7)]
+
+
 def test_image_data_checks_as_asked(tmp_path):
     _images(tmp_path, {"a": 4, "b": 4})
     (tmp_path / "a" / "cut.jpg").write_bytes(_cut())  # the header is whole, the pixels are not
@@ -125,7 +138,11 @@ def test_the_manifest_keeps_verdicts_of_unchanged_files_and_rechecks_the_others(
     first = read()
     assert first.checked == 10 and not first.skipped and len(first.fingerprint) == 64
     second = read()
-    assert second.checked == 0 and second.fingerprint == first.fingerprint
+    assert second.checked == 0 and second.fingerprint == first.fingerprint and second.reused == 10
+    assert first.summary() == "2 classes, 8 train / 2 valid images"
+    assert (
+        second.summary() == "2 classes, 8 train / 2 valid images (10 unchanged since the manifest, not checked again)"
+    )
     # unchanged size and mtime: the file is not opened again, so damage that keeps both goes unseen ...
     victim = data / "a" / "1.jpg"
     stat = victim.stat()

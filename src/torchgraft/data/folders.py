@@ -101,7 +101,7 @@ class ImageData:
         bad_rows: rows of a CSV left out with ``skip_bad=True`` (line number and why).
         fingerprint: a hash of the samples, their files' sizes and modification times and the check verdicts
             (:attr:`torchgraft.data.manifest.Manifest.fingerprint`): equal for the same data on disk.
-        checked: files checked by this read (the others' verdicts came from the manifest).
+        checked, reused: files checked by this read, and files whose verdicts came from the manifest.
     """
 
     classes: list[str]
@@ -114,6 +114,7 @@ class ImageData:
     bad_rows: list[str] = field(default_factory=list)
     fingerprint: str = ""
     checked: int = 0
+    reused: int = 0
 
     @property
     def n_outputs(self) -> int:
@@ -135,9 +136,10 @@ class ImageData:
         """One line: the task, counts of classes (or targets), images and skipped files."""
         skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
         rows = f", {len(self.bad_rows)} bad rows skipped" if self.bad_rows else ""
+        kept = f" ({self.reused} unchanged since the manifest, not checked again)" if self.reused else ""
         what = f"{len(self.classes)} {'targets' if self.task == 'regression' else 'classes'}"
         task = "" if self.task == "classify" else f"{self.task}: "
-        return f"{task}{what}, {len(self.train)} train / {len(self.valid)} valid images{skipped}{rows}"
+        return f"{task}{what}, {len(self.train)} train / {len(self.valid)} valid images{skipped}{rows}{kept}"
 
 
 def _image_cell(line: int, cell: str, table: Path) -> tuple[str | None, str | None]:
@@ -240,4 +242,5 @@ def image_data(
         bad_rows=rows.bad,
         fingerprint=found.fingerprint,
         checked=found.checked,
+        reused=found.reused,
     )

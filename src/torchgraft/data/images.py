@@ -9,9 +9,12 @@ decode — so a corrupt file is reported with its path instead of crashing an ep
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ __all__ = ["CHECKS", "IMAGE_SUFFIXES", "BadImage", "check_header", "load_rgb", "
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 CHECKS = ("header", "full", "none")  # how much of each file scan_images reads, cheapest check first: see there
+PROCESS_CHECKS = 10_000  # header checks of at least this many files run in processes
 _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -91,27 +95,37 @@ def check_header(path: str | Path) -> tuple[int, int, str]:
     return width, height, mode
 
 
-def _checker(check: str) -> Callable[[list[str]], list[BadImage | None]]:
-    """A function checking a chunk of paths (threads take chunks: one future per file costs more than a
-    header check)."""
-    read = {"header": check_header, "full": load_rgb}[check]
-
-    def checked(path: str) -> BadImage | None:
+def _check_chunk(check: str, chunk: list[str]) -> list[tuple[str, str]]:
+    """``(path, reason)`` of each file of ``chunk`` that fails ``check`` (plain tuples: they cross processes)."""
+    read = check_header if check == "header" else load_rgb
+    failed = []
+    for path in chunk:
         try:
             read(path)
         except BadImage as error:
-            return error
-        return None
+            failed.append((error.path, error.reason))
+    return failed
 
-    return lambda chunk: [checked(path) for path in chunk]
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _executor(check: str, count: int, workers: int) -> Executor:
+    """Threads, or for a large header check forked processes (one per core): Pillow parses headers in Python,
+    holding the interpreter lock, while it decodes pixels without it."""
+    cores = _cores()
+    if check == "header" and count >= PROCESS_CHECKS and cores > 1 and sys.platform == "linux":
+        return ProcessPoolExecutor(min(cores, workers), mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(workers)
 
 
 def scan_images(
     paths: Sequence[str | Path], *, check: str = "full", progress: bool = False, workers: int | None = None
 ) -> list[BadImage]:
-    """Check every file once (in threads) and return the ones that fail, in input order: ``check="full"``
-    decodes each (:func:`load_rgb`), ``"header"`` reads its header (:func:`check_header`), ``"none"`` reads
-    nothing (returns ``[]``).
+    """Check every file once and return the ones that fail, in input order: ``check="full"`` decodes each
+    (:func:`load_rgb`, in threads), ``"header"`` reads its header (:func:`check_header`; from
+    ``PROCESS_CHECKS`` files on, in a process per core), ``"none"`` reads nothing (returns ``[]``).
 
     Example:
         >>> bad = scan_images(["cat.jpg", "truncated.png"])
@@ -122,8 +136,8 @@ def scan_images(
         raise ValueError(f"scan_images: check={check!r}; choose from {', '.join(CHECKS)}.")
     if check == "none" or not paths:
         return []
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    size = 512 if check == "header" else 16
+    workers = workers or min(8, _cores() + 2)
+    size = 1024 if check == "header" else 16  # one task per file costs more than a header check
     chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
     bar = None
     if progress:
@@ -131,9 +145,9 @@ def scan_images(
 
         bar = tqdm(total=len(paths), desc=f"checking images ({check})", unit="img", leave=False, mininterval=0.5)
     bad: list[BadImage] = []
-    with ThreadPoolExecutor(workers) as pool:
-        for chunk, results in zip(chunks, pool.map(_checker(check), chunks), strict=True):
-            bad += [result for result in results if result is not None]
+    with _executor(check, len(paths), workers) as pool:
+        for chunk, failed in zip(chunks, pool.map(partial(_check_chunk, check), chunks), strict=True):
+            bad += [BadImage(path, reason) for path, reason in failed]
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:

@@ -138,11 +138,12 @@ def _split(text: str) -> list[str]:
 @dataclass
 class Checked:
     """What :func:`checked_files` found: the bad files (in sample order), the data's fingerprint, how many
-    files were checked now (the others' verdicts came from the manifest), and warnings."""
+    files were checked now and how many verdicts came from the manifest, and warnings."""
 
     bad: list[BadImage]
     fingerprint: str
     checked: int
+    reused: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -237,4 +238,5 @@ def checked_files(
         except OSError as error:
             warnings.append(f"manifest not saved to {file} ({error}); set TORCHGRAFT_CACHE to a writable folder")
     bad = [BadImage(paths[i], entries.reasons[i]) for i in sorted(entries.reasons)]
-    return Checked(bad, entries.fingerprint, len(fresh), warnings)
+    checked = len(fresh) if check != "none" else 0
+    return Checked(bad, entries.fingerprint, checked, int(keep.sum()), warnings)
