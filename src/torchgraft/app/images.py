@@ -47,9 +47,17 @@ class ImageInput(InputRecipe):
         return isinstance(data, ImageData)
 
     def read(self, data: str | Path, settings: TrainSettings, *, progress: bool) -> ImageData:
-        """:func:`~torchgraft.data.folders.image_data` (a progress bar over the check of every image on a
-        terminal)."""
-        return image_data(data, **read_options(settings), progress=progress and sys.stderr.isatty())
+        """:func:`~torchgraft.data.folders.image_data` checking as ``settings.check_mode`` asks, with the data's
+        manifest in ``settings.manifest_dir`` (a progress bar over the check on a terminal)."""
+        where = settings.manifest_dir
+        manifest = False if where == "none" else where if where is not None else True
+        return image_data(
+            data,
+            **read_options(settings),
+            check=settings.check_mode,
+            manifest=manifest,
+            progress=progress and sys.stderr.isatty(),
+        )
 
     def build(self, data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> Built:
         """The pretrained network with a new head of ``data.n_outputs``, at the weights' input size."""

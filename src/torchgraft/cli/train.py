@@ -13,6 +13,7 @@ from torchgraft.app.images import ImageInput
 from torchgraft.app.run import train_run
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.texts import TextInput
+from torchgraft.data.images import CHECKS
 from torchgraft.tasks import TASKS
 from torchgraft.train.distributed import is_main
 from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
@@ -83,6 +84,29 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="split, shuffling and initialisation")
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable images and bad rows out (default: error)"
+    )
+    parser.add_argument(
+        "--check",
+        dest="check_mode",
+        choices=CHECKS,
+        default=_DEFAULTS.check_mode,
+        help="images checked before training: header (opened, header verified: fast, default), full (decoded), "
+        "none; a file that fails to decode in training is replaced by another sample and reported",
+    )
+    parser.add_argument(
+        "--max-bad",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop the run when more than N images fail to decode in training (default: 0.1%% of the files, "
+        "at least 5)",
+    )
+    parser.add_argument(
+        "--manifest-dir",
+        default=None,
+        metavar="DIR",
+        help="where the data's manifest (check verdicts reused by the next run) is kept (default: "
+        "$TORCHGRAFT_CACHE/manifests, else ~/.cache/torchgraft/manifests); none: no manifest",
     )
     parser.add_argument(
         "--augment",

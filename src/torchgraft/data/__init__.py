@@ -2,11 +2,12 @@
 
 The names below are the package's public surface for data (``torchgraft`` re-exports them); the modules
 hold the readers' parts (:mod:`~torchgraft.data.tables`, :mod:`~torchgraft.data.samples`,
-:mod:`~torchgraft.data.sampling`).
+:mod:`~torchgraft.data.sampling`, :mod:`~torchgraft.data.manifest`).
 """
 
+from torchgraft.data.badfiles import BadFiles
 from torchgraft.data.folders import ImageData, ImageDataset, image_data
-from torchgraft.data.images import BadImage, load_rgb, scan_images
+from torchgraft.data.images import BadImage, check_header, load_rgb, scan_images
 from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
 from torchgraft.data.preprocess import Preprocessing, preprocessing_for
 from torchgraft.data.samples import DataError
@@ -14,6 +15,7 @@ from torchgraft.data.texts import TextData, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 
 __all__ = [
+    "BadFiles",
     "BadImage",
     "DataError",
     "ImageData",
@@ -26,6 +28,7 @@ __all__ = [
     "TextData",
     "TextPreprocessing",
     "TokenDataset",
+    "check_header",
     "image_data",
     "load_rgb",
     "mask_transforms",
