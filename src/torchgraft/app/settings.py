@@ -36,6 +36,8 @@ class TrainSettings:
     default). ``save_every`` writes a resumable checkpoint every that many optimizer steps inside epochs;
     ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs);
     ``strategy`` how ``torchrun`` processes share the model (``ddp``: a copy each; ``fsdp``: FSDP2 shards).
+    ``streaming`` reads a Hugging Face dataset as an ``IterableDataset``; ``valid_data`` is the validation
+    shards' pattern of WebDataset training shards (:mod:`torchgraft.app.shards`).
     Under ``torchrun``, ``batch_size`` is per process: N processes train on batches of N x ``batch_size``.
     """
 
@@ -72,6 +74,8 @@ class TrainSettings:
     save_every: int | None = None
     batchnorm: str = "train"
     strategy: str = "ddp"
+    streaming: bool = False
+    valid_data: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
