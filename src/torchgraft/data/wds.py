@@ -95,13 +95,22 @@ def _split_files(source: str, valid: str | None) -> tuple[list[Path], list[Path]
             raise DataError(f"{folder}: train-*.tar but no valid-*.tar shards; add some or give --valid PATTERN.")
         return train, shard_files(valid) if valid is not None else found
     if valid is None:
-        guess = source.replace("train", "valid") if "train" in Path(source).name else None
-        if guess is None or not _expand(guess) or not all(Path(f).is_file() for f in _expand(guess)):
-            raise DataError(
-                f"{source}: no validation shards; give --valid PATTERN (e.g. {source.replace('train', 'valid')})."
-            )
-        valid = guess
+        valid = _guess_valid(Path(source))
     return shard_files(source), shard_files(valid)
+
+
+def _guess_valid(pattern: Path) -> str:
+    """The validation shards beside a training pattern: its name with ``train`` replaced by ``valid``, else
+    the files named so (``valid-*.tar``, ``val-*.tar``) in its folder."""
+    if "train" in pattern.name:
+        same = str(pattern).replace("train", "valid")
+        if all(Path(f).is_file() for f in _expand(same)):
+            return same
+        stem = pattern.name.split("train")[0]
+        for prefix in VALID_PREFIXES:
+            if any(pattern.parent.glob(f"{stem}{prefix}*.tar")):
+                return str(pattern.parent / f"{stem}{prefix}*.tar")
+    raise DataError(f"{pattern}: no validation shards beside it; give --valid PATTERN (valid=).")
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
