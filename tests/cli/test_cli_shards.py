@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from shard_files import CLASSES, class_folders, hf_images, tables, user_shards
 
+from shard_files import CLASSES, class_folders, hf_images, tables, user_shards
 from torchgraft.cli.main import main
 from torchgraft.data.folders import image_data
 from torchgraft.data.preprocess import preprocessing_for

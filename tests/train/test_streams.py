@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_files import class_folders
 from torch.utils.data import DataLoader, IterableDataset
 
+from shard_files import class_folders
 from torchgraft import Learner
 from torchgraft.train.callbacks import LambdaCallback
 
 pytest.importorskip("webdataset")
-from torchgraft.data.packing import pack  # noqa: E402
+from torchgraft.data.packing import pack
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_shards.py"
 sys.path.insert(0, str(SCRIPT.parent))
@@ -64,7 +64,8 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(shards, tmp_path):
         killed.fit_one_cycle(2, 1e-2)
     resumed, model = _learner(shards, tmp_path / "killed")
     history = resumed.fit_one_cycle(2, 1e-2, resume=tmp_path / "killed" / "last.pt")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    weights, expected = model.state_dict(), reference.state_dict()
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
     assert [r["train_loss"] for r in history] == [r["train_loss"] for r in straight.history]
 
 

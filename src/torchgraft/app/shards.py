@@ -94,7 +94,9 @@ class ShardInput(InputRecipe):
         if claimed:
             self.kind = _kind_of(data, settings)
             streamed = isinstance(data, StreamData) and data.streamed
-            self.streamed = streamed or not isinstance(data, StreamData) and (looks_like_shards(data) or settings.streaming)
+            self.streamed = streamed or (
+                not isinstance(data, StreamData) and (looks_like_shards(data) or settings.streaming)
+            )
         return claimed
 
     def check(self, settings: TrainSettings) -> None:

@@ -13,6 +13,7 @@ decoded with :func:`~torchgraft.data.images.load_rgb` from the stored bytes or f
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ def _data_files(source: str) -> list[Path]:
     folder = Path(source)
     if folder.is_dir():
         return sorted(p for p in folder.rglob("*") if p.suffix in _FILE_KINDS and p.is_file())
-    return sorted(Path(p) for p in __import__("glob").glob(source) if Path(p).suffix in _FILE_KINDS)
+    return sorted(Path(p) for p in glob.glob(source) if Path(p).suffix in _FILE_KINDS)
 
 
 def looks_like_hf(source: str | Path) -> bool:
@@ -263,7 +264,9 @@ def hf_data(
     held = [coder(v) for v in held_values]
     if streaming:
         parts = [
-            HFStream(splits[name], sum(t is not None for t in ts), x, ys, kind, coder, shuffle=name == "train", seed=seed)
+            HFStream(
+                splits[name], sum(t is not None for t in ts), x, ys, kind, coder, shuffle=name == "train", seed=seed
+            )
             for name, ts in (("train", targets), (valid_name, held))
         ]
         kept = [[t for t in targets if t is not None], []]

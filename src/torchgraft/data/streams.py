@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from torchgraft.data.images import BadImage, load_rgb, to_rgb
-from torchgraft.data.sampling import seeded
 from torchgraft.data.samples import Target
+from torchgraft.data.sampling import seeded
 from torchgraft.data.tables import parse_targets
 
 __all__ = [

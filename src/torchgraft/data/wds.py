@@ -36,8 +36,8 @@ __all__ = [
     "TarRecords",
     "choose_keys",
     "looks_like_shards",
-    "shard_kind",
     "shard_files",
+    "shard_kind",
     "wds_data",
     "webdataset_module",
 ]
@@ -255,7 +255,7 @@ def _scan(files: list[Path], keys: Keys) -> tuple[list[int], list[tuple[int, int
     for shard, path in enumerate(files):
         with tarfile.open(path) as tar:
             count = 0
-            for count, (key, group) in enumerate(_members(tar), 1):  # noqa: B007
+            for count, (key, group) in enumerate(_members(tar), 1):
                 missing = [y for y in keys.ys if y not in group]
                 cells = [] if missing else [c for y in keys.ys for c in target_cells(_value(tar, group[y], y))]
                 rows.append((shard, count - 1, f"{path}:{key}", cells))
@@ -332,7 +332,9 @@ def wds_data(
     cells = [r[3] if r[3] else [""] * len(keys.ys) for r in rows]
     chosen, reason = (task, "given") if task else infer_task(cells)
     parsed = parse_targets(chosen, cells, list(range(len(rows))), keys.ys)  # type: ignore[arg-type]
-    bad = [f"{name}: target {c!r} unreadable" for (_, _, name, c), v in zip(rows, parsed.values, strict=True) if v is None]
+    bad = [
+        f"{name}: target {c!r} unreadable" for (_, _, name, c), v in zip(rows, parsed.values, strict=True) if v is None
+    ]
     check_bad_rows(Path(str(source)), bad, skip_bad)
     index = {name: i for i, name in enumerate(parsed.names)}
     splits = []
