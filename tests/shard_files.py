@@ -86,3 +86,36 @@ def user_shards(root: Path, *, per_shard: int = 5, shards: int = 3) -> Path:
                 _image(rng, 40 + 80 * c).save(buffer, format="JPEG")
                 writer.write({"__key__": f"s{i:05d}", "jpg": buffer.getvalue(), "txt": CLASSES[c]})
     return root
+
+
+def hf_targets(root: Path, count: int = 12) -> tuple[Path, Path]:
+    """A Parquet file of images with a list-of-tags column and two value columns, and the same saved with
+    ``save_to_disk`` with the tags as a list of ``ClassLabel``."""
+    import datasets
+
+    rng = np.random.default_rng(4)
+    images = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        _image(rng, 20 * i).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "tags": datasets.List(datasets.Value("string")),
+            "score": datasets.Value("float32"),
+            "h": datasets.Value("float32"),
+        }
+    )
+    rows = {
+        "image": images,
+        "tags": [["sky"] if i % 2 else ["sky", "sea"] for i in range(count)],
+        "score": [i * 0.5 + 0.25 for i in range(count)],
+        "h": [float(i) for i in range(count)],
+    }
+    table = datasets.Dataset.from_dict(rows, features=features)
+    root.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(root / "rows.parquet"))
+    labelled = table.cast_column("tags", datasets.List(datasets.ClassLabel(names=["sea", "sky"])))
+    labelled.save_to_disk(str(root / "disk"))
+    return root / "rows.parquet", root / "disk"

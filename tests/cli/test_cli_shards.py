@@ -22,6 +22,12 @@ TRAIN = ["--epochs", "1", "--freeze-epochs", "0", "--model", "resnet18", "--weig
 TRAIN += ["--batch-size", "5", "--workers", "0", "--json"]
 
 
+@pytest.fixture(autouse=True)
+def _hf_cache(tmp_path, monkeypatch) -> None:
+    """load_dataset's Arrow cache in the test's folder, not the home directory."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
 def _train(data: str | Path, out: Path, capsys, *extra: str) -> dict:
     capsys.readouterr()
     assert main(["train", str(data), *TRAIN, "--out", str(out), *extra]) == 0

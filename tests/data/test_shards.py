@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from shard_files import CLASSES, class_folders, hf_images, tables, user_shards
+from shard_files import CLASSES, class_folders, hf_images, hf_targets, tables, user_shards
 from torchgraft.data.folders import image_data
 from torchgraft.data.images import load_rgb
 from torchgraft.data.samples import DataError
@@ -104,6 +104,28 @@ def test_hf_parquet_and_save_to_disk_folders(tmp_path):
         hf_data(disk, streaming=True)
     with pytest.raises(DataError, match="no column 'nope'"):
         hf_data(parquet, y_col="nope")
+
+
+@pytest.fixture(autouse=True)
+def _hf_cache(tmp_path, monkeypatch) -> None:
+    """load_dataset's Arrow cache in the test's folder, not the home directory."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+@pytest.mark.parametrize(
+    ("which", "y_col", "task", "classes", "first"),
+    [
+        ("parquet", None, "multilabel", ["sea", "sky"], (0, 1)),
+        ("parquet", "score,h", "regression", ["score", "h"], (0.25, 0.0)),
+        ("disk", None, "multilabel", ["sea", "sky"], (0, 1)),  # a list of ClassLabel: its names
+    ],
+)
+def test_hf_multilabel_and_regression_columns(tmp_path, which, y_col, task, classes, first):
+    parquet, disk = hf_targets(tmp_path / "targets")
+    data = hf_data(parquet if which == "parquet" else disk, y_col=y_col)
+    assert (data.task, data.classes) == (task, classes)
+    targets = sorted([t for _, t in data.train] + [t for _, t in data.valid])
+    assert targets[0] == pytest.approx(first) and len(targets) == 12
 
 
 def _stream(data, *, batch: int, rank: int = 0, world: int = 1, pad: bool = True) -> SampleStream:
