@@ -102,7 +102,7 @@ def hf_targets(root: Path, count: int = 12) -> tuple[Path, Path]:
     features = datasets.Features(
         {
             "image": datasets.Image(),
-            "tags": datasets.List(datasets.Value("string")),
+            "tags": datasets.Sequence(datasets.Value("string")),
             "score": datasets.Value("float32"),
             "h": datasets.Value("float32"),
         }
@@ -116,6 +116,6 @@ def hf_targets(root: Path, count: int = 12) -> tuple[Path, Path]:
     table = datasets.Dataset.from_dict(rows, features=features)
     root.mkdir(parents=True, exist_ok=True)
     table.to_parquet(str(root / "rows.parquet"))
-    labelled = table.cast_column("tags", datasets.List(datasets.ClassLabel(names=["sea", "sky"])))
+    labelled = table.cast_column("tags", datasets.Sequence(datasets.ClassLabel(names=["sea", "sky"])))
     labelled.save_to_disk(str(root / "disk"))
     return root / "rows.parquet", root / "disk"

@@ -14,6 +14,7 @@ decoded with :func:`~torchgraft.data.images.load_rgb` from the stored bytes or f
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,26 @@ def _data_files(source: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(source) if Path(p).suffix in _FILE_KINDS)
 
 
+def _holds_data_files(folder: Path) -> bool:
+    """Whether ``folder`` or one of its split folders (``train/``, ``data/``, ``valid/``...) holds Parquet or
+    Arrow files: two directory listings at most, never a walk (an image folder of millions of files)."""
+    with os.scandir(folder) as entries:
+        listed = list(entries)
+    if any(e.name.endswith(tuple(_FILE_KINDS)) and e.is_file() for e in listed):
+        return True
+    splits = [e for e in listed if e.is_dir() and e.name.lower() in ("train", "data", *VALID_SPLITS)]
+    for split in splits:
+        with os.scandir(split.path) as entries:
+            if any(e.name.endswith(tuple(_FILE_KINDS)) and e.is_file() for e in entries):
+                return True
+    return False
+
+
 def looks_like_hf(source: str | Path) -> bool:
     """Whether ``source`` is a ``save_to_disk`` folder or a folder / glob / file of Parquet or Arrow files."""
     folder = Path(source)
-    if folder.is_dir() and any((folder / name).is_file() for name in _DISK_FILES):
-        return True
+    if folder.is_dir():
+        return any((folder / name).is_file() for name in _DISK_FILES) or _holds_data_files(folder)
     return bool(_data_files(str(source)))
 
 
