@@ -112,3 +112,25 @@ def test_texts_from_parquet_train_with_minilm(tmp_path, capsys):
         summary = json.loads(capsys.readouterr().out)
         assert summary["classes"] == ["sport", "tech"] and len(summary["history"]) == 2
         assert (out / "hf" / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_on_shards_writes_the_run_of_one_process(photos, tmp_path):
+    import subprocess
+    import sys
+
+    safetensors = pytest.importorskip("safetensors.torch")
+    assert main(["pack", str(photos), str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    common = [*TRAIN[:-5], "--workers", "1", "--batchnorm", "eval", "--quiet", "--augment", "standard"]
+
+    def run(command: list[str], out: Path, batch: int) -> None:
+        args = [*command, "-m", "torchgraft", "train", str(tmp_path / "shards"), *common, "--out", str(out)]
+        done = subprocess.run([*args, "--batch-size", str(batch)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run([sys.executable], tmp_path / "one", 6)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], tmp_path / "two", 3)
+    one, two = (safetensors.load_file(tmp_path / run / "model.safetensors") for run in ("one", "two"))
+    assert max((one[k].double() - two[k].double()).abs().max().item() for k in one) < 1e-5
+    a, b = (json.loads((tmp_path / run / "history.json").read_text()) for run in ("one", "two"))
+    assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]

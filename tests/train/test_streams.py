@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+from torchvision.transforms import v2
 
-from shard_files import class_folders
+from shard_files import class_folders, hf_images
 from torchgraft import Learner
+from torchgraft.app.shards import PreparedRows
+from torchgraft.data.hfdata import hf_data
+from torchgraft.data.streams import SampleStream
 from torchgraft.train.callbacks import LambdaCallback
 
 pytest.importorskip("webdataset")
@@ -21,7 +25,7 @@ from torchgraft.data.packing import pack
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_shards.py"
 sys.path.insert(0, str(SCRIPT.parent))
-from ddp_shards import cnn, loaders  # noqa: E402
+from ddp_shards import Item, cnn, loaders  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,23 @@ def test_two_processes_on_shards_equal_one_on_the_combined_batch(shards, tmp_pat
     assert difference < 1e-5
     for a, b in zip(one["history"], two["history"], strict=True):  # every validation sample counted once
         assert a["valid_loss"] == pytest.approx(b["valid_loss"], abs=1e-5) and a["accuracy"] == b["accuracy"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_the_learner_trains_on_a_hugging_face_dataset(tmp_path, monkeypatch, streaming):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    parquet, _ = hf_images(tmp_path)
+    data = hf_data(parquet, streaming=streaming)
+    item = Item(v2.Compose([v2.ToImage(), v2.Resize((16, 16)), v2.ToDtype(torch.float32, scale=True)]), "classify", 3)
+    if streaming:
+        splits = ((data.train, True), (data.valid, False))
+        made = [SampleStream(s.reader, item, default_collate, batch_size=4, pad=pad) for s, pad in splits]
+        train, valid = (DataLoader(m, batch_size=None) for m in made)
+    else:  # map-style: rows by index, read in two worker processes
+        train = DataLoader(PreparedRows(data.train.reader, item), batch_size=4, shuffle=True, num_workers=2)
+        valid = DataLoader(PreparedRows(data.valid.reader, item), batch_size=8)
+    learner = Learner(cnn(), train, valid, task="classify", quiet=True)
+    history = learner.fit(1, 1e-2)
+    assert len(learner.train_dl) == 5 and learner.step == 5  # 18 samples in batches of 4
+    assert 0 <= history[0]["accuracy"] <= 1

@@ -190,10 +190,9 @@ class HFRows:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
-        value = self.dataset[self.indices[index]][self.x]
-        return (image_of(value, name=f"row {self.indices[index]}") if self.kind == "image" else value), self.targets[
-            index
-        ]
+        row = self.indices[index]
+        value = self.dataset[row][self.x]
+        return (image_of(value, name=f"row {row}") if self.kind == "image" else value), self.targets[index]
 
 
 @dataclass
@@ -279,27 +278,37 @@ def hf_data(
     targets = [coder(v) for v in values]
     held = [coder(v) for v in held_values]
     if streaming:
-        parts = [
-            HFStream(
-                splits[name], sum(t is not None for t in ts), x, ys, kind, coder, shuffle=name == "train", seed=seed
-            )
-            for name, ts in (("train", targets), (valid_name, held))
-        ]
-        kept = [[t for t in targets if t is not None], []]
-        made = [Split(p.size, p, k) for p, k in zip(parts, kept, strict=True)]
-        return StreamData(coder.names, made[0], made[1], kind, coder.task, reason, True, where, bad)
+        size = [sum(t is not None for t in ts) for ts in (targets, held)]
+        streams = [HFStream(splits["train"], size[0], x, ys, kind, coder, shuffle=True, seed=seed)]
+        streams.append(HFStream(splits[valid_name], size[1], x, ys, kind, coder))
+        made = [Split(size[0], streams[0], [t for t in targets if t is not None]), Split(size[1], streams[1])]
+    else:
+        made = _indexed_splits(splits, valid_name, targets, held, x=x, kind=kind, valid_pct=valid_pct, seed=seed)
+    return StreamData(coder.names, made[0], made[1], kind, coder.task, reason, streaming, where, bad)
+
+
+def _indexed_splits(
+    splits: dict[str, Any],
+    valid_name: str | None,
+    targets: list[Target | None],
+    held: list[Target | None],
+    *,
+    x: str,
+    kind: str,
+    valid_pct: float,
+    seed: int,
+) -> list[Split]:
+    """The map-style splits: the dataset's own, else the training split divided as a folder is."""
+    train = splits["train"]
+    pairs = [(i, t) for i, t in enumerate(targets) if t is not None]
     if valid_name is None:
-        pairs = [(i, t) for i, t in enumerate(targets) if t is not None]
         train_pairs, valid_pairs = split_samples(pairs, valid_pct, seed)  # type: ignore[arg-type]
         sets = [(train, train_pairs), (train, valid_pairs)]
     else:
-        sets = [
-            (train, [(i, t) for i, t in enumerate(targets) if t is not None]),
-            (splits[valid_name], [(i, t) for i, t in enumerate(held) if t is not None]),
-        ]
+        sets = [(train, pairs), (splits[valid_name], [(i, t) for i, t in enumerate(held) if t is not None])]
     made = []
-    for dataset, pairs in sets:
-        indices, kept = [int(i) for i, _ in pairs], [t for _, t in pairs]
+    for dataset, chosen in sets:
+        indices, kept = [int(i) for i, _ in chosen], [t for _, t in chosen]
         rows = HFRows(dataset, indices, kept, x=x, kind=kind)
         made.append(Split(len(rows), rows, kept, _examples(dataset, x, kind, indices)))
-    return StreamData(coder.names, made[0], made[1], kind, coder.task, reason, False, where, bad)
+    return made

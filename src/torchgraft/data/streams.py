@@ -54,7 +54,7 @@ class RecordSource(Protocol):
         ...
 
 
-def image_of(value: Any, name: str = "image") -> Image.Image:
+def image_of(value: Any, *, name: str = "image") -> Image.Image:
     """An RGB image from what a dataset holds: a PIL image, encoded bytes, ``{"bytes": ..., "path": ...}``
     (Hugging Face's undecoded ``Image`` feature) or a file path; decoded by :func:`load_rgb`.
 

@@ -151,6 +151,7 @@ class Keys:
     kind: str  # "image" or "text"
 
     def input_of(self, group: dict[str, tarfile.TarInfo]) -> str | None:
+        """The input member of one sample (its first image extension unless ``x`` names one)."""
         if self.x is not None:
             return self.x if self.x in group else None
         return next((k for k in IMAGE_KEYS if k in group), None)
