@@ -93,10 +93,8 @@ class ShardInput(InputRecipe):
         )
         if claimed:
             self.kind = _kind_of(data, settings)
-            streamed = isinstance(data, StreamData) and data.streamed
-            self.streamed = streamed or (
-                not isinstance(data, StreamData) and (looks_like_shards(data) or settings.streaming)
-            )
+            from_path = looks_like_shards(data) or settings.streaming if not isinstance(data, StreamData) else False
+            self.streamed = data.streamed if isinstance(data, StreamData) else from_path
         return claimed
 
     def check(self, settings: TrainSettings) -> None:
@@ -104,7 +102,7 @@ class ShardInput(InputRecipe):
         (_TEXTS if self.kind == "text" else _IMAGES).check(settings)
 
     def is_read(self, data: Any) -> bool:
-        """Read :class:`StreamData`."""
+        """Read :class:`StreamData`, or the :class:`TextData` a map-style text dataset became."""
         return isinstance(data, StreamData | TextData)
 
     def read(self, data: str | Path, settings: TrainSettings, *, progress: bool) -> LabelledData:
