@@ -71,6 +71,21 @@ def hf_images(root: Path, *, per_class: int = 8) -> tuple[Path, Path]:
     return root / "parquet", root / "disk"
 
 
+def text_shards(root: Path) -> Path:
+    """WebDataset shards of texts (``txt``) with class indices (``cls``): ``root/train-000000.tar`` (12) and
+    ``root/valid-000000.tar`` (4)."""
+    import webdataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", 12), ("valid", 4)):
+        with webdataset.ShardWriter(str(root / f"{split}-%06d.tar"), maxcount=100, verbose=0) as writer:
+            for i in range(count):
+                writer.write(
+                    {"__key__": f"t{i:04d}", "txt": f"sentence number {i} about {CLASSES[i % 2]}", "cls": i % 2}
+                )
+    return root
+
+
 def user_shards(root: Path, *, per_shard: int = 5, shards: int = 3) -> Path:
     """WebDataset shards as other tools write them (``jpg`` + ``txt`` class names, no torchgraft metadata):
     ``root/train-00000{0..2}.tar`` and ``root/valid-000000.tar``."""

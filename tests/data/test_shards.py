@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from shard_files import CLASSES, class_folders, hf_images, hf_targets, tables, user_shards
+from shard_files import CLASSES, class_folders, hf_images, hf_targets, tables, text_shards, user_shards
 from torchgraft.data.folders import image_data
 from torchgraft.data.images import load_rgb
 from torchgraft.data.samples import DataError
@@ -58,6 +58,7 @@ def test_pack_round_trips_every_label_kind(tmp_path, kind):
     if kind == "folder":  # the corrupt file is left out and listed; the shards hold the original pixels
         assert [b.path.endswith("cut.jpg") for b in report.skipped] == [True]
         assert meta["skipped"][0]["path"].endswith("cut.jpg")
+        assert data.warnings == [f"1 unreadable files were left out by pack (listed in {META_NAME})"]
         first = next(iter(data.valid.reader.records(0, {0}, 0)))[1][0]
         assert first.tobytes() == load_rgb(read.valid[0][0]).tobytes()
     if kind == "regression":  # the training values fit the scale without a scan
@@ -83,6 +84,14 @@ def test_shards_of_other_tools_are_scanned_for_classes_and_length(tmp_path):
         wds_data(root, x_col="png")
     with pytest.raises(FileNotFoundError, match="no shard"):
         wds_data(str(root / "train-{000000..000009}.tar"))
+
+
+def test_text_shards_hold_texts_and_class_indices(tmp_path):
+    data = wds_data(text_shards(tmp_path / "texts"))
+    assert (data.kind, data.task, data.classes) == ("text", "classify", ["0", "1"])
+    rows = list(data.valid.reader.records(0, range(4), 4))
+    assert [text for _, (text, _) in rows] == [f"sentence number {i} about {CLASSES[i % 2]}" for i in range(4)]
+    assert [target for _, (_, target) in rows] == [0, 1, 0, 1]
 
 
 def test_hf_parquet_and_save_to_disk_folders(tmp_path):

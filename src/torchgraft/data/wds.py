@@ -297,7 +297,10 @@ def _from_meta(meta: dict[str, Any], train: list[Path], valid: list[Path], setti
         reader = TarRecords(files, counts, keys, task, index, **options)
         targets = [tuple(t) for t in meta["splits"][name].get("targets", [])]
         splits.append(Split(sum(counts), reader, targets))  # type: ignore[arg-type]
-    return StreamData(classes, splits[0], splits[1], meta["kind"], task, "recorded by pack", source=str(train[0]))
+    left = [f"{bad['path']}: {bad['reason']}" for bad in meta.get("skipped", [])]  # by pack, listed when it ran
+    data = StreamData(classes, splits[0], splits[1], meta["kind"], task, "recorded by pack", source=str(train[0]))
+    data.warnings = [f"{len(left)} unreadable files were left out by pack (listed in {META_NAME})"] if left else []
+    return data
 
 
 def wds_data(
