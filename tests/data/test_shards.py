@@ -80,6 +80,14 @@ def test_shards_of_other_tools_are_scanned_for_classes_and_length(tmp_path):
     assert data.kind == "image" and data.train.reader.keys.ys == ["txt"]
     assert _targets(data)["train", 0] == 5
     assert len(shard_files(str(root / "train-{000000..000002}.tar"))) == 3
+    import webdataset
+
+    (tmp_path / "gap").mkdir()
+    with webdataset.ShardWriter(str(tmp_path / "gap" / "train-%06d.tar"), verbose=0) as writer:
+        for i, member in enumerate(({"jpg": b"x", "txt": "cat"}, {"txt": "dog"}, {"jpg": b"y"})):  # k1, k2: parts
+            writer.write({"__key__": f"k{i}", **member})
+    with pytest.raises(DataError, match=r"4 bad rows: .*k1: a member is missing; .*k2: a member is missing"):
+        wds_data(tmp_path / "gap", valid=str(tmp_path / "gap" / "train-000000.tar"))
     with pytest.raises(DataError, match=r"no member \.png"):
         wds_data(root, x_col="png")
     with pytest.raises(FileNotFoundError, match="no shard"):

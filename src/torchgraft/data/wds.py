@@ -250,15 +250,20 @@ class TarRecords:
         return image_of(raw, name=f"{path}:{key}"), target
 
 
-def _scan(files: list[Path], keys: Keys) -> tuple[list[int], list[tuple[int, int, str, list[str]]]]:
-    """Samples per shard and ``(shard, number, key, target cells)`` of every sample: target members read."""
+def _has_input(keys: Keys, group: dict[str, tarfile.TarInfo]) -> bool:
+    return (keys.input_of(group) if keys.kind == "image" else keys.x) in group
+
+
+def _scan(files: list[Path], keys: Keys) -> tuple[list[int], list[tuple[int, int, str, list[str] | None]]]:
+    """Samples per shard and ``(shard, number, key, target cells)`` of every sample: target members read
+    (``None`` for a sample missing its input or a target member)."""
     counts, rows = [], []
     for shard, path in enumerate(files):
         with tarfile.open(path) as tar:
             count = 0
             for count, (key, group) in enumerate(_members(tar), 1):
-                missing = [y for y in keys.ys if y not in group]
-                cells = [] if missing else [c for y in keys.ys for c in target_cells(_value(tar, group[y], y))]
+                whole = all(y in group for y in keys.ys) and _has_input(keys, group)
+                cells = [c for y in keys.ys for c in target_cells(_value(tar, group[y], y))] if whole else None
                 rows.append((shard, count - 1, f"{path}:{key}", cells))
             counts.append(count)
     return counts, rows
@@ -333,11 +338,14 @@ def wds_data(
     keys = choose_keys(_first_group(train), x_col=x_col, y_col=y_col, where=str(source))
     (train_counts, train_rows), (valid_counts, valid_rows) = _scan(train, keys), _scan(held, keys)
     rows = train_rows + valid_rows
-    cells = [r[3] if r[3] else [""] * len(keys.ys) for r in rows]
+    cells = [r[3] if r[3] is not None else [""] * len(keys.ys) for r in rows]
     chosen, reason = (task, "given") if task else infer_task(cells)
     parsed = parse_targets(chosen, cells, list(range(len(rows))), keys.ys)  # type: ignore[arg-type]
+    parsed.values = [None if r[3] is None else v for r, v in zip(rows, parsed.values, strict=True)]
     bad = [
-        f"{name}: target {c!r} unreadable" for (_, _, name, c), v in zip(rows, parsed.values, strict=True) if v is None
+        f"{name}: " + ("a member is missing" if c is None else f"target {c!r} unreadable")
+        for (_, _, name, c), v in zip(rows, parsed.values, strict=True)
+        if v is None
     ]
     check_bad_rows(Path(str(source)), bad, skip_bad)
     index = {name: i for i, name in enumerate(parsed.names)}
