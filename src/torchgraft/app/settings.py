@@ -37,6 +37,8 @@ class TrainSettings:
     default). ``save_every`` writes a resumable checkpoint every that many optimizer steps inside epochs;
     ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs);
     ``strategy`` how ``torchrun`` processes share the model (``ddp``: a copy each; ``fsdp``: FSDP2 shards).
+    ``streaming`` reads a Hugging Face dataset as an ``IterableDataset``; ``valid_data`` is the validation
+    shards' pattern of WebDataset training shards (:mod:`torchgraft.app.shards`).
     Under ``torchrun``, ``batch_size`` is per process: N processes train on batches of N x ``batch_size``.
     ``check_mode`` is how images are checked before training (``header``: opened and the header verified, fast;
     ``full``: decoded; ``none``); a file that fails to decode in training is replaced by another sample and
@@ -81,6 +83,8 @@ class TrainSettings:
     save_every: int | None = None
     batchnorm: str = "train"
     strategy: str = "ddp"
+    streaming: bool = False
+    valid_data: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""

@@ -32,7 +32,9 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "data",
         metavar="DATA",
         help="image folder (train/ + valid/, or class folders), a CSV / JSON-lines file of image paths or texts, "
-        "class folders of .txt files, or for segmentation images/ + masks/ (or train/ and valid/ holding them)",
+        "class folders of .txt files, for segmentation images/ + masks/ (or train/ and valid/ holding them), "
+        "WebDataset shards ('shards/train-{000000..000099}.tar', or a folder of train-*.tar + valid-*.tar) or a "
+        "Hugging Face dataset (a save_to_disk folder, Parquet or Arrow files)",
     )
     parser.add_argument(
         "--task",
@@ -53,9 +55,22 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment: add W x soft Dice to the loss (default: 1)",
     )
     parser.add_argument(
-        "--x-col", default=None, help="CSV column of the inputs (default: path/image/file/text, else the first)"
+        "--x-col",
+        default=None,
+        help="CSV column (dataset column, shard member) of the inputs (default: path/image/file/text, else the first)",
     )
     parser.add_argument("--y-col", default=None, help="CSV column(s) of the targets, comma-separated (default: label)")
+    parser.add_argument(
+        "--valid",
+        dest="valid_data",
+        default=None,
+        metavar="PATTERN",
+        help="WebDataset validation shards, e.g. 'shards/valid-{000000..000009}.tar' (default: valid-*.tar beside "
+        "the training shards)",
+    )
+    parser.add_argument(
+        "--streaming", action="store_true", help="read a Hugging Face dataset as a stream (IterableDataset)"
+    )
     parser.add_argument(
         "--y-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="bound regression outputs"
     )

@@ -149,6 +149,17 @@ def _one_epoch(learner: Fitted) -> None:
     notify(learner.callbacks, "on_epoch_end", learner, record)
 
 
+def _length(loader: Any) -> int:
+    """Batches per epoch (for the schedule and the progress), or an error naming how to declare them."""
+    try:
+        return len(loader)
+    except TypeError:
+        raise TypeError(
+            "Learner: the training loader has no length (an IterableDataset without __len__); declare one: "
+            "give the dataset a __len__ (webdataset: .with_length(samples)), or use torchgraft.data.SampleStream."
+        ) from None
+
+
 def _start(learner: Fitted, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> None:
     """The fit's model placement, optimizer, cache, wrapper, schedule and counters (a resumed fit's restored)."""
     _ = learner.task  # inferred from the first batch when none was given (before any sharding or wrapping)
@@ -156,7 +167,7 @@ def _start(learner: Fitted, kind: str, epochs: int, lr: LRSpec, schedule: Schedu
     optimizer = _prepare_optimizer(learner, lr)
     _set_cache(learner)
     learner.placement.wrap(learner.cache[2] if learner.cache is not None else None)
-    steps = math.ceil(len(learner.train_dl) / learner.loop.accumulate) * epochs
+    steps = math.ceil(_length(learner.train_dl) / learner.loop.accumulate) * epochs
     learner.loop.scheduler = schedule(optimizer, steps)
     learner.fit_state.start_fit({"kind": kind, "epochs": epochs})
     learner.loop.checked = False  # check the first batch's targets against the task again
