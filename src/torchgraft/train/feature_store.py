@@ -159,8 +159,8 @@ def open_store(folder: Path, *, key: str, remove: bool = False) -> FeatureStore 
 
 def _alive(name: str) -> bool:
     """Whether the writer of a temporary folder named ``.KEY.HOST.PID.NONCE.tmp`` may still be running."""
-    parts = name.split(".")
-    if len(parts) < 5 or parts[-4] != socket.gethostname() or not parts[-3].isdigit():
+    parts = name.split(".")  # "", KEY, HOST (may hold dots), PID, NONCE, "tmp"
+    if len(parts) < 6 or ".".join(parts[2:-3]) != socket.gethostname() or not parts[-3].isdigit():
         return True  # another machine's (or not ours): leave it
     try:
         os.kill(int(parts[-3]), 0)
