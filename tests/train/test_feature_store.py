@@ -150,7 +150,9 @@ def test_a_second_learner_reads_the_store_and_trains_the_same_head_lr_find_too(t
 
 
 def _same_history(a: list[dict], b: list[dict]) -> bool:
-    return all(x.keys() == y.keys() and all(x[k] == y[k] for k in x if k != "seconds") for x, y in zip(a, b))
+    return all(
+        x.keys() == y.keys() and all(x[k] == y[k] for k in x if k != "seconds") for x, y in zip(a, b, strict=True)
+    )
 
 
 def test_the_store_is_rebuilt_when_the_frozen_weights_change(tmp_path):
@@ -270,5 +272,5 @@ def test_the_cache_root_follows_torchgraft_cache(monkeypatch, tmp_path):
     assert cache_root(tmp_path / "mine") == tmp_path / "mine"
     monkeypatch.delenv("TORCHGRAFT_CACHE")
     assert cache_root() == Path.home() / ".cache" / "torchgraft" / "features"
-    with pytest.raises(ValueError, match="cache_dtype=torch.int8"):
+    with pytest.raises(ValueError, match=r"cache_dtype=torch\.int8"):
         Learner(nn.Linear(2, 2), [(torch.zeros(1, 2), torch.zeros(1))], cache_dtype=torch.int8)
