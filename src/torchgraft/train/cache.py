@@ -28,7 +28,7 @@ from torchgraft.data.sampling import Indices, SeededSampler
 from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
 from torchgraft.train.feature_fill import CACHE_DTYPES, FeatureFillError, filled_store
 from torchgraft.train.feature_key import cache_root
-from torchgraft.train.feature_store import FeatureStore
+from torchgraft.train.feature_store import FeatureStore, collate_rows
 from torchgraft.tune.freeze import held_in_eval, is_stochastic
 
 __all__ = [
@@ -191,7 +191,7 @@ def cached_loader(
 def _loader_over(loader: DataLoader, data: FeatureStore, *, train: bool) -> DataLoader:
     sampler = _cached_sampler(loader, data, train=train)
     size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
-    return DataLoader(data, batch_size=size, sampler=sampler, drop_last=loader.drop_last)
+    return DataLoader(data, batch_size=size, sampler=sampler, drop_last=loader.drop_last, collate_fn=collate_rows)
 
 
 def feature_loaders(
