@@ -14,6 +14,7 @@ mask, so text batches padded to different lengths cache fine); otherwise the bod
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchgraft.data.sampling import Indices, SeededSampler
 from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
 from torchgraft.train.feature_fill import CACHE_DTYPES, FeatureFillError, filled_store
-from torchgraft.train.feature_key import cache_root
+from torchgraft.train.feature_key import cache_root, weights_digest
 from torchgraft.train.feature_store import FeatureStore, collate_rows
 from torchgraft.tune.freeze import held_in_eval, is_stochastic
 
@@ -139,9 +140,10 @@ def cached_store(
     train: bool,
     cache_dir: str | Path | None = None,
     cache_dtype: torch.dtype | None = None,
+    weights: Callable[[], str] | None = None,
 ) -> tuple[FeatureStore, bool]:
     """The feature store standing for ``loader``'s dataset and whether it was found on disk (the body did not
-    run) — see :func:`cached_loader`."""
+    run) — see :func:`cached_loader`; ``weights()`` gives the weights' digest when the caller has it."""
     problem = cache_problem(model)
     if problem is not None:
         raise FeatureCacheError(f"feature cache: {problem}.")
@@ -153,7 +155,8 @@ def cached_store(
         plain = getattr(dataset, "unaugmented", None)  # a dataset may offer its unaugmented version
         dataset = plain() if callable(plain) else dataset
         _check_deterministic(dataset)
-    return filled_store(model, loader, prepare, dataset, root=cache_root(cache_dir), dtype=cache_dtype)
+    root = cache_root(cache_dir)
+    return filled_store(model, loader, prepare, dataset, root=root, dtype=cache_dtype, weights=weights)
 
 
 def cached_loader(
@@ -209,7 +212,8 @@ def feature_loaders(
     validation loader (``lr_find``)."""
     if cache_problem(model) is not None:
         return None
-    options = {"prepare": prepare, "cache_dir": cache_dir, "cache_dtype": cache_dtype}
+    digest = functools.cache(lambda: weights_digest(model))  # hashed once for both stores, if either is kept
+    options = {"prepare": prepare, "cache_dir": cache_dir, "cache_dtype": cache_dtype, "weights": digest}
     stores = [cached_store(model, train, train=True, **options)]
     loaders: list[DataLoader | None] = [_loader_over(train, stores[0][0], train=True)]
     if valid is not None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from torchgraft.tasks.batch import call_model
 from torchgraft.train.distributed import barrier, broadcast_object, is_main, on_main, rank, world_size
@@ -48,14 +48,28 @@ def _gathered(value: Any) -> list[Any]:
     return values
 
 
-def reading_order(loader: DataLoader) -> list[list[int]]:
+def reading_order(loader: DataLoader) -> list[Sequence[int]]:
     """Index batches that read every sample once without randomness: the batch sampler's own ``in_order()``
-    when it has one (length-grouped text batches), else consecutive batches of the loader's batch size."""
+    when it has one (length-grouped text batches), else consecutive batches of the loader's batch size
+    (``range`` objects: a few bytes a batch, whatever the number of rows)."""
     in_order = getattr(loader.batch_sampler, "in_order", None)
     if callable(in_order):
         return [list(batch) for batch in in_order()]
     size, count = loader.batch_size or 1, len(loader.dataset)  # type: ignore[arg-type]
-    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+class _Listed(Sampler[list[int]]):
+    """``batches`` handed to a ``DataLoader`` as lists, one at a time."""
+
+    def __init__(self, batches: list[Sequence[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (list(batch) for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _encode(model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -86,7 +100,7 @@ def _fill(
     mine = reading_order(loader)[rank() :: world_size()]
     ordered = DataLoader(
         dataset,
-        batch_sampler=mine,  # type: ignore[arg-type]
+        batch_sampler=_Listed(mine),
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
@@ -100,7 +114,7 @@ def _fill(
             encoded = _encode(model, inputs)
             if writer.parts is not None and tuple(encoded.shape[1:]) != writer.parts[0].shape:
                 raise FeatureFillError(SHAPES)
-            writer.write(indices, encoded, labels)
+            writer.write(list(indices), encoded, labels)
     finally:
         writer.close()
     parts = [p.to_json() for p in writer.parts] if writer.parts is not None else None
@@ -169,13 +183,15 @@ def filled_store(
     *,
     root: Path,
     dtype: torch.dtype | None,
+    weights: Callable[[], str] | None = None,
 ) -> tuple[FeatureStore, bool]:
     """The store of ``model``'s features over ``dataset`` (read like ``loader``, split by ``prepare``) and
     whether it was found (``True``: the body did not run) rather than filled. A dataset with a fingerprint
     finds its store under ``root`` by key (:func:`~torchgraft.train.feature_key.store_key`) and leaves it for
-    the next run; one without gets a store deleted when it is closed. Every rank must call it."""
+    the next run; one without gets a store deleted when it is closed. ``weights()``: the weights' digest when
+    the caller has it. Every rank must call it."""
     size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
-    options = {"batch_size": size, "collate": loader.collate_fn, "prepare": prepare, "dtype": dtype}
+    options = {"batch_size": size, "collate": loader.collate_fn, "prepare": prepare, "dtype": dtype, "weights": weights}
     key = on_main(store_key, model, dataset, **options)
     if key is not None:
         found = _gathered(open_store(root / key, key=key) is not None)

@@ -77,17 +77,20 @@ def store_key(
     collate: Callable[..., Any] | None,
     prepare: Callable[..., Any],
     dtype: torch.dtype | None,
+    weights: Callable[[], str] | None = None,
 ) -> str | None:
     """The key of the store of ``model``'s features over ``dataset`` read in batches of ``batch_size``
     (``collate``, ``prepare``) and stored as ``dtype`` (``None``: fp16, or bf16 where fp16 overflows), or
-    ``None`` when the dataset has no fingerprint. A hex digest: a folder name."""
+    ``None`` when the dataset has no fingerprint. A hex digest: a folder name. ``weights()`` gives
+    :func:`weights_digest` of ``model`` when the caller already has it (the training and the validation
+    store of one fit hash the weights once)."""
     fingerprint = data_fingerprint(dataset)
     if fingerprint is None:
         return None
     parts = [
         FORMAT,
         torch.__version__,
-        weights_digest(model),
+        weights() if weights is not None else weights_digest(model),
         repr(model),
         fingerprint,
         str(len(dataset)),
