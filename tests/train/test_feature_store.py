@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchgraft import Learner, freeze, graft, unfreeze
 from torchgraft.data.folders import ImageDataset
 from torchgraft.train.cache import cached_store
-from torchgraft.train.feature_key import cache_root, weights_digest
+from torchgraft.train.feature_key import cache_root, weights_digest, writable_root
 from torchgraft.train.feature_store import StoreWriter, commit_store, new_store_folder, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,5 +273,11 @@ def test_the_cache_root_follows_torchgraft_cache(monkeypatch, tmp_path):
     assert cache_root(tmp_path / "mine") == tmp_path / "mine"
     monkeypatch.delenv("TORCHGRAFT_CACHE")
     assert cache_root() == Path.home() / ".cache" / "torchgraft" / "features"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):  # (root writes anywhere)
+        assert writable_root(locked / "features") == Path(tempfile.gettempdir()) / "torchgraft-features"
+    assert writable_root(tmp_path / "new") == tmp_path / "new" and (tmp_path / "new").is_dir()
     with pytest.raises(ValueError, match=r"cache_dtype=torch\.int8"):
         Learner(nn.Linear(2, 2), [(torch.zeros(1, 2), torch.zeros(1))], cache_dtype=torch.int8)

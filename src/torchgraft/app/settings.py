@@ -37,6 +37,8 @@ class TrainSettings:
     ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs);
     ``strategy`` how ``torchrun`` processes share the model (``ddp``: a copy each; ``fsdp``: FSDP2 shards).
     Under ``torchrun``, ``batch_size`` is per process: N processes train on batches of N x ``batch_size``.
+    ``cache_dir`` is where the feature cache stores a frozen body's features (default
+    ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``).
     """
 
     model: str | None = None
@@ -72,6 +74,7 @@ class TrainSettings:
     save_every: int | None = None
     batchnorm: str = "train"
     strategy: str = "ddp"
+    cache_dir: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""

@@ -28,7 +28,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchgraft.data.sampling import Indices, SeededSampler
 from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
 from torchgraft.train.feature_fill import CACHE_DTYPES, FeatureFillError, filled_store
-from torchgraft.train.feature_key import cache_root, weights_digest
+from torchgraft.train.feature_key import cache_root, weights_digest, writable_root
 from torchgraft.train.feature_store import FeatureStore, collate_rows
 from torchgraft.tune.freeze import held_in_eval, is_stochastic
 
@@ -155,7 +155,7 @@ def cached_store(
         plain = getattr(dataset, "unaugmented", None)  # a dataset may offer its unaugmented version
         dataset = plain() if callable(plain) else dataset
         _check_deterministic(dataset)
-    root = cache_root(cache_dir)
+    root = writable_root(cache_root(cache_dir))
     return filled_store(model, loader, prepare, dataset, root=root, dtype=cache_dtype, weights=weights)
 
 

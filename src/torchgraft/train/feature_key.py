@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["cache_root", "data_fingerprint", "store_key", "weights_digest"]
+__all__ = ["cache_root", "data_fingerprint", "store_key", "weights_digest", "writable_root"]
 
 FORMAT = "torchgraft-features-1"
 
@@ -31,6 +33,26 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(cache_dir).expanduser()
     shared = os.environ.get("TORCHGRAFT_CACHE")
     return (Path(shared).expanduser() if shared else Path.home() / ".cache" / "torchgraft") / "features"
+
+
+def writable_root(root: Path) -> Path:
+    """``root``, created, when this process can write there; else ``<temp dir>/torchgraft-features`` (a
+    read-only home), said once on stderr."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "torchgraft-features"
+    if root not in _WARNED:
+        _WARNED.add(root)
+        print(f"feature cache: cannot write to {root}; storing features in {fallback}", file=sys.stderr)
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+_WARNED: set[Path] = set()
 
 
 def weights_digest(model: nn.Module) -> str:
