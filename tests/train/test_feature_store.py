@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -98,6 +99,8 @@ def test_the_store_round_trips_rows_written_out_of_order(tmp_path):
         assert torch.equal(got_targets, target[[9, 0, 0, 4, 5, 6]])  # targets exact, in their own dtype
         x, t = store[3]
         assert torch.allclose(x, features[3], rtol=2**-11, atol=0) and torch.equal(t, target[3])
+        copy_ = pickle.loads(pickle.dumps(store))  # as a spawned loader worker gets it: its own files
+        assert torch.equal(copy_.read([3])[0], store.read([3])[0])
         assert open_store(tmp_path / kind, key="another key") is None
     assert json.loads((tmp_path / "int" / "header.json").read_text())["features"]["dtype"] == "float16"
 

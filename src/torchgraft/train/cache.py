@@ -3,9 +3,15 @@
 Valid only when nothing in the body can change its output: every body parameter frozen, every BatchNorm
 in the ``"frozen"`` policy (evaluation mode, statistics fixed), no dropout or stochastic depth active in the
 body, and a dataset that returns the same input for the same index (no random augmentation). Then the
-head sees exactly the features it would see without the cache, batch for batch — the cached loader draws
-its shuffle from the same random generator as the original one — and each epoch costs one pass through
-the head instead of one through the whole network.
+head sees the features it would see without the cache (exactly with ``cache_dtype=torch.float32``; within
+fp16's rounding, 2^-11 of each value, by default), batch for batch — the cached loader draws its shuffle
+from the same random generator as the original one — and each epoch costs one pass through the head
+instead of one through the whole network.
+
+The features live on disk (:mod:`~torchgraft.train.feature_store`), filled once per rank's share
+(:mod:`~torchgraft.train.feature_fill`) and found again by their key — the frozen weights, the model, the
+reading and the data's fingerprint (:mod:`~torchgraft.train.feature_key`) — by the next fit, run or
+``lr_find``.
 
 What is cached is what the head's first trainable layer reads: when the head starts with a
 :class:`~torchgraft.grafting.heads.Pool`, the pooled vectors (token features are pooled with the attention

@@ -128,10 +128,16 @@ class FeatureStore(Dataset):
     """
 
     def __init__(self, folder: Path, header: dict[str, Any], *, remove: bool = False) -> None:
-        self.folder, self.key, self.rows = folder, str(header["key"]), int(header["rows"])
+        self.folder, self.key, self.rows, self._header = folder, str(header["key"]), int(header["rows"]), header
         self.features, self.targets = Part.from_json(header["features"]), Part.from_json(header["targets"])
         self._fds = [os.open(folder / name, os.O_RDONLY) for name in ("features.bin", "targets.bin")]
         self._closer = weakref.finalize(self, _close, self._fds, folder if remove else None)
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy in a spawned loader worker opens the files again
+        return {"folder": self.folder, "header": self._header}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["folder"], state["header"])  # type: ignore[misc]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -229,9 +235,9 @@ class StoreWriter:
 
     def write(self, indices: list[int], features: torch.Tensor, targets: torch.Tensor) -> None:
         """Rows ``indices`` (dataset positions) of ``features`` and ``targets`` (both ``(len(indices), ...)``)."""
-        stored = features.detach().to("cpu", self.dtype)
-        self.overflowed |= bool((torch.isfinite(features.detach().cpu()) & ~torch.isfinite(stored)).any())
-        targets = targets.detach().cpu()
+        stored = features.detach().to(self.dtype)
+        self.overflowed |= bool((torch.isfinite(features) & ~torch.isfinite(stored)).any())
+        stored, targets = stored.cpu(), targets.detach().cpu()
         if self.parts is None:
             self.parts = (Part(tuple(stored.shape[1:]), self.dtype), Part(tuple(targets.shape[1:]), targets.dtype))
         for fd, part, values in zip(self._fds, self.parts, (stored, targets.to(self.parts[1].dtype)), strict=True):

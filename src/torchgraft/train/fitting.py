@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from torchgraft.tasks import Task
 from torchgraft.tasks.metrics import MetricSet
@@ -110,9 +111,9 @@ def sweep_rates(learner: Fitted, *, start: float, end: float, steps: int) -> LRF
     it (a dataset with a ``fingerprint()``, whose store the next fit reads, or no more batches than
     ``steps``), so the sweep does not run the body; else the model trains on the training loader."""
     _ = learner.task  # the task's loss, unless the user's
-    dataset = getattr(learner.train_dl, "dataset", None)
-    keeps = callable(getattr(dataset, "fingerprint", None)) or len(learner.train_dl) <= steps
-    cache = _cached(learner, None, quiet=True) if keeps else None
+    loader = learner.train_dl
+    keeps = callable(getattr(getattr(loader, "dataset", None), "fingerprint", None)) or len(loader) <= steps
+    cache = _cached(learner, None, quiet=True) if keeps and isinstance(loader, DataLoader) else None
     trained, batches = (cache[2], cache[0]) if cache is not None else (learner.placement.model, learner.train_dl)
     options = {"start": start, "end": end, "steps": steps, "weight_decay": learner.weight_decay}
     loss_of = functools.partial(learner.loop.batch_loss, trained)
