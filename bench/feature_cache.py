@@ -18,9 +18,9 @@ The cache on disk (issue 23), ``--part rss`` and ``--part reuse``:
   synthetic 512-dim features through the real fill (a frozen ``Linear(16, 512)`` body over a dataset that
   makes its rows from their index), and while reading it back for one shuffled epoch through the cached
   loader, at 10k, 100k and 1M rows (``--rows``). Target: flat in the number of rows.
-* ``reuse``: ResNet-18 (random weights: the same work as pretrained ones) on 300 Fashion-MNIST images
-  written as 64 px PNG files (an ``ImageDataset``, fingerprinted by its files), 3 frozen epochs with the
-  cache, run twice with a new Learner; and ``lr_find`` after it against ``lr_find`` without the cache.
+* ``reuse``: ResNet-18 (random weights: the same work as pretrained ones) on 500 Fashion-MNIST images
+  written as 64 px PNG files (an ``ImageDataset``, fingerprinted by its files), the frozen stage (one epoch)
+  with the cache, run twice with a new Learner; and ``lr_find`` after it against ``lr_find`` without it.
   Target: the second frozen stage <= 0.1x the first.
 
 Run: python bench/feature_cache.py [--part speed|rss|reuse|all] [--rows 10000,100000,1000000]
@@ -208,15 +208,15 @@ def _frozen_stage(samples: list[tuple[str, int]], cache_dir: Path, *, cache: boo
     from torchgraft.data.folders import ImageDataset
 
     transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.45] * 3, [0.225] * 3)])
-    train = ImageDataset(samples[:240], [str(c) for c in range(10)], transform)
-    valid = ImageDataset(samples[240:], [str(c) for c in range(10)], transform)
+    train = ImageDataset(samples[:400], [str(c) for c in range(10)], transform)
+    valid = ImageDataset(samples[400:], [str(c) for c in range(10)], transform)
     torch.manual_seed(0)
     model = graft(torchvision.models.resnet18(weights=None), 10)
     freeze(model, bn="frozen")
     loaders = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True), torch.utils.data.DataLoader(valid, 64)
     learner = Learner(model, *loaders, quiet=True, cache_features=cache, cache_dir=cache_dir, task="classify")
     start = time.perf_counter()
-    learner.fit_one_cycle(3, 1e-3)
+    learner.fit_one_cycle(1, 1e-3)  # fine_tune's frozen stage: freeze_epochs=1
     return time.perf_counter() - start, learner
 
 
@@ -225,7 +225,7 @@ def reuse(*, write: bool) -> None:
     with tempfile.TemporaryDirectory() as where:
         images, stores = Path(where) / "images", Path(where) / "features"
         images.mkdir()
-        samples = _image_folder(images, 300)
+        samples = _image_folder(images, 500)
         first, _ = _frozen_stage(samples, stores, cache=True)
         second, learner = _frozen_stage(samples, stores, cache=True)
         start = time.perf_counter()
@@ -237,8 +237,8 @@ def reuse(*, write: bool) -> None:
         plain_sweep = time.perf_counter() - start
     lines = [
         f"`python bench/feature_cache.py --part reuse` on {machine()}. ResNet-18 grafted to 10 classes, body frozen; "
-        "300 Fashion-MNIST images as 64 px PNG files (240 train, batch 32 / 60 valid), an ImageDataset; "
-        "3 epochs of `fit_one_cycle` with `cache_features=True`, the same run twice (a new Learner; the second "
+        "500 Fashion-MNIST images as 64 px PNG files (400 train, batch 32 / 100 valid), an ImageDataset; "
+        "the frozen stage (1 epoch of `fit_one_cycle`, as `fine_tune`'s default) with `cache_features=True`, twice (a new Learner; the second "
         "finds the store by the files' fingerprint and the weights' hash); then `lr_find(steps=100)`. "
         "Target: second frozen stage <= 0.1x the first.",
         "",

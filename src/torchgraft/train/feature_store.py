@@ -235,8 +235,9 @@ class StoreWriter:
 
     def write(self, indices: list[int], features: torch.Tensor, targets: torch.Tensor) -> None:
         """Rows ``indices`` (dataset positions) of ``features`` and ``targets`` (both ``(len(indices), ...)``)."""
-        stored = features.detach().to(self.dtype)
-        self.overflowed |= bool((torch.isfinite(features) & ~torch.isfinite(stored)).any())
+        features = features.detach()
+        stored = features.to(self.dtype)
+        self.overflowed = self.overflowed or _overflows(features, stored)
         stored, targets = stored.cpu(), targets.detach().cpu()
         if self.parts is None:
             self.parts = (Part(tuple(stored.shape[1:]), self.dtype), Part(tuple(targets.shape[1:]), targets.dtype))
@@ -249,6 +250,15 @@ class StoreWriter:
             os.fsync(fd)
             os.close(fd)
         self._fds = []
+
+
+def _overflows(features: torch.Tensor, stored: torch.Tensor) -> bool:
+    """Whether a finite feature became infinite in ``stored``'s dtype (one reduction when none is near)."""
+    if stored.dtype != torch.float16 or features.numel() == 0:
+        return False
+    if bool(features.abs().amax() <= torch.finfo(torch.float16).max):  # False for NaN: then look closer
+        return False
+    return bool((torch.isfinite(features) & ~torch.isfinite(stored)).any())
 
 
 def _write_rows(fd: int, part: Part, indices: list[int], values: torch.Tensor) -> None:
