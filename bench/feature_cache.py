@@ -238,8 +238,9 @@ def reuse(*, write: bool) -> None:
     lines = [
         f"`python bench/feature_cache.py --part reuse` on {machine()}. ResNet-18 grafted to 10 classes, body frozen; "
         "500 Fashion-MNIST images as 64 px PNG files (400 train, batch 32 / 100 valid), an ImageDataset; "
-        "the frozen stage (1 epoch of `fit_one_cycle`, as `fine_tune`'s default) with `cache_features=True`, twice (a new Learner; the second "
-        "finds the store by the files' fingerprint and the weights' hash); then `lr_find(steps=100)`. "
+        "the frozen stage (1 epoch of `fit_one_cycle`, as `fine_tune`'s default) with `cache_features=True`, "
+        "twice (a new Learner; the second finds the store by the files' fingerprint and the weights' hash); "
+        "then `lr_find(steps=100)`. "
         "Target: second frozen stage <= 0.1x the first.",
         "",
         "| what | time (s) | ratio |",
