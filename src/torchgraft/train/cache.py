@@ -226,8 +226,8 @@ def feature_loaders(
         stores.append(cached_store(model, valid, train=False, **options))
     loaders.append(_loader_over(valid, stores[1][0], train=False) if valid is not None else None)
     if not quiet and is_main():
-        found = all(was_found for _, was_found in stores)
-        how = "read from the store (the body did not run)" if found else "computed once"
-        where = stores[0][0].folder if stores[0][0].key != "run" else "a store of this run"
-        print(f"feature cache: body features of {len(stores[0][0])} samples {how}, {where}", file=sys.stderr)
+        found, store = all(was_found for _, was_found in stores), stores[0][0]
+        where = f"in {store.folder}" if store.key != "run" else "for this run"
+        how = f"read from the store {where} (the body did not run)" if found else f"computed once, stored {where}"
+        print(f"feature cache: body features of {len(store)} samples {how}", file=sys.stderr)
     return loaders[0], loaders[1], cached_head(model)  # type: ignore[return-value]
