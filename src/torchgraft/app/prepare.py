@@ -128,6 +128,7 @@ def prepare_run(
         checkpoint_dir=Path(run_dir) / "checkpoints",
         quiet=quiet,
         cache_features=recipe.cache_features,
+        cache_dir=settings.cache_dir,
         save_every=settings.save_every,
         batchnorm=settings.batchnorm,  # type: ignore[arg-type]
         strategy=settings.strategy,  # type: ignore[arg-type]

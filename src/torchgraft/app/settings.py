@@ -45,6 +45,8 @@ class TrainSettings:
     reported, and more than ``max_bad`` of them (default: 0.1% of the files, at least 5) stop the run.
     ``manifest_dir`` is where the data's manifest (the files' check verdicts, reused by the next run) is kept
     (default ``$TORCHGRAFT_CACHE/manifests``, else ``~/.cache/torchgraft/manifests``; ``"none"``: no manifest).
+    ``cache_dir`` is where the feature cache stores a frozen body's features (default
+    ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``).
     """
 
     model: str | None = None
@@ -85,6 +87,7 @@ class TrainSettings:
     strategy: str = "ddp"
     streaming: bool = False
     valid_data: str | None = None
+    cache_dir: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""

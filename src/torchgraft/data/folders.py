@@ -8,6 +8,8 @@ empty class folders, classes missing from the validation set — so a run never 
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,19 @@ class ImageDataset(Dataset):
         if self.task == "regression":
             return torch.tensor(value, dtype=torch.float32)
         return value
+
+    def fingerprint(self) -> str | None:
+        """A hash of every sample's (path, size, mtime, target), the task, the classes and the transform's
+        ``repr``: what the feature cache keys stored features by. ``None`` when the transform's ``repr``
+        holds an address (``<function <lambda> at 0x...>``: it does not say what the transform does)."""
+        described = repr(self.transform)
+        if " at 0x" in described:
+            return None
+        digest = hashlib.blake2b(f"{self.task}|{self.classes}|{described}".encode(), digest_size=16)
+        for path, target in self.samples:
+            stat = os.stat(path)
+            digest.update(f"\n{path}|{stat.st_size}|{stat.st_mtime_ns}|{target}".encode())
+        return digest.hexdigest()
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         for at in self._candidates(index):
