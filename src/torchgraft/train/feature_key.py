@@ -21,18 +21,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.data.manifest import cache_root as torchgraft_cache
+
 __all__ = ["cache_root", "data_fingerprint", "store_key", "weights_digest", "writable_root"]
 
 FORMAT = "torchgraft-features-1"
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The folder of the feature stores: ``cache_dir`` when given, else ``$TORCHGRAFT_CACHE/features``, else
-    ``~/.cache/torchgraft/features``."""
+    """The folder of the feature stores: ``cache_dir`` when given, else ``features/`` in torchgraft's cache
+    (:func:`torchgraft.data.manifest.cache_root`: ``$TORCHGRAFT_CACHE``, else ``~/.cache/torchgraft``)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    shared = os.environ.get("TORCHGRAFT_CACHE")
-    return (Path(shared).expanduser() if shared else Path.home() / ".cache" / "torchgraft") / "features"
+    return torchgraft_cache() / "features"
 
 
 def writable_root(root: Path) -> Path:
