@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, load_rgb, scan_images
+from torchgraft.data.decode import decode_rgb
+from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, scan_images
 from torchgraft.data.samples import (
     DataError,
     Sample,
@@ -60,7 +61,7 @@ class ImageDataset(Dataset):
         return value
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image = load_rgb(self.samples[index][0])
+        image = decode_rgb(self.samples[index][0])
         return (self.transform(image) if self.transform is not None else image), self.target(index)
 
 

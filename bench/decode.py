@@ -1,0 +1,150 @@
+"""Benchmark: loader throughput (images/s out of the loader, ready for the model) of the training pipeline.
+
+Photo-sized 500x375 JPEGs (quality 90, synthesised: smooth gradients, shapes and sensor-like noise), the
+standard training transforms (random resized crop to 224 + flip), 2 loader processes, batch 64, three arms
+side by side in the same run:
+
+* ``tensor``: torchgraft's pipeline, the real :class:`~torchgraft.data.folders.ImageDataset` (files decoded
+  to uint8 tensors by :func:`~torchgraft.data.decode.decode_rgb`) through
+  :func:`~torchgraft.app.inputs.dataset_loaders`, normalised floats out;
+* ``bare``: the ceiling — a trivial dataset reading the bytes, ``torchvision.io.decode_jpeg`` and v2
+  ``RandomResizedCrop`` + flip on uint8, nothing else, in a plain ``DataLoader`` on the same 2 processes;
+* ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, then the same transforms), through
+  the same loaders.
+
+Targets (issue 23): tensor/bare >= 0.9, tensor/pil >= 1.8.
+
+Run: python bench/decode.py [--images 512] [--seconds 10]  (append the results to docs/benchmarks.md with --write)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import v2
+
+from _report import machine, report
+from torchgraft.app.inputs import dataset_loaders
+from torchgraft.app.settings import TrainSettings
+from torchgraft.data.folders import ImageDataset
+from torchgraft.data.images import load_rgb
+from torchgraft.data.preprocess import preprocessing_for
+
+WIDTH, HEIGHT, QUALITY, WORKERS, BATCH, SIZE = 500, 375, 90, 2, 64, 224
+
+
+def photo(rng: np.random.Generator) -> np.ndarray:
+    """A 375x500 RGB uint8 picture with the statistics of a photo: gradients, a few shapes, fine noise."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    angle, base = rng.uniform(0, np.pi), rng.uniform(40, 200, size=3)
+    ramp = np.cos(angle) * x / WIDTH + np.sin(angle) * y / HEIGHT
+    image = base + 60 * ramp[..., None] * rng.uniform(-1, 1, size=3)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(20, 120)
+        image[(x - cx) ** 2 + (y - cy) ** 2 < r * r] += rng.uniform(-70, 70, size=3)
+    image += rng.normal(0, 6, size=image.shape)  # sensor noise: what makes a JPEG photo-sized in bytes
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """``count`` synthetic photos saved as quality-90 JPEGs in ``folder``."""
+    rng = np.random.default_rng(0)
+    paths = [folder / f"{i:05d}.jpg" for i in range(count)]
+    for path in paths:
+        Image.fromarray(photo(rng)).save(path, quality=QUALITY)
+    return paths
+
+
+class PilImages(ImageDataset):
+    """The dataset as it read files before the tensor path: a PIL image from ``load_rgb``."""
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self.transform(load_rgb(self.samples[index][0])), self.target(index)  # type: ignore[misc]
+
+
+class BareJpegs(Dataset):
+    """The ceiling: bytes, ``decode_jpeg``, random resized crop and flip on uint8; nothing else."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.crop = v2.Compose(
+            [v2.RandomResizedCrop(SIZE, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        data = torch.frombuffer(bytearray(self.paths[index].read_bytes()), dtype=torch.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self.crop(decode_jpeg(data, mode=ImageReadMode.RGB)), 0
+
+
+def throughput(loader: DataLoader, seconds: float) -> float:
+    """Images per second out of ``loader`` over whole epochs for about ``seconds`` (after one warm-up epoch
+    that starts the persistent workers)."""
+    for _ in loader:
+        pass
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for inputs, _ in loader:
+            images += len(inputs)
+    return images / (time.perf_counter() - start)
+
+
+def loaders(paths: list[Path]) -> dict[str, Any]:
+    """The three arms' training-loader builders on ``paths`` (built one at a time: 2 processes each)."""
+    prep = preprocessing_for("resnet50")
+    samples = [(str(p), 0) for p in paths]
+    settings, cpu = TrainSettings(workers=WORKERS, batch_size=BATCH), torch.device("cpu")
+
+    def through_run_loaders(dataset: ImageDataset) -> DataLoader:
+        return dataset_loaders(dataset, dataset, settings, cpu)[0]
+
+    return {
+        "tensor": lambda: through_run_loaders(ImageDataset(samples, ["a"], prep.train_transform())),
+        "bare": lambda: DataLoader(
+            BareJpegs(paths), batch_size=BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True
+        ),
+        "pil": lambda: through_run_loaders(PilImages(samples, ["a"], prep.train_transform())),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=512, help="synthetic photos to decode (default 512)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per arm (default 10)")
+    parser.add_argument("--write", action="store_true", help="append the results to docs/benchmarks.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        builders = loaders(make_photos(Path(folder), args.images))
+        speeds = {name: throughput(build(), args.seconds) for name, build in builders.items()}
+    t, b, p = speeds["tensor"], speeds["bare"], speeds["pil"]
+    lines = [
+        f"Machine: {machine()}. {args.images} synthetic {WIDTH}x{HEIGHT} JPEGs (quality {QUALITY}), random resized",
+        f"crop to {SIZE} + flip, {WORKERS} loader processes, batch {BATCH}, {args.seconds:g} s per arm.",
+        "",
+        "| pipeline | images/s |",
+        "| --- | ---: |",
+        f"| torchgraft tensor path (ImageDataset + dataset_loaders) | {t:.0f} |",
+        f"| bare decode_jpeg + crop (ceiling) | {b:.0f} |",
+        f"| PIL (load_rgb + the same transforms) | {p:.0f} |",
+        "",
+        f"tensor / bare = {t / b:.2f} (target >= 0.9); tensor / PIL = {t / p:.2f} (target >= 1.8).",
+    ]
+    report("Loader throughput: tensor decode path", lines, write=args.write)
+
+
+if __name__ == "__main__":
+    main()
