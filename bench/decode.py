@@ -1,12 +1,15 @@
 """Benchmark: loader throughput (images/s out of the loader, ready for the model) of the training pipeline.
 
 Photo-sized 500x375 JPEGs (quality 90, synthesised: smooth gradients, shapes and sensor-like noise), the
-standard training transforms (random resized crop to 224 + flip), 2 loader processes, batch 64, three arms
+standard training transforms (random resized crop to 224 + flip), 2 loader processes, batch 64, four arms
 side by side in the same run:
 
-* ``tensor``: torchgraft's pipeline, the real :class:`~torchgraft.data.folders.ImageDataset` (files decoded
-  to uint8 tensors by :func:`~torchgraft.data.decode.decode_rgb`) through
-  :func:`~torchgraft.app.inputs.dataset_loaders`, normalised floats out;
+* ``tensor``: torchgraft's pipeline as ``torchgraft train`` builds it, the real
+  :class:`~torchgraft.data.folders.ImageDataset` (files decoded to uint8 tensors by
+  :func:`~torchgraft.data.decode.decode_rgb`, uint8 crops) through :func:`~torchgraft.app.inputs.dataset_loaders`
+  with :class:`~torchgraft.data.preprocess.PixelCollate`, normalised when :func:`~torchgraft.tasks.batch.move`
+  puts the batch on the device (here the CPU, in the main process);
+* ``tensor, floats from the workers``: the same, normalised in the loader processes (for comparison);
 * ``bare``: the ceiling — a trivial dataset reading the bytes, ``torchvision.io.decode_jpeg`` and v2
   ``RandomResizedCrop`` + flip on uint8, nothing else, in a plain ``DataLoader`` on the same 2 processes;
 * ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, then the same transforms), through
@@ -38,7 +41,8 @@ from torchgraft.app.inputs import dataset_loaders
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageDataset
 from torchgraft.data.images import load_rgb
-from torchgraft.data.preprocess import preprocessing_for
+from torchgraft.data.preprocess import PixelCollate, preprocessing_for
+from torchgraft.tasks.batch import move
 
 WIDTH, HEIGHT, QUALITY, WORKERS, BATCH, SIZE = 500, 375, 90, 2, 64, 224
 
@@ -92,28 +96,30 @@ class BareJpegs(Dataset):
 
 
 def throughput(loader: DataLoader, seconds: float) -> float:
-    """Images per second out of ``loader`` over whole epochs for about ``seconds`` (after one warm-up epoch
-    that starts the persistent workers)."""
+    """Images per second out of ``loader``, moved to the device as the Learner moves them, over whole epochs
+    for about ``seconds`` (after one warm-up epoch that starts the persistent workers)."""
     for _ in loader:
         pass
-    images, start = 0, time.perf_counter()
+    images, start, cpu = 0, time.perf_counter(), torch.device("cpu")
     while time.perf_counter() - start < seconds:
         for inputs, _ in loader:
-            images += len(inputs)
+            images += len(move(inputs, cpu))
     return images / (time.perf_counter() - start)
 
 
 def loaders(paths: list[Path]) -> dict[str, Any]:
-    """The three arms' training-loader builders on ``paths`` (built one at a time: 2 processes each)."""
+    """The arms' training-loader builders on ``paths`` (built one at a time: 2 processes each)."""
     prep = preprocessing_for("resnet50")
     samples = [(str(p), 0) for p in paths]
     settings, cpu = TrainSettings(workers=WORKERS, batch_size=BATCH), torch.device("cpu")
 
-    def through_run_loaders(dataset: ImageDataset) -> DataLoader:
-        return dataset_loaders(dataset, dataset, settings, cpu)[0]
+    def through_run_loaders(dataset: ImageDataset, collate: PixelCollate | None = None) -> DataLoader:
+        return dataset_loaders(dataset, dataset, settings, cpu, collate_fn=collate)[0]
 
+    crops = prep.train_transform(normalize=False)
     return {
-        "tensor": lambda: through_run_loaders(ImageDataset(samples, ["a"], prep.train_transform())),
+        "tensor": lambda: through_run_loaders(ImageDataset(samples, ["a"], crops), PixelCollate(prep)),
+        "floats": lambda: through_run_loaders(ImageDataset(samples, ["a"], prep.train_transform())),
         "bare": lambda: DataLoader(
             BareJpegs(paths), batch_size=BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True
         ),
@@ -130,14 +136,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         builders = loaders(make_photos(Path(folder), args.images))
         speeds = {name: throughput(build(), args.seconds) for name, build in builders.items()}
-    t, b, p = speeds["tensor"], speeds["bare"], speeds["pil"]
+    t, f, b, p = speeds["tensor"], speeds["floats"], speeds["bare"], speeds["pil"]
     lines = [
         f"Machine: {machine()}. {args.images} synthetic {WIDTH}x{HEIGHT} JPEGs (quality {QUALITY}), random resized",
         f"crop to {SIZE} + flip, {WORKERS} loader processes, batch {BATCH}, {args.seconds:g} s per arm.",
         "",
         "| pipeline | images/s |",
         "| --- | ---: |",
-        f"| torchgraft tensor path (ImageDataset + dataset_loaders) | {t:.0f} |",
+        f"| torchgraft tensor path (ImageDataset + dataset_loaders, uint8, normalised on the device) | {t:.0f} |",
+        f"| the same, normalised in the loader processes | {f:.0f} |",
         f"| bare decode_jpeg + crop (ceiling) | {b:.0f} |",
         f"| PIL (load_rgb + the same transforms) | {p:.0f} |",
         "",
