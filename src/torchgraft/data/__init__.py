@@ -5,6 +5,7 @@ hold the readers' parts (:mod:`~torchgraft.data.tables`, :mod:`~torchgraft.data.
 :mod:`~torchgraft.data.sampling`).
 """
 
+from torchgraft.data.decode import decode_rgb
 from torchgraft.data.folders import ImageData, ImageDataset, image_data
 from torchgraft.data.images import BadImage, load_rgb, scan_images
 from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
@@ -26,6 +27,7 @@ __all__ = [
     "TextData",
     "TextPreprocessing",
     "TokenDataset",
+    "decode_rgb",
     "image_data",
     "load_rgb",
     "mask_transforms",
