@@ -169,9 +169,16 @@ def test_the_run_loaders_validate_on_what_prediction_sees(tmp_path, cat):
 
 
 def test_workers_follow_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     for cores, workers in ((1, 1), (2, 2), (3, 2), (16, 15), (64, 63)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
         assert default_workers() == workers
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc_per_node 4 on the 64 cores
+    assert default_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert default_workers() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 12)
     assert default_workers() == 11

@@ -143,15 +143,17 @@ def read_options(settings: TrainSettings) -> dict[str, Any]:
 
 
 def default_workers() -> int:
-    """Loader processes for the cores this process may run on (``os.sched_getaffinity``, else the CPU
-    count): one per core, less one for the training process itself when there are more than two.
+    """Loader processes for this process's share of the cores it may run on (``os.sched_getaffinity``, else
+    the CPU count; under ``torchrun``, shared among the ``LOCAL_WORLD_SIZE`` processes of the machine): one
+    per core, less one for the training process itself when the share is more than two.
 
     Example:
-        >>> default_workers()  # on a 16-core machine
+        >>> default_workers()  # 16 cores, one process; under torchrun --nproc_per_node 4: 3
         15
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores - 1 if cores > 2 else cores
+    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return share - 1 if share > 2 else share
 
 
 def dataset_loaders(
