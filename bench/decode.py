@@ -1,20 +1,21 @@
-"""Benchmark: loader throughput (images/s out of the loader, ready for the model) of the training pipeline.
+"""Benchmark: loader throughput (images/s out of the loader and onto the device, ready for the model) of the
+training pipeline.
 
 Photo-sized 500x375 JPEGs (quality 90, synthesised: smooth gradients, shapes and sensor-like noise), the
-standard training transforms (random resized crop to 224 + flip), 2 loader processes, batch 64, four arms
-side by side in the same run:
+standard training transforms (random resized crop to 224 + flip), 2 loader processes, batch 64, on CUDA when
+there is one (else the CPU), three arms side by side in the same run:
 
-* ``tensor``: torchgraft's pipeline as ``torchgraft train`` builds it, the real
-  :class:`~torchgraft.data.folders.ImageDataset` (files decoded to uint8 tensors by
-  :func:`~torchgraft.data.decode.decode_rgb`, uint8 crops) through :func:`~torchgraft.app.inputs.dataset_loaders`
-  with :class:`~torchgraft.data.preprocess.PixelCollate`, normalised when :func:`~torchgraft.tasks.batch.move`
-  puts the batch on the device (here the CPU, in the main process);
-* ``tensor, floats from the workers``: the same, normalised in the loader processes (for comparison);
+* ``tensor``: the training loader exactly as ``torchgraft train`` builds it (the image recipe's ``loaders``:
+  the real :class:`~torchgraft.data.folders.ImageDataset`, files decoded to uint8 tensors by
+  :func:`~torchgraft.data.decode.decode_rgb`, through :func:`~torchgraft.app.inputs.dataset_loaders`): on
+  CUDA uint8 crops normalised after the transfer, on the CPU crops normalised in the loader processes;
 * ``bare``: the ceiling — a trivial dataset reading the bytes, ``torchvision.io.decode_jpeg`` and v2
-  ``RandomResizedCrop`` + flip on uint8, nothing else, in a plain ``DataLoader`` on the same 2 processes;
-* ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, then the same transforms), through
-  the same loaders.
+  ``RandomResizedCrop`` + flip on uint8, nothing else (not even the normalisation), in a plain ``DataLoader``
+  on the same 2 processes;
+* ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, the same transforms with float
+  crops normalised in the loader processes), through the same loaders.
 
+Every batch is moved to the device as the Learner moves it (:func:`~torchgraft.tasks.batch.move`).
 Targets (issue 23): tensor/bare >= 0.9, tensor/pil >= 1.8.
 
 Run: python bench/decode.py [--images 512] [--seconds 10]  (append the results to docs/benchmarks.md with --write)
@@ -32,16 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from _report import machine, report
-from torchgraft.app.inputs import dataset_loaders
+from torchgraft.app.images import ImageInput
+from torchgraft.app.inputs import Built, dataset_loaders
 from torchgraft.app.settings import TrainSettings
-from torchgraft.data.folders import ImageDataset
+from torchgraft.data.folders import ImageData, ImageDataset
 from torchgraft.data.images import load_rgb
-from torchgraft.data.preprocess import PixelCollate, preprocessing_for
+from torchgraft.data.preprocess import preprocessing_for
 from torchgraft.tasks.batch import move
 
 WIDTH, HEIGHT, QUALITY, WORKERS, BATCH, SIZE = 500, 375, 90, 2, 64, 224
@@ -95,35 +98,38 @@ class BareJpegs(Dataset):
             return self.crop(decode_jpeg(data, mode=ImageReadMode.RGB)), 0
 
 
-def throughput(loader: DataLoader, seconds: float) -> float:
-    """Images per second out of ``loader``, moved to the device as the Learner moves them, over whole epochs
-    for about ``seconds`` (after one warm-up epoch that starts the persistent workers)."""
+def throughput(loader: DataLoader, device: torch.device, seconds: float) -> float:
+    """Images per second out of ``loader`` and onto ``device`` (moved as the Learner moves batches), over whole
+    epochs for about ``seconds``, after one warm-up epoch that starts the persistent workers."""
     for _ in loader:
         pass
-    images, start, cpu = 0, time.perf_counter(), torch.device("cpu")
+    images, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for inputs, _ in loader:
-            images += len(move(inputs, cpu))
+            images += len(move(inputs, device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
 
 
-def loaders(paths: list[Path]) -> dict[str, Any]:
+def loaders(paths: list[Path], device: torch.device) -> dict[str, Any]:
     """The arms' training-loader builders on ``paths`` (built one at a time: 2 processes each)."""
     prep = preprocessing_for("resnet50")
     samples = [(str(p), 0) for p in paths]
-    settings, cpu = TrainSettings(workers=WORKERS, batch_size=BATCH), torch.device("cpu")
-
-    def through_run_loaders(dataset: ImageDataset, collate: PixelCollate | None = None) -> DataLoader:
-        return dataset_loaders(dataset, dataset, settings, cpu, collate_fn=collate)[0]
-
-    crops = prep.train_transform(normalize=False)
+    settings = TrainSettings(workers=WORKERS, batch_size=BATCH)
+    data, built = ImageData(["a"], samples, samples[:1]), Built(nn.Identity(), "", "", prep)
+    pil = PilImages(samples, ["a"], prep.train_transform())
     return {
-        "tensor": lambda: through_run_loaders(ImageDataset(samples, ["a"], crops), PixelCollate(prep)),
-        "floats": lambda: through_run_loaders(ImageDataset(samples, ["a"], prep.train_transform())),
+        "tensor": lambda: ImageInput().loaders(data, built, settings, device)[0],
         "bare": lambda: DataLoader(
-            BareJpegs(paths), batch_size=BATCH, shuffle=True, num_workers=WORKERS, persistent_workers=True
+            BareJpegs(paths),
+            batch_size=BATCH,
+            shuffle=True,
+            num_workers=WORKERS,
+            persistent_workers=True,
+            pin_memory=device.type == "cuda",
         ),
-        "pil": lambda: through_run_loaders(PilImages(samples, ["a"], prep.train_transform())),
+        "pil": lambda: dataset_loaders(pil, pil, settings, device)[0],
     }
 
 
@@ -133,18 +139,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per arm (default 10)")
     parser.add_argument("--write", action="store_true", help="append the results to docs/benchmarks.md")
     args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as folder:
-        builders = loaders(make_photos(Path(folder), args.images))
-        speeds = {name: throughput(build(), args.seconds) for name, build in builders.items()}
-    t, f, b, p = speeds["tensor"], speeds["floats"], speeds["bare"], speeds["pil"]
+        builders = loaders(make_photos(Path(folder), args.images), device)
+        speeds = {name: throughput(build(), device, args.seconds) for name, build in builders.items()}
+    t, b, p = speeds["tensor"], speeds["bare"], speeds["pil"]
     lines = [
-        f"Machine: {machine()}. {args.images} synthetic {WIDTH}x{HEIGHT} JPEGs (quality {QUALITY}), random resized",
-        f"crop to {SIZE} + flip, {WORKERS} loader processes, batch {BATCH}, {args.seconds:g} s per arm.",
+        f"Machine: {machine()}. {args.images} synthetic {WIDTH}x{HEIGHT} JPEGs (quality {QUALITY}), random",
+        f"resized crop to {SIZE} + flip, {WORKERS} loader processes, batch {BATCH}, onto {device.type},",
+        f"{args.seconds:g} s per arm.",
         "",
         "| pipeline | images/s |",
         "| --- | ---: |",
-        f"| torchgraft tensor path (ImageDataset + dataset_loaders, uint8, normalised on the device) | {t:.0f} |",
-        f"| the same, normalised in the loader processes | {f:.0f} |",
+        f"| torchgraft train's loader (decode_rgb, uint8 transforms, ImageDataset + dataset_loaders) | {t:.0f} |",
         f"| bare decode_jpeg + crop (ceiling) | {b:.0f} |",
         f"| PIL (load_rgb + the same transforms) | {p:.0f} |",
         "",

@@ -152,7 +152,11 @@ def test_pixel_batches_are_normalised_when_moved(files):
         prep.normalize(expected)
 
 
-def test_the_run_loaders_validate_on_what_prediction_sees(tmp_path, cat):
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_run_loaders_validate_on_what_prediction_sees(tmp_path, cat, device):
+    """On the CPU the loaders normalise in their processes; on CUDA they carry uint8 crops normalised when
+    moved (here moved to the CPU: the batches of a CUDA run, without a GPU). Either way: prediction's floats."""
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
         for i in range(4):
@@ -161,7 +165,9 @@ def test_the_run_loaders_validate_on_what_prediction_sees(tmp_path, cat):
     prep = Preprocessing(32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     settings = TrainSettings(batch_size=3, workers=2)
-    _, valid = ImageInput().loaders(data, Built(model, "", "", prep), settings, torch.device("cpu"))
+    train, valid = ImageInput().loaders(data, Built(model, "", "", prep), settings, torch.device(device))
+    first = next(iter(train))[0]
+    assert isinstance(first, PixelBatch) if device == "cuda" else first.dtype == torch.float32
     outputs, _ = validation_outputs(model, valid, device="cpu")
     with torch.no_grad():  # what predict_images feeds the exported model
         predicted = model(torch.stack([prep.eval_transform()(decode_rgb(p)) for p, _ in data.valid]))

@@ -64,10 +64,12 @@ class ImageInput(InputRecipe):
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device
     ) -> tuple[Any, Any]:
-        """Augmented training images, centre-cropped validation images (as the weights were evaluated), as
-        uint8 crops normalised on the device (:class:`~torchgraft.data.preprocess.PixelBatch`)."""
+        """Augmented training images, centre-cropped validation images (as the weights were evaluated). On an
+        accelerator the loaders carry uint8 crops, normalised after the transfer
+        (:class:`~torchgraft.data.preprocess.PixelBatch`); on the CPU each crop is normalised in the loader
+        processes, which is cheaper than normalising whole batches in the training process."""
         assert isinstance(data, ImageData) and isinstance(built.preprocessing, Preprocessing)
-        prep = built.preprocessing
-        augmented = prep.train_transform(augment=settings.augment, normalize=False)
-        train, valid = data.datasets(augmented, prep.eval_transform(normalize=False))
-        return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep))
+        prep, on_device = built.preprocessing, device.type != "cpu"
+        augmented = prep.train_transform(augment=settings.augment, normalize=not on_device)
+        train, valid = data.datasets(augmented, prep.eval_transform(normalize=not on_device))
+        return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep) if on_device else None)
