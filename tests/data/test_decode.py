@@ -148,8 +148,8 @@ def test_pixel_batches_are_normalised_when_moved(files):
     expected = torch.stack([prep.eval_transform()(decode_rgb(files[n][0])) for n in names])
     assert inputs.dtype == torch.float32 and torch.equal(inputs, expected) and targets.tolist() == [0, 1, 2]
     assert inputs.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(TypeError, match="uint8 images expected"):
-        prep.normalize(expected)
+    floats = batch.pixels / 255  # a float image in [0, 1] is normalised as it was before: not scaled again
+    assert torch.allclose(prep.normalize(floats), expected, atol=1e-6) and floats.max() <= 1
 
 
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")

@@ -54,17 +54,14 @@ class Preprocessing:
         return replace(self, size=size, resize=max(size, round(size * self.resize / self.size)))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images ``(..., 3, H, W)`` -> float32 in [0, 1], normalised with ``mean``/``std``, on their own
-        device: the last step of every pipeline, in the loader process or (:class:`PixelBatch`) on the device
-        the batch trains on — the same operations either way, so the floats are the same.
-
-        Raises:
-            TypeError: ``images`` are not uint8.
+        """uint8 images ``(..., 3, H, W)`` -> float32 in [0, 1] (float images are taken as already there),
+        normalised with ``mean``/``std``, on their own device: the last step of every pipeline, in the loader
+        process or (:class:`PixelBatch`) on the device the batch trains on — the same operations either way,
+        so the floats are the same.
         """
-        if images.dtype != torch.uint8:
-            raise TypeError(f"Preprocessing.normalize: uint8 images expected, got {images.dtype}.")
         scaled = F.to_dtype(images.as_subclass(torch.Tensor), torch.float32, scale=True)
-        return F.normalize(scaled, list(self.mean), list(self.std), inplace=True)
+        converted = images.dtype != torch.float32  # then ``scaled`` is a new tensor, free to overwrite
+        return F.normalize(scaled, list(self.mean), list(self.std), inplace=converted)
 
     def _finish(self, normalize: bool) -> list[Any]:
         return [v2.Lambda(self.normalize)] if normalize else []
