@@ -12,6 +12,9 @@ there is one (else the CPU), three arms side by side in the same run:
 * ``bare``: the ceiling — a trivial dataset reading the bytes, ``torchvision.io.decode_jpeg`` and v2
   ``RandomResizedCrop`` + flip on uint8, nothing else (not even the normalisation), in a plain ``DataLoader``
   on the same 2 processes;
+* ``uint8`` (on the CPU only): the loader of a CUDA run — the same dataset with uint8 crops into
+  :class:`~torchgraft.data.preprocess.PixelBatch` batches — timed without the normalisation a GPU does after
+  the transfer: what the loader processes deliver when the device normalises;
 * ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, the same transforms with float
   crops normalised in the loader processes), through the same loaders.
 
@@ -29,6 +32,7 @@ import argparse
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +50,7 @@ from torchgraft.app.inputs import Built, dataset_loaders
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, ImageDataset
 from torchgraft.data.images import load_rgb
-from torchgraft.data.preprocess import preprocessing_for
+from torchgraft.data.preprocess import PixelCollate, preprocessing_for
 from torchgraft.tasks.batch import move
 
 WIDTH, HEIGHT, QUALITY, WORKERS, BATCH, SIZE = 500, 375, 90, 2, 64, 224
@@ -100,28 +104,30 @@ class BareJpegs(Dataset):
             return self.crop(decode_jpeg(data, mode=ImageReadMode.RGB)), 0
 
 
-def throughput(loader: DataLoader, device: torch.device, seconds: float) -> float:
-    """Images per second out of ``loader`` and onto ``device`` (moved as the Learner moves batches), over whole
-    epochs for about ``seconds``, after one warm-up epoch that starts the persistent workers."""
+def throughput(loader: DataLoader, device: torch.device | None, seconds: float) -> float:
+    """Images per second out of ``loader`` and onto ``device`` (moved as the Learner moves batches; ``None``:
+    not moved), over whole epochs for about ``seconds``, after one warm-up epoch that starts the persistent
+    workers."""
     for _ in loader:
         pass
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for inputs, _ in loader:
-            images += len(move(inputs, device))
-    if device.type == "cuda":
+            images += len(move(inputs, device) if device is not None else inputs)
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
 
 
-def loaders(paths: list[Path], device: torch.device) -> dict[str, Any]:
+def loaders(paths: list[Path], device: torch.device) -> dict[str, Callable[[], DataLoader]]:
     """The arms' training-loader builders on ``paths`` (built one at a time: 2 processes each)."""
     prep = preprocessing_for("resnet50")
     samples = [(str(p), 0) for p in paths]
     settings = TrainSettings(workers=WORKERS, batch_size=BATCH)
     data, built = ImageData(["a"], samples, samples[:1]), Built(nn.Identity(), "", "", prep)
     pil = PilImages(samples, ["a"], prep.train_transform())
-    return {
+    crops = ImageDataset(samples, ["a"], prep.train_transform(normalize=False))
+    arms = {
         "tensor": lambda: ImageInput().loaders(data, built, settings, device)[0],
         "bare": lambda: DataLoader(
             BareJpegs(paths),
@@ -133,6 +139,9 @@ def loaders(paths: list[Path], device: torch.device) -> dict[str, Any]:
         ),
         "pil": lambda: dataset_loaders(pil, pil, settings, device)[0],
     }
+    if device.type == "cpu":
+        arms["uint8"] = lambda: dataset_loaders(crops, crops, settings, device, collate_fn=PixelCollate(prep))[0]
+    return arms
 
 
 def main() -> None:
@@ -148,7 +157,8 @@ def main() -> None:
         speeds: dict[str, float] = {}
         for _ in range(args.rounds):  # arms interleaved, best of the rounds: a shared machine's noise evens out
             for name, build in builders.items():
-                speeds[name] = max(speeds.get(name, 0.0), throughput(build(), device, args.seconds))
+                moved = device if name != "uint8" else None  # its normalisation is the GPU's
+                speeds[name] = max(speeds.get(name, 0.0), throughput(build(), moved, args.seconds))
     t, b, p = speeds["tensor"], speeds["bare"], speeds["pil"]
     lines = [
         f"Machine: {machine()}. {args.images} synthetic {WIDTH}x{HEIGHT} JPEGs (quality {QUALITY}), random",
@@ -160,9 +170,13 @@ def main() -> None:
         f"| torchgraft train's loader (decode_rgb, uint8 transforms, ImageDataset + dataset_loaders) | {t:.0f} |",
         f"| bare decode_jpeg + crop (ceiling) | {b:.0f} |",
         f"| PIL (load_rgb + the same transforms) | {p:.0f} |",
-        "",
-        f"tensor / bare = {t / b:.2f} (target >= 0.9); tensor / PIL = {t / p:.2f} (target >= 1.8).",
     ]
+    ratios = [f"tensor / bare = {t / b:.2f} (target >= 0.9); tensor / PIL = {t / p:.2f} (target >= 1.8)."]
+    if "uint8" in speeds:
+        u = speeds["uint8"]
+        lines.append(f"| the loader of a CUDA run: uint8 crops, normalisation left to the GPU | {u:.0f} |")
+        ratios.append(f"uint8 / bare = {u / b:.2f}; uint8 / PIL = {u / p:.2f} (the loader's part of a CUDA run).")
+    lines += ["", *ratios]
     report("Loader throughput: tensor decode path", lines, write=args.write)
 
 
