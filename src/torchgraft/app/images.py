@@ -14,7 +14,7 @@ import torch
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, image_data
-from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+from torchgraft.data.preprocess import PixelCollate, Preprocessing, preprocessing_for
 from torchgraft.grafting.surgery import graft
 from torchgraft.weights.pretrained import pretrained_model, weights_file
 
@@ -72,8 +72,12 @@ class ImageInput(InputRecipe):
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device
     ) -> tuple[Any, Any]:
-        """Augmented training images, centre-cropped validation images (as the weights were evaluated)."""
+        """Augmented training images, centre-cropped validation images (as the weights were evaluated). On an
+        accelerator the loaders carry uint8 crops, normalised after the transfer
+        (:class:`~torchgraft.data.preprocess.PixelBatch`); on the CPU each crop is normalised in the loader
+        processes, which is cheaper than normalising whole batches in the training process."""
         assert isinstance(data, ImageData) and isinstance(built.preprocessing, Preprocessing)
-        prep = built.preprocessing
-        train, valid = data.datasets(prep.train_transform(augment=settings.augment), prep.eval_transform())
-        return dataset_loaders(train, valid, settings, device)
+        prep, on_device = built.preprocessing, device.type != "cpu"
+        augmented = prep.train_transform(augment=settings.augment, normalize=not on_device)
+        train, valid = data.datasets(augmented, prep.eval_transform(normalize=not on_device))
+        return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep) if on_device else None)

@@ -23,7 +23,7 @@ class TrainSettings:
     ``lr``, ``lr_mult``, ``frozen_lr``, ``epochs``, ``freeze_epochs`` and ``gradual`` are those of
     :meth:`torchgraft.Learner.fine_tune`; ``model``, ``lr``, ``lr_mult`` and ``batch_size`` left ``None``
     take the defaults of the kind of input (each recipe's ``defaults``: :mod:`torchgraft.app.inputs`); ``size``
-    overrides the input size of the weights' metadata; ``workers`` defaults to the CPU count (at most 8) for
+    overrides the input size of the weights' metadata; ``workers`` defaults to one per core, less one, for
     images, 0 for texts (tokenized up front). ``task`` (``classify``/``multilabel``/``regression``, or
     ``text`` to force text input) is inferred from the data when ``None``; ``x_col``/``y_col`` pick CSV
     columns by name; ``y_range`` bounds regression outputs (fastai's sigmoid range); ``threshold`` fixes

@@ -131,7 +131,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--head", choices=("linear", "mlp"), default=_DEFAULTS.head, help="default: linear")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16: CUDA only)")
-    parser.add_argument("--workers", type=int, default=None, help="data loading processes (default: CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data loading processes (default: the cores available, less one above two)",
+    )
     parser.add_argument(
         "--device",
         default=None,

@@ -7,6 +7,7 @@ hold the readers' parts (:mod:`~torchgraft.data.tables`, :mod:`~torchgraft.data.
 """
 
 from torchgraft.data.badfiles import BadFiles
+from torchgraft.data.decode import decode_rgb
 from torchgraft.data.folders import ImageData, ImageDataset, image_data
 from torchgraft.data.hfdata import hf_data
 from torchgraft.data.images import BadImage, check_header, load_rgb, scan_images
@@ -36,6 +37,7 @@ __all__ = [
     "TextPreprocessing",
     "TokenDataset",
     "check_header",
+    "decode_rgb",
     "hf_data",
     "image_data",
     "load_rgb",

@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from torchgraft.data.badfiles import BadFiles
-from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, load_rgb
+from torchgraft.data.decode import decode_rgb
+from torchgraft.data.images import IMAGE_SUFFIXES, BadImage
 from torchgraft.data.manifest import checked_files
 from torchgraft.data.samples import (
     DataError,
@@ -86,7 +87,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         for at in self._candidates(index):
             try:
-                image = load_rgb(self.samples[at][0])
+                image = decode_rgb(self.samples[at][0])
             except BadImage as error:
                 self.bad_files.record(error)
                 continue
