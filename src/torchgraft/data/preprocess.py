@@ -64,7 +64,7 @@ class Preprocessing:
         return F.normalize(scaled, list(self.mean), list(self.std), inplace=converted)
 
     def _finish(self, normalize: bool) -> list[Any]:
-        return [v2.Lambda(self.normalize)] if normalize else []
+        return [_Normalizing(self)] if normalize else []
 
     def eval_transform(self, *, normalize: bool = True) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor: resize, centre crop (validation and
@@ -158,6 +158,21 @@ class PixelCollate:
     def __call__(self, samples: list[Any]) -> list[Any]:
         pixels, *rest = default_collate(samples)  # in a worker: straight into shared memory
         return [PixelBatch(pixels.as_subclass(torch.Tensor), self.preprocessing), *rest]
+
+
+class _Normalizing:
+    """The last step of a pipeline, :meth:`Preprocessing.normalize`, with a ``repr`` that names its numbers
+    (the feature cache keys stored features by the pipeline's ``repr``)."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.preprocessing.normalize(images)
+
+    def __repr__(self) -> str:
+        prep = self.preprocessing
+        return f"ToFloatNormalize(mean={list(prep.mean)}, std={list(prep.std)})"
 
 
 def _from_torchvision(name: str) -> Preprocessing:
