@@ -112,9 +112,8 @@ class Learner(FineTuning):
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step; plain
             functions as :class:`~torchgraft.train.callbacks.LambdaCallback`).
-        cache_features: while the body of a grafted model is fully frozen (``bn="frozen"``), compute its
-            (pooled) features once, on disk in ``cache_dir`` as ``cache_dtype`` (``None``: fp16, bf16 if it overflows;
-            ``torch.float32``: exact), and train the head on them; the next run and :meth:`lr_find` reuse them.
+        cache_features: while a grafted body is fully frozen, store its features on disk in ``cache_dir`` once
+            (``cache_dtype`` None: fp16, bf16 on overflow) and train the head on them; reused by later runs and lr_find.
 
     Under ``torchrun`` with several processes each rank trains on its own device and its shard of the data,
     with DDP (rebuilt per fit for what trains in it) or FSDP2; rank 0 alone prints and writes
