@@ -164,6 +164,8 @@ def _check_size(loader: DataLoader, world: int, *, train: bool) -> None:
 
 
 def _rebuilt(loader: DataLoader, dataset: Any = None, **sampling: Any) -> DataLoader:
+    if loader.num_workers > 0:  # prefetch_factor is refused without workers
+        sampling["prefetch_factor"] = loader.prefetch_factor
     return DataLoader(
         loader.dataset if dataset is None else dataset,
         num_workers=loader.num_workers,
