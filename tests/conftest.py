@@ -11,6 +11,13 @@ import torch
 torch.set_flush_denormal(True)  # denormals make CPU convolutions several times slower
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Manifests (and anything else torchgraft remembers between runs) go to a temporary folder, not ~/.cache;
+    subprocesses (torchrun) inherit it."""
+    os.environ["TORCHGRAFT_CACHE"] = str(tmp_path_factory.mktemp("torchgraft-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ Graft a new head onto any pretrained network without touching its weights::
 from torchgraft._version import __version__
 from torchgraft.app.run import RunResult, train_run
 from torchgraft.app.settings import TrainSettings
+from torchgraft.data.decode import decode_rgb
 from torchgraft.data.folders import DataError, ImageData, ImageDataset, image_data
 from torchgraft.data.images import BadImage, load_rgb, scan_images
 from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
@@ -147,6 +148,7 @@ __all__ = [
     "best_threshold",
     "check_optimizer",
     "check_pretrained",
+    "decode_rgb",
     "deploy",
     "describe",
     "distributed",

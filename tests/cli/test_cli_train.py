@@ -139,7 +139,7 @@ def test_export_equals_the_trained_model(folder, tmp_path):
 
 
 def test_train_reports_corrupt_files_without_skip_bad(folder, tmp_path, capsys):
-    assert main(["train", str(folder), *MODEL, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert main(["train", str(folder), *MODEL, "--out", str(tmp_path / "run"), "--quiet", "--check", "full"]) == 2
     error = capsys.readouterr().err
     assert "corrupt.jpg" in error and "skip_bad" in error and "Traceback" not in error
     assert not (tmp_path / "run" / "model.json").exists()
@@ -147,6 +147,7 @@ def test_train_reports_corrupt_files_without_skip_bad(folder, tmp_path, capsys):
 
 def test_train_prints_plan_and_epoch_table(folder, tmp_path, capsys):
     args = ["train", str(folder), *MODEL, "--epochs", "1", "--freeze-epochs", "0", "--skip-bad", "--valid-pct", "0.34"]
+    args += ["--check", "full"]  # the corrupt file's header is whole: the default check (header) keeps it
     assert main([*args, "--out", str(tmp_path / "run"), "--weights", "none", "--augment", "none"]) == 0
     out = capsys.readouterr().out
     assert "data: 2 classes" in out and "1 unreadable files skipped" in out

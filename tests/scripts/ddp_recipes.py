@@ -8,6 +8,7 @@ weights.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,13 @@ class Jitter(Dataset):
         return x + 0.1 * torch.randn_like(x), y
 
 
+class Fingerprinted(TensorDataset):
+    """Digits that name themselves (as an ImageDataset does by its files): their feature store is kept."""
+
+    def fingerprint(self) -> str:
+        return hashlib.blake2b(b"".join(t.numpy().tobytes() for t in self.tensors)).hexdigest()
+
+
 def data() -> tuple[TensorDataset, TensorDataset]:
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
@@ -75,6 +83,11 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         model = lora(model, r=2)
     if scenario == "cached":
         options["cache_features"] = True
+    if scenario == "stored":  # a fingerprinted dataset: its features stored on disk, filled per rank
+        freeze(model, bn="frozen")
+        loader = DataLoader(Fingerprinted(*train.tensors), batch_size=batch, shuffle=False)
+        valid = Fingerprinted(*valid.tensors)
+        options.update(cache_features=True, cache_dir=out / "features", task="classify")
     if scenario == "accumulate":
         options["accumulate"] = 2
     if scenario == "bf16":  # under FSDP2: its mixed-precision policy (bf16 gathers, fp32 reductions)
@@ -117,6 +130,22 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         learner.add_callback(LambdaCallback(on_step_end=replace_head))
         return learner.fit(2, 1e-2)
 
+    def stored(learner: Learner) -> Any:
+        filled = _encoded(learner.model)
+        history = learner.fit_one_cycle(2, 3e-2)
+        again, _ = build("stored", batch, out)  # the next run: reads the store, the body does not run
+        read = _encoded(again.model)
+        again.fit_one_cycle(2, 3e-2)
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(learner.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+        )
+        counts = {"filled": _gathered(filled[0]), "again": _gathered(read[0]), "same": _gathered(same)}
+        if is_main():
+            torch.save(counts, out / "stored_counts.pt")
+        again.close()
+        return history
+
     recipes: dict[str, Callable[[Learner], Any]] = {
         "surgery_inside": surgery_inside,
         "resume": resume,
@@ -125,6 +154,7 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         "gradual": lambda ln: ln.fine_tune(3, 1e-2, freeze_epochs=1, gradual=True),
         "keep_frozen": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1, keep_frozen=2),
         "cached": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1, frozen_lr=3e-2),
+        "stored": stored,
         "accumulate": lambda ln: ln.fine_tune(1, 1e-2, freeze_epochs=1),
         "lora": lambda ln: ln.fit_one_cycle(1, 1e-2),
         "surgery": surgery,
@@ -134,6 +164,21 @@ def build(scenario: str, batch: int, out: Path) -> tuple[Learner, Callable[[Lear
         "evaluate": lambda ln: ln.fit(1, 0.0),  # weights unchanged: validation of the same model at any world
     }
     return learner, recipes[scenario]
+
+
+def _encoded(model: nn.Module) -> list[int]:
+    """A counter of the samples the body encodes on this rank (a forward hook on the real body)."""
+    count = [0]
+    model.body.register_forward_hook(lambda module, inputs, output: count.__setitem__(0, count[0] + len(inputs[0])))
+    return count
+
+
+def _gathered(value: Any) -> list[Any]:
+    if world_size() == 1:
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def identical_on_every_rank(model: nn.Module) -> bool:

@@ -20,7 +20,7 @@ from torchgraft.train.distributed import EvalShard, ShardedBatches, local_device
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_recipes.py"
 RECIPES = (
     "fine_tune,prefrozen,gradual,keep_frozen,cached,accumulate,lora,surgery,surgery_inside,seeded,bn_eval,evaluate,"
-    "resume,"
+    "resume,stored,"
     "fsdp_fine_tune,fsdp_gradual,fsdp_accumulate,fsdp_resume"
 )
 MIXED = "fsdp_bf16"  # FSDP2's mixed precision at 2 processes against autocast bf16 on one
@@ -84,6 +84,15 @@ def test_fsdp_mixed_precision_trains_like_autocast_on_one_process(one_process, t
     _compare(one_process, two_processes, MIXED, 2, atol=1e-2)  # bf16 compute: measured 1.5e-3 apart
     weights = torch.load(two_processes / f"{MIXED}.pt", weights_only=True)["weights"]
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())  # exported whole, fp32
+
+
+def test_the_feature_store_is_filled_per_rank_and_read_by_the_next_learner(one_process, two_processes):
+    for out, world in ((one_process, 1), (two_processes, 2)):
+        counts = torch.load(out / "stored_counts.pt", weights_only=True)
+        assert sum(counts["filled"]) == 1380 + 397  # the body ran once over every training and validation row
+        assert len(counts["filled"]) == world and min(counts["filled"]) >= 1777 // world - 30  # each rank a share
+        assert counts["again"] == [0] * world  # the next Learner read the store on every rank
+        assert all(counts["same"])  # and trained the same weights
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, image_data
-from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+from torchgraft.data.preprocess import PixelCollate, Preprocessing, preprocessing_for
 from torchgraft.grafting.surgery import graft
 from torchgraft.weights.pretrained import pretrained_model, weights_file
 
@@ -47,9 +47,17 @@ class ImageInput(InputRecipe):
         return isinstance(data, ImageData)
 
     def read(self, data: str | Path, settings: TrainSettings, *, progress: bool) -> ImageData:
-        """:func:`~torchgraft.data.folders.image_data` (a progress bar over the check of every image on a
-        terminal)."""
-        return image_data(data, **read_options(settings), progress=progress and sys.stderr.isatty())
+        """:func:`~torchgraft.data.folders.image_data` checking as ``settings.check_mode`` asks, with the data's
+        manifest in ``settings.manifest_dir`` (a progress bar over the check on a terminal)."""
+        where = settings.manifest_dir
+        manifest = False if where == "none" else where if where is not None else True
+        return image_data(
+            data,
+            **read_options(settings),
+            check=settings.check_mode,
+            manifest=manifest,
+            progress=progress and sys.stderr.isatty(),
+        )
 
     def build(self, data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> Built:
         """The pretrained network with a new head of ``data.n_outputs``, at the weights' input size."""
@@ -64,8 +72,12 @@ class ImageInput(InputRecipe):
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device
     ) -> tuple[Any, Any]:
-        """Augmented training images, centre-cropped validation images (as the weights were evaluated)."""
+        """Augmented training images, centre-cropped validation images (as the weights were evaluated). On an
+        accelerator the loaders carry uint8 crops, normalised after the transfer
+        (:class:`~torchgraft.data.preprocess.PixelBatch`); on the CPU each crop is normalised in the loader
+        processes, which is cheaper than normalising whole batches in the training process."""
         assert isinstance(data, ImageData) and isinstance(built.preprocessing, Preprocessing)
-        prep = built.preprocessing
-        train, valid = data.datasets(prep.train_transform(augment=settings.augment), prep.eval_transform())
-        return dataset_loaders(train, valid, settings, device)
+        prep, on_device = built.preprocessing, device.type != "cpu"
+        augmented = prep.train_transform(augment=settings.augment, normalize=not on_device)
+        train, valid = data.datasets(augmented, prep.eval_transform(normalize=not on_device))
+        return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep) if on_device else None)

@@ -26,7 +26,18 @@ from torchgraft.tasks import TASKS
 if TYPE_CHECKING:
     from torchgraft.ship.export import Preprocessor
 
-__all__ = ["Built", "InputRecipe", "LabelledData", "dataset_loaders", "read_options", "target_layout"]
+__all__ = [
+    "CUDA_PREFETCH",
+    "Built",
+    "InputRecipe",
+    "LabelledData",
+    "dataset_loaders",
+    "default_workers",
+    "read_options",
+    "target_layout",
+]
+
+CUDA_PREFETCH = 4  # batches each loader process keeps ready on CUDA (PyTorch's default: 2)
 
 
 class LabelledData(Protocol):
@@ -131,19 +142,41 @@ def read_options(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
+def default_workers() -> int:
+    """Loader processes for this process's share of the cores it may run on (``os.sched_getaffinity``, else
+    the CPU count; under ``torchrun``, shared among the ``LOCAL_WORLD_SIZE`` processes of the machine): one
+    per core, less one for the training process itself when the share is more than two.
+
+    Example:
+        >>> default_workers()  # 16 cores, one process; under torchrun --nproc_per_node 4: 3
+        15
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return share - 1 if share > 2 else share
+
+
 def dataset_loaders(
-    train: Dataset, valid: Dataset, settings: TrainSettings, device: torch.device
+    train: Dataset,
+    valid: Dataset,
+    settings: TrainSettings,
+    device: torch.device,
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """The training loader (shuffled from ``settings.seed``, ``batch_size``) and the validation loader (twice
-    the batch) of an image run: ``workers`` processes (default: the CPU count, at most 8), kept between
-    epochs, pinned memory on CUDA. The training samples are drawn by a
-    :class:`~torchgraft.data.sampling.SeededSampler`, each augmented from a seed of its own, so a run under
-    ``torchrun`` augments exactly as one process does, and a resumed run exactly as the uninterrupted one,
-    whatever the number of workers."""
-    workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
-    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    the batch) of an image run: ``workers`` processes (default: :func:`default_workers`), kept between
+    epochs; on CUDA, pinned memory and :data:`CUDA_PREFETCH` batches in flight per worker. The training
+    samples are drawn by a :class:`~torchgraft.data.sampling.SeededSampler`, each augmented from a seed of its
+    own, so a run under ``torchrun`` augments exactly as one process does, and a resumed run exactly as the
+    uninterrupted one, whatever the number of workers. ``collate_fn`` makes the batches of both (PyTorch's
+    default when ``None``; :class:`~torchgraft.data.preprocess.PixelCollate` for uint8 crops)."""
+    workers = settings.workers if settings.workers is not None else default_workers()
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda", "collate_fn": collate_fn}
     if workers > 0:
         options["persistent_workers"] = True
+        if device.type == "cuda":
+            options["prefetch_factor"] = CUDA_PREFETCH
     assert settings.batch_size is not None
     sampler = SeededSampler(len(train), seed=settings.seed)  # type: ignore[arg-type]
     return (

@@ -16,6 +16,7 @@ from torchgraft.app.images import ImageInput
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData
 from torchgraft.app.masks import MaskInput
 from torchgraft.app.settings import TrainSettings
+from torchgraft.app.shards import ShardInput
 from torchgraft.app.texts import TextInput
 from torchgraft.tasks import TASKS, Task
 from torchgraft.train.distributed import local_device, on_main
@@ -25,7 +26,7 @@ from torchgraft.tune.lora import lora
 __all__ = ["RECIPES", "Prepared", "adapt", "input_recipe", "make_task", "prepare_run", "report"]
 
 # probed in this order; the first that claims the data is the run's recipe (images claim what is left)
-RECIPES: tuple[InputRecipe, ...] = (MaskInput(), TextInput(), ImageInput())
+RECIPES: tuple[InputRecipe, ...] = (ShardInput(), MaskInput(), TextInput(), ImageInput())
 
 
 @dataclass
@@ -127,6 +128,7 @@ def prepare_run(
         checkpoint_dir=Path(run_dir) / "checkpoints",
         quiet=quiet,
         cache_features=recipe.cache_features,
+        cache_dir=settings.cache_dir,
         save_every=settings.save_every,
         batchnorm=settings.batchnorm,  # type: ignore[arg-type]
         strategy=settings.strategy,  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ import torch
 
 from torchgraft.app.prepare import Prepared, prepare_run
 from torchgraft.app.settings import TrainSettings
+from torchgraft.app.unreadable import UnreadableFiles
 from torchgraft.ship.export import Preprocessor, export_model
 from torchgraft.tasks import Classification, Task
 from torchgraft.tasks.batch import call_model, move, output_tensor
@@ -147,6 +148,7 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.txt").write_text(plan)
     say(plan)
+    watch = UnreadableFiles.watching(learner, max_bad=settings.max_bad, say=say)
     history = learner.fine_tune(settings.epochs, settings.lr, **recipe, resume=resume)
     best = learner.load_best()  # the export is the best epoch, not the last (every rank loads it)
     place = next(i for i, row in enumerate(history) if (row["phase"], row["epoch"]) == (best["phase"], best["epoch"]))
@@ -154,6 +156,10 @@ def train_run(
         say(f"exported the best epoch: {_epoch_name(place, history)}, not the last")
     final = {k: v for k, v in best.items() if k not in ("phase", "epoch")}
     final["exported_epoch"] = place + 1  # its row in history.csv, counted from 1
+    if watch is not None:  # files that passed the check but failed to decode: replaced, listed
+        final["unreadable_files"] = watch.summary()
+        if watch.found:
+            say(f"{len(watch.found)} unreadable files were replaced by other samples: see final.unreadable_files")
     whole = learner.gathered_model()  # under FSDP the shards gathered on rank 0 (every rank takes part)
     if not is_main():  # rank 0 reports and exports; the others wait for it, then end
         barrier()

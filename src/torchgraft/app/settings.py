@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from torchgraft.data.images import CHECKS
 from torchgraft.data.preprocess import Augment
 from torchgraft.ship.export import ADAPTER_EXPORTS
 from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
@@ -22,7 +23,7 @@ class TrainSettings:
     ``lr``, ``lr_mult``, ``frozen_lr``, ``epochs``, ``freeze_epochs`` and ``gradual`` are those of
     :meth:`torchgraft.Learner.fine_tune`; ``model``, ``lr``, ``lr_mult`` and ``batch_size`` left ``None``
     take the defaults of the kind of input (each recipe's ``defaults``: :mod:`torchgraft.app.inputs`); ``size``
-    overrides the input size of the weights' metadata; ``workers`` defaults to the CPU count (at most 8) for
+    overrides the input size of the weights' metadata; ``workers`` defaults to one per core, less one, for
     images, 0 for texts (tokenized up front). ``task`` (``classify``/``multilabel``/``regression``, or
     ``text`` to force text input) is inferred from the data when ``None``; ``x_col``/``y_col`` pick CSV
     columns by name; ``y_range`` bounds regression outputs (fastai's sigmoid range); ``threshold`` fixes
@@ -36,7 +37,16 @@ class TrainSettings:
     default). ``save_every`` writes a resumable checkpoint every that many optimizer steps inside epochs;
     ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs);
     ``strategy`` how ``torchrun`` processes share the model (``ddp``: a copy each; ``fsdp``: FSDP2 shards).
+    ``streaming`` reads a Hugging Face dataset as an ``IterableDataset``; ``valid_data`` is the validation
+    shards' pattern of WebDataset training shards (:mod:`torchgraft.app.shards`).
     Under ``torchrun``, ``batch_size`` is per process: N processes train on batches of N x ``batch_size``.
+    ``check_mode`` is how images are checked before training (``header``: opened and the header verified, fast;
+    ``full``: decoded; ``none``); a file that fails to decode in training is replaced by another sample and
+    reported, and more than ``max_bad`` of them (default: 0.1% of the files, at least 5) stop the run.
+    ``manifest_dir`` is where the data's manifest (the files' check verdicts, reused by the next run) is kept
+    (default ``$TORCHGRAFT_CACHE/manifests``, else ``~/.cache/torchgraft/manifests``; ``"none"``: no manifest).
+    ``cache_dir`` is where the feature cache stores a frozen body's features (default
+    ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``).
     """
 
     model: str | None = None
@@ -54,6 +64,9 @@ class TrainSettings:
     valid_pct: float = 0.2
     seed: int = 0
     skip_bad: bool = False
+    check_mode: str = "header"
+    max_bad: int | None = None
+    manifest_dir: str | None = None
     amp: str | None = None
     resume: bool = False
     workers: int | None = None
@@ -72,6 +85,9 @@ class TrainSettings:
     save_every: int | None = None
     batchnorm: str = "train"
     strategy: str = "ddp"
+    streaming: bool = False
+    valid_data: str | None = None
+    cache_dir: str | None = None
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
@@ -81,6 +97,10 @@ class TrainSettings:
             raise ValueError(f"dice must be >= 0, got {self.dice_weight}.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
+        if self.check_mode not in CHECKS:
+            raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {self.check_mode!r}.")
+        if self.max_bad is not None and self.max_bad < 0:
+            raise ValueError(f"max-bad must be >= 0, got {self.max_bad}.")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}.")
         for name in ("epochs", "batch_size", "max_length", "lora", "save_every"):

@@ -13,6 +13,7 @@ from torchgraft.app.images import ImageInput
 from torchgraft.app.run import train_run
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.texts import TextInput
+from torchgraft.data.images import CHECKS
 from torchgraft.tasks import TASKS
 from torchgraft.train.distributed import is_main
 from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
@@ -31,7 +32,9 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "data",
         metavar="DATA",
         help="image folder (train/ + valid/, or class folders), a CSV / JSON-lines file of image paths or texts, "
-        "class folders of .txt files, or for segmentation images/ + masks/ (or train/ and valid/ holding them)",
+        "class folders of .txt files, for segmentation images/ + masks/ (or train/ and valid/ holding them), "
+        "WebDataset shards ('shards/train-{000000..000099}.tar', or a folder of train-*.tar + valid-*.tar) or a "
+        "Hugging Face dataset (a save_to_disk folder, Parquet or Arrow files)",
     )
     parser.add_argument(
         "--task",
@@ -52,9 +55,22 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment: add W x soft Dice to the loss (default: 1)",
     )
     parser.add_argument(
-        "--x-col", default=None, help="CSV column of the inputs (default: path/image/file/text, else the first)"
+        "--x-col",
+        default=None,
+        help="CSV column (dataset column, shard member) of the inputs (default: path/image/file/text, else the first)",
     )
     parser.add_argument("--y-col", default=None, help="CSV column(s) of the targets, comma-separated (default: label)")
+    parser.add_argument(
+        "--valid",
+        dest="valid_data",
+        default=None,
+        metavar="PATTERN",
+        help="WebDataset validation shards, e.g. 'shards/valid-{000000..000009}.tar' (default: valid-*.tar beside "
+        "the training shards)",
+    )
+    parser.add_argument(
+        "--streaming", action="store_true", help="read a Hugging Face dataset as a stream (IterableDataset)"
+    )
     parser.add_argument(
         "--y-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="bound regression outputs"
     )
@@ -85,6 +101,29 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-bad", action="store_true", help="leave unreadable images and bad rows out (default: error)"
     )
     parser.add_argument(
+        "--check",
+        dest="check_mode",
+        choices=CHECKS,
+        default=_DEFAULTS.check_mode,
+        help="images checked before training: header (opened, header verified: fast, default), full (decoded), "
+        "none; a file that fails to decode in training is replaced by another sample and reported",
+    )
+    parser.add_argument(
+        "--max-bad",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop the run when more than N images fail to decode in training (default: 0.1%% of the files, "
+        "at least 5)",
+    )
+    parser.add_argument(
+        "--manifest-dir",
+        default=None,
+        metavar="DIR",
+        help="where the data's manifest (check verdicts reused by the next run) is kept (default: "
+        "$TORCHGRAFT_CACHE/manifests, else ~/.cache/torchgraft/manifests); none: no manifest",
+    )
+    parser.add_argument(
         "--augment",
         choices=("standard", "flip", "none"),
         default=_DEFAULTS.augment,
@@ -92,7 +131,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--head", choices=("linear", "mlp"), default=_DEFAULTS.head, help="default: linear")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16: CUDA only)")
-    parser.add_argument("--workers", type=int, default=None, help="data loading processes (default: CPU count)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data loading processes (default: the cores available, less one above two)",
+    )
     parser.add_argument(
         "--device",
         default=None,

@@ -8,8 +8,10 @@ empty class folders, classes missing from the validation set — so a run never 
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, load_rgb, scan_images
+from torchgraft.data.badfiles import BadFiles
+from torchgraft.data.decode import decode_rgb
+from torchgraft.data.images import IMAGE_SUFFIXES, BadImage
+from torchgraft.data.manifest import checked_files
 from torchgraft.data.samples import (
     DataError,
     Sample,
@@ -33,6 +38,11 @@ class ImageDataset(Dataset):
 
     A target is a class index (single label), a multi-hot float vector over ``classes`` (multi-label, from a
     tuple of label indices) or a float vector (regression, from a tuple of values).
+
+    A file that fails to decode never stops training: it is recorded in ``bad_files`` (path and error; shared
+    by every DataLoader worker, see :class:`~torchgraft.data.badfiles.BadFiles`) and the next sample of the
+    dataset that decodes is returned in its place, its target with it — the same one whichever process reads
+    it, so seeded augmentation, resumed and distributed runs stay exact. :meth:`bad_samples` lists them.
     """
 
     def __init__(
@@ -42,8 +52,10 @@ class ImageDataset(Dataset):
         transform: Callable | None = None,
         *,
         task: str = "classify",
+        bad_files: BadFiles | None = None,
     ) -> None:
         self.samples, self.classes, self.transform, self.task = list(samples), list(classes), transform, task
+        self.bad_files = bad_files if bad_files is not None else BadFiles()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -59,9 +71,37 @@ class ImageDataset(Dataset):
             return torch.tensor(value, dtype=torch.float32)
         return value
 
+    def fingerprint(self) -> str | None:
+        """A hash of every sample's (path, size, mtime, target), the task, the classes and the transform's
+        ``repr``: what the feature cache keys stored features by. ``None`` when the transform's ``repr``
+        holds an address (``<function <lambda> at 0x...>``: it does not say what the transform does)."""
+        described = repr(self.transform)
+        if " at 0x" in described:
+            return None
+        digest = hashlib.blake2b(f"{self.task}|{self.classes}|{described}".encode(), digest_size=16)
+        for path, target in self.samples:
+            stat = os.stat(path)
+            digest.update(f"\n{path}|{stat.st_size}|{stat.st_mtime_ns}|{target}".encode())
+        return digest.hexdigest()
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image = load_rgb(self.samples[index][0])
-        return (self.transform(image) if self.transform is not None else image), self.target(index)
+        for at in self._candidates(index):
+            try:
+                image = decode_rgb(self.samples[at][0])
+            except BadImage as error:
+                self.bad_files.record(error)
+                continue
+            return (self.transform(image) if self.transform is not None else image), self.target(at)
+        raise DataError(f"{len(self)} images: not one decodes ({self.bad_files.summary()}).")
+
+    def _candidates(self, index: int) -> Iterator[int]:
+        """``index``, then the next ones (wrapping around): where a replacement for a bad file is looked for."""
+        size = len(self.samples)
+        return ((index + step) % size for step in range(size))
+
+    def bad_samples(self) -> list[BadImage]:
+        """The files that failed to decode so far (in every worker process), each once, in the order met."""
+        return self.bad_files.read()
 
 
 @dataclass
@@ -75,6 +115,9 @@ class ImageData:
         warnings: empty classes, classes without validation images.
         task: ``"classify"``, ``"multilabel"`` or ``"regression"``; ``task_reason`` says why when inferred.
         bad_rows: rows of a CSV left out with ``skip_bad=True`` (line number and why).
+        fingerprint: a hash of the samples, their files' sizes and modification times and the check verdicts
+            (:attr:`torchgraft.data.manifest.Manifest.fingerprint`): equal for the same data on disk.
+        checked, reused: files checked by this read, and files whose verdicts came from the manifest.
     """
 
     classes: list[str]
@@ -85,26 +128,34 @@ class ImageData:
     task: str = "classify"
     task_reason: str = ""
     bad_rows: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    checked: int = 0
+    reused: int = 0
 
     @property
     def n_outputs(self) -> int:
         """Outputs the model needs: one per class, label or target column."""
         return len(self.classes)
 
-    def datasets(self, train_transform: Callable, valid_transform: Callable) -> tuple[ImageDataset, ImageDataset]:
-        """The two datasets with their transforms."""
+    def datasets(
+        self, train_transform: Callable, valid_transform: Callable, *, bad_files: BadFiles | None = None
+    ) -> tuple[ImageDataset, ImageDataset]:
+        """The two datasets with their transforms, recording files that fail to decode in one ``bad_files``
+        (default: a new temporary log)."""
+        bad_files = bad_files if bad_files is not None else BadFiles()
         return (
-            ImageDataset(self.train, self.classes, train_transform, task=self.task),
-            ImageDataset(self.valid, self.classes, valid_transform, task=self.task),
+            ImageDataset(self.train, self.classes, train_transform, task=self.task, bad_files=bad_files),
+            ImageDataset(self.valid, self.classes, valid_transform, task=self.task, bad_files=bad_files),
         )
 
     def summary(self) -> str:
         """One line: the task, counts of classes (or targets), images and skipped files."""
         skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
         rows = f", {len(self.bad_rows)} bad rows skipped" if self.bad_rows else ""
+        kept = f" ({self.reused} unchanged since the manifest, not checked again)" if self.reused else ""
         what = f"{len(self.classes)} {'targets' if self.task == 'regression' else 'classes'}"
         task = "" if self.task == "classify" else f"{self.task}: "
-        return f"{task}{what}, {len(self.train)} train / {len(self.valid)} valid images{skipped}{rows}"
+        return f"{task}{what}, {len(self.train)} train / {len(self.valid)} valid images{skipped}{rows}{kept}"
 
 
 def _image_cell(line: int, cell: str, table: Path) -> tuple[str | None, str | None]:
@@ -122,6 +173,8 @@ def image_data(
     valid_pct: float = 0.2,
     seed: int = 0,
     skip_bad: bool = False,
+    check: str = "header",
+    manifest: str | Path | bool = True,
     progress: bool = False,
 ) -> ImageData:
     """Find, split and check the images of ``source``: a folder (``train/`` + ``valid/`` or ``val/``, each with
@@ -139,9 +192,14 @@ def image_data(
         valid_pct: the share of images split off for validation when the data mark no split.
         seed: the seed of that split.
         skip_bad: leave unreadable files and bad rows out (counted) instead of raising.
-        progress: show a progress bar over the image scan.
+        check: how each file is checked: ``"header"`` (opened, its header verified: fast), ``"full"`` (decoded)
+            or ``"none"``; a file that passes but fails to decode in training is replaced there and reported.
+        manifest: keep the files' verdicts in the data's manifest (:mod:`torchgraft.data.manifest`), so that
+            the next read checks only new and changed files: ``True`` (in ``$TORCHGRAFT_CACHE/manifests``), a
+            folder to keep it in, or ``False`` (check everything, remember nothing).
+        progress: show a progress bar over the image check.
 
-    Every file is decoded once. Unreadable files and bad rows (missing file, empty label, a number that is
+    Unreadable files and bad rows (missing file, empty label, a number that is
     not one, a validation label without training images) raise a :class:`DataError` naming them, or with
     ``skip_bad=True`` are left out and listed in ``skipped`` / ``bad_rows``.
 
@@ -170,7 +228,11 @@ def image_data(
         raise DataError(f"{source}: no training images found (image suffixes: {', '.join(IMAGE_SUFFIXES)}).")
     if not valid:
         raise DataError(f"{source}: no validation images; add a valid/ folder or raise valid_pct.")
-    bad = scan_images([p for p, _ in train + valid], progress=progress)
+    remember, where = manifest is not False, None if isinstance(manifest, bool) else manifest
+    found = checked_files(
+        train, valid, source=source, check=check, directory=where, remember=remember, progress=progress
+    )
+    bad, warnings = found.bad, warnings + found.warnings
     if bad and not skip_bad:
         listed = "; ".join(str(b) for b in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DataError(
@@ -194,4 +256,7 @@ def image_data(
         task=rows.task,
         task_reason=rows.reason,
         bad_rows=rows.bad,
+        fingerprint=found.fingerprint,
+        checked=found.checked,
+        reused=found.reused,
     )

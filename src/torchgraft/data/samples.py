@@ -8,9 +8,12 @@ split, unseen validation labels — is shared here.
 
 from __future__ import annotations
 
+import os
 import random
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from torchgraft.data.tables import choose_columns, infer_task, parse_targets, read_table
@@ -22,6 +25,7 @@ __all__ = [
     "Sample",
     "Target",
     "check_bad_rows",
+    "list_files",
     "read_rows",
     "rows_from_folders",
     "rows_from_table",
@@ -34,6 +38,9 @@ VALID_NAMES = ("valid", "val", "validation")
 TASK_NAMES: tuple[str, ...] = ("classify", "multilabel", "regression")
 # read_cell(line, cell, table path) -> (input, None) or (None, why the row is bad)
 CellReader = Callable[[int, str, Path], tuple[str | None, str | None]]
+
+
+_name = attrgetter("name")
 
 
 class DataError(ValueError):
@@ -55,7 +62,8 @@ class Rows:
 
 def split_samples(samples: list[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Random split with ``seed``: ``valid_pct`` of each class (at least one sample when it has two) to valid;
-    multi-label and regression samples are split as one group."""
+    multi-label and regression samples are split as one group. O(N log N): the samples are grouped by label
+    once, each group (in input order) shuffled in label order."""
     if not 0 < valid_pct < 1:
         raise DataError(f"valid_pct must be between 0 and 1, got {valid_pct}.")
     rng = random.Random(seed)
@@ -64,9 +72,12 @@ def split_samples(samples: list[Sample], valid_pct: float, seed: int) -> tuple[l
         rng.shuffle(shuffled)
         cut = min(len(shuffled) - 1, max(1, round(len(shuffled) * valid_pct)))
         return sorted(shuffled[cut:]), sorted(shuffled[:cut])
+    groups: defaultdict[Target, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample[1]].append(sample)
     train, valid = [], []
-    for label in sorted({label for _, label in samples}):
-        members = [s for s in samples if s[1] == label]
+    for label in sorted(groups):  # type: ignore[type-var]
+        members = groups[label]
         rng.shuffle(members)
         cut = min(len(members) - 1, max(1, round(len(members) * valid_pct))) if len(members) > 1 else 0
         valid += members[:cut]
@@ -74,16 +85,41 @@ def split_samples(samples: list[Sample], valid_pct: float, seed: int) -> tuple[l
     return sorted(train), sorted(valid)
 
 
-def _files_in(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+def _walk(folder: str, suffixes: Sequence[str], found: list[str]) -> None:
+    """Append the files under ``folder`` with ``suffixes`` to ``found`` in path order (each folder's entries by
+    name, a sub-folder's files in its place: what sorting whole paths part by part gives); symlinked folders are
+    not entered (as ``Path.rglob``), symlinked files are kept."""
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=_name)
+    for entry in entries:
+        name = entry.name
+        dot = name.rfind(".")  # Path.suffix: from the last dot, unless the name starts with it
+        if entry.is_dir(follow_symlinks=False):
+            _walk(entry.path, suffixes, found)
+        elif dot > 0 and name[dot:].lower() in suffixes and entry.is_file():
+            found.append(entry.path)
 
 
-def _class_folders(root: Path, suffixes: Sequence[str], what: str) -> dict[str, list[Path]]:
+def list_files(folder: Path, suffixes: Sequence[str]) -> list[str]:
+    """The files under ``folder`` (recursively) whose suffix is one of ``suffixes`` (lower case), sorted as
+    paths (part by part, as ``sorted(Path.rglob(...))``). One ``os.scandir`` per folder, a stat only for what
+    the entry cannot tell.
+
+    Example:
+        >>> list_files(Path("pets/cat"), (".jpg",))[:1]
+        ['pets/cat/001.jpg']
+    """
+    found: list[str] = []
+    _walk(str(folder), tuple(suffixes), found)
+    return found
+
+
+def _class_folders(root: Path, suffixes: Sequence[str], what: str) -> dict[str, list[str]]:
     """``{class name: file paths}`` for the sub-folders of ``root`` (hidden folders ignored)."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{root}: no class folders. Expected {root}/<class>/<{what}> (or a CSV of rows).")
-    return {folder.name: _files_in(folder, suffixes) for folder in folders}
+    return {folder.name: list_files(folder, suffixes) for folder in folders}
 
 
 def rows_from_folders(root: Path, valid_pct: float, seed: int, *, suffixes: Sequence[str], what: str) -> Rows:
@@ -96,7 +132,7 @@ def rows_from_folders(root: Path, valid_pct: float, seed: int, *, suffixes: Sequ
     warnings = [f"class folder {c!r} holds no {what} files: left out" for c in empty]
     classes = sorted(c for c in train_folders if c not in empty)
     index = {name: i for i, name in enumerate(classes)}
-    train: list[Sample] = [(str(p), index[c]) for c in classes for p in train_folders[c]]
+    train: list[Sample] = [(p, index[c]) for c in classes for p in train_folders[c]]
     if not split:
         train, valid = split_samples(train, valid_pct, seed)
         return Rows(classes, train, valid, warnings, "classify", "class folders")
@@ -105,7 +141,7 @@ def rows_from_folders(root: Path, valid_pct: float, seed: int, *, suffixes: Sequ
     unknown = sorted(c for c, paths in valid_folders.items() if paths and c not in index)
     if unknown:
         raise DataError(f"{valid_dir}: classes {unknown} have no training {what}s in {root / 'train'}; add some.")
-    valid: list[Sample] = [(str(p), index[c]) for c, paths in valid_folders.items() for p in paths]
+    valid: list[Sample] = [(p, index[c]) for c, paths in valid_folders.items() for p in paths]
     warnings += [f"class {c!r} has no {what}s in {valid_dir}" for c in classes if not valid_folders.get(c)]
     return Rows(classes, train, valid, warnings, "classify", "class folders")
 

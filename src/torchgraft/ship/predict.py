@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchgraft.data.images import load_rgb
+from torchgraft.data.decode import decode_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.ship.export import Exported
 
@@ -107,7 +107,7 @@ def predict_images(
     results: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
-        batch = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
+        batch = torch.stack([transform(decode_rgb(p)) for p in chunk]).to(device)
         logits = exported.model(batch).float().cpu()
         results += [_describe(exported, row, path, k) for path, row in zip(chunk, logits, strict=True)]
     return results
@@ -134,10 +134,10 @@ def predict_masks(exported: Exported, paths: Sequence[str | Path], *, batch_size
     results: list[MaskPrediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
-        images = [load_rgb(p) for p in chunk]
+        images = [decode_rgb(p) for p in chunk]
         logits = exported.model(torch.stack([transform(image) for image in images]).to(device)).float().cpu()
         for path, image, row in zip(chunk, images, logits, strict=True):
-            resized = torch.nn.functional.interpolate(row[None], size=(image.height, image.width), mode="bilinear")
+            resized = torch.nn.functional.interpolate(row[None], size=tuple(image.shape[-2:]), mode="bilinear")
             labels = resized[0].argmax(dim=0)
             counts = torch.bincount(labels.flatten(), minlength=len(exported.classes)).double() / labels.numel()
             order = counts.argsort(descending=True).tolist()

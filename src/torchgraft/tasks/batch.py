@@ -8,12 +8,21 @@ entries are the model's keyword arguments. Tensors nested anywhere in the inputs
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["BatchError", "call_model", "count_samples", "move", "output_tensor", "split_batch"]
+__all__ = ["BatchError", "DeviceInput", "call_model", "count_samples", "move", "output_tensor", "split_batch"]
+
+
+@runtime_checkable
+class DeviceInput(Protocol):
+    """An input that says how it reaches a device (a :class:`~torchgraft.data.preprocess.PixelBatch`: uint8
+    crops normalised after the transfer); :func:`move` calls :meth:`to_device`."""
+
+    def to_device(self, device: torch.device) -> Any:
+        """The input on ``device``, as the model takes it."""
 
 
 class BatchError(ValueError):
@@ -51,7 +60,9 @@ def split_batch(batch: Any, *, target_key: str = "labels") -> tuple[Any, Any]:
 
 def move(obj: Any, device: torch.device, *, channels_last: bool = False) -> Any:
     """``obj`` with every tensor in it (nested in dicts, lists and tuples) on ``device``; 4-D float tensors
-    in channels-last memory format when ``channels_last``."""
+    in channels-last memory format when ``channels_last``; a :class:`DeviceInput` moved by its own ``to_device``."""
+    if isinstance(obj, DeviceInput):
+        obj = obj.to_device(device)
     if isinstance(obj, torch.Tensor):
         obj = obj.to(device, non_blocking=True)
         if channels_last and obj.ndim == 4 and obj.is_floating_point():

@@ -3,9 +3,15 @@
 Valid only when nothing in the body can change its output: every body parameter frozen, every BatchNorm
 in the ``"frozen"`` policy (evaluation mode, statistics fixed), no dropout or stochastic depth active in the
 body, and a dataset that returns the same input for the same index (no random augmentation). Then the
-head sees exactly the features it would see without the cache, batch for batch — the cached loader draws
-its shuffle from the same random generator as the original one — and each epoch costs one pass through
-the head instead of one through the whole network.
+head sees the features it would see without the cache (exactly with ``cache_dtype=torch.float32``; within
+fp16's rounding, 2^-11 of each value, by default), batch for batch — the cached loader draws its shuffle
+from the same random generator as the original one — and each epoch costs one pass through the head
+instead of one through the whole network.
+
+The features live on disk (:mod:`~torchgraft.train.feature_store`), filled once per rank's share
+(:mod:`~torchgraft.train.feature_fill`) and found again by their key — the frozen weights, the model, the
+reading and the data's fingerprint (:mod:`~torchgraft.train.feature_key`) — by the next fit, run or
+``lr_find``.
 
 What is cached is what the head's first trainable layer reads: when the head starts with a
 :class:`~torchgraft.grafting.heads.Pool`, the pooled vectors (token features are pooled with the attention
@@ -14,25 +20,38 @@ mask, so text batches padded to different lengths cache fine); otherwise the bod
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from torchgraft.data.sampling import Indices, SeededSampler
-from torchgraft.tasks.batch import call_model
 from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
+from torchgraft.train.feature_fill import CACHE_DTYPES, FeatureFillError, filled_store
+from torchgraft.train.feature_key import cache_root, weights_digest, writable_root
+from torchgraft.train.feature_store import FeatureStore, collate_rows
 from torchgraft.tune.freeze import held_in_eval, is_stochastic
 
-__all__ = ["FeatureCacheError", "cache_problem", "cached_head", "cached_loader", "feature_loaders"]
+__all__ = [
+    "FeatureCacheError",
+    "cache_problem",
+    "cached_head",
+    "cached_loader",
+    "cached_store",
+    "check_cache_dtype",
+    "feature_loaders",
+]
 
 
-class FeatureCacheError(ValueError):
-    """The body or the data can change between epochs, so features cannot be cached; the message says why."""
+class FeatureCacheError(FeatureFillError):
+    """The body or the data can change between epochs (or the features cannot be stored), so features cannot
+    be cached; the message says why."""
 
 
 def cache_problem(model: nn.Module) -> str | None:
@@ -81,57 +100,6 @@ def _check_deterministic(dataset: Dataset) -> None:
             )
 
 
-def _encode(model: nn.Module, inputs: Any) -> torch.Tensor:
-    features = getattr(model, "features", None)
-    if callable(features):
-        return call_model(features, inputs)
-    return call_model(model.body, inputs)
-
-
-def _reading_order(loader: DataLoader) -> list[list[int]]:
-    """Index batches that read every sample once without randomness: the batch sampler's own ``in_order()``
-    when it has one (length-grouped text batches), else consecutive batches of the loader's batch size."""
-    in_order = getattr(loader.batch_sampler, "in_order", None)
-    if callable(in_order):
-        return [list(batch) for batch in in_order()]
-    size, count = loader.batch_size or 1, len(loader.dataset)  # type: ignore[arg-type]
-    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
-
-
-@torch.no_grad()
-def _features(
-    model: nn.Module, loader: DataLoader, prepare: Callable[[Any], tuple[Any, Any]], dataset: Dataset
-) -> TensorDataset:
-    order = _reading_order(loader)
-    ordered = DataLoader(
-        dataset,
-        batch_sampler=order,  # type: ignore[arg-type]
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        generator=torch.Generator(),  # its own: reading must not consume the global generator's draws
-    )
-    features, targets = [], []
-    model.body.eval()
-    for batch in ordered:
-        inputs, labels = prepare(batch)
-        encoded = _encode(model, inputs)
-        if not isinstance(encoded, torch.Tensor):
-            raise FeatureCacheError(f"feature cache: the body returns {type(encoded).__name__}, not a tensor.")
-        features.append(encoded.float().cpu())
-        targets.append(labels.cpu())
-    if not features:
-        raise FeatureCacheError("feature cache: the dataset is empty.")
-    if len({f.shape[1:] for f in features}) > 1:
-        raise FeatureCacheError(
-            "feature cache: the body's features change shape from batch to batch (padded sequences?) and the "
-            "head does not pool them first; graft with a pooling head (pool='token' or 'mean') or pass "
-            "cache_features=False."
-        )
-    position = torch.tensor([index for batch in order for index in batch]).argsort()  # back to dataset order
-    return TensorDataset(torch.cat(features)[position], torch.cat(targets)[position])
-
-
 def _shuffle_generator(loader: DataLoader) -> tuple[bool, torch.Generator | None]:
     """Whether ``loader`` shuffles, and the generator it draws from (its sampler's or its batch sampler's)."""
     if isinstance(loader.sampler, RandomSampler):
@@ -142,7 +110,7 @@ def _shuffle_generator(loader: DataLoader) -> tuple[bool, torch.Generator | None
     return False, None
 
 
-def _cached_sampler(loader: DataLoader, data: TensorDataset, *, train: bool) -> Sampler[int]:
+def _cached_sampler(loader: DataLoader, data: Dataset, *, train: bool) -> Sampler[int]:
     """The sampler of the cached loader: the original one where it yields plain indices of the whole dataset
     (a ``DistributedSampler`` or validation shard, or a :class:`SeededSampler` without its seeds), so cached
     and uncached epochs see the same batches; else the same shuffle, sharded when distributed."""
@@ -161,8 +129,50 @@ def _cached_sampler(loader: DataLoader, data: TensorDataset, *, train: bool) -> 
     return RandomSampler(data, generator=generator) if shuffled else SequentialSampler(data)
 
 
+def check_cache_dtype(dtype: torch.dtype | None) -> None:
+    """Raise ``ValueError`` unless ``dtype`` is one the feature cache stores in."""
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(
+            f"feature cache: cache_dtype={dtype} is not one it stores; choose None (fp16, bf16 where fp16 "
+            "overflows), torch.float16, torch.bfloat16 or torch.float32 (exact)."
+        )
+
+
+def cached_store(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    prepare: Callable[[Any], tuple[Any, Any]],
+    train: bool,
+    cache_dir: str | Path | None = None,
+    cache_dtype: torch.dtype | None = None,
+    weights: Callable[[], str] | None = None,
+) -> tuple[FeatureStore, bool]:
+    """The feature store standing for ``loader``'s dataset and whether it was found on disk (the body did not
+    run) — see :func:`cached_loader`; ``weights()`` gives the weights' digest when the caller has it."""
+    problem = cache_problem(model)
+    if problem is not None:
+        raise FeatureCacheError(f"feature cache: {problem}.")
+    if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__getitem__"):
+        raise FeatureCacheError("feature cache: needs a torch DataLoader over a map-style dataset.")
+    check_cache_dtype(cache_dtype)
+    dataset = loader.dataset
+    if train:
+        plain = getattr(dataset, "unaugmented", None)  # a dataset may offer its unaugmented version
+        dataset = plain() if callable(plain) else dataset
+        _check_deterministic(dataset)
+    root = writable_root(cache_root(cache_dir))
+    return filled_store(model, loader, prepare, dataset, root=root, dtype=cache_dtype, weights=weights)
+
+
 def cached_loader(
-    model: nn.Module, loader: DataLoader, *, prepare: Callable[[Any], tuple[Any, Any]], train: bool
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    prepare: Callable[[Any], tuple[Any, Any]],
+    train: bool,
+    cache_dir: str | Path | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> DataLoader:
     """A loader of ``(features, targets)`` standing for ``loader``: same batch size, same shuffling (a
     ``RandomSampler`` drawing from the same generator), same ``drop_last``. A training dataset that augments
@@ -172,24 +182,25 @@ def cached_loader(
     (:class:`~torchgraft.data.tokens.LengthGroupedBatches`) is read in its own order and stood for by plain
     shuffled batches of its size: pooled features have no length left to group by.
 
+    The features live on disk (:mod:`torchgraft.train.feature_store`), in fp16 by default (bf16 where fp16
+    overflows; ``cache_dtype=torch.float32`` for exact features), under ``cache_dir``
+    (:func:`~torchgraft.train.feature_key.cache_root`); a dataset with a ``fingerprint()`` finds the store of
+    an earlier run with the same weights and reading there, and the body does not run
+    (:func:`~torchgraft.train.feature_fill.filled_store`).
+
     Raises:
         FeatureCacheError: the body can change (see :func:`cache_problem`), the loader is not a
             ``DataLoader`` over a map-style dataset, or the data is augmented randomly.
     """
-    problem = cache_problem(model)
-    if problem is not None:
-        raise FeatureCacheError(f"feature cache: {problem}.")
-    if not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__getitem__"):
-        raise FeatureCacheError("feature cache: needs a torch DataLoader over a map-style dataset.")
-    dataset = loader.dataset
-    if train:
-        plain = getattr(dataset, "unaugmented", None)  # a dataset may offer its unaugmented version
-        dataset = plain() if callable(plain) else dataset
-        _check_deterministic(dataset)
-    data = _features(model, loader, prepare, dataset)
+    options = {"prepare": prepare, "train": train, "cache_dir": cache_dir, "cache_dtype": cache_dtype}
+    data, _ = cached_store(model, loader, **options)
+    return _loader_over(loader, data, train=train)
+
+
+def _loader_over(loader: DataLoader, data: FeatureStore, *, train: bool) -> DataLoader:
     sampler = _cached_sampler(loader, data, train=train)
     size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
-    return DataLoader(data, batch_size=size, sampler=sampler, drop_last=loader.drop_last)
+    return DataLoader(data, batch_size=size, sampler=sampler, drop_last=loader.drop_last, collate_fn=collate_rows)
 
 
 def feature_loaders(
@@ -199,13 +210,24 @@ def feature_loaders(
     prepare: Callable[[Any], tuple[Any, Any]],
     *,
     quiet: bool = False,
+    cache_dir: str | Path | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> tuple[DataLoader, DataLoader | None, nn.Module] | None:
     """``(cached train loader, cached valid loader, the head part that trains on them)`` while ``model``'s
-    body cannot change, else ``None`` (the unfrozen phase of a recipe trains normally)."""
+    body cannot change, else ``None`` (the unfrozen phase of a recipe trains normally). ``valid=None``: no
+    validation loader (``lr_find``)."""
     if cache_problem(model) is not None:
         return None
-    cached_train = cached_loader(model, train, prepare=prepare, train=True)
-    cached_valid = cached_loader(model, valid, prepare=prepare, train=False) if valid is not None else None
+    digest = functools.cache(lambda: weights_digest(model))  # hashed once for both stores, if either is kept
+    options = {"prepare": prepare, "cache_dir": cache_dir, "cache_dtype": cache_dtype, "weights": digest}
+    stores = [cached_store(model, train, train=True, **options)]
+    loaders: list[DataLoader | None] = [_loader_over(train, stores[0][0], train=True)]
+    if valid is not None:
+        stores.append(cached_store(model, valid, train=False, **options))
+    loaders.append(_loader_over(valid, stores[1][0], train=False) if valid is not None else None)
     if not quiet and is_main():
-        print(f"feature cache: body features of {len(cached_train.dataset)} samples computed once", file=sys.stderr)
-    return cached_train, cached_valid, cached_head(model)
+        found, store = all(was_found for _, was_found in stores), stores[0][0]
+        where = f"in {store.folder}" if store.key != "run" else "for this run"
+        how = f"read from the store {where} (the body did not run)" if found else f"computed once, stored {where}"
+        print(f"feature cache: body features of {len(store)} samples {how}", file=sys.stderr)
+    return loaders[0], loaders[1], cached_head(model)  # type: ignore[return-value]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 __all__ = [
@@ -163,9 +163,11 @@ def _check_size(loader: DataLoader, world: int, *, train: bool) -> None:
         )
 
 
-def _rebuilt(loader: DataLoader, **sampling: Any) -> DataLoader:
+def _rebuilt(loader: DataLoader, dataset: Any = None, **sampling: Any) -> DataLoader:
+    if loader.num_workers > 0:  # prefetch_factor is refused without workers
+        sampling["prefetch_factor"] = loader.prefetch_factor
     return DataLoader(
-        loader.dataset,
+        loader.dataset if dataset is None else dataset,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
@@ -182,7 +184,10 @@ def shard_loader(loader: DataLoader, *, train: bool = True) -> DataLoader:
     Training (``train=True``): a sampler with ``shard(rank, world)`` (torchgraft's
     :class:`~torchgraft.data.sampling.SeededSampler`) shards itself; a batch sampler of its own
     (length-grouped text batches) is dealt out batch by batch (:class:`ShardedBatches`); anything else is
-    replaced by a ``DistributedSampler`` (shuffled if the original was). Validation: :class:`EvalShard`.
+    replaced by a ``DistributedSampler`` (shuffled if the original was). Validation: :class:`EvalShard`. An
+    ``IterableDataset`` with ``shard(rank, world)`` (:class:`~torchgraft.data.streams.SampleStream`) shards
+    itself; one without is taken as this rank's already (webdataset's ``split_by_node``, datasets'
+    ``split_dataset_by_node``): every rank must then yield as many training batches.
 
     Raises:
         ValueError: a set smaller than the number of processes, or a loader that is not a ``DataLoader``.
@@ -193,6 +198,9 @@ def shard_loader(loader: DataLoader, *, train: bool = True) -> DataLoader:
             f"{type(loader).__name__}."
         )
     world, me = world_size(), rank()
+    if isinstance(loader.dataset, IterableDataset):  # a stream: it shards itself, or is already this rank's
+        sharder = getattr(loader.dataset, "shard", None)
+        return _rebuilt(loader, sharder(me, world), batch_size=loader.batch_size) if callable(sharder) else loader
     _check_size(loader, world, train=train)
     if not train:
         size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)

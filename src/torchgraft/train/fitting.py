@@ -8,6 +8,7 @@ What a fit reads and sets on its Learner is :class:`Fitted`; the training step i
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from torchgraft.tasks import Task
 from torchgraft.tasks.metrics import MetricSet
@@ -25,13 +27,14 @@ from torchgraft.train.callbacks import notify
 from torchgraft.train.distributed import is_main, reduce_max
 from torchgraft.train.fsdp import is_sharded
 from torchgraft.train.loop import EpochProgress, Loop, StepEvents, TrainingDivergedError
+from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.placement import Placement
 from torchgraft.train.resume import Trained, epoch_batches, restore, set_sampler_epoch
 from torchgraft.train.state import FitState
 from torchgraft.tune.optim import LRSpec, param_groups
 from torchgraft.tune.stale import watch_optimizer
 
-__all__ = ["Fitted", "Schedule", "run_fit", "trained_objects"]
+__all__ = ["Fitted", "Schedule", "run_fit", "sweep_rates", "trained_objects"]
 
 Schedule = Callable[[torch.optim.Optimizer, int], Any]
 
@@ -52,6 +55,8 @@ class Fitted(Protocol):
     watch: Any
     cache: tuple[Any, Any, nn.Module] | None
     cache_features: bool
+    cache_dir: str | Path | None
+    cache_dtype: torch.dtype | None
     checkpoint_dir: Path | None
     progress: bool
     quiet: bool
@@ -83,14 +88,36 @@ def _prepare_optimizer(learner: Fitted, lr: LRSpec) -> torch.optim.Optimizer:
     return optimizer
 
 
+def _cached(learner: Fitted, valid: Any, *, quiet: bool) -> tuple[Any, Any, nn.Module] | None:
+    """The cached loaders and head (:func:`~torchgraft.train.cache.feature_loaders`) if asked and the body
+    cannot change, else ``None``."""
+    model = learner.placement.model
+    if not learner.cache_features or is_sharded(model):
+        return None
+    store = {"quiet": quiet, "cache_dir": learner.cache_dir, "cache_dtype": learner.cache_dtype}
+    return feature_loaders(model, learner.train_dl, valid, learner.loop.prepare, **store)
+
+
 def _set_cache(learner: Fitted) -> None:
     """Cache body features for this fit if asked and the body cannot change; else run normally."""
     learner.placement.unwrap()
     learner.cache = None
-    model = learner.placement.model
-    if learner.cache_features and not is_sharded(model):
-        prepare = learner.loop.prepare
-        learner.cache = feature_loaders(model, learner.train_dl, learner.valid_dl, prepare, quiet=learner.quiet)
+    learner.cache = _cached(learner, learner.valid_dl, quiet=learner.quiet)
+
+
+def sweep_rates(learner: Fitted, *, start: float, end: float, steps: int) -> LRFind:
+    """:func:`~torchgraft.train.lr_finder.lr_find` with the Learner's task, loss, autocast and optimizer. With
+    the feature cache on and the body frozen, the head trains on cached features when the store is worth
+    it (a dataset with a ``fingerprint()``, whose store the next fit reads, or no more batches than
+    ``steps``), so the sweep does not run the body; else the model trains on the training loader."""
+    _ = learner.task  # the task's loss, unless the user's
+    loader = learner.train_dl
+    keeps = callable(getattr(getattr(loader, "dataset", None), "fingerprint", None)) or len(loader) <= steps
+    cache = _cached(learner, None, quiet=True) if keeps and isinstance(loader, DataLoader) else None
+    trained, batches = (cache[2], cache[0]) if cache is not None else (learner.placement.model, learner.train_dl)
+    options = {"start": start, "end": end, "steps": steps, "weight_decay": learner.weight_decay}
+    loss_of = functools.partial(learner.loop.batch_loss, trained)
+    return lr_find(learner.placement.model, batches, loss_of, optimizer=learner.optimizer_class, **options)
 
 
 def _bar(learner: Fitted, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Any:
@@ -149,6 +176,17 @@ def _one_epoch(learner: Fitted) -> None:
     notify(learner.callbacks, "on_epoch_end", learner, record)
 
 
+def _length(loader: Any) -> int:
+    """Batches per epoch (for the schedule and the progress), or an error naming how to declare them."""
+    try:
+        return len(loader)
+    except TypeError:
+        raise TypeError(
+            "Learner: the training loader has no length (an IterableDataset without __len__); declare one: "
+            "give the dataset a __len__ (webdataset: .with_length(samples)), or use torchgraft.data.SampleStream."
+        ) from None
+
+
 def _start(learner: Fitted, kind: str, epochs: int, lr: LRSpec, schedule: Schedule, resume: str | Path | None) -> None:
     """The fit's model placement, optimizer, cache, wrapper, schedule and counters (a resumed fit's restored)."""
     _ = learner.task  # inferred from the first batch when none was given (before any sharding or wrapping)
@@ -156,7 +194,7 @@ def _start(learner: Fitted, kind: str, epochs: int, lr: LRSpec, schedule: Schedu
     optimizer = _prepare_optimizer(learner, lr)
     _set_cache(learner)
     learner.placement.wrap(learner.cache[2] if learner.cache is not None else None)
-    steps = math.ceil(len(learner.train_dl) / learner.loop.accumulate) * epochs
+    steps = math.ceil(_length(learner.train_dl) / learner.loop.accumulate) * epochs
     learner.loop.scheduler = schedule(optimizer, steps)
     learner.fit_state.start_fit({"kind": kind, "epochs": epochs})
     learner.loop.checked = False  # check the first batch's targets against the task again

@@ -27,13 +27,14 @@ from torch import nn
 
 from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
+from torchgraft.train.cache import check_cache_dtype
 from torchgraft.train.callbacks import Callback, Mode, builtin_callbacks
 from torchgraft.train.distributed import local_device
 from torchgraft.train.finetune import FineTuning
 from torchgraft.train.first_batch import check_metric_names, inferred_task
-from torchgraft.train.fitting import run_fit, trained_objects
+from torchgraft.train.fitting import run_fit, sweep_rates, trained_objects
 from torchgraft.train.loop import Loop, TrainingDivergedError, amp_dtype
-from torchgraft.train.lr_finder import LRFind, lr_find
+from torchgraft.train.lr_finder import LRFind
 from torchgraft.train.placement import BatchNormMode, Placement, Strategy
 from torchgraft.train.plots import plot_training
 from torchgraft.train.resume import capture, load_best_weights, save_state
@@ -44,8 +45,11 @@ from torchgraft.tune.optim import LRSpec
 __all__ = ["Learner", "TrainingDivergedError"]
 
 
-def _check_options(accumulate: int, save_every: int | None, checkpoint_dir: Any, task: Any, target_key: str) -> None:
+def _check_options(
+    accumulate: int, save_every: int | None, checkpoint_dir: Any, task: Any, target_key: str, cache_dtype: Any
+) -> None:
     """Refuse options out of range or contradicting each other, naming the fix."""
+    check_cache_dtype(cache_dtype)
     if accumulate < 1:
         raise ValueError(f"Learner: accumulate must be >= 1, got {accumulate}.")
     if save_every is not None and (save_every < 1 or checkpoint_dir is None):
@@ -108,8 +112,8 @@ class Learner(FineTuning):
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step; plain
             functions as :class:`~torchgraft.train.callbacks.LambdaCallback`).
-        cache_features: while the body of a grafted model is fully frozen (``bn="frozen"``), compute its
-            (pooled) features once and train the head on them; other fits run normally.
+        cache_features: while a grafted body is fully frozen, store its features on disk in ``cache_dir`` once
+            (``cache_dtype`` None: fp16, bf16 on overflow) and train the head on them; reused by later runs and lr_find.
 
     Under ``torchrun`` with several processes each rank trains on its own device and its shard of the data,
     with DDP (rebuilt per fit for what trains in it) or FSDP2; rank 0 alone prints and writes
@@ -165,8 +169,10 @@ class Learner(FineTuning):
         save_every: int | None = None,
         batchnorm: BatchNormMode = "train",
         strategy: Strategy = "ddp",
+        cache_dir: str | Path | None = None,
+        cache_dtype: torch.dtype | None = None,
     ) -> None:
-        _check_options(accumulate, save_every, checkpoint_dir, task, target_key)
+        _check_options(accumulate, save_every, checkpoint_dir, task, target_key, cache_dtype)
         self._task = task if isinstance(task, Task) or task is None else get_task(task, target_key=target_key)
         self.target_key, self.metrics_spec = target_key, metrics
         where = local_device(device)
@@ -192,6 +198,7 @@ class Learner(FineTuning):
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.quiet, self.cache_features = quiet, cache_features
+        self.cache_dir, self.cache_dtype = cache_dir, cache_dtype
         builtin = builtin_callbacks(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every)
         self.callbacks: list[Any] = [*builtin, *callbacks]
         self.optimizer: torch.optim.Optimizer | None = None
@@ -305,8 +312,5 @@ class Learner(FineTuning):
     def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFind:
         """Sweep the learning rate and suggest one (:func:`torchgraft.train.lr_finder.lr_find` with this
         Learner's task, loss and autocast); the model, the optimizer and every random generator are left
-        exactly as they were."""
-        _ = self.task  # the task's loss, unless the user's
-        options = {"start": start, "end": end, "steps": steps, "weight_decay": self.weight_decay}
-        loss_of = functools.partial(self.loop.batch_loss, self.model)
-        return lr_find(self.model, self.train_dl, loss_of, optimizer=self.optimizer_class, **options)
+        exactly as they were; with ``cache_features`` a frozen body's stored features (seconds, not minutes)."""
+        return sweep_rates(self, start=start, end=end, steps=steps)

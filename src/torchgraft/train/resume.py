@@ -155,9 +155,8 @@ def load_best_weights(checkpoint_dir: Path | None, model: torch.nn.Module) -> di
 def set_sampler_epoch(loader: Any, epoch: int) -> None:
     """A new shuffle each epoch, the same on every rank: samplers with ``set_epoch`` get ``epoch`` (the Learner
     gives the epochs trained over every fit, so that the stages of a recipe do not repeat one order)."""
-    for sampler in {
-        id(s): s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
-    }.values():
+    held = (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None), getattr(loader, "dataset", None))
+    for sampler in {id(s): s for s in held}.values():  # a stream (an IterableDataset) takes the epoch itself
         setter = getattr(sampler, "set_epoch", None)
         if callable(setter):
             setter(epoch)
@@ -181,7 +180,12 @@ def epoch_batches(train: Any, loaders: list[Any], state: FitState, *, distribute
     set_loader_rng_state(loaders, state.epoch_rng["loader_rng"])
     done = position["batch"]
     sampler, size = getattr(train, "sampler", None), getattr(train, "batch_size", None)
-    if callable(getattr(sampler, "skip", None)) and size:
+    skip_batches = getattr(getattr(train, "dataset", None), "skip_batches", None)
+    if callable(skip_batches):  # a stream skips whole batches without decoding them (SampleStream)
+        skip_batches(done)
+        batches = iter(train)
+        skip_batches(0)
+    elif callable(getattr(sampler, "skip", None)) and size:
         sampler.skip(done * size)
         batches = iter(train)
     else:
