@@ -74,11 +74,15 @@ def test_max_bad_stops_the_run_with_the_list_not_a_worker_traceback(photos, tmp_
     assert not (tmp_path / "run" / "model.json").exists()
 
 
-def test_a_full_check_refuses_the_file_before_training(photos, tmp_path, capsys):
-    args = ["train", str(photos), *MODEL, "--check", "full", "--out", str(tmp_path / "run"), "--quiet"]
-    assert main(args) == 2
+def test_a_full_check_refuses_the_file_before_training_and_the_manifest_remembers_it(photos, tmp_path, capsys):
+    """A manifest of its own: the verdict it records would make every later run on ``photos`` refuse the file
+    up front (which the second run here checks), and the other tests need the file to reach training."""
+    manifest = ["--manifest-dir", str(tmp_path / "manifests"), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(["train", str(photos), *MODEL, "--check", "full", *manifest]) == 2
     error = capsys.readouterr().err
     assert "1 unreadable image files" in error and _cut(photos) in error
+    assert main(["train", str(photos), *MODEL, *manifest]) == 2  # --check header: the bad verdict is kept
+    assert "1 unreadable image files" in capsys.readouterr().err
 
 
 def test_the_flags_parse_into_the_settings(capsys):
