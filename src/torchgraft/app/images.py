@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from torchgraft.app.defaults import IMAGE_DEFAULTS
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, image_data
@@ -25,8 +26,7 @@ class ImageInput(InputRecipe):
     """Images with a class, labels or values each: what every other recipe does not claim."""
 
     name: ClassVar[str] = "images"
-    # rates: the Learner's measured recipe of the model's kind (torchgraft.train.recipes)
-    defaults: ClassVar[dict[str, Any]] = {"model": "resnet50", "batch_size": 64}
+    defaults: ClassVar[dict[str, Any]] = IMAGE_DEFAULTS
 
     def claims(self, data: Any, settings: TrainSettings) -> bool:
         """Every input the other recipes leave (their probes run first)."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torchgraft.data.images import CHECKS
-from torchgraft.data.preprocess import Augment
-from torchgraft.ship.export import ADAPTER_EXPORTS
-from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
+from torchgraft.choices import ADAPTER_EXPORTS, BATCHNORM_MODES, CHECKS, STRATEGIES
+
+if TYPE_CHECKING:  # the command line builds its parsers from these settings without importing torch
+    from torchgraft.data.preprocess import Augment
 
 __all__ = ["TrainSettings"]
 

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import DataLoader
 
+from torchgraft.app.defaults import TEXT_DEFAULTS
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.texts import TextData, looks_like_text, text_data
@@ -63,8 +64,7 @@ class TextInput(InputRecipe):
     """Texts: ``task="text"``, an ``hf/`` model, :class:`TextData`, or data that looks like texts."""
 
     name: ClassVar[str] = "texts"
-    # rates: the Learner's measured recipe of the model's kind (torchgraft.train.recipes)
-    defaults: ClassVar[dict[str, Any]] = {"model": DEFAULT_TEXT_MODEL, "batch_size": 16}
+    defaults: ClassVar[dict[str, Any]] = TEXT_DEFAULTS
     cache_features: ClassVar[bool] = True
 
     def claims(self, data: Any, settings: TrainSettings) -> bool:

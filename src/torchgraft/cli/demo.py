@@ -7,8 +7,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from torchgraft.train.distributed import is_main
-
 __all__ = ["add_parser", "epoch_table", "run"]
 
 
@@ -48,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from torchgraft.demo import DEMO_SETTINGS, run_demo
+    from torchgraft.train.distributed import is_main
 
     torch.set_flush_denormal(True)  # denormals make CPU convolutions several times slower
     settings = DEMO_SETTINGS if args.epochs is None else replace(DEMO_SETTINGS, epochs=args.epochs)

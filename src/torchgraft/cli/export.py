@@ -7,8 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from torchgraft.ship.deploy import deploy
-from torchgraft.ship.program import DEPLOY_FORMATS
+from torchgraft.choices import DEPLOY_FORMATS
 
 __all__ = ["add_parser", "run"]
 
@@ -39,6 +38,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``export``."""
+    from torchgraft.ship.deploy import deploy
+
     if args.static and args.dynamic_size:
         raise ValueError("--static and --dynamic-size contradict each other; choose one.")
     report = deploy(

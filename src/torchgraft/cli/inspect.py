@@ -6,16 +6,12 @@ import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torchgraft.grafting.decoders import DECODERS
-from torchgraft.grafting.dense import Segmenter, graft_dense
-from torchgraft.grafting.surgery import graft
-from torchgraft.tune.describe import describe
-from torchgraft.tune.groups import layer_groups
-from torchgraft.tune.optim import LRSpec, group_lrs
-from torchgraft.weights.checkpoint import read_checkpoint
-from torchgraft.weights.zoo import build_model
+from torchgraft.choices import DECODERS
+
+if TYPE_CHECKING:  # the parser builds without torch; run() imports what it uses
+    from torchgraft.tune.optim import LRSpec
 
 __all__ = ["add_parser", "run", "summarize_checkpoint"]
 
@@ -91,6 +87,8 @@ def _groups_arg(text: str | None) -> int | str | None:
 
 def summarize_checkpoint(path: Path) -> str:
     """Tensor counts per top-level prefix of a checkpoint, read safely (see :func:`torchgraft.read_checkpoint`)."""
+    from torchgraft.weights.checkpoint import read_checkpoint
+
     checkpoint = read_checkpoint(path)
     tensors = checkpoint.tensors
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -108,6 +106,10 @@ def summarize_checkpoint(path: Path) -> str:
 
 def _grafted(args: argparse.Namespace) -> Any:
     """The graft ``inspect`` shows: a classification head, or a dense graft for ``--task segment``."""
+    from torchgraft.grafting.dense import graft_dense
+    from torchgraft.grafting.surgery import graft
+    from torchgraft.weights.zoo import build_model
+
     if args.task == "segment":
         options = (("--cut", args.cut), ("--pool", args.pool), ("--in-chans", args.in_chans))
         given = [flag for flag, value in options if value is not None] + (["--head"] if args.head != "linear" else [])
@@ -128,6 +130,11 @@ def _grafted(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``inspect``."""
+    from torchgraft.grafting.dense import Segmenter
+    from torchgraft.tune.describe import describe
+    from torchgraft.tune.groups import layer_groups
+    from torchgraft.tune.optim import group_lrs
+
     target = Path(args.target)
     if target.suffix in _CHECKPOINT_SUFFIXES:
         if not target.is_file():

@@ -6,10 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from torchgraft.app.prepare import prepare_run
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
-from torchgraft.train.distributed import is_main
-from torchgraft.tune.freeze import freeze
 
 __all__ = ["add_parser", "run"]
 
@@ -34,6 +31,10 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lr-find``."""
+    from torchgraft.app.prepare import prepare_run
+    from torchgraft.train.distributed import is_main
+    from torchgraft.tune.freeze import freeze
+
     if args.steps < 2 or not 0 < args.start < args.end:
         raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
     say = (lambda _: None) if args.quiet or not is_main() else print

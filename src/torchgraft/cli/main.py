@@ -15,7 +15,6 @@ from typing import NoReturn
 from torchgraft import __version__
 from torchgraft.cli import demo, export, lr_find, pack, predict, train
 from torchgraft.cli import inspect as inspect_command
-from torchgraft.train.distributed import cleanup, is_main, launched, local_device, setup
 
 __all__ = ["main"]
 
@@ -39,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _say_error(message: str) -> None:
     """Print a user error once: under torchrun every rank meets the same one, rank 0 tells it."""
+    from torchgraft.train.distributed import is_main
+
     if is_main():
         print(message, file=sys.stderr)
 
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code. Under ``torchrun`` every process runs it: the process group
     is joined first (each rank on its own device), data is checked once, only rank 0 prints and writes."""
     args = build_parser().parse_args(argv)
+    # imported once the arguments are parsed: the parsers build without torch, so --help answers at once
+    from torchgraft.train.distributed import cleanup, launched, local_device, setup
+
     try:
         if launched():
             setup(local_device(getattr(args, "device", None)))

@@ -7,8 +7,6 @@ import argparse
 import json
 from typing import Any
 
-from torchgraft.data.packing import pack
-
 __all__ = ["add_parser", "run"]
 
 
@@ -40,6 +38,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``pack``."""
+    from torchgraft.data.packing import pack
+
     report = pack(
         args.data,
         args.out,

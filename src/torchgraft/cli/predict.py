@@ -15,21 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torchgraft.data.images import IMAGE_SUFFIXES, load_rgb
-from torchgraft.data.masks import class_colours, overlay, write_mask
 from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
-from torchgraft.data.tokens import TextPreprocessing
-from torchgraft.ship.export import Exported, load_exported
-from torchgraft.ship.predict import (
-    MaskPrediction,
-    Prediction,
-    predict_images,
-    predict_masks,
-    predict_texts,
-    shorten_text,
-)
+
+if TYPE_CHECKING:  # the parser builds without torch; the functions below import what they run
+    from torchgraft.ship.export import Exported
+    from torchgraft.ship.predict import MaskPrediction, Prediction
 
 __all__ = ["add_parser", "expand_images", "expand_texts", "run", "write_masks"]
 
@@ -90,6 +82,8 @@ def _table_inputs(path: Path, x_col: str | None) -> list[tuple[str, str]]:
 def expand_images(items: list[str], *, x_col: str | None = None) -> list[Path]:
     """Files as given; folders replaced by the image files inside them (sorted); a CSV / JSON-lines file by
     the paths in its input column (relative to its folder)."""
+    from torchgraft.data.images import IMAGE_SUFFIXES
+
     paths: list[Path] = []
     for item in items:
         path = Path(item)
@@ -110,6 +104,8 @@ def expand_images(items: list[str], *, x_col: str | None = None) -> list[Path]:
 def expand_texts(items: list[str], *, x_col: str | None = None) -> tuple[list[str], list[str]]:
     """``(sources, texts)``: a ``.txt`` file is read (a folder: every ``.txt`` inside), a CSV / JSON-lines
     file gives the texts of its input column (sources ``file:LINE``), anything else is a text itself."""
+    from torchgraft.ship.predict import shorten_text
+
     sources: list[str | None] = []
     texts: list[str] = []
     for item in items:
@@ -138,6 +134,9 @@ def write_masks(
 ) -> list[dict[str, object]]:
     """Write ``NAME.mask.png`` and ``NAME.overlay.png`` for each prediction (into ``out``, else beside the
     image); returns each prediction's JSON fields with the two paths."""
+    from torchgraft.data.images import load_rgb
+    from torchgraft.data.masks import class_colours, overlay, write_mask
+
     colours = class_colours(len(exported.classes), exported.config.get("colours"))
     records = []
     for prediction in predictions:
@@ -152,6 +151,8 @@ def write_masks(
 
 
 def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
+    from torchgraft.ship.predict import predict_masks
+
     predictions = predict_masks(exported, expand_images(args.inputs, x_col=args.x_col))
     records = write_masks(exported, predictions, args.out)
     if args.json:
@@ -165,6 +166,10 @@ def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``predict``."""
+    from torchgraft.data.tokens import TextPreprocessing
+    from torchgraft.ship.export import load_exported
+    from torchgraft.ship.predict import predict_images, predict_texts
+
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     exported = load_exported(args.run_dir, device=args.device)

@@ -9,20 +9,15 @@ import dataclasses
 import json
 from typing import Any
 
-from torchgraft.app.images import ImageInput
-from torchgraft.app.run import train_run
+from torchgraft.app.defaults import IMAGE_DEFAULTS, TEXT_DEFAULTS
 from torchgraft.app.settings import TrainSettings
-from torchgraft.app.texts import TextInput
-from torchgraft.data.images import CHECKS
-from torchgraft.tasks import TASKS
-from torchgraft.train.distributed import is_main
-from torchgraft.train.placement import BATCHNORM_MODES, STRATEGIES
+from torchgraft.choices import BATCHNORM_MODES, CHECKS, STRATEGIES, task_names
 from torchgraft.train.recipes import RECIPES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
 
 _DEFAULTS = TrainSettings()
-_IMAGES, _TEXTS = ImageInput.defaults, TextInput.defaults  # the defaults of the kinds of input
+_IMAGES, _TEXTS = IMAGE_DEFAULTS, TEXT_DEFAULTS  # the defaults of the kinds of input
 _RATES = RECIPES  # the Learner's measured rates per kind of model
 
 
@@ -38,7 +33,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=[*TASKS, "text"],  # tasks registered with torchgraft.register_task included
+        choices=[*task_names(), "text"],  # tasks registered with torchgraft.register_task included
         default=None,
         help="default: inferred from the data (several labels in a cell: multilabel; numbers: regression; a masks/ "
         "folder: segment); text: the inputs are texts (also inferred: a 'text' column, .txt files, or an hf/ model)",
@@ -242,6 +237,9 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
+    from torchgraft.app.run import train_run
+    from torchgraft.train.distributed import is_main
+
     settings = settings_from(args)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print

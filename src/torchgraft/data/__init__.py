@@ -6,19 +6,42 @@ hold the readers' parts (:mod:`~torchgraft.data.tables`, :mod:`~torchgraft.data.
 :mod:`~torchgraft.data.sampling`, :mod:`~torchgraft.data.manifest`).
 """
 
-from torchgraft.data.badfiles import BadFiles
-from torchgraft.data.decode import decode_rgb
-from torchgraft.data.folders import ImageData, ImageDataset, image_data
-from torchgraft.data.hfdata import hf_data
-from torchgraft.data.images import BadImage, check_header, load_rgb, scan_images
-from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
-from torchgraft.data.packing import pack
-from torchgraft.data.preprocess import Preprocessing, preprocessing_for
-from torchgraft.data.samples import DataError
-from torchgraft.data.streams import SampleStream, StreamData
-from torchgraft.data.texts import TextData, text_data
-from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
-from torchgraft.data.wds import wds_data
+from typing import TYPE_CHECKING
+
+from torchgraft._lazy import lazy_exports
+
+if TYPE_CHECKING:  # at run time each name is imported when first read (torchgraft._lazy)
+    from torchgraft.data.badfiles import BadFiles
+    from torchgraft.data.decode import decode_rgb
+    from torchgraft.data.folders import ImageData, ImageDataset, image_data
+    from torchgraft.data.hfdata import hf_data
+    from torchgraft.data.images import BadImage, check_header, load_rgb, scan_images
+    from torchgraft.data.masks import MaskData, MaskDataset, mask_transforms, segmentation_data
+    from torchgraft.data.packing import pack
+    from torchgraft.data.preprocess import Preprocessing, preprocessing_for
+    from torchgraft.data.samples import DataError
+    from torchgraft.data.streams import SampleStream, StreamData
+    from torchgraft.data.texts import TextData, text_data
+    from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
+    from torchgraft.data.wds import wds_data
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "torchgraft.data.badfiles": ("BadFiles",),
+    "torchgraft.data.decode": ("decode_rgb",),
+    "torchgraft.data.folders": ("ImageData", "ImageDataset", "image_data"),
+    "torchgraft.data.hfdata": ("hf_data",),
+    "torchgraft.data.images": ("BadImage", "check_header", "load_rgb", "scan_images"),
+    "torchgraft.data.masks": ("MaskData", "MaskDataset", "mask_transforms", "segmentation_data"),
+    "torchgraft.data.packing": ("pack",),
+    "torchgraft.data.preprocess": ("Preprocessing", "preprocessing_for"),
+    "torchgraft.data.samples": ("DataError",),
+    "torchgraft.data.streams": ("SampleStream", "StreamData"),
+    "torchgraft.data.texts": ("TextData", "text_data"),
+    "torchgraft.data.tokens": ("LengthGroupedBatches", "PadCollate", "TextPreprocessing", "TokenDataset"),
+    "torchgraft.data.wds": ("wds_data",),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "BadFiles",

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from torchgraft.choices import CHECKS
+
 __all__ = ["CHECKS", "IMAGE_SUFFIXES", "BadImage", "check_header", "load_rgb", "scan_images", "to_rgb"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
-CHECKS = ("header", "full", "none")  # how much of each file scan_images reads, cheapest check first: see there
 PROCESS_CHECKS = 10_000  # header checks of at least this many files run in processes
 _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchgraft.choices import DECODERS
+
 __all__ = ["DECODERS", "UNET_WIDTHS", "FPNDecoder", "UNetDecoder", "build_decoder"]
 
-DECODERS = ("unet", "fpn")
 UNET_WIDTHS = (256, 128, 64, 32, 16)  # U-Net block widths, coarsest first (as smp's Unet)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.choices import ADAPTER_EXPORTS
 from torchgraft.data.preprocess import Preprocessing
 from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.grafting.info import GraftInfo, GraftRecordError
@@ -39,7 +40,6 @@ __all__ = [
 EXPORT_FORMAT = "torchgraft-export/2"  # 2: the graft's own record (GraftInfo.record), replayed without a dry run
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "model.json"
 Preprocessor = Preprocessing | TextPreprocessing  # images or texts
-ADAPTER_EXPORTS = ("merge", "separate")
 ADAPTER_FILE = "adapter_model.safetensors"
 
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DEPLOY_FORMATS", "DeployError", "export_program", "find_culprit"]
+from torchgraft.choices import DEPLOY_FORMATS
 
-DEPLOY_FORMATS = ("onnx", "pt2")
+__all__ = ["DEPLOY_FORMATS", "DeployError", "export_program", "find_culprit"]
 
 
 class DeployError(ValueError):

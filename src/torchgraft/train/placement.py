@@ -25,15 +25,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from torchgraft.choices import BATCHNORM_MODES, STRATEGIES
 from torchgraft.train.distributed import is_main, launched, setup, shard_loader, wrap
 from torchgraft.train.fsdp import full_model_state, is_sharded, plain_copy, shard_model
 
 __all__ = ["BATCHNORM_MODES", "STRATEGIES", "BatchNormMode", "Placement", "Strategy", "with_batchnorm"]
 
 BatchNormMode = Literal["train", "eval", "sync"]
-BATCHNORM_MODES: tuple[str, ...] = ("train", "eval", "sync")
 Strategy = Literal["ddp", "fsdp"]
-STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 
 
 def with_batchnorm(model: nn.Module, mode: str, device: torch.device, distributed: bool) -> nn.Module:

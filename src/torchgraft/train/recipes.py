@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # the command line reads RECIPES for its help without importing torch
+    from torch import nn
 
-from torchgraft.grafting.dryrun import default_example
-from torchgraft.tasks import Task
+    from torchgraft.tasks import Task
 
 __all__ = ["RECIPES", "Kind", "Recipe", "model_kind", "recipe_for"]
 
@@ -69,6 +69,8 @@ RECIPES: dict[str, Recipe] = {
 
 def model_kind(model: nn.Module, task: Task) -> Kind:
     """``"segment"`` for a segmentation task, ``"text"`` for a model that reads token ids, else ``"image"``."""
+    from torchgraft.grafting.dryrun import default_example
+
     if task.name == "segment":
         return "segment"
     return "text" if default_example(model) is not None else "image"

@@ -5,16 +5,36 @@ the modules hold the rest: :mod:`~torchgraft.weights.formats` (what a file is, f
 :mod:`~torchgraft.weights.zoo` (models by name), :mod:`~torchgraft.weights.hf` (Hugging Face models).
 """
 
-from torchgraft.weights.align import Alignment, Match, align_keys
-from torchgraft.weights.checkpoint import (
-    Checkpoint,
-    CheckpointReadError,
-    UnsafeCheckpointError,
-    read_checkpoint,
-    save_weights,
-)
-from torchgraft.weights.load import LoadError, LoadReport, load_weights
-from torchgraft.weights.pretrained import WeightsError, pretrained_model
+from typing import TYPE_CHECKING
+
+from torchgraft._lazy import lazy_exports
+
+if TYPE_CHECKING:  # at run time each name is imported when first read (torchgraft._lazy)
+    from torchgraft.weights.align import Alignment, Match, align_keys
+    from torchgraft.weights.checkpoint import (
+        Checkpoint,
+        CheckpointReadError,
+        UnsafeCheckpointError,
+        read_checkpoint,
+        save_weights,
+    )
+    from torchgraft.weights.load import LoadError, LoadReport, load_weights
+    from torchgraft.weights.pretrained import WeightsError, pretrained_model
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "torchgraft.weights.align": ("Alignment", "Match", "align_keys"),
+    "torchgraft.weights.checkpoint": (
+        "Checkpoint",
+        "CheckpointReadError",
+        "UnsafeCheckpointError",
+        "read_checkpoint",
+        "save_weights",
+    ),
+    "torchgraft.weights.load": ("LoadError", "LoadReport", "load_weights"),
+    "torchgraft.weights.pretrained": ("WeightsError", "pretrained_model"),
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "Alignment",

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from torchgraft.grafting.loaded import record_loaded
+if TYPE_CHECKING:  # the command line reads DEFAULT_TEXT_MODEL for its help without importing torch
+    from torch import nn
 
 __all__ = [
     "DEFAULT_TEXT_MODEL",
@@ -108,6 +107,8 @@ def hf_text_model(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any
 
 def _encoder(transformers: Any, location: str, *, local: bool, pretrained: bool) -> nn.Module:
     """The bare encoder, with the tensors its checkpoint filled recorded (none for random weights)."""
+    from torchgraft.grafting.loaded import record_loaded  # here: the module stays torch-free for the CLI's help
+
     if not pretrained:
         model = transformers.AutoModel.from_config(
             transformers.AutoConfig.from_pretrained(location, local_files_only=local)
