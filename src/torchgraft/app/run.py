@@ -178,7 +178,10 @@ def _finish(
     on validation, the multi-label threshold, before the export records it), the export, the history and the
     plots."""
     settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
-    batches = validation_batches(model, learner.full_valid_dl, device=learner.device, task=learner.task)
+    batches, why = learner.kept.outputs_of(final["exported_epoch"] - 1)  # as the exported epoch validated
+    if batches is None:
+        say(f"report: a second pass over the validation set ({why})")
+        batches = validation_batches(model, learner.full_valid_dl, device=learner.device, task=learner.task)
     summary = learner.task.report(batches, classes)
     final.update(summary.final)
     for line in summary.lines:

@@ -120,6 +120,13 @@ class Task:
         export records it. The base class reports nothing (the batches are not read)."""
         return TaskReport()
 
+    def kept(self, outputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a run keeps of one validation batch for :meth:`report`, on the CPU (the report after training
+        then reads the exported epoch's validation instead of a second pass: :mod:`torchgraft.train.kept`): by
+        default the float outputs and the targets as they are. A task whose report needs less keeps less
+        (segmentation: the predicted classes, not the logits); its report must accept what this returns."""
+        return outputs.detach().float().cpu(), torch.as_tensor(targets).cpu()
+
     def prediction(
         self, decoded: dict[str, torch.Tensor], classes: Sequence[str], *, top_k: int
     ) -> tuple[list[tuple[str, float]], dict[str, float]]:

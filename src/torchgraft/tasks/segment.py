@@ -170,6 +170,13 @@ class Segmentation(Task):
         """The run's ``dice_weight`` (default 0: cross-entropy alone)."""
         return cls(dice_weight=options.get("dice_weight") or 0.0)
 
+    def kept(self, outputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted classes and the masks (one byte a pixel when they fit): all :meth:`report` reads."""
+        predicted, masks = outputs.detach().argmax(dim=1).cpu(), torch.as_tensor(targets).cpu()
+        if outputs.shape[1] <= 256 and 0 <= self.ignore_index <= 255:
+            return predicted.to(torch.uint8), masks.to(torch.uint8)
+        return predicted, masks
+
     def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
         """Per-class IoU and Dice over the validation set (``None`` for a class in neither masks nor predictions)."""
         matrix = ConfusionMatrix(len(classes), ignore_index=self.ignore_index)

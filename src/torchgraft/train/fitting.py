@@ -26,6 +26,7 @@ from torchgraft.train.cache import feature_loaders
 from torchgraft.train.callbacks import notify
 from torchgraft.train.distributed import is_main, reduce_max
 from torchgraft.train.fsdp import is_sharded
+from torchgraft.train.kept import KeptOutputs
 from torchgraft.train.loop import EpochProgress, Loop, StepEvents, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.placement import Placement
@@ -46,6 +47,7 @@ class Fitted(Protocol):
     loop: Loop
     fit_state: FitState
     callbacks: list[Any]
+    kept: KeptOutputs
     metric_set: MetricSet
     train_dl: Any
     valid_dl: Any
@@ -169,7 +171,8 @@ def _one_epoch(learner: Fitted) -> None:
         # sharded layers gather their parameters at every forward: every rank runs as many
         forwards = int(reduce_max(torch.tensor(len(valid), device=placement.device))) if is_sharded(plain) else 0
         bar = _bar(learner, valid, "valid")
-        record.update(learner.loop.evaluate(plain, bar, learner.metric_set, forwards=forwards))
+        keep = learner.kept.collector(learner)  # the report after training reads the exported epoch's outputs
+        record.update(learner.loop.evaluate(plain, bar, learner.metric_set, forwards=forwards, keep=keep))
     record["seconds"] = time.perf_counter() - start
     state.history.append(record)
     state.epoch += 1

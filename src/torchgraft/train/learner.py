@@ -33,6 +33,7 @@ from torchgraft.train.distributed import local_device
 from torchgraft.train.finetune import FineTuning
 from torchgraft.train.first_batch import check_metric_names, inferred_task
 from torchgraft.train.fitting import run_fit, sweep_rates, trained_objects
+from torchgraft.train.kept import KeptOutputs
 from torchgraft.train.loop import Loop, TrainingDivergedError, amp_dtype
 from torchgraft.train.lr_finder import LRFind
 from torchgraft.train.placement import BatchNormMode, Placement, Strategy
@@ -200,7 +201,8 @@ class Learner(FineTuning):
         self.quiet, self.cache_features = quiet, cache_features
         self.cache_dir, self.cache_dtype = cache_dir, cache_dtype
         builtin = builtin_callbacks(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every)
-        self.callbacks: list[Any] = [*builtin, *callbacks]
+        self.kept = KeptOutputs()  # the exported epoch's validation outputs, for the task's report (after BestEpoch)
+        self.callbacks: list[Any] = [*builtin, self.kept, *callbacks]
         self.optimizer: torch.optim.Optimizer | None = None
         self.fit_state = FitState()  # counters, history, best epoch, the running epoch's position
         self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features

@@ -240,11 +240,18 @@ class Loop:
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, batches: Iterable[Any], metrics: MetricSet, *, forwards: int = 0
+        self,
+        model: nn.Module,
+        batches: Iterable[Any],
+        metrics: MetricSet,
+        *,
+        forwards: int = 0,
+        keep: Callable[[torch.Tensor, Any], None] | None = None,
     ) -> dict[str, float]:
         """``valid_loss`` and every metric over all of ``batches`` (all ranks), accumulated, not averaged
         per batch. ``forwards``: run the model at least that many times, repeating the last batch with its
-        outputs left out (a sharded model gathers its parameters at every forward, on every rank at once)."""
+        outputs left out (a sharded model gathers its parameters at every forward, on every rank at once).
+        ``keep`` is called with each batch's ``(outputs, targets)`` (:mod:`torchgraft.train.kept`)."""
         model.eval()
         metrics.reset()
         total, count, done, inputs = torch.zeros((), device=self.device), 0, 0, None
@@ -258,6 +265,8 @@ class Loop:
             total += (self.loss or self.task.loss)(outputs, targets) * n
             count += n
             metrics.update(outputs, targets)
+            if keep is not None:
+                keep(outputs, targets)
         for _ in range(forwards - done):  # this rank's shard has a batch fewer
             call_model(model, inputs)
         count_ = reduce_sum(torch.tensor(float(count), device=self.device)).clamp(min=1)

@@ -1,0 +1,116 @@
+"""The validation outputs of the epoch a run exports, kept as the epoch validated, so that the task's report after
+training (:meth:`Task.report <torchgraft.tasks.Task.report>`: the confusion matrix, the multi-label threshold, the
+per-class IoU) reads them instead of running a second full pass over the validation set.
+
+Kept: the outputs of the epoch that is best so far by the monitored value (the one ``best.pt`` holds and a run
+exports), else of the last epoch; never more than that epoch's and the running one's. Each batch is compacted by
+:meth:`Task.kept <torchgraft.tasks.Task.kept>` (segmentation keeps the predicted classes, not the logits), on the
+CPU. Under ``torchrun`` each rank validates its shard (:class:`~torchgraft.train.distributed.EvalShard`); a kept
+epoch's shards are gathered on rank 0 and put back in the validation set's order. An epoch whose validation is not
+the exported model's own forward is not kept, and :meth:`KeptOutputs.outputs_of` says why: validated on cached
+features (stored at reduced precision), under mixed precision, or on a stream that shards itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from torchgraft.tasks import Task
+from torchgraft.train.callbacks import Callback, Learner
+from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
+
+__all__ = ["Batches", "KeptOutputs"]
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]  # (outputs, targets) of each validation batch, on the CPU
+
+
+class KeptOutputs(Callback):
+    """The kept validation outputs of a Learner (``learner.kept``): :meth:`outputs_of` gives an epoch's.
+
+    Example:
+        >>> learner.fine_tune(3)
+        >>> best = learner.load_best()
+        >>> batches, why = learner.kept.outputs_of(learner.best_epoch["index"])
+        >>> report = learner.task.report(batches, classes) if batches is not None else ...
+    """
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, Batches] = {}  # place in the history -> its batches
+        self.missing: dict[int, str] = {}  # place in the history -> why its outputs are not kept
+        self._running: Batches | None = None
+        self._why: str = "its validation did not run"
+
+    def collector(self, learner: Any) -> Callable[[torch.Tensor, Any], None] | None:
+        """What the validation of the epoch about to run calls with each batch's ``(outputs, targets)``, or
+        ``None`` when that validation cannot stand for the exported model's (see the module)."""
+        self._running, self._why = None, _not_reusable(learner)
+        if self._why:
+            return None
+        task: Task = learner.task
+        if type(task).report is Task.report:  # the task reports nothing: nothing to keep
+            self._running = []
+            return lambda outputs, targets: None
+        running: Batches = []
+        self._running = running
+        return lambda outputs, targets: running.append(task.kept(outputs, targets))
+
+    def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
+        index = len(learner.history) - 1
+        best = getattr(learner, "best_epoch", None)
+        wanted = best["index"] if best is not None else index  # the epoch best.pt holds, else the last
+        running, why = self._running, self._why
+        self._running, self._why = None, "its validation did not run"
+        if wanted != index:
+            return
+        self.epochs.clear()
+        self.missing.clear()
+        if running is None:
+            self.missing[index] = why
+            return
+        if world_size() > 1:  # every rank takes part: the decision above is the same on all (reduced metrics)
+            running = _gathered(running, learner)
+            if running is None:
+                return
+        self.epochs[index] = running
+
+    def outputs_of(self, index: int) -> tuple[Batches | None, str]:
+        """``(batches, "")`` of the epoch at ``index`` in the history (on rank 0 under ``torchrun``: the whole
+        validation set), or ``(None, why)`` when they were not kept."""
+        if index in self.epochs:
+            return self.epochs[index], ""
+        return None, self.missing.get(index, "only the best epoch's (else the last epoch's) outputs are kept")
+
+
+def _not_reusable(learner: Any) -> str:
+    """Why the coming epoch's validation outputs are not those of a plain forward of the model (empty: they are)."""
+    if learner.cache is not None:
+        return "validated on cached features"
+    if learner.loop.amp_dtype is not None:
+        return "validated under mixed precision"
+    if world_size() > 1 and not isinstance(getattr(learner.valid_dl, "sampler", None), EvalShard):
+        return "validated on a stream that shards itself (its order across processes is unknown)"
+    return ""
+
+
+def _gathered(running: Batches, learner: Any) -> Batches | None:
+    """Rank 0: every rank's shard put back in the validation set's order (sample ``i`` was read by rank
+    ``i % world``), in batches of the unsharded loader's size; other ranks: ``None``."""
+    outputs = torch.cat([o for o, _ in running]) if running else None
+    targets = torch.cat([t for _, t in running]) if running else None
+    shards: list[Any] = [None] * world_size() if is_main() else []
+    dist.gather_object((rank(), outputs, targets), shards if is_main() else None, dst=0)
+    if not is_main():
+        return None
+    parts = sorted(shards, key=lambda shard: shard[0])
+    world = len(parts)
+    sizes = [0 if shard[1] is None else len(shard[1]) for shard in parts]
+    total = sum(sizes)
+    order = [(i % world, i // world) for i in range(total)]
+    whole_outputs = torch.stack([parts[r][1][j] for r, j in order]) if total else torch.empty(0)
+    whole_targets = torch.stack([parts[r][2][j] for r, j in order]) if total else torch.empty(0)
+    size = getattr(learner.full_valid_dl, "batch_size", None) or max(1, total)
+    return [(whole_outputs[s : s + size], whole_targets[s : s + size]) for s in range(0, total, size)]
