@@ -5,6 +5,11 @@ is the one ``best.pt`` holds; epochs whose validation is not the model's own for
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +122,14 @@ def test_validation_under_mixed_precision_is_not_kept_and_says_why(tmp_path):
     learner.fit(1, 1e-2)
     batches, why = learner.kept.outputs_of(0)
     assert batches is None and why == "validated under mixed precision"
+
+
+@pytest.mark.slow  # two torchrun processes: ~25 s of CPU
+def test_under_torchrun_rank_0_keeps_the_whole_validation_set_in_order(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "ddp_kept.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "kept.json").read_text())
+    assert result["samples"] == 70 and result["targets_in_order"] and result["outputs_close"]
+    assert result["kept"] == result["fresh"]
