@@ -82,7 +82,12 @@ class KeptOutputs(Callback):
         validation set), or ``(None, why)`` when they were not kept."""
         if index in self.epochs:
             return self.epochs[index], ""
-        return None, self.missing.get(index, "only the best epoch's (else the last epoch's) outputs are kept")
+        if index in self.missing:
+            return None, self.missing[index]
+        if self.epochs or self.missing:
+            kept = next(iter({**self.epochs, **self.missing}))
+            return None, f"the outputs kept are those of the best epoch (history row {kept + 1}), not row {index + 1}"
+        return None, f"history row {index + 1} was not validated by this process (a resumed run's earlier epoch)"
 
 
 def _not_reusable(learner: Any) -> str:
