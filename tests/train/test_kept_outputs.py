@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchgraft import Learner, Multilabel, Segmentation
+from torchgraft import Learner, Multilabel, Segmentation, freeze, graft
 from torchgraft.app.run import validation_batches
 from torchgraft.train.callbacks import Callback
 
@@ -114,6 +114,29 @@ def test_segmentation_keeps_one_byte_labels_and_reports_the_same_iou(tmp_path):
     assert all(o.dtype == torch.uint8 and o.shape == t.shape == (len(t), 8, 8) for o, t in batches)
     classes = ["bg", "one", "two"]
     assert learner.task.report(batches, classes).final == _fresh(learner, classes).final
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_validation_on_cached_features_is_kept_only_when_they_are_stored_exactly(tmp_path, dtype):
+    model = graft(_classifier(3), 3, input_size=(3, 8, 8))
+    freeze(model)
+    learner = Learner(
+        model,
+        *_loaders(*_images(160, 4)),
+        checkpoint_dir=tmp_path / "run",
+        cache_features=True,
+        cache_dir=tmp_path / "cache",
+        cache_dtype=dtype,
+    )
+    learner.fit(2, 3e-2)
+    learner.load_best()
+    batches, why = learner.kept.outputs_of(learner.best_epoch["index"])
+    if dtype is None:  # fp16 features: the outputs are not the model's own, a fresh pass is needed
+        assert batches is None and why.startswith("validated on cached features stored at reduced precision")
+        return
+    assert batches is not None, why
+    classes = ["a", "b", "c"]
+    assert learner.task.report(batches, classes).confusion == _fresh(learner, classes).confusion
 
 
 def test_validation_under_mixed_precision_is_not_kept_and_says_why(tmp_path):

@@ -8,7 +8,8 @@ exports), else of the last epoch; never more than that epoch's and the running o
 CPU. Under ``torchrun`` each rank validates its shard (:class:`~torchgraft.train.distributed.EvalShard`); a kept
 epoch's shards are gathered on rank 0 and put back in the validation set's order. An epoch whose validation is not
 the exported model's own forward is not kept, and :meth:`KeptOutputs.outputs_of` says why: validated on cached
-features (stored at reduced precision), under mixed precision, or on a stream that shards itself.
+features stored at reduced precision (the default fp16; ``cache_dtype=torch.float32`` stores them exactly), under
+mixed precision, or on a stream that shards itself.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class KeptOutputs(Callback):
 
 def _not_reusable(learner: Any) -> str:
     """Why the coming epoch's validation outputs are not those of a plain forward of the model (empty: they are)."""
-    if learner.cache is not None:
-        return "validated on cached features"
+    if learner.cache is not None and learner.cache_dtype is not torch.float32:  # float32: the features exactly
+        return "validated on cached features stored at reduced precision (cache_dtype=torch.float32 keeps them)"
     if learner.loop.amp_dtype is not None:
         return "validated under mixed precision"
     if world_size() > 1 and not isinstance(getattr(learner.valid_dl, "sampler", None), EvalShard):
