@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchgraft.spelling import option
 from torchgraft.tasks import Task
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.cache import feature_loaders
@@ -222,7 +223,8 @@ def run_fit(
             _one_epoch(learner)
     except KeyboardInterrupt:
         if not learner.quiet:
-            hint = f"; resume with resume={where / 'last.pt'}" if where else ""
+            last = str(where / "last.pt") if where else ""
+            hint = f"; resume with {option(f'resume={last!r}', '--resume')}" if where else ""
             print(f"interrupted after {learner.fit_state.epoch} of {epochs} epochs{hint}", file=sys.stderr)
         raise
     except TrainingDivergedError as error:
