@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 from torchgraft.grafting.decoders import DECODERS
 from torchgraft.grafting.dense import Segmenter, graft_dense
 from torchgraft.grafting.surgery import graft
@@ -62,6 +63,7 @@ def add_parser(commands: Any) -> None:
         help="segment: a dense graft (the taps found, the decoder, the groups); --n-out is then classes per pixel",
     )
     parser.add_argument("--decoder", choices=DECODERS, default="unet", help="with --task segment (default: unet)")
+    add_trust_pickle(parser, "a checkpoint FILE")
     parser.add_argument("--json", action="store_true", help="print the graft record as JSON")
     parser.set_defaults(run=run)
 
@@ -89,9 +91,10 @@ def _groups_arg(text: str | None) -> int | str | None:
     raise ValueError(f"--groups {text}: give an int >= 2 (body groups + head) or 'blocks'.")
 
 
-def summarize_checkpoint(path: Path) -> str:
-    """Tensor counts per top-level prefix of a checkpoint, read safely (see :func:`torchgraft.read_checkpoint`)."""
-    checkpoint = read_checkpoint(path)
+def summarize_checkpoint(path: Path, *, trust_pickle: bool = False) -> str:
+    """Tensor counts per top-level prefix of a checkpoint, read safely (see :func:`torchgraft.read_checkpoint`;
+    ``trust_pickle``: also a pickle that needs code from the file)."""
+    checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)
     tensors = checkpoint.tensors
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, tensor in tensors.items():
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if target.suffix in _CHECKPOINT_SUFFIXES:
         if not target.is_file():
             raise FileNotFoundError(f"no such checkpoint file: {target}")
-        print(summarize_checkpoint(target))
+        warn_if_trusted(args)
+        print(summarize_checkpoint(target, trust_pickle=args.trust_pickle))
         return 0
     n_groups = _groups_arg(args.groups)
     model = _grafted(args)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from torchgraft.app.prepare import prepare_run
+from torchgraft.cli.pickles import warn_if_trusted
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
 from torchgraft.train.distributed import is_main
 from torchgraft.tune.freeze import freeze
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``lr-find``."""
     if args.steps < 2 or not 0 < args.start < args.end:
         raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
+    warn_if_trusted(args)
     say = (lambda _: None) if args.quiet or not is_main() else print
     prepared = prepare_run(args.data, Path(args.out), settings_from(args), say=say, quiet=args.quiet)
     if args.frozen:

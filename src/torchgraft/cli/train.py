@@ -13,6 +13,7 @@ from torchgraft.app.images import ImageInput
 from torchgraft.app.run import train_run
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.texts import TextInput
+from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 from torchgraft.data.images import CHECKS
 from torchgraft.tasks import TASKS
 from torchgraft.train.distributed import is_main
@@ -87,6 +88,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="imagenet or pretrained (default: an offline package if installed, else the library's download), a "
         "checkpoint file (image models), or none",
     )
+    add_trust_pickle(parser, "a --weights checkpoint")
     parser.add_argument("--size", type=int, default=None, help="input size (default: from the weights' metadata)")
     parser.add_argument(
         "--batch-size",
@@ -242,6 +244,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
+    warn_if_trusted(args)
     settings = settings_from(args)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
