@@ -8,6 +8,7 @@ from typing import Any
 
 from torchgraft.app.prepare import prepare_run
 from torchgraft.cli.pickles import warn_if_trusted
+from torchgraft.cli.progress import sweep_progress
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
 from torchgraft.train.distributed import is_main
 from torchgraft.tune.freeze import freeze
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare_run(args.data, Path(args.out), settings_from(args), say=say, quiet=args.quiet)
     if args.frozen:
         freeze(prepared.model)
-    result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps)
+    with sweep_progress(args.steps, quiet=args.quiet or not is_main()) as on_step:
+        result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps, on_step=on_step)
     if not is_main():  # under torchrun each rank sweeps on its own shard; rank 0 reports
         return 0
     print(f"suggested learning rate: {result.suggestion:.2g}")

@@ -106,7 +106,14 @@ def _set_cache(learner: Fitted) -> None:
     learner.cache = _cached(learner, learner.valid_dl, quiet=learner.quiet)
 
 
-def sweep_rates(learner: Fitted, *, start: float, end: float, steps: int) -> LRFind:
+def sweep_rates(
+    learner: Fitted,
+    *,
+    start: float,
+    end: float,
+    steps: int,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> LRFind:
     """:func:`~torchgraft.train.lr_finder.lr_find` with the Learner's task, loss, autocast and optimizer. With
     the feature cache on and the body frozen, the head trains on cached features when the store is worth
     it (a dataset with a ``fingerprint()``, whose store the next fit reads, or no more batches than
@@ -116,7 +123,7 @@ def sweep_rates(learner: Fitted, *, start: float, end: float, steps: int) -> LRF
     keeps = callable(getattr(getattr(loader, "dataset", None), "fingerprint", None)) or len(loader) <= steps
     cache = _cached(learner, None, quiet=True) if keeps and isinstance(loader, DataLoader) else None
     trained, batches = (cache[2], cache[0]) if cache is not None else (learner.placement.model, learner.train_dl)
-    options = {"start": start, "end": end, "steps": steps, "weight_decay": learner.weight_decay}
+    options = {"start": start, "end": end, "steps": steps, "weight_decay": learner.weight_decay, "on_step": on_step}
     loss_of = functools.partial(learner.loop.batch_loss, trained)
     return lr_find(learner.placement.model, batches, loss_of, optimizer=learner.optimizer_class, **options)
 
