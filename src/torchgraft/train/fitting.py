@@ -12,7 +12,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -128,9 +128,26 @@ def sweep_rates(
     return lr_find(learner.placement.model, batches, loss_of, optimizer=learner.optimizer_class, **options)
 
 
+PROGRESS_EVERY = 30.0  # seconds between plain progress lines inside an epoch when there is no bar
+
+
+def _timed_lines(iterable: Iterable[Any], desc: str, total: int | None, initial: int) -> Iterator[Any]:
+    """``iterable``, printing ``  epoch 2: batch 120/500`` when :data:`PROGRESS_EVERY` seconds have passed
+    since the last line (output that is not a terminal gets no bar, and a long epoch is not silent)."""
+    last, done = time.perf_counter(), initial
+    for item in iterable:
+        yield item
+        done += 1
+        if time.perf_counter() - last >= PROGRESS_EVERY:
+            print(f"  {desc}: batch {done}{f'/{total}' if total else ''}", flush=True)
+            last = time.perf_counter()
+
+
 def _bar(learner: Fitted, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Any:
-    if not learner.progress or learner.quiet or not is_main():
+    if learner.quiet or not is_main():
         return iterable
+    if not learner.progress:
+        return _timed_lines(iterable, desc, total, initial)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
