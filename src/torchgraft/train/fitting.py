@@ -248,7 +248,7 @@ def run_fit(
     except KeyboardInterrupt:
         if not learner.quiet:
             last = str(where / "last.pt") if where else ""
-            hint = f"; resume with {option(f'resume={last}', '--resume')}" if where else ""
+            hint = f"; resume with {option(f'resume={last}', f'--resume (from {last})')}" if where else ""
             print(f"interrupted after {learner.fit_state.epoch} of {epochs} epochs{hint}", file=sys.stderr)
         raise
     except TrainingDivergedError as error:
