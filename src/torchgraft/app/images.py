@@ -40,7 +40,7 @@ class ImageInput(InputRecipe):
                 f"--model {settings.model}: hf/ models train on texts; for images give a torchvision or timm name."
             )
         preprocessing_for(settings.model, size=settings.size)
-        check_weights(settings.model, settings.weights)  # a missing file, or no way to download: now
+        check_weights(settings.model, settings.weights)  # a missing file, an unknown timm name: now
 
     def is_read(self, data: Any) -> bool:
         """Checked :class:`ImageData`."""

@@ -74,7 +74,7 @@ class MaskInput(InputRecipe):
                 "--task segment: --head, --lora and --y-range apply to classification heads, not to masks."
             )
         _whole_images(settings)
-        check_weights(settings.model, settings.weights)  # a missing file, or no way to download: now
+        check_weights(settings.model, settings.weights)  # a missing file, an unknown timm name: now
 
     def is_read(self, data: Any) -> bool:
         """Checked :class:`MaskData`."""
