@@ -59,7 +59,8 @@ def test_inspect_refuses_a_pickle_that_runs_code(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torchgraft.cli.main", "inspect", str(path)], capture_output=True, text=True
     )
-    assert result.returncode == 2 and "refused" in result.stderr and "trust_pickle" in result.stderr
+    assert result.returncode == 2 and "refused" in result.stderr and "--trust-pickle" in result.stderr
+    assert "trust_pickle=True" not in result.stderr
     assert "code from the checkpoint ran" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
 

@@ -83,7 +83,10 @@ def test_an_unknown_hf_model_is_named_without_a_download(bbc_folder):
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "hf/no-such-org/no-such-model: cannot load a Hugging Face model" in lines[0]
+    assert (
+        len(lines) == 1
+        and "hf/no-such-org/no-such-model: not a local folder, not in the Hugging Face cache" in lines[0]
+    )
 
 
 @pytest.mark.slow

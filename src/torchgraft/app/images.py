@@ -17,7 +17,7 @@ from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, image_data
 from torchgraft.data.preprocess import PixelCollate, Preprocessing, preprocessing_for
 from torchgraft.grafting.surgery import graft
-from torchgraft.weights.pretrained import pretrained_model, weights_file
+from torchgraft.weights.pretrained import check_weights, pretrained_model
 
 __all__ = ["ImageInput"]
 
@@ -40,7 +40,7 @@ class ImageInput(InputRecipe):
                 f"--model {settings.model}: hf/ models train on texts; for images give a torchvision or timm name."
             )
         preprocessing_for(settings.model, size=settings.size)
-        weights_file(settings.weights)
+        check_weights(settings.model, settings.weights)  # a missing file, an unknown timm name: now
 
     def is_read(self, data: Any) -> bool:
         """Checked :class:`ImageData`."""
@@ -63,7 +63,7 @@ class ImageInput(InputRecipe):
         """The pretrained network with a new head of ``data.n_outputs``, at the weights' input size."""
         assert settings.model is not None
         prep = preprocessing_for(settings.model, size=settings.size)
-        source, origin = pretrained_model(settings.model, settings.weights)
+        source, origin = pretrained_model(settings.model, settings.weights, trust_pickle=settings.trust_pickle)
         say(f"weights: {origin}")
         size = (3, prep.size, prep.size)
         model = graft(source, data.n_outputs, input_size=size, head=settings.head, y_range=settings.y_range)

@@ -29,7 +29,7 @@ from torchgraft.data.preprocess import Preprocessing, preprocessing_for
 from torchgraft.grafting.decoders import DECODERS
 from torchgraft.grafting.dense import graft_dense
 from torchgraft.tasks import TASKS
-from torchgraft.weights.pretrained import pretrained_model, weights_file
+from torchgraft.weights.pretrained import check_weights, pretrained_model
 
 __all__ = ["MaskInput", "looks_like_masks"]
 
@@ -74,7 +74,7 @@ class MaskInput(InputRecipe):
                 "--task segment: --head, --lora and --y-range apply to classification heads, not to masks."
             )
         _whole_images(settings)
-        weights_file(settings.weights)
+        check_weights(settings.model, settings.weights)  # a missing file, an unknown timm name: now
 
     def is_read(self, data: Any) -> bool:
         """Checked :class:`MaskData`."""
@@ -88,7 +88,7 @@ class MaskInput(InputRecipe):
         """The pretrained backbone with a ``settings.decoder`` decoder of ``data.n_outputs`` classes."""
         assert settings.model is not None
         prep = _whole_images(settings)
-        source, origin = pretrained_model(settings.model, settings.weights)
+        source, origin = pretrained_model(settings.model, settings.weights, trust_pickle=settings.trust_pickle)
         say(f"weights: {origin}")
         size = (3, prep.size, prep.size)
         model = graft_dense(source, data.n_outputs, decoder=settings.decoder, input_size=size)

@@ -111,13 +111,13 @@ def prepare_run(
     settings = settings.with_defaults(recipe.defaults)
     settings.check()
     recipe.check(settings)  # fails before the data is read
+    device = local_device(settings.device)  # a device this machine lacks too
     torch.manual_seed(settings.seed)
     if not recipe.is_read(data):  # under torchrun: listed and checked once, by rank 0
         data = on_main(recipe.read, data, settings, progress=not quiet)
     report(data, settings, say)
     built = recipe.build(data, settings, say)
     built.model = adapt(built.model, settings, say)
-    device = local_device(settings.device)
     loaders = recipe.loaders(data, built, settings, device)
     learner = Learner(
         built.model,

@@ -46,7 +46,8 @@ class TrainSettings:
     ``manifest_dir`` is where the data's manifest (the files' check verdicts, reused by the next run) is kept
     (default ``$TORCHGRAFT_CACHE/manifests``, else ``~/.cache/torchgraft/manifests``; ``"none"``: no manifest).
     ``cache_dir`` is where the feature cache stores a frozen body's features (default
-    ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``).
+    ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``). ``trust_pickle`` reads a
+    ``weights`` checkpoint that needs code to unpickle (pickles can run any code: only files you trust).
     """
 
     model: str | None = None
@@ -88,6 +89,7 @@ class TrainSettings:
     streaming: bool = False
     valid_data: str | None = None
     cache_dir: str | None = None
+    trust_pickle: bool = False
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""

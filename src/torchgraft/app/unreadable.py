@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from torchgraft.data.images import BadImage
 from torchgraft.data.samples import DataError
+from torchgraft.spelling import option
 from torchgraft.train.callbacks import Callback
 from torchgraft.train.distributed import world_size
 
@@ -88,10 +89,12 @@ class UnreadableFiles(Callback):
             self.say(f"  {len(found)} unreadable files replaced by other samples so far: {_listed(found)}")
         self.found = found
         if len(found) > self.max_bad:
+            limit = option(f"max_bad={self.max_bad}", f"--max-bad {self.max_bad}")
+            full, more = option("check_mode='full'", "--check full"), option("max_bad=N", "--max-bad N")
             raise DataError(
-                f"{len(found)} image files failed to decode during training, more than max_bad={self.max_bad}: "
-                f"{_listed(found, 10)}. Fix or remove them (or check every file before training: --check full), "
-                f"or allow more (--max-bad)."
+                f"{len(found)} image files failed to decode during training, more than {limit}: "
+                f"{_listed(found, 10)}. Fix or remove them (or check every file before training: {full}), "
+                f"or allow more ({more})."
             )
 
     def summary(self) -> list[dict[str, str]]:

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchgraft.choices import DECODERS
+from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 
 if TYPE_CHECKING:  # the parser builds without torch; run() imports what it uses
+    from torch import nn
+
     from torchgraft.tune.optim import LRSpec
 
 __all__ = ["add_parser", "run", "summarize_checkpoint"]
@@ -23,11 +26,14 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "inspect",
         help="show the graft of a model, or the tensors of a checkpoint",
-        description="Graft ARCH (a torchvision builder, or timm/NAME) on the meta device — no weights are "
-        "downloaded or allocated — and print what was cut, the body's output and the head; or list the "
-        "tensors of a checkpoint FILE (read with weights_only=True).",
+        description="Graft ARCH (a torchvision builder, timm/NAME, or a text encoder hf/FOLDER or hf/NAME, as "
+        "train --model takes them) without its weights — nothing is downloaded — and print what was cut, the "
+        "body's output and the head; show the exported model of a RUN_DIR; or list the tensors of a checkpoint "
+        "FILE (read with weights_only=True).",
     )
-    parser.add_argument("target", metavar="ARCH_OR_FILE", help="e.g. resnet50, timm/convnext_tiny, model.pth")
+    parser.add_argument(
+        "target", metavar="ARCH_OR_FILE", help="e.g. resnet50, timm/convnext_tiny, hf/FOLDER, runs/pets, model.pth"
+    )
     parser.add_argument("--n-out", type=int, default=10, help="outputs of the new head (default: 10)")
     parser.add_argument("--head", choices=("linear", "mlp"), default="linear", help="head type (default: linear)")
     parser.add_argument(
@@ -58,6 +64,7 @@ def add_parser(commands: Any) -> None:
         help="segment: a dense graft (the taps found, the decoder, the groups); --n-out is then classes per pixel",
     )
     parser.add_argument("--decoder", choices=DECODERS, default="unet", help="with --task segment (default: unet)")
+    add_trust_pickle(parser, "a checkpoint FILE")
     parser.add_argument("--json", action="store_true", help="print the graft record as JSON")
     parser.set_defaults(run=run)
 
@@ -85,11 +92,12 @@ def _groups_arg(text: str | None) -> int | str | None:
     raise ValueError(f"--groups {text}: give an int >= 2 (body groups + head) or 'blocks'.")
 
 
-def summarize_checkpoint(path: Path) -> str:
-    """Tensor counts per top-level prefix of a checkpoint, read safely (see :func:`torchgraft.read_checkpoint`)."""
+def summarize_checkpoint(path: Path, *, trust_pickle: bool = False) -> str:
+    """Tensor counts per top-level prefix of a checkpoint, read safely (see :func:`torchgraft.read_checkpoint`;
+    ``trust_pickle``: also a pickle that needs code from the file)."""
     from torchgraft.weights.checkpoint import read_checkpoint
 
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)
     tensors = checkpoint.tensors
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, tensor in tensors.items():
@@ -104,25 +112,61 @@ def summarize_checkpoint(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _source(target: str) -> nn.Module:
+    """The network ``target`` names, as ``train --model`` takes it, built without weights: a torchvision
+    builder, ``timm/NAME``, or a text encoder ``hf/FOLDER`` / ``hf/NAME`` (from its config: an offline
+    package's or the cache's; nothing is downloaded)."""
+    from torchgraft.weights.hf import HFModelError, hf_config_model, hf_location
+    from torchgraft.weights.zoo import build_model
+
+    if not target.startswith(("hf/", "hf:")):
+        return build_model(target)
+    location = hf_location(target)
+    try:
+        return hf_config_model(location)
+    except (OSError, ValueError) as error:
+        raise HFModelError(
+            f"{target}: no config.json found at {location!r} locally ({type(error).__name__}); inspect reads a "
+            f"folder saved with save_pretrained, an offline package or the Hugging Face cache, and downloads nothing."
+        ) from None
+
+
+def _run_dir(target: Path, args: argparse.Namespace) -> int:
+    """``inspect RUN_DIR``: the exported model of a run, rebuilt from its files, and its graft."""
+    from torchgraft.ship.export import load_exported
+    from torchgraft.tune.describe import describe
+
+    exported = load_exported(target)
+    config = exported.config
+    what = f"{target}: {config['architecture']} trained for {exported.task.name}, {len(exported.classes)} outputs"
+    if args.json:
+        record = {"run_dir": str(target), "architecture": config["architecture"], "task": exported.task.name}
+        print(json.dumps({**record, "classes": exported.classes, "graft": config.get("graft")}, indent=2, default=str))
+        return 0
+    print(f"{what} ({', '.join(exported.classes[:10])}{' ...' if len(exported.classes) > 10 else ''})")
+    print(describe(exported.model, lr=args.lr))
+    return 0
+
+
 def _grafted(args: argparse.Namespace) -> Any:
     """The graft ``inspect`` shows: a classification head, or a dense graft for ``--task segment``."""
     from torchgraft.grafting.dense import graft_dense
     from torchgraft.grafting.surgery import graft
-    from torchgraft.weights.zoo import build_model
 
     if args.task == "segment":
         options = (("--cut", args.cut), ("--pool", args.pool), ("--in-chans", args.in_chans))
         given = [flag for flag, value in options if value is not None] + (["--head"] if args.head != "linear" else [])
         if given:
             raise ValueError(f"--task segment builds a decoder on the taps it finds; {', '.join(given)} do not apply.")
-        return graft_dense(build_model(args.target), args.n_out, decoder=args.decoder, input_size=args.input_size)
+        return graft_dense(_source(args.target), args.n_out, decoder=args.decoder, input_size=args.input_size)
     cut: Any = int(args.cut) if args.cut is not None and args.cut.lstrip("-").isdigit() else args.cut
+    text = args.target.startswith(("hf/", "hf:"))
     return graft(
-        build_model(args.target),
+        _source(args.target),
         args.n_out,
         cut=cut,
         head=args.head,
-        pool=args.pool,
+        pool=args.pool if args.pool is not None or not text else "mean",  # as train grafts a text encoder
         in_chans=args.in_chans,
         input_size=args.input_size,
     )
@@ -131,6 +175,7 @@ def _grafted(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Execute ``inspect``."""
     from torchgraft.grafting.dense import Segmenter
+    from torchgraft.ship.export import CONFIG_FILE
     from torchgraft.tune.describe import describe
     from torchgraft.tune.groups import layer_groups
     from torchgraft.tune.optim import group_lrs
@@ -139,8 +184,11 @@ def run(args: argparse.Namespace) -> int:
     if target.suffix in _CHECKPOINT_SUFFIXES:
         if not target.is_file():
             raise FileNotFoundError(f"no such checkpoint file: {target}")
-        print(summarize_checkpoint(target))
+        warn_if_trusted(args)
+        print(summarize_checkpoint(target, trust_pickle=args.trust_pickle))
         return 0
+    if target.is_dir() and (target / CONFIG_FILE).is_file():
+        return _run_dir(target, args)
     n_groups = _groups_arg(args.groups)
     model = _grafted(args)
     groups = layer_groups(model, n=n_groups)

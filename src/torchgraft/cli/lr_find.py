@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from torchgraft.cli.pickles import warn_if_trusted
+from torchgraft.cli.progress import sweep_progress
 from torchgraft.cli.train import add_data_and_model_arguments, settings_from
 
 __all__ = ["add_parser", "run"]
@@ -37,11 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 2 or not 0 < args.start < args.end:
         raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
+    warn_if_trusted(args)
     say = (lambda _: None) if args.quiet or not is_main() else print
     prepared = prepare_run(args.data, Path(args.out), settings_from(args), say=say, quiet=args.quiet)
     if args.frozen:
         freeze(prepared.model)
-    result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps)
+    with sweep_progress(args.steps, quiet=args.quiet or not is_main()) as on_step:
+        result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps, on_step=on_step)
     if not is_main():  # under torchrun each rank sweeps on its own shard; rank 0 reports
         return 0
     print(f"suggested learning rate: {result.suggestion:.2g}")

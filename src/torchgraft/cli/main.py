@@ -1,8 +1,10 @@
 """Entry point of the ``torchgraft`` command: parses arguments and dispatches to a subcommand module.
 
-User errors (bad arguments, missing files, unknown models, bad data) print one line and exit with code 2;
-no traceback. A diverged training run (NaN/inf loss) exits with 3, Ctrl-C with 130; both name the
-checkpoint to resume from (printed by the Learner).
+User errors (bad arguments, missing files, unknown models, bad data, a device this machine lacks) print one
+line and exit with code 2; no traceback; messages name options as the command's flags
+(:mod:`torchgraft.spelling`). Other libraries' progress bars, warnings and retry logs are quiet unless
+``--verbose``. A diverged training run (NaN/inf loss) exits with 3, Ctrl-C with 130; both name the checkpoint
+to resume from (printed by the Learner).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import NoReturn
 from torchgraft import __version__
 from torchgraft.cli import demo, export, lr_find, pack, predict, train
 from torchgraft.cli import inspect as inspect_command
+from torchgraft.cli.quiet import libraries_quiet
+from torchgraft.spelling import command_line
 
 __all__ = ["main"]
 
@@ -33,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (demo, train, pack, predict, export, lr_find, inspect_command):
         command.add_parser(commands)
+    for sub in commands.choices.values():
+        sub.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also show other libraries' progress bars, warnings and retry logs (Hugging Face, timm)",
+        )
     return parser
 
 
@@ -52,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from torchgraft.train.distributed import cleanup, launched, local_device, setup
 
     try:
-        if launched():
-            setup(local_device(getattr(args, "device", None)))
-        return args.run(args)
+        with command_line(), libraries_quiet(not args.verbose):
+            if launched():
+                setup(local_device(getattr(args, "device", None)))
+            return args.run(args)
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
         _say_error(f"torchgraft {args.command}: error: {error}")
         return 2

@@ -17,16 +17,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchgraft.data.tables import X_NAMES, Table, TableError, read_table
-
 if TYPE_CHECKING:  # the parser builds without torch; the functions below import what they run
     from torchgraft.ship.export import Exported
     from torchgraft.ship.predict import MaskPrediction, Prediction
 
-__all__ = ["add_parser", "expand_images", "expand_texts", "run", "write_masks"]
-
-_TABLES = (".csv", ".jsonl", ".ndjson")
-_WRITTEN = (".mask.png", ".overlay.png")  # what predict writes for a segmentation model: never read back as input
+__all__ = ["add_parser", "run", "write_masks"]
 
 
 def add_parser(commands: Any) -> None:
@@ -60,75 +55,6 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _input_column(table: Table, x_col: str | None) -> int:
-    """The input column of a table of inputs (no target column needed): ``x_col``, else the column named like
-    path/image/text, else the first."""
-    lowered = [h.lower() for h in table.header] if table.header else []
-    if x_col:
-        if x_col.lower() not in lowered:
-            columns = ", ".join(table.header or []) or "none: the file has no header row"
-            raise TableError(f"{table.path}: no column {x_col!r} (--x-col); the columns are {columns}.")
-        return lowered.index(x_col.lower())
-    return next((lowered.index(n) for n in X_NAMES if n in lowered), 0)
-
-
-def _table_inputs(path: Path, x_col: str | None) -> list[tuple[str, str]]:
-    """``(file:LINE, cell)`` of a table's input column (empty cells left out)."""
-    table = read_table(path)
-    x = _input_column(table, x_col)
-    return [(f"{path}:{line}", cells[x]) for line, cells in table.rows if len(cells) > x and cells[x].strip()]
-
-
-def expand_images(items: list[str], *, x_col: str | None = None) -> list[Path]:
-    """Files as given; folders replaced by the image files inside them (sorted); a CSV / JSON-lines file by
-    the paths in its input column (relative to its folder)."""
-    from torchgraft.data.images import IMAGE_SUFFIXES
-
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            paths += sorted(p for p in found if not p.name.lower().endswith(_WRITTEN))
-        elif path.is_file() and path.suffix.lower() in _TABLES:
-            paths += [path.parent / cell.strip() for _, cell in _table_inputs(path, x_col)]
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise FileNotFoundError(f"{item}: no such image file or folder.")
-    if not paths:
-        raise FileNotFoundError(f"no image files in {', '.join(items)}.")
-    return paths
-
-
-def expand_texts(items: list[str], *, x_col: str | None = None) -> tuple[list[str], list[str]]:
-    """``(sources, texts)``: a ``.txt`` file is read (a folder: every ``.txt`` inside), a CSV / JSON-lines
-    file gives the texts of its input column (sources ``file:LINE``), anything else is a text itself."""
-    from torchgraft.ship.predict import shorten_text
-
-    sources: list[str | None] = []
-    texts: list[str] = []
-    for item in items:
-        path = Path(item)
-        files = sorted(path.rglob("*.txt")) if path.is_dir() else [path] if path.suffix == ".txt" else []
-        if path.is_dir() and not files:
-            raise FileNotFoundError(f"{item}: a folder with no .txt files.")
-        if files and all(f.is_file() for f in files):
-            for file in files:
-                sources.append(str(file))
-                texts.append(file.read_text(encoding="utf-8", errors="replace"))
-        elif path.suffix.lower() in _TABLES and path.is_file():
-            for source, text in _table_inputs(path, x_col):
-                sources.append(source)
-                texts.append(text)
-        elif files:
-            raise FileNotFoundError(f"{item}: no such text file.")
-        else:
-            sources.append(None)
-            texts.append(item)
-    return [s if s is not None else shorten_text(t) for s, t in zip(sources, texts, strict=True)], texts
-
-
 def write_masks(
     exported: Exported, predictions: list[MaskPrediction], out: str | Path | None = None
 ) -> list[dict[str, object]]:
@@ -153,7 +79,7 @@ def write_masks(
 def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
     from torchgraft.ship.predict import predict_masks
 
-    predictions = predict_masks(exported, expand_images(args.inputs, x_col=args.x_col))
+    predictions = predict_masks(exported, args.inputs, x_col=args.x_col)
     records = write_masks(exported, predictions, args.out)
     if args.json:
         print(json.dumps(records, indent=1))
@@ -177,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_masks(exported, args)
     predictions: list[Prediction]
     if isinstance(exported.preprocessing, TextPreprocessing):
-        sources, texts = expand_texts(args.inputs, x_col=args.x_col)
-        predictions = predict_texts(exported, texts, sources=sources, top_k=args.top_k)
+        predictions = predict_texts(exported, args.inputs, top_k=args.top_k, x_col=args.x_col)
     else:
-        predictions = predict_images(exported, expand_images(args.inputs, x_col=args.x_col), top_k=args.top_k)
+        predictions = predict_images(exported, args.inputs, top_k=args.top_k, x_col=args.x_col)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=1))
         return 0

@@ -12,6 +12,7 @@ from typing import Any
 from torchgraft.app.defaults import IMAGE_DEFAULTS, TEXT_DEFAULTS
 from torchgraft.app.settings import TrainSettings
 from torchgraft.choices import BATCHNORM_MODES, CHECKS, STRATEGIES, task_names
+from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 from torchgraft.train.recipes import RECIPES
 
 __all__ = ["add_data_and_model_arguments", "add_parser", "run", "settings_from"]
@@ -82,6 +83,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="imagenet or pretrained (default: an offline package if installed, else the library's download), a "
         "checkpoint file (image models), or none",
     )
+    add_trust_pickle(parser, "a --weights checkpoint")
     parser.add_argument("--size", type=int, default=None, help="input size (default: from the weights' metadata)")
     parser.add_argument(
         "--batch-size",
@@ -240,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from torchgraft.app.run import train_run
     from torchgraft.train.distributed import is_main
 
+    warn_if_trusted(args)
     settings = settings_from(args)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print

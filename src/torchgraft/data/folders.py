@@ -29,6 +29,7 @@ from torchgraft.data.samples import (
     check_bad_rows,
     read_rows,
 )
+from torchgraft.spelling import option
 
 __all__ = ["DataError", "ImageData", "ImageDataset", "image_data"]
 
@@ -237,7 +238,7 @@ def image_data(
         listed = "; ".join(str(b) for b in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DataError(
             f"{len(bad)} unreadable image files: {listed}. "
-            "Fix or remove them, or skip them (--skip-bad, skip_bad=True)."
+            f"Fix or remove them, or skip them ({option('skip_bad=True', '--skip-bad')})."
         )
     gone = {b.path for b in bad}
     train = [s for s in train if s[0] not in gone]

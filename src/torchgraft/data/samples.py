@@ -17,6 +17,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from torchgraft.data.tables import choose_columns, infer_task, parse_targets, read_table
+from torchgraft.spelling import option
 
 __all__ = [
     "TASK_NAMES",
@@ -220,9 +221,8 @@ def check_bad_rows(source: Path, bad: list[str], skip_bad: bool) -> None:
     """Raise a :class:`DataError` listing ``bad`` rows unless ``skip_bad``."""
     if bad and not skip_bad:
         listed = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise DataError(
-            f"{source}: {len(bad)} bad rows: {listed}. Fix them, or leave them out (--skip-bad, skip_bad=True)."
-        )
+        skip = option("skip_bad=True", "--skip-bad")
+        raise DataError(f"{source}: {len(bad)} bad rows: {listed}. Fix them, or leave them out ({skip}).")
 
 
 def read_rows(

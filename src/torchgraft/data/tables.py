@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from torchgraft.spelling import option
+
 __all__ = ["Table", "TableError", "Targets", "choose_columns", "infer_task", "parse_targets", "read_table"]
 
 TaskName = Literal["classify", "multilabel", "regression"]
@@ -138,7 +140,8 @@ def choose_columns(
         numeric = all(_number(cells[i].strip()) is not None for _, cells in table.rows for i in rest)
         ys = rest if table.header is not None or numeric else rest[:1]
     if not ys:
-        raise TableError(f"{table.path}: no target column; expected 'path,label' rows (or pass y_col=).")
+        pass_y = option("y_col=", "--y-col")
+        raise TableError(f"{table.path}: no target column; expected 'path,label' rows (or pass {pass_y}).")
     return x, ys, split
 
 

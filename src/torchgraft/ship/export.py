@@ -19,6 +19,7 @@ from torch import nn
 from torchgraft.choices import ADAPTER_EXPORTS
 from torchgraft.data.preprocess import Preprocessing
 from torchgraft.data.tokens import TextPreprocessing
+from torchgraft.devices import check_device
 from torchgraft.grafting.info import GraftInfo, GraftRecordError
 from torchgraft.grafting.replay import replay_graft
 from torchgraft.tasks import Classification, Task, task_from_record
@@ -230,11 +231,13 @@ def load_exported(directory: str | Path, *, device: str | torch.device = "cpu") 
     Raises:
         FileNotFoundError: a file is missing.
         ExportError: unknown format, or weights whose keys or shapes do not fit the rebuilt network.
+        DeviceError: ``device`` is not on this machine.
 
     Example:
         >>> exported = load_exported("runs/pets")
         >>> exported.model(batch).argmax(1)
     """
+    device = check_device(device)  # before building: a missing GPU is one line, not PyTorch's RuntimeError
     directory = Path(directory)
     config = _read_config(directory)
     source, prep = _source_network(config, directory)

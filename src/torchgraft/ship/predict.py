@@ -14,6 +14,7 @@ import torch
 from torchgraft.data.decode import decode_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.ship.export import Exported
+from torchgraft.ship.inputs import Inputs, expand_images, expand_texts, shorten_text
 
 __all__ = ["MaskPrediction", "Prediction", "predict_images", "predict_masks", "predict_texts", "shorten_text"]
 
@@ -83,24 +84,35 @@ def _describe(exported: Exported, logits: torch.Tensor, path: str, k: int) -> Pr
 
 @torch.no_grad()
 def predict_images(
-    exported: Exported, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32
+    exported: Exported,
+    inputs: Inputs,
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    x_col: str | None = None,
 ) -> list[Prediction]:
-    """Run ``exported`` (from :func:`torchgraft.load_exported`) on the images at ``paths``, preprocessed
-    exactly as its validation data was, and decode the outputs as its task does (``top_k`` applies to
-    single-label classification; multi-label lists every label at or above the stored threshold).
+    """Run ``exported`` (from :func:`torchgraft.load_exported`) on images, preprocessed exactly as its
+    validation data was, and decode the outputs as its task does (``top_k`` applies to single-label
+    classification; multi-label lists every label at or above the stored threshold).
+
+    ``inputs`` is what ``torchgraft predict`` takes (:func:`torchgraft.ship.inputs.expand_images`): an image
+    file, a folder (every image inside, sorted), a CSV / JSON-lines file of image paths (column ``x_col``,
+    default ``path``/``image``/...), or a list of these; one string is one input.
 
     Raises:
+        FileNotFoundError: an input that is no file or folder.
         BadImage: a file cannot be decoded (its path is named).
 
     Example:
         >>> exported = load_exported("runs/pets")
-        >>> predict_images(exported, ["cat.jpg"], top_k=1)[0].top
+        >>> predict_images(exported, "cat.jpg", top_k=1)[0].top
         [('cat', 0.97)]
     """
     if isinstance(exported.preprocessing, TextPreprocessing):
         raise TypeError("predict_images: this is a text model; use predict_texts (torchgraft predict RUN_DIR 'text').")
     if exported.task.dense:
         raise TypeError(f"predict_images: this {exported.task.name} model predicts per pixel; use predict_masks.")
+    paths = expand_images(inputs, x_col=x_col)
     transform = exported.preprocessing.eval_transform()
     device = next(exported.model.parameters()).device
     k = max(1, min(top_k, len(exported.classes)))
@@ -114,10 +126,13 @@ def predict_images(
 
 
 @torch.no_grad()
-def predict_masks(exported: Exported, paths: Sequence[str | Path], *, batch_size: int = 8) -> list[MaskPrediction]:
-    """Run a segmentation model (from :func:`torchgraft.load_exported`) on the images at ``paths``: each is
-    resized whole to the model's input size as in validation, and the logits are resized back to the image's
-    own size (bilinear) before the argmax, so the mask covers every pixel of the image.
+def predict_masks(
+    exported: Exported, inputs: Inputs, *, batch_size: int = 8, x_col: str | None = None
+) -> list[MaskPrediction]:
+    """Run a segmentation model (from :func:`torchgraft.load_exported`) on images (``inputs``: as
+    :func:`predict_images` takes them: files, folders, CSVs of paths, a list): each is resized whole to the
+    model's input size as in validation, and the logits are resized back to the image's own size
+    (bilinear) before the argmax, so the mask covers every pixel of the image.
 
     Raises:
         BadImage: a file cannot be decoded (its path is named).
@@ -129,6 +144,7 @@ def predict_masks(exported: Exported, paths: Sequence[str | Path], *, batch_size
     """
     if not exported.task.dense or isinstance(exported.preprocessing, TextPreprocessing):
         raise TypeError("predict_masks: not a segmentation model; use predict_images or predict_texts.")
+    paths = expand_images(inputs, x_col=x_col)
     transform = exported.preprocessing.dense_transform()
     device = next(exported.model.parameters()).device
     results: list[MaskPrediction] = []
@@ -149,22 +165,31 @@ def predict_masks(exported: Exported, paths: Sequence[str | Path], *, batch_size
 @torch.no_grad()
 def predict_texts(
     exported: Exported,
-    texts: Sequence[str],
+    texts: Inputs,
     *,
     sources: Sequence[str] | None = None,
     top_k: int = 5,
     batch_size: int = 32,
     root: str | Path | None = None,
+    x_col: str | None = None,
 ) -> list[Prediction]:
     """Run a text model (from :func:`torchgraft.load_exported`) on ``texts``, tokenized as in training
     (its own tokenizer, read from the export folder ``root`` — default: where it was loaded from — and the
     same truncation), each batch padded to its longest text; decoded as its task does.
 
-    ``sources`` name where each text came from (default: the text, shortened) in ``Prediction.path``.
+    ``texts`` is what ``torchgraft predict`` takes for a text model
+    (:func:`torchgraft.ship.inputs.expand_texts`): a text, a ``.txt`` file, a folder of them, a CSV /
+    JSON-lines file (its text column: ``x_col``, default ``text``/...), or a list of these; one string is one
+    text (or one file), never its characters. ``sources`` name where each text came from in
+    ``Prediction.path`` (default: the file, ``file.csv:LINE``, or the text shortened); given, ``texts`` are
+    taken as texts as they are, one per source.
+
+    Raises:
+        FileNotFoundError: a ``.txt`` input that does not exist, or a folder without ``.txt`` files.
 
     Example:
         >>> exported = load_exported("runs/news")
-        >>> predict_texts(exported, ["Shares rose after the results."], top_k=1)[0].top
+        >>> predict_texts(exported, "Shares rose after the results.", top_k=1)[0].top
         [('business', 0.98)]
     """
     prep = exported.preprocessing
@@ -175,7 +200,13 @@ def predict_texts(
     collate = PadCollate(tokenizer.pad_token_id or 0)
     device = next(exported.model.parameters()).device
     k = max(1, min(top_k, len(exported.classes)))
-    names = list(sources) if sources is not None else [shorten_text(text) for text in texts]
+    if sources is not None:
+        texts = [texts] if isinstance(texts, str) else [str(text) for text in texts]
+        if len(sources) != len(texts):
+            raise ValueError(f"predict_texts: {len(sources)} sources for {len(texts)} texts; give one per text.")
+        names = list(sources)
+    else:
+        names, texts = expand_texts(texts, x_col=x_col)
     results: list[Prediction] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
@@ -185,9 +216,3 @@ def predict_texts(
         named = zip(names[start : start + len(chunk)], logits, strict=True)
         results += [_describe(exported, row, name, k) for name, row in named]
     return results
-
-
-def shorten_text(text: str, width: int = 60) -> str:
-    """``text`` on one line, cut to ``width`` characters with ``...``."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."

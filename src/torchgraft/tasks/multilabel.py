@@ -10,6 +10,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics import classification as tmc
 
+from torchgraft.spelling import option
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
 
@@ -102,13 +103,15 @@ class Multilabel(Task):
         """0/1 targets of the outputs' shape ``(B, C)``."""
         if targets.shape != outputs.shape or outputs.ndim != 2:
             kind = "class indices" if not targets.is_floating_point() and targets.ndim == 1 else "targets"
+            classify = option("task='classify'", "--task classify")
             raise TargetError(
                 f"multilabel: needs 0/1 targets of shape {tuple(outputs.shape)} (one column per label), got "
-                f"{kind} of shape {tuple(targets.shape)}. Single-label class indices are task='classify'."
+                f"{kind} of shape {tuple(targets.shape)}. Single-label class indices are {classify}."
             )
         if not bool(((targets == 0) | (targets == 1)).all()):
+            regression = option("task='regression'", "--task regression")
             raise TargetError(
-                "multilabel: targets must be 0 or 1 per label; other values are regression (task='regression')."
+                f"multilabel: targets must be 0 or 1 per label; other values are regression ({regression})."
             )
 
     def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:

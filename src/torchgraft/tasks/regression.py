@@ -9,6 +9,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from torchgraft.spelling import option
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.metrics import TargetError
 
@@ -93,9 +94,10 @@ class Regression(Task):
     def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Float targets with one value per output."""
         if not targets.is_floating_point():
+            classify = option("task='classify'", "--task classify")
             raise TargetError(
                 f"regression: needs float targets, got integer targets of shape {tuple(targets.shape)} (class "
-                f"indices? use task='classify'; integer counts: convert with .float())."
+                f"indices? use {classify}; integer counts: convert with .float())."
             )
         if outputs.ndim != 2 or self._columns(outputs, targets).shape != outputs.shape:
             raise TargetError(

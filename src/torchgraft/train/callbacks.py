@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from torchgraft.spelling import option
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import is_main
 
@@ -314,7 +315,8 @@ class BestEpoch(Callback):
                 print(
                     f"collapse: {monitor} {record[monitor]:.4g} after unfreezing, worse than the frozen stage's "
                     f"{abs(self.frozen_best):.4g} by more than {COLLAPSE:.0%}; best.pt keeps the better epoch "
-                    f"(lower lr, raise lr_mult, or keep_frozen=-1)",
+                    f"({option('lower lr, raise lr_mult', 'lower --lr, raise --lr-mult')}, or "
+                    f"{option('keep_frozen=-1', '--keep-frozen -1')})",
                     file=sys.stderr,
                 )
             self.warned = True

@@ -23,6 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from torchgraft.devices import check_device
+from torchgraft.spelling import option
+
 __all__ = [
     "EvalShard",
     "ShardedBatches",
@@ -74,6 +77,7 @@ def local_device(device: str | torch.device | None = None) -> torch.device:
     (each rank its own GPU), else CUDA if available, else the CPU.
 
     Raises:
+        DeviceError: ``device`` is not a device this machine has (see :func:`torchgraft.devices.check_device`).
         ValueError: several processes on one machine given the same explicit CUDA device.
     """
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -81,10 +85,11 @@ def local_device(device: str | torch.device | None = None) -> torch.device:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", local % torch.cuda.device_count()) if launched() else torch.device("cuda")
-    chosen = torch.device(device)
+    chosen = check_device(device)
     if launched() and chosen.type == "cuda" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         raise ValueError(
-            f"device={str(device)!r} under torchrun with {os.environ.get('LOCAL_WORLD_SIZE')} processes per machine "
+            f"{option(f'device={str(device)!r}', f'--device {device}')} under torchrun with "
+            f"{os.environ.get('LOCAL_WORLD_SIZE')} processes per machine "
             f"would put every rank on one GPU; leave the device out (each rank takes cuda:LOCAL_RANK)."
         )
     return chosen

@@ -12,7 +12,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchgraft.spelling import option
 from torchgraft.tasks import Task
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.cache import feature_loaders
@@ -107,7 +108,14 @@ def _set_cache(learner: Fitted) -> None:
     learner.cache = _cached(learner, learner.valid_dl, quiet=learner.quiet)
 
 
-def sweep_rates(learner: Fitted, *, start: float, end: float, steps: int) -> LRFind:
+def sweep_rates(
+    learner: Fitted,
+    *,
+    start: float,
+    end: float,
+    steps: int,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> LRFind:
     """:func:`~torchgraft.train.lr_finder.lr_find` with the Learner's task, loss, autocast and optimizer. With
     the feature cache on and the body frozen, the head trains on cached features when the store is worth
     it (a dataset with a ``fingerprint()``, whose store the next fit reads, or no more batches than
@@ -117,14 +125,31 @@ def sweep_rates(learner: Fitted, *, start: float, end: float, steps: int) -> LRF
     keeps = callable(getattr(getattr(loader, "dataset", None), "fingerprint", None)) or len(loader) <= steps
     cache = _cached(learner, None, quiet=True) if keeps and isinstance(loader, DataLoader) else None
     trained, batches = (cache[2], cache[0]) if cache is not None else (learner.placement.model, learner.train_dl)
-    options = {"start": start, "end": end, "steps": steps, "weight_decay": learner.weight_decay}
+    options = {"start": start, "end": end, "steps": steps, "weight_decay": learner.weight_decay, "on_step": on_step}
     loss_of = functools.partial(learner.loop.batch_loss, trained)
     return lr_find(learner.placement.model, batches, loss_of, optimizer=learner.optimizer_class, **options)
 
 
+PROGRESS_EVERY = 30.0  # seconds between plain progress lines inside an epoch when there is no bar
+
+
+def _timed_lines(iterable: Iterable[Any], desc: str, total: int | None, initial: int) -> Iterator[Any]:
+    """``iterable``, printing ``  epoch 2: batch 120/500`` when :data:`PROGRESS_EVERY` seconds have passed
+    since the last line (output that is not a terminal gets no bar, and a long epoch is not silent)."""
+    last, done = time.perf_counter(), initial
+    for item in iterable:
+        yield item
+        done += 1
+        if time.perf_counter() - last >= PROGRESS_EVERY:
+            print(f"  {desc}: batch {done}{f'/{total}' if total else ''}", flush=True)
+            last = time.perf_counter()
+
+
 def _bar(learner: Fitted, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Any:
-    if not learner.progress or learner.quiet or not is_main():
+    if learner.quiet or not is_main():
         return iterable
+    if not learner.progress:
+        return _timed_lines(iterable, desc, total, initial)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
@@ -225,7 +250,8 @@ def run_fit(
             _one_epoch(learner)
     except KeyboardInterrupt:
         if not learner.quiet:
-            hint = f"; resume with resume={where / 'last.pt'}" if where else ""
+            last = str(where / "last.pt") if where else ""
+            hint = f"; resume with {option(f'resume={last}', f'--resume (from {last})')}" if where else ""
             print(f"interrupted after {learner.fit_state.epoch} of {epochs} epochs{hint}", file=sys.stderr)
         raise
     except TrainingDivergedError as error:

@@ -311,8 +311,16 @@ class Learner(FineTuning):
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         return plot_training(self.history, self.lr_history, groups, directory)
 
-    def lr_find(self, *, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> LRFind:
+    def lr_find(
+        self,
+        *,
+        start: float = 1e-7,
+        end: float = 10.0,
+        steps: int = 100,
+        on_step: Callable[[int, float, float], None] | None = None,
+    ) -> LRFind:
         """Sweep the learning rate and suggest one (:func:`torchgraft.train.lr_finder.lr_find` with this
         Learner's task, loss and autocast); the model, the optimizer and every random generator are left
-        exactly as they were; with ``cache_features`` a frozen body's stored features (seconds, not minutes)."""
-        return sweep_rates(self, start=start, end=end, steps=steps)
+        exactly as they were; with ``cache_features`` a frozen body's stored features (seconds, not minutes).
+        ``on_step(step, lr, smoothed_loss)`` is called after each step (progress)."""
+        return sweep_rates(self, start=start, end=end, steps=steps, on_step=on_step)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from torchgraft.spelling import option
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.batch import call_model, count_samples, move
 from torchgraft.tasks.metrics import MetricSet
@@ -48,7 +49,8 @@ def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp not in dtypes:
         raise ValueError(f"Learner: amp={amp!r} is not a mode. Choose None, 'bf16' or 'fp16'.")
     if dtypes[amp] is torch.float16 and device.type != "cuda":
-        raise ValueError("Learner: amp='fp16' needs CUDA; on CPU use amp='bf16'.")
+        fp16, bf16 = option("amp='fp16'", "--amp fp16"), option("amp='bf16'", "--amp bf16")
+        raise ValueError(f"Learner: {fp16} needs CUDA; on CPU use {bf16}.")
     return dtypes[amp]
 
 

@@ -89,6 +89,7 @@ def lr_find(
     steps: int = 100,
     smoothing: float = 0.98,
     stop_factor: float = 4.0,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> LRFind:
     """Sweep the learning rate from ``start`` to ``end`` over ``steps`` training batches (cycling through
     ``batches`` if needed) and stop once the smoothed loss exceeds ``stop_factor`` times its best.
@@ -96,7 +97,8 @@ def lr_find(
     Works in any loop: ``loss_of(batch)`` runs the forward of ``model`` on one batch and returns the loss
     (the Learner passes its task's split and loss). A throw-away ``optimizer`` over
     :func:`torchgraft.param_groups` takes the steps; afterwards ``model``'s tensors, gradients, modes and
-    every random generator are restored bit for bit.
+    every random generator are restored bit for bit. ``on_step(step, lr, smoothed_loss)`` is called after
+    each step (``step`` from 1), e.g. to print progress.
 
     Raises:
         ValueError: ``start``/``end``/``steps`` out of range, or a loss that diverges at once.
@@ -129,6 +131,8 @@ def lr_find(
             best = min(best, smoothed)
             lrs.append(lr)
             losses.append(smoothed)
+            if on_step is not None:
+                on_step(i + 1, lr, smoothed)
     finally:
         _restore(model, snapshot)
     if len(lrs) < 3:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from torchgraft.choices import BATCHNORM_MODES, STRATEGIES
+from torchgraft.spelling import option
 from torchgraft.train.distributed import is_main, launched, setup, shard_loader, wrap
 from torchgraft.train.fsdp import full_model_state, is_sharded, plain_copy, shard_model
 
@@ -46,9 +47,10 @@ def with_batchnorm(model: nn.Module, mode: str, device: torch.device, distribute
     if mode != "sync" or not distributed:
         return model  # one process: plain BatchNorm already normalises over the whole batch
     if device.type != "cuda":
+        sync, fixed, train = (option(f"batchnorm={m!r}", f"--batchnorm {m}") for m in ("sync", "eval", "train"))
         raise ValueError(
-            "Learner: batchnorm='sync' needs CUDA (SyncBatchNorm runs on GPUs only); on CPU use batchnorm='eval' "
-            "(statistics fixed, the same at any number of processes) or 'train' (per-process statistics)."
+            f"Learner: {sync} needs CUDA (SyncBatchNorm runs on GPUs only); on CPU use {fixed} "
+            f"(statistics fixed, the same at any number of processes) or {train} (per-process statistics)."
         )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 

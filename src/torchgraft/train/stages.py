@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torchgraft.spelling import option
 from torchgraft.train.recipes import Recipe
 from torchgraft.tune.groups import LayerGroups
 from torchgraft.tune.optim import LRSpec, group_lrs
@@ -67,7 +68,8 @@ def _frozen_counts(
     keep_frozen = count - new + 1 + keep_frozen if keep_frozen < 0 else keep_frozen  # -1: every body group
     if not 0 <= keep_frozen <= count - new:
         raise ValueError(
-            f"fine_tune: keep_frozen={keep_frozen}, but the model has {count - new} body groups "
+            f"fine_tune: {option(f'keep_frozen={keep_frozen}', f'--keep-frozen {keep_frozen}')}, but the model has "
+            f"{count - new} body groups "
             f"({', '.join(g.name for g in groups.groups)}); give 0..{count - new}."
         )
     stages = [("frozen", count - new, freeze_epochs)] if freeze_epochs > 0 else []

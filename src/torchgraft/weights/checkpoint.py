@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.spelling import option
 from torchgraft.weights.formats import PYTORCH_KINDS, FileFormat, file_format, zip_members
 
 __all__ = ["Checkpoint", "CheckpointReadError", "UnsafeCheckpointError", "read_checkpoint", "save_weights"]
@@ -128,7 +129,8 @@ def _load_pytorch(path: Path, found: FileFormat, *, trust_pickle: bool) -> Any:
             raise _damaged(path, found, reason) from None
         raise UnsafeCheckpointError(
             f"refused {path}: unpickling it would run code named in the file ({reason}). If you trust where it "
-            f"came from, pass trust_pickle=True (this runs that code); better, convert it once to safetensors."
+            f"came from, pass {option('trust_pickle=True', '--trust-pickle')} (this runs that code); better, "
+            "convert it once to safetensors."
         ) from None
     except (EOFError, RuntimeError, OSError, IndexError, KeyError, ValueError, struct.error) as error:
         raise _damaged(path, found, _first_sentence(str(error), "it ends too early")) from None

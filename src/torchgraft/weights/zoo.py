@@ -83,8 +83,13 @@ def check_timm_name(arch: str) -> str:
     """
     names = _timm().list_models()
     if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=5)
-        raise UnknownModelError(f"unknown timm model {arch!r}; close names: {', '.join(close) or '-'}.")
+        close = difflib.get_close_matches(arch, names, n=5) or sorted(n for n in names if arch.lower() in n)[:5]
+        hint = (
+            f"close names: {', '.join(close)}"
+            if close
+            else f"no close name among timm's {len(names)} models (list some: timm.list_models('*{arch[:4]}*'))"
+        )
+        raise UnknownModelError(f"unknown timm model {arch!r}; {hint}.")
     return arch
 
 

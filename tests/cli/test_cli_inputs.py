@@ -1,0 +1,160 @@
+"""The Python predict API takes what ``torchgraft predict`` takes; ``inspect`` resolves models as ``train`` does;
+``lr-find`` is not silent when piped; other libraries' bars stay quiet unless ``--verbose``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import minilm_folder
+from torchgraft.cli.main import main
+from torchgraft.cli.quiet import libraries_quiet
+from torchgraft.ship.export import load_exported
+from torchgraft.ship.inputs import expand_images, expand_texts
+from torchgraft.ship.predict import predict_images, predict_texts
+
+CLI = [sys.executable, "-m", "torchgraft.cli.main"]
+TINY = ["--model", "resnet18", "--weights", "none", "--size", "32", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("colours")
+    for split, count in (("train", 6), ("valid", 2)):
+        for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (36 + i, 40), (colour[0] + i, colour[1], colour[2] - i)).save(
+                    root / split / name / f"{i}.png"
+                )
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    argv = ["train", str(folder), *TINY, "--epochs", "1", "--freeze-epochs", "0", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    return out
+
+
+def test_predict_images_takes_a_path_a_folder_a_csv_and_a_list_like_the_cli(run_dir, folder, capsys):
+    exported = load_exported(run_dir)
+    valid = folder / "valid"
+    one = predict_images(exported, str(valid / "red" / "0.png"))  # one string: one image, not its characters
+    assert [p.path for p in one] == [str(valid / "red" / "0.png")]
+    assert [p.path for p in predict_images(exported, valid / "red" / "0.png")] == [p.path for p in one]
+    everything = predict_images(exported, str(valid))
+    assert [p.path for p in everything] == [str(p) for p in sorted(valid.rglob("*.png"))]
+    table = valid / "some.csv"
+    table.write_text("path,label\nblue/1.png,blue\nred/0.png,red\n")
+    from_csv = predict_images(exported, table)
+    assert [p.path for p in from_csv] == [str(valid / "blue" / "1.png"), str(valid / "red" / "0.png")]
+    mixed = predict_images(exported, [valid / "blue", str(valid / "red" / "1.png")])
+    assert [p.path for p in mixed] == [
+        str(valid / "blue" / "0.png"),
+        str(valid / "blue" / "1.png"),
+        str(valid / "red" / "1.png"),
+    ]
+    by_path = {p.path: p.top for p in everything}
+    for p in [*one, *from_csv, *mixed]:  # the same image, the same answer (batches differ: float rounding)
+        assert [c for c, _ in p.top] == [c for c, _ in by_path[p.path]]
+        assert [q for _, q in p.top] == pytest.approx([q for _, q in by_path[p.path]], abs=1e-5)
+    assert main(["predict", str(run_dir), str(table), "--json"]) == 0  # the CLI resolves the same inputs
+    assert [entry["path"] for entry in __import__("json").loads(capsys.readouterr().out)] == [p.path for p in from_csv]
+
+
+def test_input_resolution_keeps_a_string_whole(tmp_path):
+    assert expand_texts("Shares rose after the results.") == (
+        ["Shares rose after the results."],
+        ["Shares rose after the results."],
+    )
+    article = "A long article. " * 500  # far beyond a file name's length: a text, not an OSError
+    assert expand_texts([article, "read notes.txt later"])[1] == [article, "read notes.txt later"]
+    (tmp_path / "a.txt").write_text("from a file")
+    assert expand_texts(str(tmp_path)) == ([str(tmp_path / "a.txt")], ["from a file"])
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt: no such text file"):
+        expand_texts("missing.txt")
+    with pytest.raises(FileNotFoundError, match=r"nothing\.png: no such image file or folder"):
+        expand_images("nothing.png")
+
+
+def test_predict_texts_takes_one_string_as_one_text(tmp_path_factory):
+    pytest.importorskip("transformers")
+    run = tmp_path_factory.mktemp("texts") / "run"
+    table = tmp_path_factory.mktemp("csv") / "texts.csv"
+    rows = [f"shares in the firm rose {i} percent,business" for i in range(6)]
+    rows += [f"the team won the cup final {i} nil,sport" for i in range(6)]
+    table.write_text("text,label\n" + "\n".join(rows) + "\n")
+    argv = ["train", str(table), "--model", f"hf/{minilm_folder()}", "--epochs", "1", "--freeze-epochs", "0"]
+    assert main([*argv, "--max-length", "16", "--valid-pct", "0.34", "--out", str(run), "--quiet"]) == 0
+    exported = load_exported(run)
+    (one,) = predict_texts(exported, "Shares rose after the results.")
+    assert one.path == "Shares rose after the results."
+    from_csv = predict_texts(exported, table, top_k=1)
+    assert [p.path for p in from_csv][:2] == [f"{table}:2", f"{table}:3"] and len(from_csv) == 12
+    alone = predict_texts(exported, [rows[0].split(",")[0]], top_k=1)[0].top
+    assert from_csv[0].top[0][0] == alone[0][0] and from_csv[0].top[0][1] == pytest.approx(alone[0][1], abs=1e-5)
+
+
+def test_inspect_takes_an_hf_folder_a_run_dir_and_lists_real_close_names(run_dir, capsys):
+    pytest.importorskip("transformers")
+    assert main(["inspect", f"hf/{minilm_folder()}", "--n-out", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "BertModel grafted -> 5 outputs" in out and "Pool(mode='mean'" in out
+    assert main(["inspect", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{run_dir}: resnet18 trained for classify, 2 outputs (blue, red)")
+    assert "ResNet grafted -> 2 outputs" in out
+    assert main(["inspect", "timm/resnet5O"]) == 2
+    assert "close names: resnet50" in capsys.readouterr().err
+    assert main(["inspect", "timm/zzzqqq_net"]) == 2
+    error = capsys.readouterr().err
+    assert "no close name among timm's" in error and "close names: -" not in error
+
+
+def test_lr_find_piped_to_a_file_prints_step_lines_before_its_result(folder, tmp_path):
+    log = tmp_path / "lr-find.txt"
+    with log.open("w") as output:
+        subprocess.run(
+            [*CLI, "lr-find", str(folder), *TINY, "--steps", "6", "--out", str(tmp_path / "lr")],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    lines = log.read_text().splitlines()
+    steps = [i for i, line in enumerate(lines) if line.startswith("lr-find: step ")]
+    result = next(i for i, line in enumerate(lines) if line.startswith("suggested learning rate"))
+    assert steps and max(steps) < result and lines[steps[0]].startswith("lr-find: step 1/6  lr 1e-07  loss ")
+    assert len(steps) >= 3  # one line per step at 6 steps (every total // 20, at least every step)
+
+
+def test_transformers_loading_bar_is_quiet_unless_verbose(capfd):
+    transformers = pytest.importorskip("transformers")
+    with libraries_quiet():
+        transformers.AutoModel.from_pretrained(str(minilm_folder()))
+    quiet = capfd.readouterr()
+    assert "Loading weights" not in quiet.err + quiet.out
+    with libraries_quiet(False):
+        transformers.utils.logging.enable_progress_bar()
+        transformers.AutoModel.from_pretrained(str(minilm_folder()))
+    assert "Loading weights" in capfd.readouterr().err  # the bar the quiet block removed
+
+
+@pytest.mark.slow
+def test_a_text_run_prints_no_loading_bar_without_verbose(tmp_path):
+    pytest.importorskip("transformers")
+    table = tmp_path / "texts.csv"
+    table.write_text("text,label\n" + "\n".join(f"words {i} here,{'ab'[i % 2]}" for i in range(12)) + "\n")
+    argv = [*CLI, "train", str(table), "--model", f"hf/{minilm_folder()}", "--epochs", "1", "--freeze-epochs", "0"]
+    argv += ["--max-length", "8", "--valid-pct", "0.34", "--workers", "0"]
+    quiet = subprocess.run([*argv, "--out", str(tmp_path / "q")], capture_output=True, text=True, check=True)
+    assert "Loading weights" not in quiet.stdout + quiet.stderr
+    loud = subprocess.run(
+        [*argv, "--out", str(tmp_path / "v"), "--verbose"], capture_output=True, text=True, check=True
+    )
+    assert "Loading weights" in loud.stderr
