@@ -19,6 +19,8 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from torchgraft.data.resize import ExactResize
+
 __all__ = ["Augment", "PixelBatch", "PixelCollate", "Preprocessing", "preprocessing_for"]
 
 Augment = Literal["standard", "flip", "none"]
@@ -68,12 +70,13 @@ class Preprocessing:
 
     def eval_transform(self, *, normalize: bool = True) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor: resize, centre crop (validation and
-        prediction). ``normalize=False`` stops at the uint8 crop (:meth:`normalize` comes later)."""
-        mode = _INTERPOLATIONS[self.interpolation]
+        prediction). ``normalize=False`` stops at the uint8 crop (:meth:`normalize` comes later). The resize
+        is :class:`~torchgraft.data.resize.ExactResize` (torch's float antialiased kernel rounded once to uint8,
+        the same on every machine), which an exported graph reproduces (:mod:`torchgraft.ship.graph_input`)."""
         return v2.Compose(
             [
                 v2.ToImage(),
-                v2.Resize(self.resize, interpolation=mode, antialias=True),
+                ExactResize(self.resize, self.interpolation),
                 v2.CenterCrop(self.size),
                 *self._finish(normalize),
             ]
@@ -82,10 +85,7 @@ class Preprocessing:
     def dense_transform(self) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor of the whole image resized to ``size`` x
         ``size``, nothing cropped (segmentation: the predicted mask maps back onto every pixel of the image)."""
-        mode = _INTERPOLATIONS[self.interpolation]
-        return v2.Compose(
-            [v2.ToImage(), v2.Resize((self.size, self.size), interpolation=mode, antialias=True), *self._finish(True)]
-        )
+        return v2.Compose([v2.ToImage(), ExactResize((self.size, self.size), self.interpolation), *self._finish(True)])
 
     def train_transform(self, *, augment: Augment = "standard", normalize: bool = True) -> v2.Compose:
         """Training pipeline. ``"standard"``: random resized crop (35-100% of the area) and horizontal flip;
