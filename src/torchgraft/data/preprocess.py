@@ -3,8 +3,10 @@ weights' own metadata (torchvision's ``Weights.transforms()``, timm's ``pretrain
 ``torchvision.transforms.v2`` pipelines built from it.
 
 The pipelines take a uint8 ``(3, H, W)`` tensor (:func:`torchgraft.data.decode.decode_rgb`; a PIL image is
-made one first): resize, crop and flip run on uint8, and the conversion to float and the normalisation come
-last, on the final crop only.
+made one first). Training's random crop and flip run on uint8 (torchvision's fast kernel), and the conversion
+to float and the normalisation come last, on the final crop only. Validation and prediction resize with
+:class:`~torchgraft.data.resize.ExactResize` (float, the same on every machine, reproduced by an exported
+graph), then crop the float image.
 
 The same :class:`Preprocessing` is stored in an exported model, so prediction sees exactly what validation saw.
 """
@@ -70,9 +72,9 @@ class Preprocessing:
 
     def eval_transform(self, *, normalize: bool = True) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor: resize, centre crop (validation and
-        prediction). ``normalize=False`` stops at the uint8 crop (:meth:`normalize` comes later). The resize
-        is :class:`~torchgraft.data.resize.ExactResize` (torch's float antialiased kernel rounded once to uint8,
-        the same on every machine), which an exported graph reproduces (:mod:`torchgraft.ship.graph_input`)."""
+        prediction). ``normalize=False`` stops at the crop (float in [0, 1]; :meth:`normalize` comes later).
+        The resize is :class:`~torchgraft.data.resize.ExactResize` (torch's float antialiased kernel, the same
+        on every machine), which an exported graph reproduces (:mod:`torchgraft.ship.graph_input`)."""
         return v2.Compose(
             [
                 v2.ToImage(),

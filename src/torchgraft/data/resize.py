@@ -5,10 +5,12 @@ weights, rounding after each pass), elsewhere (no AVX2, GPU) a float kernel roun
 of a photo differ by one level between the two — and Pillow's resize is a third (other fixed-point weights;
 its bicubic another filter). :func:`resize_image` is one definition instead: the uint8 image in float32,
 torch's float antialiased kernel (``F.interpolate(antialias=True)``; the weights of Pillow's filters: a
-triangle for bilinear, Keys' cubic with a = -0.5 for bicubic, widened by the scale when reducing), rounded
-once to uint8. :func:`resize_matrices` gives the same weights as two matrices built from the image's size with
-plain tensor operations, so an exported ONNX or ``torch.export`` graph resizes images of any size exactly as
-validation did (to float rounding; tests compare the two on odd sizes, reducing and enlarging).
+triangle for bilinear, Keys' cubic with a = -0.5 for bicubic, widened by the scale when reducing),
+clamped and scaled to [0, 1] — not rounded to uint8, since two correct float sums round a value on a half
+level (an averaged plateau, often) to different levels. :func:`resize_matrices` gives the same weights as
+two matrices built from the image's size with plain tensor operations, so an exported ONNX or
+``torch.export`` graph resizes images of any size exactly as validation did (to float rounding; tests
+compare the two on odd sizes, reducing and enlarging).
 
 The sizes follow torchvision: :func:`shorter_side_size` (``Resize(int)``) and :func:`center_crop_origin`
 (``CenterCrop``), written with integer operations only, so that they also hold for symbolic sizes.
@@ -54,18 +56,19 @@ def center_crop_origin(height: Any, width: Any, crop: int) -> tuple[Any, Any]:
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
-    """uint8 ``(..., 3, H, W)`` -> uint8 ``(..., 3, *size)``: torch's float antialiased kernel, rounded once.
+    """uint8 ``(..., 3, H, W)`` -> float32 ``(..., 3, *size)`` in [0, 1]: torch's float antialiased kernel,
+    clamped to 0..255 (a cubic overshoots), divided by 255. Not rounded to uint8: where a resized value falls
+    on a half level (a plateau averaged, often), two correct float sums round it to different levels.
 
     Example:
         >>> resize_image(torch.zeros(3, 375, 500, dtype=torch.uint8), (232, 309)).shape
         torch.Size([3, 232, 309])
     """
     _check(interpolation)
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
     flat = image.reshape(-1, *image.shape[-3:]).to(torch.float32)
-    resized = F.interpolate(flat, size=size, mode=interpolation, antialias=True, align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8).reshape(*image.shape[:-2], *size)
+    if tuple(image.shape[-2:]) != tuple(size):
+        flat = F.interpolate(flat, size=size, mode=interpolation, antialias=True, align_corners=False)
+    return (flat.clamp_(0, 255) / 255.0).reshape(*image.shape[:-2], *size)
 
 
 def _axis_weights(length: Any, target: Any, interpolation: str) -> torch.Tensor:
@@ -110,7 +113,7 @@ def resize_matrices(height: Any, width: Any, size: tuple[Any, Any], interpolatio
 
 
 class ExactResize:
-    """A pipeline step: uint8 ``(3, H, W)`` image -> uint8 ``(3, h, w)`` by :func:`resize_image`, to the
+    """A pipeline step: uint8 ``(3, H, W)`` image -> float ``(3, h, w)`` in [0, 1] by :func:`resize_image`, to the
     shorter side ``size`` (an int) or to ``(h, w)``; the ``repr`` names it (the feature cache keys on it)."""
 
     def __init__(self, size: int | tuple[int, int], interpolation: str = "bilinear") -> None:
@@ -119,14 +122,12 @@ class ExactResize:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        if isinstance(self.size, int):
-            target = shorter_side_size(int(height), int(width), self.size)
-        else:
-            target = self.size
+        size = self.size
+        target = shorter_side_size(int(height), int(width), size) if isinstance(size, int) else size
         return resize_image(image.as_subclass(torch.Tensor), (int(target[0]), int(target[1])), self.interpolation)
 
     def __repr__(self) -> str:
-        return f"ExactResize(size={self.size}, interpolation={self.interpolation}, antialias=float32-rounded)"
+        return f"ExactResize(size={self.size}, interpolation={self.interpolation}, antialias=float32)"
 
 
 def _check(interpolation: str) -> None:

@@ -194,7 +194,7 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
         else:
             inside |= {"resize_shorter_side": prep["resize"], "center_crop": prep["size"]}
         record["image"] = {
-            "layout": "NHWC uint8 RGB, any height and width (decoded pixels, e.g. np.asarray(Image.open(p).convert('RGB'))[None])",
+            "layout": "NHWC uint8 RGB, any height and width: decoded pixels, np.asarray(image.convert('RGB'))[None]",
             "in_graph": inside,
         }
     return {**record, **exported.task.deploy_record()}

@@ -2,8 +2,8 @@
 
 :class:`ImageInput` turns uint8 images ``(N, H, W, 3)`` of any size — what Pillow, OpenCV (after BGR->RGB)
 or a browser decode — into the normalised crops the network was validated on: the resize of
-:mod:`torchgraft.data.resize` as two weight matrices built from the input's size (the same weights and the
-same rounding to uint8 as :meth:`Preprocessing.eval_transform`), torchvision's centre crop (classification)
+:mod:`torchgraft.data.resize` as two weight matrices built from the input's size (the same weights, clamping and
+scaling as :meth:`Preprocessing.eval_transform`), torchvision's centre crop (classification)
 or the whole image (segmentation), then scaling to [0, 1] and ``mean``/``std``. The operations are plain
 tensor arithmetic that ``torch.export`` traces with symbolic height and width and ONNX Runtime runs.
 """
@@ -42,13 +42,10 @@ class ImageInput(nn.Module):
         prep = self.preprocessing
         pixels = image.permute(0, 3, 1, 2).to(torch.float32)  # (N, 3, H, W), values 0..255
         height, width = pixels.shape[-2], pixels.shape[-1]
-        if self.whole:
-            target = (prep.size, prep.size)
-        else:
-            target = shorter_side_size(height, width, prep.resize)
+        target = (prep.size, prep.size) if self.whole else shorter_side_size(height, width, prep.resize)
         rows, columns = resize_matrices(height, width, target, prep.interpolation)
-        resized = torch.matmul(torch.matmul(rows, pixels), columns.transpose(0, 1)).round().clamp(0.0, 255.0)
+        resized = torch.matmul(torch.matmul(rows, pixels), columns.transpose(0, 1)).clamp(0.0, 255.0) / 255.0
         if not self.whole:
             top, left = center_crop_origin(target[0], target[1], prep.size)
             resized = resized[:, :, top : top + prep.size, left : left + prep.size]
-        return (resized * (1.0 / 255.0) - self.mean) / self.std
+        return (resized - self.mean) / self.std
