@@ -5,9 +5,6 @@ naming the module."""
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from torchgraft import Multilabel, Regression, export_model, graft, load_exported, predict_images, preprocessing_for
+from torchgraft import Multilabel, Regression, export_model, graft, load_exported, preprocessing_for
 from torchgraft.ship.deploy import deploy
 from torchgraft.ship.program import DeployError, export_program, find_culprit
 from torchgraft.weights.zoo import build_model
