@@ -74,7 +74,9 @@ class MaskData:
 
     def summary(self) -> str:
         """One line: classes, train/valid pairs, what was skipped."""
-        skipped = f", {len(self.skipped)} bad pairs skipped" if self.skipped else ""
+        dropped = len(self.bad_rows) + len(self.skipped)  # files without a partner, and pairs that failed
+        alone = f" ({len(self.bad_rows)} without a partner)" if self.bad_rows else ""
+        skipped = f", {dropped} bad pairs skipped{alone}" if dropped else ""
         return f"segment: {len(self.classes)} classes, {len(self.train)} train / {len(self.valid)} valid pairs{skipped}"
 
 

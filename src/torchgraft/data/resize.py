@@ -71,14 +71,17 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], interpolation: str 
     return (flat.clamp_(0, 255) / 255.0).reshape(*image.shape[:-2], *size)
 
 
-def _axis_weights(length: Any, target: Any, interpolation: str) -> torch.Tensor:
+def _axis_weights(
+    length: Any, target: Any, interpolation: str, start: Any = 0, count: int | None = None
+) -> torch.Tensor:
     """``(target, length)`` float32 weights of one axis, computed as torch's CPU kernel computes them
     (``_compute_indices_min_size_weights_aa``, in its float32/double mix: a float32 centre of output ``i`` at
     ``scale * (i + 0.5)`` is ~100 float32 steps off for large images, and copying that keeps the two within
     float rounding): the filter widened by ``scale`` when reducing, each row normalised to sum 1. Built from
-    ``arange``: ``length`` and ``target`` may be symbolic."""
+    ``arange``: ``length`` and ``target`` may be symbolic. ``start``/``count``: only outputs ``start`` to
+    ``start + count`` (a crop: the rows have a fixed count even when ``start`` is symbolic)."""
     taps = _TAPS[interpolation]
-    outputs = torch.arange(target, dtype=torch.float64)
+    outputs = torch.arange(target if count is None else count, dtype=torch.float64) + start
     inputs = torch.arange(length, dtype=torch.float32)
     scale = (inputs.new_ones(()) * length) / (inputs.new_ones(()) * target)  # float32 in / out
     reducing = scale >= 1.0
@@ -105,11 +108,20 @@ def _axis_weights(length: Any, target: Any, interpolation: str) -> torch.Tensor:
     return torch.where(total != 0, weights / total, torch.zeros_like(weights))
 
 
-def resize_matrices(height: Any, width: Any, size: tuple[Any, Any], interpolation: str) -> tuple[torch.Tensor, ...]:
+def resize_matrices(
+    height: Any, width: Any, size: tuple[Any, Any], interpolation: str, *, crop: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """The rows ``(size[0], height)`` and columns ``(size[1], width)`` matrices of :func:`resize_image`:
-    ``rows @ image @ columns.T`` is its float result before rounding (sizes may be symbolic)."""
+    ``rows @ image @ columns.T`` is its result times 255, before clamping (sizes may be symbolic). ``crop``:
+    only the rows and columns of torchvision's centre crop, ``(crop, height)`` and ``(crop, width)``."""
     _check(interpolation)
-    return _axis_weights(height, size[0], interpolation), _axis_weights(width, size[1], interpolation)
+    if crop is None:
+        return _axis_weights(height, size[0], interpolation), _axis_weights(width, size[1], interpolation)
+    top, left = center_crop_origin(size[0], size[1], crop)
+    return (
+        _axis_weights(height, size[0], interpolation, top, crop),
+        _axis_weights(width, size[1], interpolation, left, crop),
+    )
 
 
 class ExactResize:

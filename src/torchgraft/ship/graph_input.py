@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from torchgraft.data.preprocess import Preprocessing
-from torchgraft.data.resize import center_crop_origin, resize_matrices, shorter_side_size
+from torchgraft.data.resize import resize_matrices, shorter_side_size
 
 __all__ = ["ImageInput"]
 
@@ -43,9 +43,7 @@ class ImageInput(nn.Module):
         pixels = image.permute(0, 3, 1, 2).to(torch.float32)  # (N, 3, H, W), values 0..255
         height, width = pixels.shape[-2], pixels.shape[-1]
         target = (prep.size, prep.size) if self.whole else shorter_side_size(height, width, prep.resize)
-        rows, columns = resize_matrices(height, width, target, prep.interpolation)
+        crop = None if self.whole else prep.size  # the crop's rows and columns only: a fixed output size
+        rows, columns = resize_matrices(height, width, target, prep.interpolation, crop=crop)
         resized = torch.matmul(torch.matmul(rows, pixels), columns.transpose(0, 1)).clamp(0.0, 255.0) / 255.0
-        if not self.whole:
-            top, left = center_crop_origin(target[0], target[1], prep.size)
-            resized = resized[:, :, top : top + prep.size, left : left + prep.size]
         return (resized - self.mean) / self.std
