@@ -112,7 +112,7 @@ class Segmentation(Task):
 
     name: ClassVar[str] = "segment"
     metric_names: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")
-    default_metrics: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy")
+    default_metrics: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")  # every one the README names
     targets: ClassVar[str] = "segment"
     dense: ClassVar[bool] = True
 
