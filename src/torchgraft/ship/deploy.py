@@ -200,6 +200,14 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
     return {**record, **exported.task.deploy_record()}
 
 
+def _example(inputs: tuple[torch.Tensor, ...], dynamic: bool) -> tuple[torch.Tensor, ...]:
+    """The export's example: with a dynamic batch axis, one image twice (torch.export takes a size-1 axis
+    for a constant)."""
+    if not dynamic or len(inputs) != 1 or inputs[0].shape[0] != 1:
+        return inputs
+    return (torch.cat([inputs[0], inputs[0]]),)
+
+
 def deploy(
     run_dir: str | Path,
     *,
@@ -244,7 +252,7 @@ def deploy(
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # torch.export.load wants the .pt2 suffix
     difference = export_program(
         module,
-        checks[0],
+        _example(checks[0], dynamic),
         partial,
         format=format,
         input_names=module.input_names,
