@@ -136,7 +136,7 @@ def test_a_task_defined_in_the_tests_trains_exports_predicts_and_deploys(trained
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(run_dir / "model.onnx"))
-    (onnx_out,) = session.run(None, {"image": pixels.numpy()})
+    (onnx_out,) = session.run(None, {"image": np.asarray(Image.open(image).convert("RGB"))[None]})
     np.testing.assert_allclose(onnx_out[0], expected.numpy(), atol=1e-4)
     assert json.loads((run_dir / "preprocessing.json").read_text())["task"] == "tempered"
 

@@ -164,12 +164,19 @@ def test_train_loads_a_local_checkpoint_with_foreign_names(folder, tmp_path, cap
     args = ["train", str(folder), *MODEL, "--epochs", "1", "--freeze-epochs", "0", "--skip-bad", "--valid-pct", "0.34"]
     checkpoint = str(efficientnet_lite0_checkpoint())
     assert main([*args, "--out", str(tmp_path / "run"), "--weights", checkpoint]) == 0
-    assert f"weights: {checkpoint} (296/296 tensors)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"weights: {checkpoint} (296/296 tensors)" in out
+    wrote = next(line for line in out.splitlines() if line.startswith("wrote "))
+    assert "model.safetensors (" in wrote and " MB)" in wrote and "checkpoints/last.pt" in wrote
     assert main([*args, "--out", str(tmp_path / "json"), "--weights", checkpoint, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
     assert summary["classes"] == ["cat", "coffee"] and len(summary["history"]) == 1
     assert summary["final"]["accuracy"] == json.loads((tmp_path / "json" / "history.json").read_text())[-1]["accuracy"]
-    assert str(tmp_path / "json" / "model.json") in summary["files"]
+    written = {str(p) for p in (tmp_path / "json").rglob("*") if p.is_file()}
+    assert set(summary["files"]) == written  # every file the run wrote, and only those
+    assert {"model.safetensors", "plan.txt", "last.pt"} <= {Path(p).name for p in written}
+    weights = str(tmp_path / "json" / "model.safetensors")
+    assert summary["file_sizes"][weights] == Path(weights).stat().st_size > 1_000_000
 
 
 def test_lr_find_writes_a_plot(folder, tmp_path, capsys):

@@ -100,6 +100,7 @@ def test_every_bad_pair_is_listed_by_path_or_skipped(tmp_path):
         and len(data.train) + len(data.valid) == 5
         and len(data.bad_rows) + len(data.skipped) == 6
     )
+    assert data.summary().endswith(", 6 bad pairs skipped (2 without a partner)")  # every one dropped counted
 
 
 def test_joint_transforms_keep_masks_integer_and_aligned(tmp_path):

@@ -97,3 +97,18 @@ def test_texts_are_told_apart_from_images(tmp_path, bbc_folder):
     (tmp_path / "pics" / "cat").mkdir(parents=True)
     (tmp_path / "pics" / "cat" / "1.jpg").write_bytes(b"")
     assert not looks_like_text(tmp_path / "pics")
+
+
+def test_bad_rows_of_a_multi_line_csv_are_named_by_file_line_in_file_order(tmp_path):
+    article = '"First paragraph.\n\nSecond paragraph,\nwith a comma."'  # one record over 4 file lines
+    rows = [f"{article},a", f"{article},b", f"{article},", f"{article},a", "   ,b", f"{article},", f"{article},b"]
+    table = _write(tmp_path / "t.csv", "text,label\n" + "\n".join(rows) + "\n")
+    # after the header, records of 4 lines: record 3 (no label) starts at line 10, the empty text is line
+    # 18, record 6 (no label) starts at line 19; their record numbers would be 3, 5 and 6
+    with pytest.raises(DataError) as error:
+        text_data(table, valid_pct=0.0001)
+    message = str(error.value)
+    assert "3 bad rows: line 10: empty label; line 18: empty text; line 19: empty label" in message
+    data = text_data(table, skip_bad=True, valid_pct=0.25)
+    assert [row.split(":")[0] for row in data.bad_rows] == ["line 10", "line 18", "line 19"]
+    assert ", 3 bad rows skipped" in data.summary()

@@ -117,3 +117,22 @@ def test_metric_names_are_checked_against_the_task():
         get_task("segmentation")
     with pytest.raises(TypeError, match="is not a metric"):
         MetricSet(Classification(), [3])
+
+
+def test_the_metrics_the_readme_names_are_the_ones_runs_write():
+    import re
+    from pathlib import Path
+
+    from torchgraft.tasks import Multilabel, Regression, Segmentation
+
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    passages = {
+        Regression: r"targets standardised on the training set, metrics (`\w+`(?:/`\w+`)*) in the targets'",
+        Multilabel: r"binary cross-entropy, metrics (`\w+`(?: micro)?(?:/`\w+`)*)",
+        Segmentation: r"reports (`\w+`(?:, `\w+`)*) from one confusion matrix",
+    }
+    for task, pattern in passages.items():
+        found = re.search(pattern, readme)
+        assert found, f"README lost the {task.name} metrics passage"
+        named = re.findall(r"`(\w+)`", found.group(1))
+        assert set(named) == set(task.default_metrics), (task.name, named)  # a run writes every one, no more

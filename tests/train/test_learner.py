@@ -97,8 +97,9 @@ def test_one_cycle_rates_follow_each_groups_schedule(digits):
         )
         return b + (a - b) / 2 * (math.cos(math.pi * frac) + 1)
 
-    for step in (0, 5, 13, 20, total - 2):  # lr_history[k]: the rates after step k + 1
-        assert learner.lr_history[step] == pytest.approx([expected(m, step + 1) for m in maxima], rel=1e-9)
+    assert len(learner.lr_history) == total
+    for step in (0, 5, 13, 20, total - 1):  # lr_history[k]: the rates step k + 1 used (schedule index k)
+        assert learner.lr_history[step] == pytest.approx([expected(m, step) for m in maxima], rel=1e-9)
 
 
 def test_fine_tune_frozen_phase_changes_only_the_head(lite0, digits):

@@ -85,7 +85,7 @@ def test_without_a_loss_the_inferred_task_brings_its_loss_and_metrics():
     x, y = _regression_data()
     learner = Learner(nn.Linear(5, 1), _loader(x, y), _loader(x, y), quiet=True)
     history = learner.fit(2, 1e-2)
-    assert isinstance(learner.task, Regression) and {"mae", "r2"} <= set(history[-1])
+    assert isinstance(learner.task, Regression) and {"mae", "rmse", "r2"} <= set(history[-1])
 
 
 def test_outputs_that_fit_no_task_train_under_the_users_loss_without_metrics(capsys):

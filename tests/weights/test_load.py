@@ -338,3 +338,18 @@ def test_real_minilm_safetensors_into_a_sequence_classifier():
     ids = torch.tensor([[101, 7592, 2088, 102]])
     with torch.no_grad():
         assert torch.equal(model.bert(ids).last_hidden_state, base(ids).last_hidden_state)
+
+
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o644), (0o027, 0o640)])
+def test_saved_weights_have_ordinary_permissions(umask, expected, tmp_path):
+    import os
+
+    from torchgraft.weights.checkpoint import save_weights
+
+    previous = os.umask(umask)
+    try:
+        for name in ("model.safetensors", "model.pt"):  # safetensors alone writes 0600 by itself
+            path = save_weights(nn.Linear(3, 2), tmp_path / name)
+            assert oct(path.stat().st_mode & 0o777) == oct(expected), name
+    finally:
+        os.umask(previous)

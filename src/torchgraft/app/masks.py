@@ -102,7 +102,7 @@ class MaskInput(InputRecipe):
         reads."""
         assert isinstance(data, MaskData) and isinstance(built.preprocessing, Preprocessing)
         prep = built.preprocessing
-        plain = mask_transforms(prep.size, prep.mean, prep.std, train=False)
+        plain = mask_transforms(prep.size, prep.mean, prep.std, train=False, interpolation=prep.interpolation)
         augmented = mask_transforms(prep.size, prep.mean, prep.std, train=True) if settings.augment != "none" else plain
         train = MaskDataset(data.train, augmented, data.colours, plain=plain)
         valid = MaskDataset(data.valid, plain, data.colours)

@@ -171,6 +171,12 @@ def train_run(
     return result
 
 
+def _written_beside(run_dir: Path) -> list[Path]:
+    """The export's other files (the weights; separate adapters) and the plan written before training."""
+    names = ("model.safetensors", "adapter_model.safetensors", "adapter_config.json", "plan.txt")
+    return [run_dir / name for name in names if (run_dir / name).is_file()]
+
+
 def _finish(
     run: Prepared, run_dir: Path, history: list[dict[str, Any]], final: dict[str, Any], *, say: Callable[[str], None]
 ) -> RunResult:
@@ -202,9 +208,11 @@ def _finish(
             },
             adapters=settings.adapters,
         ),
+        *_written_beside(run_dir),
         *run.built.save_assets(run_dir),
         *_write_history(history, run_dir),
     ]
     files += _plots(learner, summary.confusion, classes, run_dir)
     files += run.recipe.figures(run.data, run.built, learner.device, run_dir)
+    files += sorted((run_dir / "checkpoints").glob("*.pt"))  # written during training (last.pt, best.pt)
     return RunResult(run_dir, classes, history, learner, run.preprocessing, files, final)

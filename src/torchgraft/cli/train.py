@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from torchgraft.app.defaults import IMAGE_DEFAULTS, TEXT_DEFAULTS
@@ -258,7 +259,15 @@ def run(args: argparse.Namespace) -> int:
             "final": result.final,
             "history": result.history,
             "files": [str(p) for p in result.files],
+            "file_sizes": {str(p): p.stat().st_size for p in result.files if p.is_file()},  # bytes
         }
         print(json.dumps(summary, indent=1))
-    say(f"wrote {result.run_dir}: {', '.join(p.name for p in result.files)}")
+    say(f"wrote {result.run_dir}: {', '.join(_named(p, result.run_dir) for p in result.files)}")
     return 0
+
+
+def _named(path: Path, run_dir: Path) -> str:
+    """``path`` relative to the run folder, with its size when it is over 1 MB (``model.safetensors (44.8 MB)``)."""
+    name = path.relative_to(run_dir).as_posix() if path.is_relative_to(run_dir) else str(path)
+    size = path.stat().st_size if path.is_file() else 0
+    return f"{name} ({size / 1e6:.1f} MB)" if size >= 1_000_000 else name

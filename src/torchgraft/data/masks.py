@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from torchgraft.data.images import IMAGE_SUFFIXES, BadImage, load_rgb
+from torchgraft.data.resize import ExactResize
 from torchgraft.data.samples import DataError
 from torchgraft.tasks.segment import IGNORE_INDEX
 
@@ -74,7 +75,9 @@ class MaskData:
 
     def summary(self) -> str:
         """One line: classes, train/valid pairs, what was skipped."""
-        skipped = f", {len(self.skipped)} bad pairs skipped" if self.skipped else ""
+        dropped = len(self.bad_rows) + len(self.skipped)  # files without a partner, and pairs that failed
+        alone = f" ({len(self.bad_rows)} without a partner)" if self.bad_rows else ""
+        skipped = f", {dropped} bad pairs skipped{alone}" if dropped else ""
         return f"segment: {len(self.classes)} classes, {len(self.train)} train / {len(self.valid)} valid pairs{skipped}"
 
 
@@ -193,13 +196,16 @@ def segmentation_data(root: str | Path, *, valid_pct: float = 0.2, seed: int = 0
     return MaskData(classes, train, valid, colours, bad, skipped)
 
 
-def mask_transforms(size: int, mean: Sequence[float], std: Sequence[float], *, train: bool) -> v2.Compose:
+def mask_transforms(
+    size: int, mean: Sequence[float], std: Sequence[float], *, train: bool, interpolation: str = "bilinear"
+) -> v2.Compose:
     """Joint transforms of an image and its ``tv_tensors.Mask`` (masks are resized with nearest): training
-    takes a random resized crop and a horizontal flip, evaluation resizes to ``size`` x ``size``."""
+    takes a random resized crop and a horizontal flip, evaluation resizes to ``size`` x ``size`` — the image
+    as prediction and an exported graph do (:class:`~torchgraft.data.resize.ExactResize`, ``interpolation``)."""
     crop = (
         [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
         if train
-        else [v2.Resize((size, size), antialias=True)]
+        else [_ResizePair(size, interpolation)]
     )
     return v2.Compose(
         [
@@ -208,6 +214,21 @@ def mask_transforms(size: int, mean: Sequence[float], std: Sequence[float], *, t
             v2.Normalize(list(mean), list(std)),
         ]
     )
+
+
+class _ResizePair:
+    """Evaluation's resize of an (image, mask) pair: the image by :class:`ExactResize` (float in [0, 1], what
+    ``predict_masks`` sees), the mask by nearest neighbour, both to ``size`` x ``size``."""
+
+    def __init__(self, size: int, interpolation: str) -> None:
+        self.size, self.resize = size, ExactResize((size, size), interpolation)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = v2.functional.resize(mask, [self.size, self.size], interpolation=v2.InterpolationMode.NEAREST)
+        return tv_tensors.Image(self.resize(image)), labels
+
+    def __repr__(self) -> str:
+        return f"ResizePair({self.resize!r}, mask=nearest)"
 
 
 class MaskDataset(Dataset):

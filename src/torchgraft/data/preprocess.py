@@ -3,8 +3,10 @@ weights' own metadata (torchvision's ``Weights.transforms()``, timm's ``pretrain
 ``torchvision.transforms.v2`` pipelines built from it.
 
 The pipelines take a uint8 ``(3, H, W)`` tensor (:func:`torchgraft.data.decode.decode_rgb`; a PIL image is
-made one first): resize, crop and flip run on uint8, and the conversion to float and the normalisation come
-last, on the final crop only.
+made one first). Training's random crop and flip run on uint8 (torchvision's fast kernel), and the conversion
+to float and the normalisation come last, on the final crop only. Validation and prediction resize with
+:class:`~torchgraft.data.resize.ExactResize` (float, the same on every machine, reproduced by an exported
+graph), then crop the float image.
 
 The same :class:`Preprocessing` is stored in an exported model, so prediction sees exactly what validation saw.
 """
@@ -18,6 +20,8 @@ import torch
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from torchgraft.data.resize import ExactResize
 
 __all__ = ["Augment", "PixelBatch", "PixelCollate", "Preprocessing", "preprocessing_for"]
 
@@ -68,12 +72,13 @@ class Preprocessing:
 
     def eval_transform(self, *, normalize: bool = True) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor: resize, centre crop (validation and
-        prediction). ``normalize=False`` stops at the uint8 crop (:meth:`normalize` comes later)."""
-        mode = _INTERPOLATIONS[self.interpolation]
+        prediction). ``normalize=False`` stops at the crop (float in [0, 1]; :meth:`normalize` comes later).
+        The resize is :class:`~torchgraft.data.resize.ExactResize` (torch's float antialiased kernel, the same
+        on every machine), which an exported graph reproduces (:mod:`torchgraft.ship.graph_input`)."""
         return v2.Compose(
             [
                 v2.ToImage(),
-                v2.Resize(self.resize, interpolation=mode, antialias=True),
+                ExactResize(self.resize, self.interpolation),
                 v2.CenterCrop(self.size),
                 *self._finish(normalize),
             ]
@@ -82,10 +87,7 @@ class Preprocessing:
     def dense_transform(self) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor of the whole image resized to ``size`` x
         ``size``, nothing cropped (segmentation: the predicted mask maps back onto every pixel of the image)."""
-        mode = _INTERPOLATIONS[self.interpolation]
-        return v2.Compose(
-            [v2.ToImage(), v2.Resize((self.size, self.size), interpolation=mode, antialias=True), *self._finish(True)]
-        )
+        return v2.Compose([v2.ToImage(), ExactResize((self.size, self.size), self.interpolation), *self._finish(True)])
 
     def train_transform(self, *, augment: Augment = "standard", normalize: bool = True) -> v2.Compose:
         """Training pipeline. ``"standard"``: random resized crop (35-100% of the area) and horizontal flip;

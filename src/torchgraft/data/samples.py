@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ __all__ = [
     "Rows",
     "Sample",
     "Target",
+    "by_line",
     "check_bad_rows",
     "list_files",
     "read_rows",
@@ -192,7 +194,7 @@ def rows_from_table(
     warnings = []
     if chosen == "classify":
         warnings = [f"class {c!r} has no validation {what}s" for i, c in enumerate(targets.names) if i not in held]
-    return Rows(targets.names, train, valid, warnings, chosen, reason, bad)
+    return Rows(targets.names, train, valid, warnings, chosen, reason, by_line(bad))
 
 
 def _drop_unseen(
@@ -217,8 +219,19 @@ def _short(value: str) -> str:
     return value if len(value) <= 60 else value[:57] + "..."
 
 
+def by_line(bad: list[str]) -> list[str]:
+    """Bad-row descriptions in file order: ``line N: ...`` by ``N``, then the others as they came."""
+
+    def key(entry: str) -> tuple[int, int]:
+        found = re.match(r"line (\d+):", entry)
+        return (0, int(found.group(1))) if found else (1, 0)
+
+    return sorted(bad, key=key)
+
+
 def check_bad_rows(source: Path, bad: list[str], skip_bad: bool) -> None:
-    """Raise a :class:`DataError` listing ``bad`` rows unless ``skip_bad``."""
+    """Raise a :class:`DataError` listing ``bad`` rows (by line) unless ``skip_bad``."""
+    bad = by_line(bad)
     if bad and not skip_bad:
         listed = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         skip = option("skip_bad=True", "--skip-bad")

@@ -13,9 +13,10 @@ import csv
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torchgraft.spelling import option
 
@@ -58,12 +59,21 @@ def read_table(path: str | Path, *, limit: int | None = None) -> Table:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return _read_jsonl(path, limit)
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = ((number, row) for number, row in enumerate(csv.reader(handle), 1) if any(c.strip() for c in row))
+        rows = ((number, row) for number, row in _file_lines(csv.reader(handle)) if any(c.strip() for c in row))
         numbered = list(itertools.islice(rows, limit))
     if not numbered:
         raise TableError(f"{path}: no rows. Expected 'path,label' lines (paths relative to the file's folder).")
     header = [c.strip() for c in numbered[0][1]] if _looks_like_header(numbered[0][1]) else None
     return Table(path, header, numbered[1:] if header else numbered)
+
+
+def _file_lines(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """``(file line where the record starts, cells)`` per record: a quoted cell may hold line breaks, so the
+    record number is not the line number (``reader.line_num`` counts lines, up to the record's last)."""
+    end = 0
+    for row in reader:
+        yield end + 1, row
+        end = reader.line_num
 
 
 def _read_jsonl(path: Path, limit: int | None) -> Table:

@@ -16,6 +16,7 @@ from torchgraft.data.samples import (
     DataError,
     Rows,
     Sample,
+    by_line,
     check_bad_rows,
     read_rows,
 )
@@ -160,4 +161,5 @@ def text_data(
         raise DataError(f"{source}: no training texts found (a CSV of text,label rows or class folders of .txt).")
     if not rows.valid:
         raise DataError(f"{source}: no validation texts; add a valid/ folder or a split column, or raise valid_pct.")
-    return TextData(rows.classes, rows.train, rows.valid, rows.task, rows.reason, rows.bad, sorted(set(rows.warnings)))
+    bad = by_line(rows.bad)
+    return TextData(rows.classes, rows.train, rows.valid, rows.task, rows.reason, bad, sorted(set(rows.warnings)))

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchgraft.data.images import load_rgb
+from torchgraft.data.decode import decode_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.grafting.body import Body
 from torchgraft.ship.export import Exported, load_exported
+from torchgraft.ship.graph_input import ImageInput
 from torchgraft.ship.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.tasks import Task
 from torchgraft.tune.lora import merged
@@ -45,24 +46,35 @@ _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class Deployable(nn.Module):
     """The network and its task's final step, called with plain tensors (what the exported file computes).
 
-    Images: ``forward(image)`` with ``image`` of shape ``(N, 3, H, W)``, normalised as ``preprocessing.json``
-    says. Texts: ``forward(input_ids, attention_mask[, token_type_ids])``. Returns ``probabilities``
-    (classification: softmax; multi-label: sigmoid) or ``values`` (regression, in the targets' units).
+    Images: ``forward(image)`` with ``image`` uint8 RGB ``(N, H, W, 3)`` of any size, preprocessed inside
+    (:class:`~torchgraft.ship.graph_input.ImageInput`: the resize, crop and normalisation of validation); a
+    segmentation's outputs are resized back to ``(H, W)`` (bilinear, as :func:`predict_masks` does). Without
+    ``image_input``, ``image`` is the normalised float ``(N, 3, size, size)`` batch. Texts:
+    ``forward(input_ids, attention_mask[, token_type_ids])``. Returns ``probabilities`` (classification and,
+    per pixel, segmentation: softmax; multi-label: sigmoid) or ``values`` (regression, in the targets' units).
     """
 
-    def __init__(self, model: nn.Module, task: Task, input_names: Sequence[str]) -> None:
+    def __init__(
+        self, model: nn.Module, task: Task, input_names: Sequence[str], image_input: ImageInput | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.input_names = tuple(input_names)
         self.output_name = task.output
+        self.image_input = image_input
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The task's decoded output for ``inputs`` (see the class docstring)."""
-        if self.input_names == ("image",):
+        if self.input_names != ("image",):
+            outputs = self.model(**dict(zip(self.input_names, inputs, strict=True)))
+        elif self.image_input is None:
             outputs = self.model(inputs[0])
         else:
-            outputs = self.model(**dict(zip(self.input_names, inputs, strict=True)))
+            outputs = self.model(self.image_input(inputs[0]))
+            if self.task.dense:  # per-pixel logits back at the image's size, before the softmax
+                size = (inputs[0].shape[1], inputs[0].shape[2])
+                outputs = nn.functional.interpolate(outputs, size=size, mode="bilinear", align_corners=False)
         return self.task.decode(outputs)[self.output_name]
 
 
@@ -102,31 +114,37 @@ def _input_names(exported: Exported) -> list[str]:
     return names or ["input_ids", "attention_mask"]
 
 
+def _image_input(exported: Exported) -> ImageInput | None:
+    prep = exported.preprocessing
+    return None if isinstance(prep, TextPreprocessing) else ImageInput(prep, whole=exported.task.dense)
+
+
 def deployable(exported: Exported) -> Deployable:
-    """The :class:`Deployable` of a loaded export (adapters exported separately are merged first; a body cut
-    inside the network is made traceable, which changes ``exported.model``: load a fresh one to train on)."""
+    """The :class:`Deployable` of a loaded export, taking uint8 images of any size (adapters exported
+    separately are merged first; a body cut inside the network is made traceable, which changes
+    ``exported.model``: load a fresh one to train on)."""
     model = merged(exported.model).eval()
     for module in model.modules():
         if isinstance(module, Body):
             module.make_traceable()
-    return Deployable(model, exported.task, _input_names(exported)).eval()
+    return Deployable(model, exported.task, _input_names(exported), _image_input(exported)).eval()
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-Inputs = tuple[tuple[torch.Tensor, ...], str]  # tensors, and what they are
+Inputs = tuple[list[tuple[torch.Tensor, ...]], str]  # the inputs of each check call, and what they are
 
 
 def _image_inputs(exported: Exported, sources: Sequence[str]) -> Inputs:
-    prep = exported.preprocessing
-    transform = prep.dense_transform() if exported.task.dense else prep.eval_transform()  # type: ignore[union-attr]
+    """One ``(1, H, W, 3)`` uint8 image per call (images differ in size), decoded as ``predict`` decodes."""
     paths = [s for s in sources if Path(s).is_file()]
     if paths:
-        return (torch.stack([transform(load_rgb(p)) for p in paths]),), f"{len(paths)} images"
+        return [(decode_rgb(p).permute(1, 2, 0)[None].contiguous(),) for p in paths], f"{len(paths)} images"
     generator = torch.Generator().manual_seed(0)
-    size = prep.size  # type: ignore[union-attr]
-    return (torch.randn(2, 3, size, size, generator=generator),), "2 random inputs (no image found to check on)"
+    shapes = [(1, 97, 131, 3), (1, 150, 89, 3)]  # odd sizes, both orientations
+    random = [(torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8),) for shape in shapes]
+    return random, "2 random images (no image found to check on)"
 
 
 def _text_inputs(exported: Exported, texts: Sequence[str], names: Sequence[str]) -> Inputs:
@@ -137,7 +155,7 @@ def _text_inputs(exported: Exported, texts: Sequence[str], names: Sequence[str])
     encoded = prep.encode(tokenizer, chosen)
     batch = PadCollate(tokenizer.pad_token_id or 0)([{k: v[i] for k, v in encoded.items()} for i in range(len(chosen))])
     what = f"{len(chosen)} texts" if texts else "2 sample sentences (no text recorded to check on)"
-    return tuple(batch[name] for name in names), what
+    return [tuple(batch[name] for name in names)], what
 
 
 def _check_inputs(exported: Exported, names: Sequence[str], check: Sequence[str] | None) -> Inputs:
@@ -169,26 +187,25 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
             "truncation": True,
             "padding": "longest in the batch",
         }
-    elif exported.task.dense:  # the whole image, resized: the mask maps back onto it
+    else:  # the graph does the resize, crop and normalisation: the consumer decodes, nothing more
+        inside = {"interpolation": prep["interpolation"], "antialias": True, "mean": prep["mean"], "std": prep["std"]}
+        if exported.task.dense:  # the whole image resized; the probabilities come back at the image's size
+            inside |= {"resize": [prep["size"], prep["size"]], "output": "(N, classes, H, W) at the input's size"}
+        else:
+            inside |= {"resize_shorter_side": prep["resize"], "center_crop": prep["size"]}
         record["image"] = {
-            "resize": [prep["size"], prep["size"]],
-            "interpolation": prep["interpolation"],
-            "scale": "1/255, RGB",
-            "mean": prep["mean"],
-            "std": prep["std"],
-            "layout": "NCHW float32",
-        }
-    else:
-        record["image"] = {
-            "resize_shorter_side": prep["resize"],
-            "center_crop": prep["size"],
-            "interpolation": prep["interpolation"],
-            "scale": "1/255, RGB",
-            "mean": prep["mean"],
-            "std": prep["std"],
-            "layout": "NCHW float32",
+            "layout": "NHWC uint8 RGB, any height and width: decoded pixels, np.asarray(image.convert('RGB'))[None]",
+            "in_graph": inside,
         }
     return {**record, **exported.task.deploy_record()}
+
+
+def _example(inputs: tuple[torch.Tensor, ...], dynamic: bool) -> tuple[torch.Tensor, ...]:
+    """The export's example: with a dynamic batch axis, one image twice (torch.export takes a size-1 axis
+    for a constant)."""
+    if not dynamic or len(inputs) != 1 or inputs[0].shape[0] != 1:
+        return inputs
+    return (torch.cat([inputs[0], inputs[0]]),)
 
 
 def deploy(
@@ -207,7 +224,8 @@ def deploy(
         run_dir: an exported run (``torchgraft train --out RUN_DIR``, or :func:`torchgraft.export_model`).
         format: ``"onnx"`` or ``"pt2"``.
         dynamic: a dynamic batch axis (and sequence axis for texts); ``False`` fixes the check batch's shape.
-        dynamic_size: images: dynamic height and width too (for inputs of other sizes than the crop).
+        dynamic_size: kept for scripts written before images were preprocessed inside the graph: an image
+            model now always takes any height and width (with ``dynamic``).
         check: image paths or texts to compare outputs on (default: the validation examples the run recorded).
         out: where to write the model file (default: inside ``run_dir``); ``preprocessing.json`` goes beside it.
         tolerance: the largest absolute difference accepted between the file and the PyTorch model.
@@ -224,22 +242,25 @@ def deploy(
     start = time.perf_counter()
     run_dir = Path(run_dir)
     exported = load_exported(run_dir)
-    untouched = Deployable(merged(exported.model).eval(), exported.task, _input_names(exported)).eval()
+    untouched = Deployable(
+        merged(exported.model).eval(), exported.task, _input_names(exported), _image_input(exported)
+    ).eval()
     module = deployable(load_exported(run_dir))
-    inputs, checked = _check_inputs(exported, module.input_names, check)
+    checks, checked = _check_inputs(exported, module.input_names, check)
     path = Path(out) if out is not None else run_dir / f"model.{format}"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # torch.export.load wants the .pt2 suffix
     difference = export_program(
         module,
-        inputs,
+        _example(checks[0], dynamic),
         partial,
         format=format,
         input_names=module.input_names,
         dynamic=dynamic,
-        dynamic_size=dynamic_size,
+        dynamic_size=dynamic_size or module.image_input is not None,
         tolerance=tolerance,
         reference=untouched,
+        checks=checks,
     )
     os.replace(partial, path)
     prep_path = path.with_name(PREPROCESSING_FILE)

@@ -31,22 +31,21 @@ class DeployError(ValueError):
     """A deployment export failed (exporter error, missing extra) or does not match the trained model."""
 
 
-def _dynamic_shapes(module: nn.Module, names: Sequence[str], dynamic: bool, size: bool) -> tuple[Any, ...] | None:
-    """Per input, the batch axis (with ``size``, an image's height and width; a text's sequence axis always),
-    nested as ``module.forward`` takes its inputs (one tuple for ``forward(*inputs)``, else one per argument)."""
+def _dynamic_shapes(
+    module: nn.Module, inputs: tuple[Any, ...], names: Sequence[str], dynamic: bool, size: bool
+) -> tuple[Any, ...] | None:
+    """Per input, the batch axis (with ``size``, an image's height and width: axes 1, 2 of uint8 ``(N, H, W,
+    3)`` pixels, 2, 3 of a float ``(N, 3, H, W)`` batch; a text's sequence axis always), nested as
+    ``module.forward`` takes its inputs (one tuple for ``forward(*inputs)``, else one per argument)."""
     if not dynamic:
         return None
     batch = torch.export.Dim("batch", max=4096)
     if list(names) == ["image"]:
         axes: tuple[dict[int, Any], ...] = ({0: batch},)
         if size:
-            axes = (
-                {
-                    0: batch,
-                    2: torch.export.Dim("height", min=32, max=4096),
-                    3: torch.export.Dim("width", min=32, max=4096),
-                },
-            )
+            first = 1 if inputs[0].dtype == torch.uint8 else 2
+            height, width = torch.export.Dim("height", min=2, max=8192), torch.export.Dim("width", min=2, max=8192)
+            axes = ({0: batch, first: height, first + 1: width},)
     else:
         sequence = torch.export.Dim("sequence", max=8192)
         axes = tuple({0: batch, 1: sequence} for _ in names)
@@ -184,6 +183,7 @@ def export_program(
     dynamic_size: bool = False,
     tolerance: float = 1e-4,
     reference: nn.Module | None = None,
+    checks: Sequence[tuple[torch.Tensor, ...]] | None = None,
 ) -> float:
     """Export ``module`` (called as ``module(*inputs)``, returning one tensor) to ``path`` and check the file's
     outputs on ``inputs`` against the module's; returns the largest absolute difference.
@@ -202,17 +202,20 @@ def export_program(
         tolerance: the largest absolute difference accepted.
         reference: what the file's outputs must match (default ``module``; :func:`deploy` passes the model
             as loaded, before it was made traceable).
+        checks: the calls to compare on, each a tuple like ``inputs`` (default ``[inputs]``; images of
+            different sizes are compared one call each).
 
     Raises:
         DeployError: the exporter failed (naming the smallest module that fails on its own, and the
             fallbacks), an extra is missing, or outputs differ by more than ``tolerance``.
     """
     path = Path(path)
+    shapes = _dynamic_shapes(module, inputs, input_names, dynamic, dynamic_size)
     try:
         if format == "onnx":
-            _export_onnx(module, inputs, input_names, _dynamic_shapes(module, input_names, dynamic, dynamic_size), path)
+            _export_onnx(module, inputs, input_names, shapes, path)
         elif format == "pt2":
-            _export_pt2(module, inputs, _dynamic_shapes(module, input_names, dynamic, dynamic_size), path)
+            _export_pt2(module, inputs, shapes, path)
         else:
             raise DeployError(f"export: format {format!r}; choose one of {DEPLOY_FORMATS}.")
     except DeployError:
@@ -220,14 +223,17 @@ def export_program(
     except Exception as error:
         path.unlink(missing_ok=True)
         raise _explain(error, module, inputs, format) from error
-    with torch.no_grad():
-        expected = (reference or module)(*inputs).numpy()
-    got = _run_file(path, format, input_names, inputs)
-    difference = float(np.abs(got - expected).max()) if expected.size else 0.0
-    if got.shape != expected.shape or not difference <= tolerance:
-        path.unlink(missing_ok=True)
-        raise DeployError(
-            f"export: the {format} file's outputs differ from the model's by {difference:.3g} (shape {got.shape} "
-            f"vs {expected.shape}) on the check inputs, more than {tolerance:g}; the file was removed."
-        )
-    return difference
+    worst = 0.0
+    for call in checks if checks is not None else [inputs]:
+        with torch.no_grad():
+            expected = (reference or module)(*call).numpy()
+        got = _run_file(path, format, input_names, call)
+        difference = float(np.abs(got - expected).max()) if expected.size else 0.0
+        if got.shape != expected.shape or not difference <= tolerance:
+            path.unlink(missing_ok=True)
+            raise DeployError(
+                f"export: the {format} file's outputs differ from the model's by {difference:.3g} (shape "
+                f"{got.shape} vs {expected.shape}) on the check inputs, more than {tolerance:g}; the file was removed."
+            )
+        worst = max(worst, difference)
+    return worst

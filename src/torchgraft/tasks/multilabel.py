@@ -70,7 +70,7 @@ class Multilabel(Task):
 
     name: ClassVar[str] = "multilabel"
     metric_names: ClassVar[tuple[str, ...]] = ("f1", "f1_macro", "accuracy", "map")
-    default_metrics: ClassVar[tuple[str, ...]] = ("f1", "map")
+    default_metrics: ClassVar[tuple[str, ...]] = ("f1", "map", "f1_macro", "accuracy")  # every one the README names
     targets: ClassVar[str] = "multilabel"
 
     def __init__(

@@ -38,7 +38,7 @@ class Regression(Task):
 
     name: ClassVar[str] = "regression"
     metric_names: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
-    default_metrics: ClassVar[tuple[str, ...]] = ("mae", "r2")
+    default_metrics: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")  # every one the README names
     targets: ClassVar[str] = "regression"
     output: ClassVar[str] = "values"
 

@@ -112,7 +112,7 @@ class Segmentation(Task):
 
     name: ClassVar[str] = "segment"
     metric_names: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")
-    default_metrics: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy")
+    default_metrics: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")  # every one the README names
     targets: ClassVar[str] = "segment"
     dense: ClassVar[bool] = True
 
@@ -191,11 +191,9 @@ class Segmentation(Task):
         return TaskReport(final=final)
 
     def deploy_record(self) -> dict[str, Any]:
-        """How a program reads the mask from the ``(N, classes, H, W)`` probabilities."""
-        return {
-            "mask": "argmax over axis 1 of the (N, classes, H, W) probabilities; resize the probabilities to the "
-            "image's size (bilinear) first for a mask at full size"
-        }
+        """How a program reads the mask from the ``(N, classes, H, W)`` probabilities (at the image's size:
+        the exported graph resizes them back)."""
+        return {"mask": "argmax over axis 1 of the (N, classes, H, W) probabilities, H and W the input image's"}
 
     def record(self) -> dict[str, Any]:
         """The task name, target key, ignored value and Dice weight."""

@@ -33,6 +33,7 @@ from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.placement import Placement
 from torchgraft.train.resume import Trained, epoch_batches, restore, set_sampler_epoch
 from torchgraft.train.state import FitState
+from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.optim import LRSpec, param_groups
 from torchgraft.tune.stale import watch_optimizer
 
@@ -155,9 +156,35 @@ def _bar(learner: Fitted, iterable: Iterable[Any], desc: str, *, total: int | No
     return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
 
 
+def _layer_names(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[list[str], list[list[str]]]:
+    """The model's layer groups in the plan's order, and for each optimizer group the layer groups whose
+    trained parameters it holds (the freezing is fixed for an epoch: a fine-tune changes it between fits)."""
+    groups = layer_groups(model)
+    owner = {id(p): group.name for group in groups for p in group.params if p.requires_grad}
+    held = [
+        list(dict.fromkeys(owner[id(p)] for p in entry["params"] if id(p) in owner))
+        for entry in (optimizer.param_groups if optimizer is not None else [])
+    ]
+    return [group.name for group in groups], held
+
+
+def _layer_rates(names: list[str], held: list[list[str]], rates: list[float]) -> dict[str, Any]:
+    """``{layer group: the rate its trained parameters used}``, ``None`` for a group with nothing trained."""
+    used: dict[str, Any] = dict.fromkeys(names)
+    for owners, rate in zip(held, rates, strict=True):
+        for name in owners:
+            used[name] = rate if used[name] is None else max(used[name], rate)
+    return used
+
+
 def _events(learner: Fitted) -> StepEvents:
-    """The callbacks' step events, with the step counted and each group's rate recorded after every step."""
+    """The callbacks' step events, with the step counted and the rate each step used recorded, per optimizer
+    group and per layer group."""
     state = learner.fit_state
+    try:
+        names, held = _layer_names(learner.placement.model, learner.optimizer)
+    except Exception:  # a model the layer-group rules cannot split: the optimizer groups alone are recorded
+        names, held = [], []
 
     def begin() -> None:
         state.stepped = False
@@ -166,7 +193,10 @@ def _events(learner: Fitted) -> StepEvents:
     def stepped(optimizer: torch.optim.Optimizer) -> None:
         state.step += 1
         state.stepped = True
-        state.lr_history.append([group["lr"] for group in optimizer.param_groups])
+        rates = learner.loop.step_rates or [group["lr"] for group in optimizer.param_groups]
+        state.lr_history.append(list(rates))
+        if names and len(held) == len(rates):
+            state.layer_lr_history.append(_layer_rates(names, held, rates))
 
     return StepEvents(begin, stepped, lambda: notify(learner.callbacks, "on_step_end", learner))
 

@@ -130,7 +130,8 @@ class Learner(FineTuning):
     phase = Held()  # fits completed so far (a fine-tune's stages)
     stage = Held()  # the part of a fine-tune running ("frozen", "top2", "unfrozen"), else None
     history = Held()  # one record per epoch, every fit
-    lr_history = Held()  # each optimizer group's rate after every step
+    lr_history = Held()  # each optimizer group's rate in every step
+    layer_lr_history = Held()  # per step, {layer group: rate} (None: frozen)
     best_epoch = Held()  # the best epoch so far (BestEpoch): its place in the history, phase, value
     stop = Held()  # a callback sets it to end the fit after this epoch
     stepped = Held()  # whether the last batch ended with an optimizer step
@@ -308,8 +309,10 @@ class Learner(FineTuning):
     def plot(self, directory: str | Path) -> list[Path]:
         """Write ``loss.png`` (loss and metric curves) and ``lr.png`` (each optimizer group's rate per step)
         into ``directory``; needs matplotlib."""
-        groups = self.optimizer.param_groups if self.optimizer is not None else []
-        return plot_training(self.history, self.lr_history, groups, directory)
+        rates = self.layer_lr_history or [  # a model the layer-group rules cannot split: optimizer groups
+            {f"optimizer group {i}": rate for i, rate in enumerate(row)} for row in self.lr_history
+        ]
+        return plot_training(self.history, rates, directory)
 
     def lr_find(
         self,

@@ -109,6 +109,7 @@ class Loop:
     batchnorm_eval: bool = False
     check_targets: bool = True
     scheduler: Any = field(default=None, init=False)  # the running fit's, stepped with the optimizer
+    step_rates: list[float] = field(default_factory=list, init=False)  # each group's rate in the last step
     checked: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +164,7 @@ class Loop:
                 self.scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+        self.step_rates = [group["lr"] for group in optimizer.param_groups]  # what this step uses
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()

@@ -3,6 +3,7 @@ curve. matplotlib is imported only here, and only when a plot is asked for (``pi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,22 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return _save(figure, path)
 
 
-def plot_lrs(lr_history: Sequence[Sequence[float]], path: str | Path, *, names: Sequence[str] = ()) -> Path:
-    """The learning rate of every optimizer group at every step (log scale), as a PNG at ``path``."""
-    if not lr_history:
+def plot_lrs(layer_rates: Sequence[dict[str, float | None]], path: str | Path) -> Path:
+    """The rate each step used, one line per layer group (``body0``, ..., ``head``) for the whole run, on a
+    log scale, as a PNG at ``path``; steps where a group was frozen are gaps, and the legend gives each
+    group's peak."""
+    if not layer_rates:
         raise ValueError("plot_lrs: no steps recorded; train first.")
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for i in range(len(lr_history[0])):
-        label = names[i] if i < len(names) else f"group {i}"
-        axis.plot([row[i] for row in lr_history], label=label)
-    axis.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate per group")
+    figure, axis = plt.subplots(figsize=(7, 4))
+    names = list(dict.fromkeys(name for row in layer_rates for name in row))
+    steps = range(1, len(layer_rates) + 1)
+    for name in names:
+        series = [row.get(name) for row in layer_rates]
+        used = [rate for rate in series if rate is not None]
+        label = f"{name}: peak {max(used):.2g}" if used else f"{name}: frozen throughout"
+        axis.plot(steps, [math.nan if rate is None else rate for rate in series], label=label)
+    axis.set(xlabel="step", ylabel="learning rate", yscale="log", title="rate used per layer group (gaps: frozen)")
     axis.legend(fontsize="small")
     return _save(figure, path)
 
@@ -120,16 +127,9 @@ def plot_grid(rows: Sequence[Sequence[Any]], columns: Sequence[str], path: str |
 
 
 def plot_training(
-    history: Sequence[dict[str, Any]],
-    lr_history: Sequence[Sequence[float]],
-    groups: Sequence[dict[str, Any]],
-    directory: str | Path,
+    history: Sequence[dict[str, Any]], layer_rates: Sequence[dict[str, float | None]], directory: str | Path
 ) -> list[Path]:
-    """``loss.png`` (:func:`plot_history`) and ``lr.png`` (:func:`plot_lrs`, one line per optimizer group,
-    named by its maximum rate) in ``directory``."""
+    """``loss.png`` (:func:`plot_history`) and ``lr.png`` (:func:`plot_lrs`: one line per layer group, the
+    rate each step used) in ``directory``."""
     directory = Path(directory)
-    names = [
-        f"group {i}: max {g.get('max_lr', g['lr']):.2g}" + (", no decay" if g.get("weight_decay") == 0 else "")
-        for i, g in enumerate(groups)
-    ]
-    return [plot_history(history, directory / "loss.png"), plot_lrs(lr_history, directory / "lr.png", names=names)]
+    return [plot_history(history, directory / "loss.png"), plot_lrs(layer_rates, directory / "lr.png")]

@@ -78,6 +78,7 @@ def capture(state: FitState, trained: Trained) -> dict[str, Any]:
         fit=state.kind,
         history=state.history,
         lr_history=state.lr_history,
+        layer_lr_history=state.layer_lr_history,
         position=_position(state),
     )
 
@@ -116,6 +117,7 @@ def restore(path: str | Path, state: FitState, trained: Trained) -> FitState:
         resume_position=saved.get("position"),
         history=list(saved["history"]),
         lr_history=[list(r) for r in saved["lr_history"]],
+        layer_lr_history=[dict(r) for r in saved.get("layer_lr_history", [])],
         resumed=Path(path),
     )
 

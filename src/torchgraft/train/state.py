@@ -26,7 +26,11 @@ class FitState:
         phase: fits completed so far (a fine-tune's stages are phases).
         stage: the part of a fine-tune running (``"frozen"``, ``"top2"``, ``"unfrozen"``), else ``None``.
         history: one record per epoch, every fit.
-        lr_history: each optimizer group's rate after every step.
+        lr_history: each optimizer group's rate in every step (the rate the step used, before the schedule
+            moved it on).
+        layer_lr_history: per step, ``{layer group: rate}`` over every layer group of the model, in the
+            plan's order (``body0``, ..., ``head``), ``None`` for a frozen group; decay and no-decay optimizer
+            groups of a layer group are one entry.
         best_epoch: the best epoch by the monitored value (:class:`~torchgraft.train.callbacks.BestEpoch`).
         stop: a callback sets it to end the fit after the current epoch.
         stepped: whether the last batch ended with an optimizer step.
@@ -43,6 +47,7 @@ class FitState:
     stage: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_history: list[list[float]] = field(default_factory=list)
+    layer_lr_history: list[dict[str, float | None]] = field(default_factory=list)
     best_epoch: dict[str, Any] | None = None
     stop: bool = False
     stepped: bool = False

@@ -303,6 +303,19 @@ def save_weights(model: nn.Module, path: str | Path, *, metadata: Mapping[str, s
         _ORDER: json.dumps(list(tensors)),
         **dict(metadata or {}),
     }
+    mode = _ordinary_mode(partial)
     save_file(tensors, str(partial), metadata=header)
+    os.chmod(partial, mode)  # safetensors writes 0600; a model file is as readable as any other file
     os.replace(partial, path)
     return path
+
+
+def _ordinary_mode(path: Path) -> int:
+    """The mode a new file at ``path`` gets under this process's umask (0644 under umask 022), read from
+    a file created there (``os.umask`` itself cannot be read without being set, which races with threads)."""
+    path.unlink(missing_ok=True)  # a partial file left by a crash keeps its own mode
+    descriptor = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o666)
+    try:
+        return os.fstat(descriptor).st_mode & 0o777
+    finally:
+        os.close(descriptor)
