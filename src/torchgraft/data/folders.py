@@ -118,6 +118,7 @@ class ImageData:
         fingerprint: a hash of the samples, their files' sizes and modification times and the check verdicts
             (:attr:`torchgraft.data.manifest.Manifest.fingerprint`): equal for the same data on disk.
         checked, reused: files checked by this read, and files whose verdicts came from the manifest.
+        split_off: the share split off at random for validation (``None``: the data brought its split).
     """
 
     classes: list[str]
@@ -131,6 +132,7 @@ class ImageData:
     fingerprint: str = ""
     checked: int = 0
     reused: int = 0
+    split_off: float | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -259,4 +261,5 @@ def image_data(
         fingerprint=found.fingerprint,
         checked=found.checked,
         reused=found.reused,
+        split_off=rows.split_off,
     )

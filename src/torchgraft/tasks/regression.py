@@ -166,7 +166,8 @@ class Regression(Task):
     def record(self) -> dict[str, Any]:
         """The task name, target key, loss and the scale of the targets (and of the loss, for outputs in units)."""
         scale = {} if self.loss_scale is None else {"loss_scale": self.loss_scale.tolist()}
-        return {**super().record(), "loss": self.loss_name, "mean": self.mean.tolist(), "std": self.std.tolist(), **scale}
+        units = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {**super().record(), "loss": self.loss_name, **units, **scale}
 
 
 def _spread(values: torch.Tensor) -> torch.Tensor:
