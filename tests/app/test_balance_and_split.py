@@ -16,7 +16,7 @@ from PIL import Image
 from torchgraft.app.prepare import make_task, report, split_line
 from torchgraft.app.settings import TrainSettings
 from torchgraft.cli.main import main
-from torchgraft.data.balance import balanced_weights, class_counts, imbalance_warning
+from torchgraft.data.balance import class_counts, imbalance_warning
 from torchgraft.data.folders import image_data
 from torchgraft.data.texts import text_data
 from torchgraft.tasks import Classification, task_from_record
