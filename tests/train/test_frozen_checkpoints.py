@@ -14,6 +14,7 @@ from torchgraft import Learner, freeze, graft
 from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.frozen_state import FROZEN_FILE, fingerprint, full_model_state
 from torchgraft.train.runstate import StateError, read_state
+from torchgraft.weights.checkpoint import CheckpointReadError, read_checkpoint
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 FIRST = "body.model.0.weight"  # the first convolution's weight
@@ -75,6 +76,8 @@ def test_a_frozen_body_is_stored_once_and_comes_back_whole(digits, tmp_path):
         whole = full_model_state(state, path=tmp_path / name)
         assert set(whole) == set(model.state_dict())
         assert all(torch.equal(whole[k], v) for k, v in model.state_dict().items() if k in frozen)
+    loaded = read_checkpoint(tmp_path / "best.pt")  # as --weights reads it: the frozen tensors put back
+    assert frozen <= set(loaded.tensors) and torch.equal(loaded.tensors[FIRST], model.get_parameter(FIRST))
     side = read_state(tmp_path / FROZEN_FILE)
     assert set(side["model"]) == frozen
     head_only = (tmp_path / "last.pt").stat().st_size
@@ -134,5 +137,7 @@ def test_a_checkpoint_without_its_frozen_weights_is_refused(digits, tmp_path):
     assert fingerprint(other.get_parameter(FIRST)) != state["frozen"]["fingerprints"][FIRST]
     with pytest.raises(StateError, match=r"1 of them \(body\.model\.0\.weight\) are neither there nor in the"):
         full_model_state(state, other, path=tmp_path / "last.pt")
+    with pytest.raises(CheckpointReadError, match=r"frozen tensors it leaves out .* put back the frozen\.pt"):
+        read_checkpoint(tmp_path / "last.pt")
     with pytest.raises(StateError, match=r"frozen\.pt written with it"):
         Learner(other, *_loaders(digits), quiet=True).fit(1, 1e-2, resume=tmp_path / "last.pt")
