@@ -149,5 +149,6 @@ def test_task_is_inferred_and_printed_and_bad_rows_are_named(scenes, tmp_path, c
     assert "task: regression (the targets are numbers with fractions; --task to choose)" in out
     assert "regression: 1 targets, 31 train / 8 valid images, 1 bad rows skipped" in out
     assert "skipped line 41" in out
+    assert "loss: MSE on standardised targets (std 0." in out  # the scale the printed losses are on
     assert main(["train", str(scenes), *MODEL, "--task", "multilabel"]) == 2
     assert "a folder of class folders is single-label" in capsys.readouterr().err

@@ -49,6 +49,7 @@ def test_pairs_are_read_split_and_numbered(palette, tmp_path):
     data = segmentation_data(_write(tmp_path, _coin_pairs(), palette=palette), valid_pct=0.3)
     assert data.classes == ["0", "1"] and len(data.train) == 7 and len(data.valid) == 3
     assert data.summary() == "segment: 2 classes, 7 train / 3 valid pairs"
+    assert data.split_off == 0.3  # announced by the run (app.prepare.split_line)
     labels = read_mask(data.train[0][1])
     assert set(np.unique(labels)) <= {0, 1, 255} and labels.shape == (60, 80)
 

@@ -143,6 +143,40 @@ def test_regression_learner_predicts_the_ink_of_real_digits(digits, tmp_path):
     assert torch.equal(rebuilt.mean, task.mean) and torch.equal(rebuilt.std, task.std)
 
 
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber"])
+def test_the_loss_is_on_the_standardised_scale_with_and_without_y_range(loss):
+    generator = torch.Generator().manual_seed(3)
+    targets = 400 + 21.8 * torch.randn(64, generator=generator)  # raw units: an MSE in units would be ~475
+    predictions = targets + 15 * torch.randn(64, generator=generator)  # the same predictions in units, both runs
+    standardised = Regression.for_run(y_range=None)
+    standardised.loss_name = loss
+    standardised.fit_targets(targets.tolist())
+    bounded = Regression.for_run(y_range=(300.0, 500.0))
+    bounded.loss_name = loss
+    bounded.fit_targets(targets.tolist())
+    assert bounded.mean.tolist() == [0.0] and bounded.std.tolist() == [1.0]  # the head's outputs stay in units
+    assert bounded.loss_scale is not None and bounded.loss_scale.item() == pytest.approx(targets.std().item())
+    outputs_standardised = ((predictions - standardised.mean) / standardised.std)[:, None]
+    a = standardised.loss(outputs_standardised, targets)
+    b = bounded.loss(predictions[:, None], targets)
+    assert b.item() == pytest.approx(a.item(), rel=1e-4)
+    assert 0.1 < a.item() < 2  # not ~475: the raw units never reach the loss
+    assert bounded.decode(predictions[:, None])["values"][:, 0].tolist() == predictions.tolist()
+    rebuilt = task_from_record(bounded.record())
+    assert torch.equal(rebuilt.loss_scale, bounded.loss_scale)  # type: ignore[attr-defined]
+    assert rebuilt.loss(predictions[:, None], targets).item() == pytest.approx(b.item())
+
+
+def test_the_loss_scale_is_stated():
+    targets = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    assert Regression().fit_scale(targets).loss_description() == (
+        "MSE on standardised targets (std 12.91; 1.0 = always predicting the mean)"
+    )
+    bounded = Regression.for_run(y_range=(0.0, 50.0)).fit_targets(targets.tolist())
+    assert bounded.loss_description() == "MSE on standardised targets (std 12.91; 1.0 = always predicting the mean)"
+    assert Regression(loss="l1").loss_description() == "L1 in the targets' units (not standardised)"
+
+
 def test_targets_of_the_wrong_kind_are_refused():
     with pytest.raises(TargetError, match=r"class indices of shape \(4,\).*task='classify'"):
         Multilabel().check(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))

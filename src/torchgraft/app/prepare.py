@@ -18,12 +18,24 @@ from torchgraft.app.masks import MaskInput
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.shards import ShardInput
 from torchgraft.app.texts import TextInput
-from torchgraft.tasks import TASKS, Task
+from torchgraft.data.balance import class_counts, imbalance_warning
+from torchgraft.data.texts import TextData
+from torchgraft.tasks import TASKS, Classification, Task
 from torchgraft.train.distributed import local_device, on_main
 from torchgraft.train.learner import Learner
 from torchgraft.tune.lora import lora
 
-__all__ = ["RECIPES", "Prepared", "adapt", "input_recipe", "make_task", "prepare_run", "report"]
+__all__ = [
+    "RECIPES",
+    "Prepared",
+    "adapt",
+    "balanced_task",
+    "input_recipe",
+    "make_task",
+    "prepare_run",
+    "report",
+    "split_line",
+]
 
 # probed in this order; the first that claims the data is the run's recipe (images claim what is left)
 RECIPES: tuple[InputRecipe, ...] = (ShardInput(), MaskInput(), TextInput(), ImageInput())
@@ -61,7 +73,22 @@ def make_task(data: LabelledData, settings: TrainSettings) -> Task:
     the run's options (:meth:`Task.for_run`) and fitted to the training targets (regression: standardised)."""
     name = settings.task if settings.task in TASKS else data.task
     task = TASKS[name].for_run(threshold=settings.threshold, dice_weight=settings.dice_weight, y_range=settings.y_range)
+    if settings.balance:
+        task = balanced_task(task, data)
     return task.fit_targets([target for _, target in data.train])
+
+
+def balanced_task(task: Task, data: LabelledData) -> Task:
+    """``--balance``: the single-label task of ``data`` with class weights fitted on its training targets (a
+    weighted loss, not a weighted sampler: the samples drawn, their order and a resumed or distributed run's
+    exactness stay as they are)."""
+    if not isinstance(task, Classification):
+        raise ValueError(
+            f"--balance weighs the classes of single-label classification; this run's task is {task.name}. "
+            f"Leave --balance out."
+        )
+    task.balance, task.n_classes = True, len(data.classes)
+    return task
 
 
 def report(data: LabelledData, settings: TrainSettings, say: Callable[[str], None]) -> None:
@@ -75,6 +102,35 @@ def report(data: LabelledData, settings: TrainSettings, say: Callable[[str], Non
         say(f"  skipped {bad}")
     for warning in data.warnings:
         say(f"  warning: {warning}")
+    if data.task == "classify" and data.classes:
+        counts = class_counts((int(target) for _, target in data.train), len(data.classes))
+        imbalance = imbalance_warning(counts, data.classes, what=_what(data))
+        if imbalance and not settings.balance:
+            say(f"  warning: {imbalance}")
+        elif imbalance:
+            say(f"  class counts: {imbalance.split('Counts: ')[-1]}; --balance weighs the loss by class")
+    split = split_line(data, settings)
+    if split:
+        say(split)
+
+
+def _what(data: LabelledData) -> str:
+    """What one sample of ``data`` is, in messages."""
+    return "texts" if isinstance(data, TextData) else f"{getattr(data, 'kind', 'image')}s"
+
+
+def split_line(data: LabelledData, settings: TrainSettings) -> str:
+    """The line that announces a validation split made at random (empty when the data brought its own):
+    how many train / valid, the share, the seed, and the flags that change it."""
+    fraction = getattr(data, "split_off", None)
+    if fraction is None:
+        return ""
+    each = " of each class" if data.task == "classify" else ""
+    return (
+        f"validation: {fraction:.0%}{each} split off at random with seed {settings.seed} ({len(data.train):,} "
+        f"train / {len(data.valid):,} valid); --valid-pct and --seed change it, a valid/ folder (or a train/valid "
+        f"column) fixes it"
+    )
 
 
 def adapt(model: nn.Module, settings: TrainSettings, say: Callable[[str], None]) -> nn.Module:

@@ -141,6 +141,8 @@ def train_run(
     }
     plan = f"{describe(model)}\n\n{plan_text(learner.stages(settings.epochs, settings.lr, **recipe))}\n\n"
     plan += f"preprocessing: {run.preprocessing}\n"
+    if learner.task.loss_description():
+        plan += f"loss: {learner.task.loss_description()}\n"
     if world_size() > 1:
         per_step = world_size() * settings.batch_size  # type: ignore[operator]
         plan += f"processes: {world_size()} (batch {settings.batch_size} each, {per_step} per step)\n"

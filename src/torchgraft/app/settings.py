@@ -45,7 +45,10 @@ class TrainSettings:
     reported, and more than ``max_bad`` of them (default: 0.1% of the files, at least 5) stop the run.
     ``manifest_dir`` is where the data's manifest (the files' check verdicts, reused by the next run) is kept
     (default ``$TORCHGRAFT_CACHE/manifests``, else ``~/.cache/torchgraft/manifests``; ``"none"``: no manifest).
-    ``cache_dir`` is where the feature cache stores a frozen body's features (default
+    ``balance`` weighs single-label classes in the loss by ``N / (classes x class count)`` (the samples drawn
+    stay the same; :func:`torchgraft.data.balance.balanced_weights`); a run warns, with the counts, when a
+    class has under a third of the median class's training samples. ``cache_dir`` is where the feature cache
+    stores a frozen body's features (default
     ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``). ``trust_pickle`` reads a
     ``weights`` checkpoint that needs code to unpickle (pickles can run any code: only files you trust).
     """
@@ -90,6 +93,7 @@ class TrainSettings:
     valid_data: str | None = None
     cache_dir: str | None = None
     trust_pickle: bool = False
+    balance: bool = False
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""

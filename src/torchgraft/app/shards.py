@@ -63,7 +63,9 @@ def _kind_of(data: Any, settings: TrainSettings) -> str:
 def _as_text_data(data: StreamData) -> TextData:
     """A map-style text dataset's texts in memory, read as a table's are."""
     train, valid = ([(text, target) for text, target in split.reader] for split in (data.train, data.valid))
-    return TextData(data.classes, train, valid, data.task, data.task_reason, data.bad_rows, data.warnings)
+    return TextData(
+        data.classes, train, valid, data.task, data.task_reason, data.bad_rows, data.warnings, split_off=data.split_off
+    )
 
 
 class ShardInput(InputRecipe):

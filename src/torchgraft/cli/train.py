@@ -127,6 +127,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.augment,
         help="standard: random resized crop + flip (default); flip: centre crop + flip; none",
     )
+    parser.add_argument(
+        "--balance",
+        action="store_true",
+        help="single-label: weigh each class in the loss by N / (classes x its count), so that a small class "
+        "counts as much as a large one (the samples drawn stay the same)",
+    )
     parser.add_argument("--head", choices=("linear", "mlp"), default=_DEFAULTS.head, help="default: linear")
     parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (fp16: CUDA only)")
     parser.add_argument(

@@ -119,6 +119,7 @@ class ImageData:
         fingerprint: a hash of the samples, their files' sizes and modification times and the check verdicts
             (:attr:`torchgraft.data.manifest.Manifest.fingerprint`): equal for the same data on disk.
         checked, reused: files checked by this read, and files whose verdicts came from the manifest.
+        split_off: the share split off at random for validation (``None``: the data brought its split).
     """
 
     classes: list[str]
@@ -132,6 +133,7 @@ class ImageData:
     fingerprint: str = ""
     checked: int = 0
     reused: int = 0
+    split_off: float | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -260,4 +262,5 @@ def image_data(
         fingerprint=found.fingerprint,
         checked=found.checked,
         reused=found.reused,
+        split_off=rows.split_off,
     )

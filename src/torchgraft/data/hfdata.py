@@ -284,7 +284,8 @@ def hf_data(
         made = [Split(size[0], streams[0], [t for t in targets if t is not None]), Split(size[1], streams[1])]
     else:
         made = _indexed_splits(splits, valid_name, targets, held, x=x, kind=kind, valid_pct=valid_pct, seed=seed)
-    return StreamData(coder.names, made[0], made[1], kind, coder.task, reason, streaming, where, bad)
+    split_off = valid_pct if valid_name is None and not streaming else None
+    return StreamData(coder.names, *made[:2], kind, coder.task, reason, streaming, where, bad, split_off=split_off)
 
 
 def _indexed_splits(

@@ -56,6 +56,7 @@ class MaskData:
         bad_rows: files left out for want of a partner (an image without a mask, or a mask without an image).
         skipped: one line per bad pair left out by ``skip_bad`` (path: reason).
         task: ``"segment"``; ``task_reason`` and ``warnings`` stay empty (the layout says the task).
+        split_off: the share split off at random for validation (``None``: train/ and valid/ folders).
     """
 
     classes: list[str]
@@ -67,6 +68,7 @@ class MaskData:
     task: str = "segment"
     task_reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    split_off: float | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -170,6 +172,7 @@ def segmentation_data(root: str | Path, *, valid_pct: float = 0.2, seed: int = 0
     """
     root = Path(root)
     names, colours = _read_classes(root)
+    split_off = None
     if (root / "train" / "images").is_dir():
         train, bad = _pairs(root / "train")
         valid, more = _pairs(root / "valid") if (root / "valid" / "images").is_dir() else ([], [])
@@ -180,6 +183,7 @@ def segmentation_data(root: str | Path, *, valid_pct: float = 0.2, seed: int = 0
         random.Random(seed).shuffle(order)
         cut = round(len(pairs) * valid_pct)
         valid, train = [pairs[i] for i in sorted(order[:cut])], [pairs[i] for i in sorted(order[cut:])]
+        split_off = valid_pct
     else:
         raise DataError(f"{root}: expected images/ and masks/ (or train/ and valid/ holding them).")
     checked = {pair: _check(pair, len(names) if names else None, colours) for pair in train + valid}
@@ -193,7 +197,7 @@ def segmentation_data(root: str | Path, *, valid_pct: float = 0.2, seed: int = 0
     if not train or not valid:
         raise DataError(f"{root}: {len(train)} training and {len(valid)} validation pairs; need both.")
     classes = names or [str(i) for i in range(max(top for _, top in checked.values()) + 1)]
-    return MaskData(classes, train, valid, colours, bad, skipped)
+    return MaskData(classes, train, valid, colours, bad, skipped, split_off=split_off)
 
 
 def mask_transforms(

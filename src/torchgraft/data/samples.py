@@ -52,7 +52,8 @@ class DataError(ValueError):
 
 @dataclass
 class Rows:
-    """What a table or a folder gave: names, the split samples, warnings, the task and why, and bad rows."""
+    """What a table or a folder gave: names, the split samples, warnings, the task and why, bad rows, and the
+    share split off at random for validation (``None``: the data brought its own split)."""
 
     classes: list[str]
     train: list[Sample]
@@ -61,6 +62,7 @@ class Rows:
     task: str = "classify"
     reason: str = ""
     bad: list[str] = field(default_factory=list)
+    split_off: float | None = None
 
 
 def split_samples(samples: list[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -138,7 +140,7 @@ def rows_from_folders(root: Path, valid_pct: float, seed: int, *, suffixes: Sequ
     train: list[Sample] = [(p, index[c]) for c in classes for p in train_folders[c]]
     if not split:
         train, valid = split_samples(train, valid_pct, seed)
-        return Rows(classes, train, valid, warnings, "classify", "class folders")
+        return Rows(classes, train, valid, warnings, "classify", "class folders", split_off=valid_pct)
     assert valid_dir is not None
     valid_folders = _class_folders(valid_dir, suffixes, what)
     unknown = sorted(c for c, paths in valid_folders.items() if paths and c not in index)
@@ -194,7 +196,9 @@ def rows_from_table(
     warnings = []
     if chosen == "classify":
         warnings = [f"class {c!r} has no validation {what}s" for i, c in enumerate(targets.names) if i not in held]
-    return Rows(targets.names, train, valid, warnings, chosen, reason, by_line(bad))
+    return Rows(
+        targets.names, train, valid, warnings, chosen, reason, by_line(bad), None if split is not None else valid_pct
+    )
 
 
 def _drop_unseen(

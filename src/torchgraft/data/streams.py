@@ -137,6 +137,8 @@ class StreamData:
         train, valid: the :class:`Split` of each.
         kind: ``"image"`` or ``"text"`` inputs.
         streamed: whether the splits are read as streams (:class:`SampleStream`) rather than by index.
+        split_off: the share of the training split split off at random for validation (``None``: the dataset
+            brought its validation split).
     """
 
     classes: list[str]
@@ -150,6 +152,7 @@ class StreamData:
     bad_rows: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: list[Any] = field(default_factory=list)
+    split_off: float | None = None
 
     @property
     def n_outputs(self) -> int:

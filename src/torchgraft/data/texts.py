@@ -37,6 +37,7 @@ class TextData:
         task: ``"classify"``, ``"multilabel"`` or ``"regression"``; ``task_reason`` says why when inferred.
         bad_rows: rows or files left out with ``skip_bad=True`` (line number or path, and why).
         warnings: empty class folders, classes without validation texts.
+        split_off: the share split off at random for validation (``None``: the data brought its split).
     """
 
     classes: list[str]
@@ -47,6 +48,7 @@ class TextData:
     bad_rows: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # kept empty: texts have no unreadable files, only bad rows
+    split_off: float | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -161,5 +163,5 @@ def text_data(
         raise DataError(f"{source}: no training texts found (a CSV of text,label rows or class folders of .txt).")
     if not rows.valid:
         raise DataError(f"{source}: no validation texts; add a valid/ folder or a split column, or raise valid_pct.")
-    bad = by_line(rows.bad)
-    return TextData(rows.classes, rows.train, rows.valid, rows.task, rows.reason, bad, sorted(set(rows.warnings)))
+    warnings, split_off, bad = sorted(set(rows.warnings)), rows.split_off, by_line(rows.bad)
+    return TextData(rows.classes, rows.train, rows.valid, rows.task, rows.reason, bad, warnings, [], split_off)

@@ -82,6 +82,11 @@ class Task:
         """The default training loss."""
         raise NotImplementedError
 
+    def loss_description(self) -> str:
+        """What the loss is and on which scale, for a run's plan (regression: on standardised targets, with
+        their std); empty: nothing to say."""
+        return ""
+
     def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Raise a clear error when ``targets`` are not of the kind this task trains on."""
 

@@ -10,6 +10,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics import classification as tmc
 
+from torchgraft.data.balance import balanced_weights, class_counts
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import ErrorRate, TargetError, check_class_targets
 
@@ -35,6 +36,11 @@ class Classification(Task):
 
     Args:
         label_smoothing: cross-entropy label smoothing.
+        class_weights: one weight per class for the loss (``None``: all 1): each sample's cross-entropy is
+            multiplied by its class's weight and the batch's mean taken over samples (not over the weights, as
+            PyTorch's ``weight=`` does), so that N processes at batch B still equal one process at batch N·B.
+            :meth:`fit_targets` sets balanced weights (:func:`~torchgraft.data.balance.balanced_weights`) for a
+            run made with ``balance=True``.
         target_key: key of the targets in mapping batches.
 
     Metrics: ``accuracy``, ``error_rate``, ``balanced_accuracy`` (mean per-class recall), ``top3``,
@@ -42,6 +48,7 @@ class Classification(Task):
 
     Example:
         >>> Learner(model, train_dl, valid_dl, task=Classification(), metrics=["accuracy", "f1"])
+        >>> Classification.for_run(balance=True).fit_targets(train_labels)  # every class weighs the same
     """
 
     name: ClassVar[str] = "classify"
@@ -57,13 +64,59 @@ class Classification(Task):
     )
     default_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
 
-    def __init__(self, *, label_smoothing: float = 0.0, target_key: str = "labels") -> None:
+    def __init__(
+        self,
+        *,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        target_key: str = "labels",
+    ) -> None:
         super().__init__(target_key=target_key)
         self.label_smoothing = label_smoothing
+        self.balance = False  # fit_targets sets balanced class weights (a run made with balance=True)
+        self.n_classes: int | None = None  # the run's classes, when some may have no training sample
+        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if self.class_weights is not None and (self.class_weights.ndim != 1 or bool((self.class_weights < 0).any())):
+            raise ValueError(f"classify: class_weights must be one weight >= 0 per class, got {class_weights}.")
+
+    @classmethod
+    def for_run(cls, **options: Any) -> Classification:
+        """Balanced class weights fitted on the training targets when ``balance`` is set (``classes``: how many
+        the run has)."""
+        task = cls()
+        task.balance, task.n_classes = bool(options.get("balance")), options.get("classes")
+        return task
+
+    def fit_targets(self, targets: Sequence[Any]) -> Classification:
+        """With ``balance``: class weights ``N / (C * n_c)`` from the training targets' class counts."""
+        if self.balance:
+            labels = [int(t) for t in targets]
+            counts = class_counts(labels, max(self.n_classes or 0, max(labels) + 1))
+            self.class_weights = torch.tensor(balanced_weights(counts))
+        return self
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (class indices, or class probabilities for mixed/soft labels)."""
-        return nn.functional.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+        """Cross-entropy (class indices, or class probabilities for mixed/soft labels); with
+        ``class_weights`` each sample's weighted by its class, averaged over the batch's samples."""
+        if self.class_weights is None:
+            return nn.functional.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+        if self.class_weights.numel() != outputs.shape[-1]:
+            raise TargetError(
+                f"classify: {self.class_weights.numel()} class weights for outputs of {outputs.shape[-1]} classes; "
+                f"give one weight per class."
+            )
+        weights = self.class_weights.to(outputs.device, outputs.dtype)
+        each = nn.functional.cross_entropy(
+            outputs, targets, weight=weights, reduction="none", label_smoothing=self.label_smoothing
+        )
+        return each.mean()
+
+    def loss_description(self) -> str:
+        """With class weights: the weights, said in the plan."""
+        if self.class_weights is None:
+            return ""
+        weights = ", ".join(f"{w:.3g}" for w in self.class_weights.tolist())
+        return f"cross-entropy weighted by class (--balance: N / (classes x class count); weights {weights})"
 
     def check(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Class indices ``(B,)`` within ``[0, C)`` for outputs ``(B, C)``."""
@@ -109,5 +162,6 @@ class Classification(Task):
         return TaskReport(confusion=matrix.view(n, n).tolist())
 
     def record(self) -> dict[str, Any]:
-        """The task name, target key and label smoothing."""
-        return {**super().record(), "label_smoothing": self.label_smoothing}
+        """The task name, target key, label smoothing and the class weights (when set)."""
+        weights = {} if self.class_weights is None else {"class_weights": self.class_weights.tolist()}
+        return {**super().record(), "label_smoothing": self.label_smoothing, **weights}

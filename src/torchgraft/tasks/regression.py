@@ -1,4 +1,9 @@
-"""Regression: one or several float targets per sample; losses on standardised targets, metrics in units."""
+"""Regression: one or several float targets per sample; losses on standardised targets, metrics in units.
+
+The loss is always on the standardised scale, ``(y - mean) / std`` of the training targets, whether the model
+learns standardised targets (the default) or its head is bounded in the targets' units (``y_range``): the
+losses of the two runs are the same function of the errors, so they compare (an MSE of 1.0 is the variance of
+the targets, what always predicting the mean scores)."""
 
 from __future__ import annotations
 
@@ -25,12 +30,16 @@ class Regression(Task):
     The model learns standardised targets, ``(y - mean) / std``, so that every target weighs the same in the
     loss and the head starts at the right scale; metrics and :meth:`decode` map outputs back to the
     targets' units. :meth:`fit_scale` takes mean and std from the training targets (pass ``mean=0,
-    std=1`` when the head already bounds outputs in units, ``y_range``).
+    std=1`` when the head already bounds outputs in units, ``y_range``, and ``loss_scale`` the targets' std
+    so that the loss stays on the standardised scale: :meth:`fit_loss_scale`).
 
     Args:
         loss: ``"mse"`` (default), ``"l1"`` or ``"huber"``.
         mean: per-target mean(s) of the training targets.
         std: per-target standard deviation(s).
+        loss_scale: for outputs in units (``mean=0, std=1``): the training targets' std(s); errors are divided
+            by it before the loss, so the loss is on the standardised scale as without ``y_range``. ``None``:
+            the loss is on the outputs' own scale.
         target_key: key of the targets in mapping batches.
 
     Metrics: ``mae``, ``rmse``, ``r2`` (per target, averaged), in the targets' units, over the whole set.
@@ -48,6 +57,7 @@ class Regression(Task):
         loss: LossName = "mse",
         mean: float | Sequence[float] = 0.0,
         std: float | Sequence[float] = 1.0,
+        loss_scale: float | Sequence[float] | None = None,
         target_key: str = "labels",
     ) -> None:
         super().__init__(target_key=target_key)
@@ -59,6 +69,9 @@ class Regression(Task):
         self.std = torch.atleast_1d(torch.as_tensor(std, dtype=torch.float32))
         if bool((self.std <= 0).any()):
             raise ValueError(f"Regression: std must be > 0, got {self.std.tolist()}.")
+        self.loss_scale = None if loss_scale is None else torch.atleast_1d(torch.as_tensor(loss_scale).float())
+        if self.loss_scale is not None and bool((self.loss_scale <= 0).any()):
+            raise ValueError(f"Regression: loss_scale must be > 0, got {self.loss_scale.tolist()}.")
 
     @classmethod
     def for_run(cls, **options: Any) -> Regression:
@@ -69,25 +82,45 @@ class Regression(Task):
         return task
 
     def fit_targets(self, targets: Sequence[Any]) -> Regression:
-        """:meth:`fit_scale` on the training targets (values or tuples of values), unless made for a run whose
-        head is bounded in units."""
-        return self.fit_scale(torch.tensor(targets, dtype=torch.float32)) if self.standardise else self
+        """:meth:`fit_scale` on the training targets (values or tuples of values); for a run whose head is
+        bounded in units, :meth:`fit_loss_scale` (outputs stay in units, the loss on the standardised scale)."""
+        values = torch.tensor(targets, dtype=torch.float32)
+        return self.fit_scale(values) if self.standardise else self.fit_loss_scale(values)
+
+    def fit_loss_scale(self, targets: torch.Tensor) -> Regression:
+        """Keep the outputs in units and divide errors by the training targets' std in the loss (a constant
+        target keeps 1); returns self."""
+        self.loss_scale = _spread(targets.float().reshape(len(targets), -1))
+        return self
 
     def fit_scale(self, targets: torch.Tensor) -> Regression:
         """Take ``mean`` and ``std`` from the training targets (a constant target keeps std 1); returns self."""
         values = targets.float().reshape(len(targets), -1)
-        self.mean = values.mean(dim=0)
-        std = values.std(dim=0) if len(values) > 1 else torch.ones(values.shape[1])
-        self.std = torch.where(std > 0, std, torch.ones_like(std))
+        self.mean, self.std, self.loss_scale = values.mean(dim=0), _spread(values), None
         return self
+
+    def loss_description(self) -> str:
+        """What the loss is and on which scale, for the run's plan: ``MSE on standardised targets (std 21.8)``."""
+        name = {"mse": "MSE", "l1": "L1", "huber": "Huber"}[self.loss_name]
+        scale = self.std if self.loss_scale is None else self.loss_scale
+        if self.loss_scale is None and bool((self.std == 1).all()) and bool((self.mean == 0).all()):
+            return f"{name} in the targets' units (not standardised)"
+        stds = ", ".join(f"{v:.4g}" for v in scale.tolist())
+        baseline = "; 1.0 = always predicting the mean" if self.loss_name == "mse" else ""
+        return f"{name} on standardised targets (std {stds}{baseline})"
 
     def _columns(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Targets as ``(B, K)`` columns matching ``outputs``."""
         return targets.reshape(outputs.shape) if targets.ndim == 1 and outputs.ndim == 2 else targets
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The chosen loss between outputs and standardised targets."""
+        """The chosen loss between outputs and standardised targets (outputs in units with ``loss_scale``:
+        both divided by it, the same function of the errors)."""
         targets = self._columns(outputs, targets).to(outputs.dtype)
+        if self.loss_scale is not None:
+            scale = self.loss_scale.to(outputs.device, outputs.dtype)
+            values = outputs * self.std.to(outputs.device) + self.mean.to(outputs.device)
+            return _LOSSES[self.loss_name](values / scale, targets / scale)
         scaled = (targets - self.mean.to(outputs.device)) / self.std.to(outputs.device)
         return _LOSSES[self.loss_name](outputs, scaled)
 
@@ -133,5 +166,13 @@ class Regression(Task):
         return {"values": outputs * self.std.to(outputs.device) + self.mean.to(outputs.device)}
 
     def record(self) -> dict[str, Any]:
-        """The task name, target key, loss and the scale of the targets."""
-        return {**super().record(), "loss": self.loss_name, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        """The task name, target key, loss and the scale of the targets (and of the loss, for outputs in units)."""
+        scale = {} if self.loss_scale is None else {"loss_scale": self.loss_scale.tolist()}
+        units = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {**super().record(), "loss": self.loss_name, **units, **scale}
+
+
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    """Per-column std of ``(N, K)`` values; 1 where it is 0 or there is one row."""
+    std = values.std(dim=0) if len(values) > 1 else torch.ones(values.shape[1])
+    return torch.where(std > 0, std, torch.ones_like(std))

@@ -29,10 +29,12 @@ from torchgraft.tasks import Task, get_task
 from torchgraft.tasks.metrics import MetricSet, MetricSpec
 from torchgraft.train.cache import check_cache_dtype
 from torchgraft.train.callbacks import Callback, Mode, builtin_callbacks
-from torchgraft.train.distributed import local_device
+from torchgraft.train.distributed import is_main, local_device
 from torchgraft.train.finetune import FineTuning
 from torchgraft.train.first_batch import check_metric_names, inferred_task
 from torchgraft.train.fitting import run_fit, sweep_rates, trained_objects
+from torchgraft.train.frozen_state import fingerprints
+from torchgraft.train.fsdp import is_sharded
 from torchgraft.train.kept import KeptOutputs
 from torchgraft.train.loop import Loop, TrainingDivergedError, amp_dtype
 from torchgraft.train.lr_finder import LRFind
@@ -198,6 +200,10 @@ class Learner(FineTuning):
         self._use_task(self._task)
         self.optimizer_class, self.weight_decay = optimizer, weight_decay
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        # the parameters' first fingerprints: a checkpoint leaves out frozen ones still equal to them (frozen.pt)
+        model_now = self.placement.model
+        keep_all = self.checkpoint_dir is None or is_sharded(model_now) or not is_main()
+        self.first_fingerprints = None if keep_all else fingerprints(model_now)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.quiet, self.cache_features = quiet, cache_features
         self.cache_dir, self.cache_dtype = cache_dir, cache_dtype
@@ -283,7 +289,10 @@ class Learner(FineTuning):
         """Write :meth:`state` to ``path`` atomically (on rank 0 only). Under DDP every rank must call it (the
         built-in :class:`~torchgraft.train.callbacks.Checkpointer` does): inside an epoch the ranks' partial
         training losses are summed first."""
-        save_state(path, self.state(), distributed=self.distributed, device=self.device)
+        state, model = self.state(), self.placement.model
+        save_state(
+            path, state, distributed=self.distributed, device=self.device, model=model, first=self.first_fingerprints
+        )
 
     def fit(self, epochs: int, lr: LRSpec = 1e-3, *, resume: str | Path | None = None) -> list[dict[str, Any]]:
         """Train for ``epochs`` at constant learning rate(s) ``lr`` (a float, ``slice(lo, hi)`` over the layer

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from torchgraft.train.distributed import is_main, on_main, reduce_sum
+from torchgraft.train.frozen_state import full_model_state as completed_state
+from torchgraft.train.frozen_state import leave_out_frozen
 from torchgraft.train.fsdp import full_model_state, full_optimizer_state, is_sharded, load_full_state
 from torchgraft.train.loop import EpochProgress
 from torchgraft.train.runstate import (
@@ -91,7 +93,9 @@ def restore(path: str | Path, state: FitState, trained: Trained) -> FitState:
         ValueError: the checkpoint was written by another call (``fit`` vs ``fit_one_cycle``, other epochs).
         StateError: a damaged file, or one that is not a training state.
     """
-    saved = on_main(read_state, path)  # rank 0's file, on every rank (other machines need not see RUN_DIR)
+    saved = on_main(
+        _read_whole, path, trained.model
+    )  # rank 0's files, on every rank (other machines need not see RUN_DIR)
     if saved["fit"] != state.kind:
         raise ValueError(
             f"resume: {path} was written by {saved['fit']['kind']}({saved['fit']['epochs']} epochs), not "
@@ -122,15 +126,31 @@ def restore(path: str | Path, state: FitState, trained: Trained) -> FitState:
     )
 
 
-def save_state(path: str | Path, state: dict[str, Any], *, distributed: bool, device: torch.device) -> None:
+def _read_whole(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """The checkpoint at ``path`` with its whole model state (frozen tensors from ``frozen.pt`` put back)."""
+    state = read_state(path)
+    return {**state, "model": completed_state(state, model, path=path)}
+
+
+def save_state(
+    path: str | Path,
+    state: dict[str, Any],
+    *,
+    distributed: bool,
+    device: torch.device,
+    model: torch.nn.Module | None = None,
+    first: dict[str, str] | None = None,
+) -> None:
     """Write a state from :func:`capture` to ``path`` atomically on rank 0. Under DDP every rank must call it:
-    inside an epoch the ranks' partial training losses are summed first."""
+    inside an epoch the ranks' partial training losses are summed first. With ``model`` and its ``first``
+    fingerprints, its frozen parameters that still have them are kept in ``frozen.pt`` beside ``path``, not in
+    the file (:func:`torchgraft.train.frozen_state.leave_out_frozen`)."""
     position = state.get("position")
     if position is not None and distributed:
         sums = torch.tensor([position["loss_sum"], position["count"]], dtype=torch.float64, device=device)
         position["loss_sum"], position["count"] = reduce_sum(sums).tolist()
     if is_main():
-        write_state(path, state)
+        write_state(path, leave_out_frozen(state, model, first, path) if model is not None else state)
 
 
 def load_best_weights(checkpoint_dir: Path | None, model: torch.nn.Module) -> dict[str, Any]:
@@ -146,7 +166,7 @@ def load_best_weights(checkpoint_dir: Path | None, model: torch.nn.Module) -> di
             f"load_best: no best.pt{f' in {checkpoint_dir}' if path else ''}; the Learner writes it with "
             f"checkpoint_dir= after each epoch that improves the monitored value."
         )
-    state = on_main(read_state, path)
+    state = on_main(_read_whole, path, model)
     if is_sharded(model):
         load_full_state(model, state["model"])
     else:

@@ -209,7 +209,7 @@ def read_checkpoint(
     elif isinstance(source, (str, Path)):
         path = Path(source)
         obj, metadata = _load_file(path, trust_pickle=trust_pickle)
-        where = path.name
+        obj, where = _with_frozen(obj, path, trust_pickle=trust_pickle), path.name
     elif isinstance(source, Mapping):
         obj, where = source, "state dict"
     else:
@@ -227,6 +227,24 @@ def read_checkpoint(
     )
     description = ", ".join([where, *notes, f"{len(tensors)} tensors"])
     return Checkpoint(tensors, description, metadata, aliases)
+
+
+def _with_frozen(obj: Any, path: Path, *, trust_pickle: bool) -> Any:
+    """A torchgraft training checkpoint whose untouched frozen weights are kept in ``frozen.pt`` beside it
+    (:mod:`torchgraft.train.frozen_state`) with those weights put back, matched by recorded fingerprint."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("frozen"), dict) and isinstance(obj.get("model"), dict)):
+        return obj
+    wanted: dict[str, str] = obj["frozen"]["fingerprints"]
+    side = path.with_name(obj["frozen"].get("file", "frozen.pt"))
+    stored, _ = _load_file(side, trust_pickle=trust_pickle) if side.is_file() else ({}, {})
+    held = stored.get("fingerprints", {}) if isinstance(stored, dict) else {}
+    missing = sorted(name for name, value in wanted.items() if held.get(name) != value)
+    if missing:
+        raise CheckpointReadError(
+            f"{path}: {len(missing)} frozen tensors it leaves out ({', '.join(missing[:3])}, ...) are not in {side} "
+            f"as written with it; put back the {side.name} of the same run."
+        )
+    return {**obj, "model": {**obj["model"], **{name: stored["model"][name] for name in wanted}}}
 
 
 def _natural(name: str) -> list[Any]:
