@@ -36,7 +36,9 @@ RUN_FILES = (
 )
 RUN_FOLDERS = ("checkpoints", "hf")  # written whole by a run: checkpoints (last.pt, best.pt), a text model's tokenizer
 DEPLOYED = ("model.onnx", "model.pt2", "preprocessing.json", "preprocessing.pt2.json")  # torchgraft export's files
-_MARKERS = ("model.json", "model.safetensors", "history.json", "plan.txt", "checkpoints/last.pt")
+# what says a run got somewhere (a folder holding only plan.txt is a run killed before its first checkpoint:
+# nothing of it can answer for the next run, which rewrites plan.txt)
+_MARKERS = ("model.json", "model.safetensors", "history.json", "checkpoints/last.pt", "checkpoints/best.pt", *DEPLOYED)
 
 
 class RunDirInUse(ValueError):
