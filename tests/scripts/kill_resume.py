@@ -1,6 +1,7 @@
 """SIGKILL ``torchgraft train`` at chosen moments, resume with ``--resume``, compare with an uninterrupted run.
 
-Usage: kill_resume.py DATA OUT_DIR WORLD TRIALS SEED. Every run is forked from this process (torchgraft is
+Usage: kill_resume.py DATA OUT_DIR WORLD TRIALS SEED [TRAIN OPTION...] (the options are added to every run,
+e.g. ``--workers 2``). Every run is forked from this process (torchgraft is
 imported once); with WORLD 2 each run is two processes joined as torchrun would join them (RANK, WORLD_SIZE,
 MASTER_ADDR/PORT), and a kill takes both, as a pre-empted machine does. Each trial kills at another kind of
 moment, cycling through: right after the k-th checkpoint write (mid-epoch, with --save-every 1), while a
@@ -35,6 +36,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+EXTRA: list[str] = []  # the command line's TRAIN OPTIONs
+
+
 def start(data: str, out: Path, world: int, *extra: str) -> list[int]:
     """Fork the ``world`` processes of one ``torchgraft train`` run; returns their pids."""
     port, pids = _free_port(), []
@@ -50,7 +54,7 @@ def start(data: str, out: Path, world: int, *extra: str) -> list[int]:
             import torch
 
             torch.set_num_threads(1)
-            code = main(["train", data, *ARGS, "--batch-size", batch, "--out", str(out), *extra])
+            code = main(["train", data, *ARGS, "--batch-size", batch, "--out", str(out), *EXTRA, *extra])
             os._exit(code)
         pids.append(pid)
     return pids
@@ -122,6 +126,7 @@ def main_script() -> None:
         int(sys.argv[4]),
         int(sys.argv[5]),
     )
+    EXTRA[:] = sys.argv[6:]
     chooser = random.Random(seed)
     started = time.perf_counter()
     assert wait(start(data, out / "straight", world)) == [0] * world

@@ -2,11 +2,13 @@
 pairs (segmentation) or texts (a CSV or folders of ``.txt`` files, with a Hugging Face encoder) to a RUN_DIR:
 the pipeline behind ``torchgraft train`` and ``torchgraft demo``, usable from Python too.
 
-Read top to bottom: :func:`~torchgraft.app.prepare.prepare_run` (the recipe of the input: data, network,
-head, Learner), print the plan (layer groups and the stages as they will run), fine-tune, load the best epoch,
-let the task report on the validation set, then write the RUN_DIR:
+Read top to bottom: an earlier run in the folder refused or removed (:mod:`torchgraft.app.rundir`),
+:func:`~torchgraft.app.prepare.prepare_run` (the recipe of the input: data, network, head, Learner), print the
+plan (layer groups and the stages as they will run), fine-tune, restore the epoch to export (the best by the
+monitored metric, or the last: ``settings.export``), let the task report on the validation set, then write the RUN_DIR:
 
     RUN_DIR/model.safetensors, model.json   the exported model, the best epoch (see torchgraft.ship.export)
+                                            (model.json's final.exported names it)
     RUN_DIR/hf/                             text models: the tokenizer and the encoder's config
     RUN_DIR/history.csv, history.json       one row per epoch
     RUN_DIR/plan.txt                        the graft, the layer groups and the stages
@@ -30,17 +32,26 @@ from typing import Any
 import torch
 
 from torchgraft.app.prepare import Prepared, prepare_run
+from torchgraft.app.rundir import claim_run_dir
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.unreadable import UnreadableFiles
 from torchgraft.ship.export import Preprocessor, export_model
 from torchgraft.tasks import Classification, Task
 from torchgraft.tasks.batch import call_model, move, output_tensor
+from torchgraft.train.callbacks import Checkpointer
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size
 from torchgraft.train.learner import Learner
 from torchgraft.train.stages import plan_text
 from torchgraft.tune.describe import describe
 
-__all__ = ["RunResult", "train_run", "validation_batches", "validation_outputs"]
+__all__ = [
+    "RunResult",
+    "exported_epoch_line",
+    "restore_exported_epoch",
+    "train_run",
+    "validation_batches",
+    "validation_outputs",
+]
 
 
 @dataclass
@@ -80,12 +91,6 @@ def validation_outputs(
     return torch.cat(outputs), torch.cat(targets)
 
 
-def _epoch_name(place: int, history: list[dict[str, Any]]) -> str:
-    """``"epoch 2 of 3 (train_loss 0.31, accuracy 0.9412)"``: the row ``place`` of ``history`` and its values."""
-    values = ", ".join(f"{k} {v:.4g}" for k, v in history[place].items() if isinstance(v, float) and k != "seconds")
-    return f"epoch {place + 1} of {len(history)} ({values})"
-
-
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -105,6 +110,49 @@ def _plots(learner: Learner, matrix: list[list[int]] | None, classes: list[str],
     except ImportError as error:  # matplotlib is optional: the run itself is complete without plots
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
+
+
+_NAMING = ("choice", "row", "stage", "epoch", "monitor", "mode")  # restore_exported_epoch's keys that are no metric
+
+
+def restore_exported_epoch(
+    learner: Learner, history: list[dict[str, Any]], stages: list[str], *, export: str = "best"
+) -> dict[str, Any]:
+    """Put the weights of the epoch to export into ``learner.model`` (every rank must call it) and return what
+    names it: ``export="best"`` loads ``checkpoints/best.pt`` (the best epoch by the monitored metric, in the
+    direction the metric declares: losses down, accuracy up), ``"last"`` keeps the weights the training ended
+    with. The record: ``row`` (its line in history.csv, from 1), ``stage`` (the fine-tune's stage: ``frozen``,
+    ``unfrozen``, ...), ``epoch`` (within the stage), ``choice`` and the epoch's recorded values; best also
+    ``monitor``/``mode`` (what decided)."""
+    if export == "best":
+        record = learner.load_best()  # best.pt: the Checkpointer kept it by the monitor's declared direction
+        watcher = next(c for c in learner.callbacks if isinstance(c, Checkpointer))
+        monitor, mode = watcher.watch.resolved or (None, None)
+    else:
+        record, monitor, mode = history[-1], None, None
+    row = next(i for i, r in enumerate(history) if (r["phase"], r["epoch"]) == (record["phase"], record["epoch"]))
+    phase = history[row]["phase"]
+    named: dict[str, Any] = {
+        "choice": export,
+        "row": row + 1,
+        "stage": stages[phase] if 0 <= phase < len(stages) else f"phase {phase}",
+        "epoch": history[row]["epoch"],
+        **({"monitor": monitor, "mode": mode} if monitor else {}),
+    }
+    named.update({k: v for k, v in history[row].items() if k not in ("phase", "epoch")})
+    return named
+
+
+def exported_epoch_line(exported: dict[str, Any], epochs: int) -> str:
+    """``"the best epoch (accuracy, max): row 1 of 2, frozen epoch 1 (valid_loss 0.41, accuracy 0.94)"``."""
+    values = ", ".join(
+        f"{k} {v:.4g}" for k, v in exported.items() if isinstance(v, float) and k not in ("seconds", "epoch", "row")
+    )
+    why = f" ({exported['monitor']}, {exported['mode']})" if exported.get("monitor") else ""
+    return (
+        f"the {exported['choice']} epoch{why}: row {exported['row']} of {epochs}, {exported['stage']} epoch "
+        f"{exported['epoch']} ({values})"
+    )
 
 
 def train_run(
@@ -130,6 +178,10 @@ def train_run(
     if resume is not None and not on_main(resume.is_file):
         raise FileNotFoundError(f"--resume: {resume} does not exist (nothing to resume in {run_dir}).")
     say = say if is_main() else (lambda _: None)  # under torchrun only rank 0 prints and writes
+    removed = on_main(claim_run_dir, run_dir, overwrite=settings.overwrite, resume=settings.resume)
+    if removed:
+        what = "the earlier run's" if settings.overwrite else "the exports made before the resume:"
+        say(f"{'overwrite' if settings.overwrite else 'resume'}: removed {what} {', '.join(removed)} from {run_dir}")
     run = prepare_run(data, run_dir, settings, say=say, quiet=quiet or not is_main())
     settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
     recipe = {  # what is left None comes from the Learner's measured recipe of the model's kind
@@ -139,7 +191,8 @@ def train_run(
         "gradual": settings.gradual,
         "keep_frozen": settings.keep_frozen,
     }
-    plan = f"{describe(model)}\n\n{plan_text(learner.stages(settings.epochs, settings.lr, **recipe))}\n\n"
+    stages = learner.stages(settings.epochs, settings.lr, **recipe)
+    plan = f"{describe(model)}\n\n{plan_text(stages)}\n\n"
     plan += f"preprocessing: {run.preprocessing}\n"
     if learner.task.loss_description():
         plan += f"loss: {learner.task.loss_description()}\n"
@@ -152,12 +205,10 @@ def train_run(
     say(plan)
     watch = UnreadableFiles.watching(learner, max_bad=settings.max_bad, say=say)
     history = learner.fine_tune(settings.epochs, settings.lr, **recipe, resume=resume)
-    best = learner.load_best()  # the export is the best epoch, not the last (every rank loads it)
-    place = next(i for i, row in enumerate(history) if (row["phase"], row["epoch"]) == (best["phase"], best["epoch"]))
-    if place != len(history) - 1:
-        say(f"exported the best epoch: {_epoch_name(place, history)}, not the last")
-    final = {k: v for k, v in best.items() if k not in ("phase", "epoch")}
-    final["exported_epoch"] = place + 1  # its row in history.csv, counted from 1
+    exported = restore_exported_epoch(learner, history, [s.name for s in stages], export=settings.export)
+    say(f"exported {exported_epoch_line(exported, len(history))}")
+    final = {k: v for k, v in exported.items() if k not in _NAMING}  # the exported epoch's values, at the top
+    final["exported_epoch"], final["exported"] = exported["row"], exported  # which epoch: row, stage, epoch
     if watch is not None:  # files that passed the check but failed to decode: replaced, listed
         final["unreadable_files"] = watch.summary()
         if watch.found:

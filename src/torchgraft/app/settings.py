@@ -13,7 +13,9 @@ from torchgraft.choices import ADAPTER_EXPORTS, BATCHNORM_MODES, CHECKS, STRATEG
 if TYPE_CHECKING:  # the command line builds its parsers from these settings without importing torch
     from torchgraft.data.preprocess import Augment
 
-__all__ = ["TrainSettings"]
+__all__ = ["EXPORTED_EPOCHS", "TrainSettings"]
+
+EXPORTED_EPOCHS = ("best", "last")  # which epoch a run exports: the best by the monitored metric, or the last
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class TrainSettings:
     reported, and more than ``max_bad`` of them (default: 0.1% of the files, at least 5) stop the run.
     ``manifest_dir`` is where the data's manifest (the files' check verdicts, reused by the next run) is kept
     (default ``$TORCHGRAFT_CACHE/manifests``, else ``~/.cache/torchgraft/manifests``; ``"none"``: no manifest).
+    ``overwrite`` lets a run go into a RUN_DIR holding an earlier run, whose files are removed first
+    (:mod:`torchgraft.app.rundir`; without it, or ``resume``, such a folder is refused). ``export`` is the epoch
+    exported: ``"best"`` (default; by the monitored metric in the task's direction, ``checkpoints/best.pt``) or
+    ``"last"``.
     ``balance`` weighs single-label classes in the loss by ``N / (classes x class count)`` (the samples drawn
     stay the same; :func:`torchgraft.data.balance.balanced_weights`); a run warns, with the counts, when a
     class has under a third of the median class's training samples. ``cache_dir`` is where the feature cache
@@ -73,6 +79,8 @@ class TrainSettings:
     manifest_dir: str | None = None
     amp: str | None = None
     resume: bool = False
+    overwrite: bool = False
+    export: str = "best"
     workers: int | None = None
     device: str | None = None
     task: str | None = None
@@ -97,6 +105,8 @@ class TrainSettings:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
+        if self.export not in EXPORTED_EPOCHS:
+            raise ValueError(f"export must be one of {', '.join(EXPORTED_EPOCHS)}, got {self.export!r}.")
         if self.adapters not in ADAPTER_EXPORTS:
             raise ValueError(f"adapters must be one of {ADAPTER_EXPORTS}, got {self.adapters!r}.")
         if self.dice_weight is not None and self.dice_weight < 0:

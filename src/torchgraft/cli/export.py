@@ -1,5 +1,6 @@
 """``torchgraft export RUN_DIR --format onnx|pt2``: the run's model as one file that runs without torchgraft
-(ONNX Runtime, or ``torch.export``), with ``preprocessing.json`` beside it, checked against the trained model."""
+(ONNX Runtime, or ``torch.export``), with its metadata beside it (``preprocessing.json`` for ONNX,
+``preprocessing.pt2.json`` for pt2: each format its own), checked against the trained model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "export",
         help="write an ONNX file or torch.export program of a trained run, checked against the model",
-        description="Write RUN_DIR/model.onnx (or model.pt2) and preprocessing.json: the network with its "
+        description="Write RUN_DIR/model.onnx and preprocessing.json (or model.pt2 and preprocessing.pt2.json; "
+        "each format has its own, and exporting one leaves the other's files as they are): the network with its "
         "final softmax/sigmoid, a dynamic batch axis (and sequence axis for texts), and what to do to inputs. "
         "The file's outputs are compared with the PyTorch model's on the run's validation examples (or --check "
         "inputs) and must agree within 1e-4.",

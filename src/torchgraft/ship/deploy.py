@@ -6,8 +6,11 @@ units for regression) and writes
 
 * ``model.onnx`` (ONNX Runtime, any language) or ``model.pt2`` (``torch.export.load(...).module()``), with a
   dynamic batch axis (and a dynamic sequence axis for texts) unless ``dynamic=False``;
-* ``preprocessing.json``: what a program must do before and after, readable without torchgraft (resize,
-  crop, mean/std, input names, class names, the multi-label threshold, the tokenizer folder of a text model).
+* its metadata beside it, ``preprocessing.json`` for ``model.onnx`` and ``preprocessing.pt2.json`` for
+  ``model.pt2`` (each format its own, so exporting one never changes what another's file says): what a
+  program must do before and after, readable without torchgraft (the model file, resize, crop, mean/std,
+  input names, class names, the multi-label threshold, the tokenizer folder of a text model). Exporting a
+  format again replaces that format's two files only.
 
 Then it proves the file computes what the trained model computes: both run on real inputs (the validation
 examples the run recorded, or the images/texts given) and the largest difference must stay within
@@ -37,9 +40,18 @@ from torchgraft.ship.program import DEPLOY_FORMATS, DeployError, export_program
 from torchgraft.tasks import Task
 from torchgraft.tune.lora import merged
 
-__all__ = ["DEPLOY_FORMATS", "DeployError", "DeployReport", "Deployable", "deploy", "deployable"]
+__all__ = [
+    "DEPLOY_FORMATS",
+    "PREPROCESSING_FILES",
+    "DeployError",
+    "DeployReport",
+    "Deployable",
+    "deploy",
+    "deployable",
+]
 
-PREPROCESSING_FILE = "preprocessing.json"
+PREPROCESSING_FILES = {"onnx": "preprocessing.json", "pt2": "preprocessing.pt2.json"}  # one per format
+PREPROCESSING_FILE = PREPROCESSING_FILES["onnx"]  # what the README's standalone ONNX predictor reads
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -84,7 +96,7 @@ class DeployReport:
 
     Attributes:
         path: the ONNX file or ``.pt2`` program.
-        preprocessing: the ``preprocessing.json`` beside it.
+        preprocessing: its metadata beside it (``preprocessing.json`` for ONNX, ``preprocessing.pt2.json``).
         format: ``"onnx"`` or ``"pt2"``.
         max_difference: the largest absolute difference between the file's outputs and the model's.
         checked: what the outputs were compared on (``"4 validation images"``, ...).
@@ -218,7 +230,8 @@ def deploy(
     out: str | Path | None = None,
     tolerance: float = 1e-4,
 ) -> DeployReport:
-    """Write ``RUN_DIR/model.onnx`` (or ``model.pt2``) and ``preprocessing.json``, and check the file.
+    """Write ``RUN_DIR/model.onnx`` and ``preprocessing.json`` (or ``model.pt2`` and ``preprocessing.pt2.json``),
+    and check the file.
 
     Args:
         run_dir: an exported run (``torchgraft train --out RUN_DIR``, or :func:`torchgraft.export_model`).
@@ -227,7 +240,7 @@ def deploy(
         dynamic_size: kept for scripts written before images were preprocessed inside the graph: an image
             model now always takes any height and width (with ``dynamic``).
         check: image paths or texts to compare outputs on (default: the validation examples the run recorded).
-        out: where to write the model file (default: inside ``run_dir``); ``preprocessing.json`` goes beside it.
+        out: where to write the model file (default: inside ``run_dir``); its metadata goes beside it.
         tolerance: the largest absolute difference accepted between the file and the PyTorch model.
 
     Raises:
@@ -263,6 +276,6 @@ def deploy(
         checks=checks,
     )
     os.replace(partial, path)
-    prep_path = path.with_name(PREPROCESSING_FILE)
+    prep_path = path.with_name(PREPROCESSING_FILES[format])  # each format its own: one never breaks another
     prep_path.write_text(json.dumps(_preprocessing_record(exported, module, format, path), indent=2) + "\n")
     return DeployReport(path, prep_path, format, difference, checked, time.perf_counter() - start)

