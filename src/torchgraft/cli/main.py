@@ -61,11 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imported once the arguments are parsed: the parsers build without torch, so --help answers at once
     from torchgraft.train.distributed import cleanup, launched, local_device, setup
 
+    finished = False  # whether the command returned: after an error the other ranks are not waited for
     try:
         with command_line(), libraries_quiet(not args.verbose):
             if launched():
                 setup(local_device(getattr(args, "device", None)))
-            return args.run(args)
+            code = args.run(args)
+        finished = True
+        return code
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
         _say_error(f"torchgraft {args.command}: error: {error}")
         return 2
@@ -77,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if launched():
-            cleanup()
+            cleanup(wait=finished)
 
 
 if __name__ == "__main__":

@@ -305,10 +305,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(*, wait: bool = True) -> None:
     """Leave the process group at the end of a ``torchrun`` script (a no-op when not distributed). Drop the
     Learner's ``DistributedDataParallel`` wrapper first — ``learner.close()`` — otherwise gloo's threads may
-    abort the process at exit."""
+    abort the process at exit. ``wait=False`` after an error: leave without waiting for the other ranks (they
+    may be inside a collective this rank will never join; ``torchrun`` stops them when this rank exits)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

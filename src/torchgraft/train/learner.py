@@ -290,9 +290,8 @@ class Learner(FineTuning):
         built-in :class:`~torchgraft.train.callbacks.Checkpointer` does): inside an epoch the ranks' partial
         training losses are summed first."""
         state, model = self.state(), self.placement.model
-        save_state(
-            path, state, distributed=self.distributed, device=self.device, model=model, first=self.first_fingerprints
-        )
+        first = None if is_sharded(model) else self.first_fingerprints  # FSDP shards (sharded at the fit): whole
+        save_state(path, state, distributed=self.distributed, device=self.device, model=model, first=first)
 
     def fit(self, epochs: int, lr: LRSpec = 1e-3, *, resume: str | Path | None = None) -> list[dict[str, Any]]:
         """Train for ``epochs`` at constant learning rate(s) ``lr`` (a float, ``slice(lo, hi)`` over the layer
