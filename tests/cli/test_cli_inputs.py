@@ -184,6 +184,19 @@ def test_pack_piped_prints_progress_lines_on_stderr(folder, tmp_path):
     assert "pack:" not in done.stdout and done.stdout.startswith("packed 12 train / 4 valid images")
 
 
+def test_export_prints_a_progress_line_per_check_run(run_dir, folder, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "0")
+    checks = [str(p) for p in sorted((folder / "valid").rglob("*.png"))]  # 4 images of 2 sizes: 4 check runs
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "model.onnx"), "--check", *checks]) == 0
+    shown = capsys.readouterr()
+    progress = [line for line in shown.err.splitlines() if line.startswith("export: ")]
+    assert progress and progress[-1].endswith(" inputs checked") and "export:" not in shown.out, shown.err[-2000:]
+    done = [int(line.split()[1].split("/")[0]) for line in progress]
+    assert done == sorted(done) and progress[-1].split()[1].split("/")[0] == progress[-1].split()[1].split("/")[1]
+
+
 def test_a_progress_interval_that_is_no_number_is_refused(monkeypatch):
     monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "soon")
     with pytest.raises(ValueError, match="TORCHGRAFT_PROGRESS_SECONDS='soon' is not a number of seconds"):
