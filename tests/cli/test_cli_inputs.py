@@ -24,27 +24,6 @@ CLI = [sys.executable, "-m", "torchgraft.cli.main"]
 TINY = ["--model", "resnet18", "--weights", "none", "--size", "32", "--workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    for split, count in (("train", 6), ("valid", 2)):
-        for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (36 + i, 40), (colour[0] + i, colour[1], colour[2] - i)).save(
-                    root / split / name / f"{i}.png"
-                )
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    argv = ["train", str(folder), *TINY, "--epochs", "1", "--freeze-epochs", "0", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
-    return out
-
-
 def test_predict_images_takes_a_path_a_folder_a_csv_and_a_list_like_the_cli(run_dir, folder, capsys):
     exported = load_exported(run_dir)
     valid = folder / "valid"
