@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
 from torchgraft.cli.main import main
 from torchgraft.cli.pickles import WARNING
@@ -31,29 +30,6 @@ def absent_devices() -> list[str]:
     return [cuda, "cuda:3" if not torch.cuda.is_available() or torch.cuda.device_count() <= 3 else "cuda:99"] + (
         [] if torch.backends.mps.is_available() else ["mps"]
     )
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    for split, count in (("train", 6), ("valid", 2)):
-        for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (36 + i, 40), (colour[0] + i, colour[1], colour[2] - i)).save(
-                    root / split / name / f"{i}.png"
-                )
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    assert (
-        main(["train", str(folder), *TINY, "--freeze-epochs", "0", "--device", "cpu", "--out", str(out), "--quiet"])
-        == 0
-    )
-    return out
 
 
 def _one_line(result: subprocess.CompletedProcess[str], command: str) -> str:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from PIL import Image
 
 from conftest import minilm_folder
 from torchgraft.cli.main import main
+from torchgraft.cli.progress import progress_seconds
 from torchgraft.cli.quiet import libraries_quiet
 from torchgraft.ship.export import load_exported
 from torchgraft.ship.inputs import expand_images, expand_texts
@@ -19,27 +22,6 @@ from torchgraft.ship.predict import predict_images, predict_texts
 
 CLI = [sys.executable, "-m", "torchgraft.cli.main"]
 TINY = ["--model", "resnet18", "--weights", "none", "--size", "32", "--workers", "0"]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("colours")
-    for split, count in (("train", 6), ("valid", 2)):
-        for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (36 + i, 40), (colour[0] + i, colour[1], colour[2] - i)).save(
-                    root / split / name / f"{i}.png"
-                )
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    argv = ["train", str(folder), *TINY, "--epochs", "1", "--freeze-epochs", "0", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
-    return out
 
 
 def test_predict_images_takes_a_path_a_folder_a_csv_and_a_list_like_the_cli(run_dir, folder, capsys):
@@ -131,6 +113,75 @@ def test_lr_find_piped_to_a_file_prints_step_lines_before_its_result(folder, tmp
     result = next(i for i, line in enumerate(lines) if line.startswith("suggested learning rate"))
     assert steps and max(steps) < result and lines[steps[0]].startswith("lr-find: step 1/6  lr 1e-07  loss ")
     assert len(steps) >= 3  # one line per step at 6 steps (every total // 20, at least every step)
+
+
+def _many_images(root: Path, count: int) -> Path:
+    root.mkdir()
+    for i in range(count):
+        Image.new("RGB", (33 + i % 5, 32), (200 - 4 * i, 30, 30 + 4 * i)).save(root / f"{i:02d}.png")
+    return root
+
+
+def test_predict_piped_prints_progress_lines_on_stderr_before_its_result(run_dir, tmp_path, monkeypatch, capsys):
+    """``TORCHGRAFT_PROGRESS_SECONDS=0``: a line after every batch (32 images), on stderr and before the
+    predictions; ``--json`` and ``--quiet`` print none (``--json``'s stdout stays JSON); the default interval
+    (20 s) prints none for work this short."""
+    images = _many_images(tmp_path / "many", 40)
+    argv = ["predict", str(run_dir), str(images), "--top-k", "1"]
+    log = tmp_path / "predict.txt"
+    with log.open("w") as output:  # a real pipe, stderr and stdout in one file: the order they came in
+        env = {**os.environ, "TORCHGRAFT_PROGRESS_SECONDS": "0"}
+        subprocess.run([*CLI, *argv], stdout=output, stderr=subprocess.STDOUT, env=env, check=True)
+    lines = log.read_text().splitlines()
+    assert lines[:2] == ["predict: 32/40 images", "predict: 40/40 images"], lines[:4]
+    assert len(lines) == 42 and lines[2].startswith(str(images / "00.png"))
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "0")
+    assert main(argv) == 0
+    shown = capsys.readouterr()
+    assert shown.err.splitlines() == lines[:2] and shown.out.splitlines() == lines[2:]
+    assert main([*argv, "--json"]) == 0
+    as_json = capsys.readouterr()
+    assert "predict:" not in as_json.err and len(json.loads(as_json.out)) == 40
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr() == (shown.out, "")
+    monkeypatch.delenv("TORCHGRAFT_PROGRESS_SECONDS")
+    assert main(argv) == 0
+    assert capsys.readouterr() == (shown.out, "")
+
+
+def test_pack_piped_prints_progress_lines_on_stderr(folder, tmp_path):
+    env = {**os.environ, "TORCHGRAFT_PROGRESS_SECONDS": "0"}
+    done = subprocess.run(
+        [*CLI, "pack", str(folder), str(tmp_path / "shards"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.startswith("pack: ")]
+    assert lines == [f"pack: {i:,}/16 images checked" for i in range(1, 17)], done.stderr[-2000:]
+    assert "pack:" not in done.stdout and done.stdout.startswith("packed 12 train / 4 valid images")
+
+
+def test_export_prints_a_progress_line_per_check_run(run_dir, folder, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "0")
+    checks = [str(p) for p in sorted((folder / "valid").rglob("*.png"))]  # 4 images of 2 sizes: 4 check runs
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "model.onnx"), "--check", *checks]) == 0
+    shown = capsys.readouterr()
+    progress = [line for line in shown.err.splitlines() if line.startswith("export: ")]
+    assert progress and progress[-1].endswith(" inputs checked") and "export:" not in shown.out, shown.err[-2000:]
+    done = [int(line.split()[1].split("/")[0]) for line in progress]
+    assert done == sorted(done) and progress[-1].split()[1].split("/")[0] == progress[-1].split()[1].split("/")[1]
+
+
+def test_a_progress_interval_that_is_no_number_is_refused(monkeypatch):
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "soon")
+    with pytest.raises(ValueError, match="TORCHGRAFT_PROGRESS_SECONDS='soon' is not a number of seconds"):
+        progress_seconds()
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "2.5")
+    assert progress_seconds() == 2.5
 
 
 def test_transformers_loading_bar_is_quiet_unless_verbose(capfd):

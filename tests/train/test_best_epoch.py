@@ -12,6 +12,7 @@ from torch import nn
 
 from torchgraft import Learner, graft
 from torchgraft.train.callbacks import Callback
+from torchgraft.train.frozen_state import full_model_state
 from torchgraft.train.runstate import read_state
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -86,3 +87,31 @@ def test_no_collapse_no_line_and_the_best_epoch_is_recorded(digits, capsys):
     assert best is not None and history[best["index"]]["accuracy"] == max(r["accuracy"] for r in history)
     with pytest.raises(FileNotFoundError, match="checkpoint_dir="):
         learner.load_best()
+
+
+def test_the_lowest_loss_is_kept_when_it_is_not_the_last_epoch(tmp_path):
+    """``monitor="valid_loss"`` (min): validation labels each shifted to the next digit, so the more the model
+    learns the training names the higher its validation loss — the frozen epoch at a rate too small to change
+    anything (about ln 10) is strictly the lowest, and best.pt, ``best_epoch`` and ``load_best`` keep it, not
+    the last epoch's weights."""
+    data = sklearn_datasets.load_digits()
+    x = torch.tensor(data.images[:500], dtype=torch.float32)[:, None].repeat(1, 3, 1, 1) / 16
+    x = nn.functional.interpolate(x, size=32, mode="bilinear")
+    y = torch.tensor(data.target[:500])
+    torch.manual_seed(0)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:300], y[:300]), batch_size=32, shuffle=True)
+    valid = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[300:], (y[300:] + 1) % 10), batch_size=100)
+    learner = Learner(_model(), train, valid, monitor="valid_loss", checkpoint_dir=tmp_path, quiet=True)
+    history = learner.fine_tune(2, 1e-3, freeze_epochs=1, frozen_lr=1e-6)
+    assert len(history) == 3 and history[0]["valid_loss"] < min(r["valid_loss"] for r in history[1:]), history
+    best = learner.best_epoch
+    assert best is not None and best["index"] == 0 and best["valid_loss"] == history[0]["valid_loss"]
+    saved = read_state(tmp_path / "best.pt")
+    assert saved["history"][-1]["valid_loss"] == history[0]["valid_loss"]
+    kept = full_model_state(saved, path=tmp_path / "best.pt")  # frozen tensors from frozen.pt, not the model
+    last = read_state(tmp_path / "last.pt")["model"]
+    record = learner.load_best()
+    assert record["phase"] == 0 and record["epoch"] == history[0]["epoch"]
+    weights = learner.model.state_dict()
+    assert set(kept) == set(weights) and all(torch.equal(weights[k], v.to(weights[k].device)) for k, v in kept.items())
+    assert any(not torch.equal(weights[k], v.to(weights[k].device)) for k, v in last.items() if v.is_floating_point())

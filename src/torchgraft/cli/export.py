@@ -35,23 +35,27 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--out", default=None, help="where to write the model file (default: in RUN_DIR)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (--json implies it)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``export``."""
+    from torchgraft.cli.progress import count_progress
     from torchgraft.ship.deploy import deploy
 
     if args.static and args.dynamic_size:
         raise ValueError("--static and --dynamic-size contradict each other; choose one.")
-    report = deploy(
-        args.run_dir,
-        format=args.format,
-        dynamic=not args.static,
-        dynamic_size=args.dynamic_size,
-        check=args.check,
-        out=args.out,
-    )
+    with count_progress("export", unit="inputs checked", quiet=args.json or args.quiet) as on_check:
+        report = deploy(
+            args.run_dir,
+            format=args.format,
+            dynamic=not args.static,
+            dynamic_size=args.dynamic_size,
+            check=args.check,
+            out=args.out,
+            on_check=on_check,
+        )
     if args.json:
         fields = {
             "path": str(report.path),

@@ -33,25 +33,29 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="leave bad CSV rows out (default: error)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count + 2, max 8)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (--json implies it)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``pack``."""
+    from torchgraft.cli.progress import count_progress
     from torchgraft.data.packing import pack
 
-    report = pack(
-        args.data,
-        args.out,
-        shard_size=args.shard_size,
-        task=args.task,
-        x_col=args.x_col,
-        y_col=args.y_col,
-        valid_pct=args.valid_pct,
-        seed=args.seed,
-        skip_bad_rows=args.skip_bad,
-        workers=args.workers,
-    )
+    with count_progress("pack", unit="images checked", quiet=args.json or args.quiet) as on_count:
+        report = pack(
+            args.data,
+            args.out,
+            shard_size=args.shard_size,
+            task=args.task,
+            x_col=args.x_col,
+            y_col=args.y_col,
+            valid_pct=args.valid_pct,
+            seed=args.seed,
+            skip_bad_rows=args.skip_bad,
+            workers=args.workers,
+            on_count=on_count,
+        )
     if args.json:
         fields = {
             "out": str(report.out),

@@ -46,6 +46,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="classes per input (default: 3)")
     parser.add_argument("--json", action="store_true", help="JSON: input, top classes, probabilities, logits")
     parser.add_argument("--device", default="cpu", help="default: cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (--json implies it)")
     parser.add_argument(
         "--out",
         default=None,
@@ -77,9 +78,11 @@ def write_masks(
 
 
 def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
+    from torchgraft.cli.progress import count_progress
     from torchgraft.ship.predict import predict_masks
 
-    predictions = predict_masks(exported, args.inputs, x_col=args.x_col)
+    with count_progress("predict", unit="images", quiet=args.json or args.quiet) as on_batch:
+        predictions = predict_masks(exported, args.inputs, x_col=args.x_col, on_batch=on_batch)
     records = write_masks(exported, predictions, args.out)
     if args.json:
         print(json.dumps(records, indent=1))
@@ -92,6 +95,7 @@ def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``predict``."""
+    from torchgraft.cli.progress import count_progress
     from torchgraft.data.tokens import TextPreprocessing
     from torchgraft.ship.export import load_exported
     from torchgraft.ship.predict import predict_images, predict_texts
@@ -102,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if exported.task.dense:
         return _run_masks(exported, args)
     predictions: list[Prediction]
-    if isinstance(exported.preprocessing, TextPreprocessing):
-        predictions = predict_texts(exported, args.inputs, top_k=args.top_k, x_col=args.x_col)
-    else:
-        predictions = predict_images(exported, args.inputs, top_k=args.top_k, x_col=args.x_col)
+    texts = isinstance(exported.preprocessing, TextPreprocessing)
+    with count_progress("predict", unit="texts" if texts else "images", quiet=args.json or args.quiet) as on_batch:
+        if texts:
+            predictions = predict_texts(exported, args.inputs, top_k=args.top_k, x_col=args.x_col, on_batch=on_batch)
+        else:
+            predictions = predict_images(exported, args.inputs, top_k=args.top_k, x_col=args.x_col, on_batch=on_batch)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=1))
         return 0

@@ -1,15 +1,45 @@
-"""Progress of a long step loop in a command: a tqdm bar on a terminal, plain lines when the output goes to a
-file or a pipe (about 20 of them, each flushed at once), so a piped ``lr-find`` is never silent for minutes."""
+"""Progress of a long loop in a command: a tqdm bar on a terminal, plain lines when the output goes to a file
+or a pipe, so a piped command is never silent for minutes.
+
+:func:`sweep_progress` reports ``lr-find``'s steps (about 20 lines on stdout). :func:`count_progress` reports
+the items ``predict``, ``export`` (its check runs) and ``pack`` work through: a line such as
+``predict: 1,200/5,000 images`` on stderr every :func:`progress_seconds` seconds (20, or the environment's
+``TORCHGRAFT_PROGRESS_SECONDS``), so their stdout — the result, or ``--json`` — stays as it was."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["sweep_progress"]
+__all__ = ["PROGRESS_ENV", "count_progress", "progress_seconds", "sweep_progress"]
 
 OnStep = Callable[[int, float, float], None]
+OnCount = Callable[[int, int], None]  # (items done, items in all)
+
+PROGRESS_ENV = "TORCHGRAFT_PROGRESS_SECONDS"
+PROGRESS_SECONDS = 20.0  # between plain progress lines of count_progress
+
+
+def progress_seconds() -> float:
+    """Seconds between plain progress lines: ``TORCHGRAFT_PROGRESS_SECONDS`` if set, else 20.
+
+    Raises:
+        ValueError: the variable is set to something that is not a number >= 0.
+    """
+    text = os.environ.get(PROGRESS_ENV, "").strip()
+    if not text:
+        return PROGRESS_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"{PROGRESS_ENV}={text!r} is not a number of seconds >= 0; set it to e.g. 20, or unset it.")
+    return seconds
 
 
 @contextlib.contextmanager
@@ -41,5 +71,49 @@ def sweep_progress(total: int, *, quiet: bool = False, label: str = "lr-find") -
     def on_line(step: int, lr: float, loss: float) -> None:
         if step == 1 or step % every == 0 or step == total:
             print(f"{label}: step {step}/{total}  lr {lr:.2g}  loss {loss:.4g}", flush=True)
+
+    yield on_line
+
+
+@contextlib.contextmanager
+def count_progress(label: str, *, unit: str, quiet: bool = False) -> Iterator[OnCount | None]:
+    """An ``on_count(done, total)`` reporter for a loop over ``total`` items (``None`` when ``quiet``).
+
+    On a terminal (stderr a TTY) a tqdm bar; else, on stderr, a line ``predict: 1,200/5,000 images`` when
+    :func:`progress_seconds` have passed since the start or the last line (none for work done sooner).
+
+    Example:
+        >>> with count_progress("predict", unit="images") as on_count:
+        ...     predictions = predict_images(exported, "photos/", on_batch=on_count)
+    """
+    if quiet:
+        yield None
+        return
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bars: list[Any] = []
+
+        def on_bar(done: int, total: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=total, desc=label, leave=False, unit=unit.split()[0].rstrip("s") or unit))
+            bars[0].total = total
+            bars[0].n = done
+            bars[0].refresh()
+
+        try:
+            yield on_bar
+        finally:
+            for bar in bars:
+                bar.close()
+        return
+    every = progress_seconds()
+    last = time.perf_counter()
+
+    def on_line(done: int, total: int) -> None:
+        nonlocal last
+        if time.perf_counter() - last >= every:
+            print(f"{label}: {done:,}/{total:,} {unit}", file=sys.stderr, flush=True)
+            last = time.perf_counter()
 
     yield on_line

@@ -17,7 +17,7 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,14 +82,23 @@ def _target_member(task: str, target: Any, classes: list[str]) -> tuple[str, Any
 
 
 def _write(
-    samples: Sequence[Sample], out: Path, split: str, rows: Rows, shard_size: int, workers: int
+    samples: Sequence[Sample],
+    out: Path,
+    split: str,
+    rows: Rows,
+    shard_size: int,
+    workers: int,
+    on_sample: Callable[[], None] | None = None,
 ) -> tuple[dict[str, int], list[Any], list[BadImage]]:
-    """Write one split's samples; returns samples per shard file, the targets written, the files left out."""
+    """Write one split's samples; returns samples per shard file, the targets written, the files left out.
+    ``on_sample()`` is called after each sample is checked (written or left out)."""
     counts: Counter[str] = Counter()
     targets, bad = [], []
     pattern = str(out / f"{split}-%06d.tar")
     with webdataset_module().ShardWriter(pattern, maxcount=shard_size, maxsize=float("inf"), verbose=0) as writer:
         for number, ((path, target), data) in enumerate(_checked(samples, workers)):
+            if on_sample is not None:
+                on_sample()
             if isinstance(data, BadImage):
                 bad.append(data)
                 continue
@@ -116,10 +125,12 @@ def pack(
     seed: int = 0,
     skip_bad_rows: bool = False,
     workers: int | None = None,
+    on_count: Callable[[int, int], None] | None = None,
 ) -> PackReport:
     """Pack the images of ``source`` (a folder or a CSV / JSON-lines table, read as
     :func:`~torchgraft.data.folders.image_data` reads it) into WebDataset shards of at most ``shard_size``
     samples in ``out``, checking each image; unreadable ones are left out and listed in the report.
+    ``on_count(done, total)`` is called after each image is checked (progress over both splits).
 
     Example:
         >>> report = pack("pets/", "pets-shards/", shard_size=1000)
@@ -145,8 +156,16 @@ def pack(
     train = list(rows.train)
     random.Random(seed).shuffle(train)
     splits, skipped = {}, []
+    total, done = len(train) + len(rows.valid), 0
+
+    def on_sample() -> None:
+        nonlocal done
+        done += 1
+        if on_count is not None:
+            on_count(done, total)
+
     for name, samples in (("train", train), ("valid", rows.valid)):
-        counts, targets, bad = _write(samples, out, name, rows, shard_size, workers)
+        counts, targets, bad = _write(samples, out, name, rows, shard_size, workers, on_sample)
         splits[name] = {"shards": counts, "count": sum(counts.values())}
         if rows.task == "regression" and name == "train":
             splits[name]["targets"] = [list(t) for t in targets]  # the scale a regression is fitted to

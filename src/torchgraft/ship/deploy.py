@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,7 @@ def deploy(
     check: Sequence[str] | None = None,
     out: str | Path | None = None,
     tolerance: float = 1e-4,
+    on_check: Callable[[int, int], None] | None = None,
 ) -> DeployReport:
     """Write ``RUN_DIR/model.onnx`` and ``preprocessing.json`` (or ``model.pt2`` and ``preprocessing.pt2.json``),
     and check the file.
@@ -242,6 +243,7 @@ def deploy(
         check: image paths or texts to compare outputs on (default: the validation examples the run recorded).
         out: where to write the model file (default: inside ``run_dir``); its metadata goes beside it.
         tolerance: the largest absolute difference accepted between the file and the PyTorch model.
+        on_check: called as ``on_check(done, total)`` after each check run of the file (progress).
 
     Raises:
         DeployError: the exporter failed (the module is named), an extra is missing, or outputs differ.
@@ -274,6 +276,7 @@ def deploy(
         tolerance=tolerance,
         reference=untouched,
         checks=checks,
+        on_check=on_check,
     )
     os.replace(partial, path)
     prep_path = path.with_name(PREPROCESSING_FILES[format])  # each format its own: one never breaks another

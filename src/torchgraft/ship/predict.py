@@ -4,7 +4,7 @@ every label above its threshold (multi-label), values in the targets' units (reg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,8 @@ from torchgraft.data.decode import decode_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.ship.export import Exported
 from torchgraft.ship.inputs import Inputs, expand_images, expand_texts, shorten_text
+
+OnBatch = Callable[[int, int], None]  # (inputs done, inputs in all), after each batch
 
 __all__ = ["MaskPrediction", "Prediction", "predict_images", "predict_masks", "predict_texts", "shorten_text"]
 
@@ -90,6 +92,7 @@ def predict_images(
     top_k: int = 5,
     batch_size: int = 32,
     x_col: str | None = None,
+    on_batch: OnBatch | None = None,
 ) -> list[Prediction]:
     """Run ``exported`` (from :func:`torchgraft.load_exported`) on images, preprocessed exactly as its
     validation data was, and decode the outputs as its task does (``top_k`` applies to single-label
@@ -97,7 +100,8 @@ def predict_images(
 
     ``inputs`` is what ``torchgraft predict`` takes (:func:`torchgraft.ship.inputs.expand_images`): an image
     file, a folder (every image inside, sorted), a CSV / JSON-lines file of image paths (column ``x_col``,
-    default ``path``/``image``/...), or a list of these; one string is one input.
+    default ``path``/``image``/...), or a list of these; one string is one input. ``on_batch(done, total)``
+    is called after each batch (progress: :func:`torchgraft.cli.progress.count_progress`).
 
     Raises:
         FileNotFoundError: an input that is no file or folder.
@@ -122,17 +126,25 @@ def predict_images(
         batch = torch.stack([transform(decode_rgb(p)) for p in chunk]).to(device)
         logits = exported.model(batch).float().cpu()
         results += [_describe(exported, row, path, k) for path, row in zip(chunk, logits, strict=True)]
+        if on_batch is not None:
+            on_batch(len(results), len(paths))
     return results
 
 
 @torch.no_grad()
 def predict_masks(
-    exported: Exported, inputs: Inputs, *, batch_size: int = 8, x_col: str | None = None
+    exported: Exported,
+    inputs: Inputs,
+    *,
+    batch_size: int = 8,
+    x_col: str | None = None,
+    on_batch: OnBatch | None = None,
 ) -> list[MaskPrediction]:
     """Run a segmentation model (from :func:`torchgraft.load_exported`) on images (``inputs``: as
     :func:`predict_images` takes them: files, folders, CSVs of paths, a list): each is resized whole to the
     model's input size as in validation, and the logits are resized back to the image's own size
-    (bilinear) before the argmax, so the mask covers every pixel of the image.
+    (bilinear) before the argmax, so the mask covers every pixel of the image. ``on_batch(done, total)`` is
+    called after each batch.
 
     Raises:
         BadImage: a file cannot be decoded (its path is named).
@@ -159,6 +171,8 @@ def predict_masks(
             order = counts.argsort(descending=True).tolist()
             fractions = {exported.classes[i]: round(float(counts[i]), 6) for i in order}
             results.append(MaskPrediction(path, labels.numpy(), fractions))
+        if on_batch is not None:
+            on_batch(len(results), len(paths))
     return results
 
 
@@ -172,6 +186,7 @@ def predict_texts(
     batch_size: int = 32,
     root: str | Path | None = None,
     x_col: str | None = None,
+    on_batch: OnBatch | None = None,
 ) -> list[Prediction]:
     """Run a text model (from :func:`torchgraft.load_exported`) on ``texts``, tokenized as in training
     (its own tokenizer, read from the export folder ``root`` — default: where it was loaded from — and the
@@ -182,7 +197,7 @@ def predict_texts(
     JSON-lines file (its text column: ``x_col``, default ``text``/...), or a list of these; one string is one
     text (or one file), never its characters. ``sources`` name where each text came from in
     ``Prediction.path`` (default: the file, ``file.csv:LINE``, or the text shortened); given, ``texts`` are
-    taken as texts as they are, one per source.
+    taken as texts as they are, one per source. ``on_batch(done, total)`` is called after each batch.
 
     Raises:
         FileNotFoundError: a ``.txt`` input that does not exist, or a folder without ``.txt`` files.
@@ -215,4 +230,6 @@ def predict_texts(
         logits = exported.model(**{key: value.to(device) for key, value in batch.items()}).float().cpu()
         named = zip(names[start : start + len(chunk)], logits, strict=True)
         results += [_describe(exported, row, name, k) for name, row in named]
+        if on_batch is not None:
+            on_batch(len(results), len(texts))
     return results

@@ -184,6 +184,7 @@ def export_program(
     tolerance: float = 1e-4,
     reference: nn.Module | None = None,
     checks: Sequence[tuple[torch.Tensor, ...]] | None = None,
+    on_check: Callable[[int, int], None] | None = None,
 ) -> float:
     """Export ``module`` (called as ``module(*inputs)``, returning one tensor) to ``path`` and check the file's
     outputs on ``inputs`` against the module's; returns the largest absolute difference.
@@ -204,6 +205,7 @@ def export_program(
             as loaded, before it was made traceable).
         checks: the calls to compare on, each a tuple like ``inputs`` (default ``[inputs]``; images of
             different sizes are compared one call each).
+        on_check: called as ``on_check(done, total)`` after each check call (progress).
 
     Raises:
         DeployError: the exporter failed (naming the smallest module that fails on its own, and the
@@ -224,7 +226,8 @@ def export_program(
         path.unlink(missing_ok=True)
         raise _explain(error, module, inputs, format) from error
     worst = 0.0
-    for call in checks if checks is not None else [inputs]:
+    calls = list(checks) if checks is not None else [inputs]
+    for done, call in enumerate(calls, 1):
         with torch.no_grad():
             expected = (reference or module)(*call).numpy()
         got = _run_file(path, format, input_names, call)
@@ -236,4 +239,6 @@ def export_program(
                 f"{got.shape} vs {expected.shape}) on the check inputs, more than {tolerance:g}; the file was removed."
             )
         worst = max(worst, difference)
+        if on_check is not None:
+            on_check(done, len(calls))
     return worst
