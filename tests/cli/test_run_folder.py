@@ -69,7 +69,7 @@ def _files(run_dir: Path) -> dict[str, int]:
 
 def _readme_predictor(tmp_path: Path) -> Path:
     text = README.read_text()
-    snippet = text.split("<!-- standalone predictor -->\n```python\n", 1)[1].split("```", 1)[0]
+    snippet = text.split("<!-- standalone predictor: scripts/predict_onnx.py -->\n```python\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "predict.py"
     path.write_text(snippet)
     return path
@@ -95,12 +95,13 @@ def _check_every_predictor(run_dir: Path, images: list[str], tmp_path: Path) -> 
     """Each export present answers as the torchgraft model does, read through its own documented metadata."""
     expected = _torchgraft_predict(run_dir, images)
     exported = load_exported(run_dir)
-    batch = torch.stack([exported.preprocessing.eval_transform()(load_rgb(p)) for p in images])
+    # the deployed graph takes decoded uint8 pixels (1, H, W, 3) of any size and preprocesses them itself
+    pixels = [np.array(load_rgb(p))[None] for p in images]
     if (run_dir / "model.onnx").exists():
         prep = json.loads((run_dir / "preprocessing.json").read_text())
         assert prep["model"] == "model.onnx" and prep["format"] == "onnx"
         session = ort.InferenceSession(str(run_dir / prep["model"]), providers=["CPUExecutionProvider"])
-        got = session.run(None, {prep["inputs"][0]: batch.numpy()})[0]
+        got = np.concatenate([session.run(None, {prep["inputs"][0]: x})[0] for x in pixels])
         assert np.abs(got - expected).max() <= 1e-4
         standalone = subprocess.run(  # the README's predictor, as a user runs it
             [sys.executable, str(_readme_predictor(tmp_path)), str(run_dir), images[0]],
@@ -108,13 +109,13 @@ def _check_every_predictor(run_dir: Path, images: list[str], tmp_path: Path) -> 
             text=True,
             check=True,
         ).stdout.split()
-        assert standalone[0] in exported.classes
+        assert standalone[0] == images[0] and standalone[1] in exported.classes  # the image, then its top class
     if (run_dir / "model.pt2").exists():
         prep = json.loads((run_dir / "preprocessing.pt2.json").read_text())
         assert prep["model"] == "model.pt2" and prep["format"] == "pt2"
         program = torch.export.load(str(run_dir / prep["model"])).module()
         with torch.no_grad():
-            got = program(batch).numpy()
+            got = np.concatenate([program(torch.from_numpy(x)).numpy() for x in pixels])
         assert np.abs(got - expected).max() <= 1e-4
 
 
