@@ -85,14 +85,15 @@ def local_device(device: str | torch.device | None = None) -> torch.device:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", local % torch.cuda.device_count()) if launched() else torch.device("cuda")
-    chosen = check_device(device)
-    if launched() and chosen.type == "cuda" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+    # the placement rule first (it holds on any machine), then whether this machine has the device
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0].strip().lower()
+    if launched() and kind == "cuda" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         raise ValueError(
             f"{option(f'device={str(device)!r}', f'--device {device}')} under torchrun with "
             f"{os.environ.get('LOCAL_WORLD_SIZE')} processes per machine "
             f"would put every rank on one GPU; leave the device out (each rank takes cuda:LOCAL_RANK)."
         )
-    return chosen
+    return check_device(device)
 
 
 def setup(device: torch.device | None = None) -> bool:
