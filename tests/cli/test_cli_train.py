@@ -18,6 +18,7 @@ from PIL import Image
 from torchgraft.cli.main import main
 from torchgraft.data.images import load_rgb
 from torchgraft.ship.export import load_exported
+from torchgraft.train.frozen_state import full_model_state
 from torchgraft.train.runstate import read_state
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -86,8 +87,9 @@ def test_train_writes_a_complete_run_dir(trained):
         if (row["phase"], row["epoch"]) == (best["history"][-1]["phase"], best["history"][-1]["epoch"])
     )
     exported = load_exported(trained).model.state_dict()
-    assert exported.keys() == best["model"].keys()
-    assert all(torch.equal(exported[k], v) for k, v in best["model"].items())
+    whole = full_model_state(best, path=trained / "checkpoints" / "best.pt")  # untouched frozen tensors: frozen.pt
+    assert exported.keys() == whole.keys()
+    assert all(torch.equal(exported[k], v) for k, v in whole.items())
     assert (trained / "checkpoints" / "last.pt").is_file()
 
 
