@@ -16,10 +16,10 @@ from PIL import Image
 from torchgraft.app.prepare import make_task, report, split_line
 from torchgraft.app.settings import TrainSettings
 from torchgraft.cli.main import main
-from torchgraft.data.balance import class_counts, imbalance_warning
 from torchgraft.data.folders import image_data
 from torchgraft.data.texts import text_data
 from torchgraft.tasks import Classification, task_from_record
+from torchgraft.tasks.balance import class_counts, imbalance_warning
 
 COUNTS = {"bag": 30, "sneaker": 8, "trouser": 30, "tshirt": 30}  # sneaker: under a third of the median (30)
 

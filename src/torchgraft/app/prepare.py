@@ -18,9 +18,9 @@ from torchgraft.app.masks import MaskInput
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.shards import ShardInput
 from torchgraft.app.texts import TextInput
-from torchgraft.data.balance import class_counts, imbalance_warning
 from torchgraft.data.texts import TextData
 from torchgraft.tasks import TASKS, Classification, Task
+from torchgraft.tasks.balance import class_counts, imbalance_warning
 from torchgraft.train.distributed import local_device, on_main
 from torchgraft.train.learner import Learner
 from torchgraft.tune.lora import lora

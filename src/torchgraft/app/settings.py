@@ -52,7 +52,7 @@ class TrainSettings:
     exported: ``"best"`` (default; by the monitored metric in the task's direction, ``checkpoints/best.pt``) or
     ``"last"``.
     ``balance`` weighs single-label classes in the loss by ``N / (classes x class count)`` (the samples drawn
-    stay the same; :func:`torchgraft.data.balance.balanced_weights`); a run warns, with the counts, when a
+    stay the same; :func:`torchgraft.tasks.balance.balanced_weights`); a run warns, with the counts, when a
     class has under a third of the median class's training samples. ``cache_dir`` is where the feature cache
     stores a frozen body's features (default
     ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``). ``trust_pickle`` reads a

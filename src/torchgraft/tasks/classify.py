@@ -10,7 +10,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics import classification as tmc
 
-from torchgraft.data.balance import balanced_weights, class_counts
+from torchgraft.tasks.balance import balanced_weights, class_counts
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import ErrorRate, TargetError, check_class_targets
 
@@ -39,7 +39,7 @@ class Classification(Task):
         class_weights: one weight per class for the loss (``None``: all 1): each sample's cross-entropy is
             multiplied by its class's weight and the batch's mean taken over samples (not over the weights, as
             PyTorch's ``weight=`` does), so that N processes at batch B still equal one process at batch N·B.
-            :meth:`fit_targets` sets balanced weights (:func:`~torchgraft.data.balance.balanced_weights`) for a
+            :meth:`fit_targets` sets balanced weights (:func:`~torchgraft.tasks.balance.balanced_weights`) for a
             run made with ``balance=True``.
         target_key: key of the targets in mapping batches.
 
