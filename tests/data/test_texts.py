@@ -53,7 +53,7 @@ def test_bad_rows_are_named_by_line_and_skip_bad_counts_them(tmp_path):
         text_data(table)
     message = str(error.value)
     assert "3 bad rows" in message and "line 3: empty text" in message and "line 4: empty label" in message
-    assert "validation label(s) ['c'] have no training texts" in message and "--skip-bad" in message
+    assert "validation label(s) ['c'] have no training texts" in message and "skip_bad=True" in message
     data = text_data(table, skip_bad=True)
     assert len(data.bad_rows) == 3 and [t for t, _ in data.train] == ["fine", "other"]
     assert data.valid == [("ok", 0)]
