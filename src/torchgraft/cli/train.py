@@ -257,13 +257,24 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def check_model_first(settings: TrainSettings) -> None:
+    """Refuse an unknown ``timm/NAME`` (with timm's close names) before the run's imports: the task metrics
+    pull in torchmetrics and with it transformers, so the check runs with torch and timm alone (a fresh
+    process fails in about half the time)."""
+    if settings.model is not None and settings.model.startswith(("timm/", "timm:")):
+        from torchgraft.weights.pretrained import check_weights
+
+        check_weights(settings.model, settings.weights)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
+    warn_if_trusted(args)
+    settings = settings_from(args)
+    check_model_first(settings)
     from torchgraft.app.run import train_run
     from torchgraft.train.distributed import is_main
 
-    warn_if_trusted(args)
-    settings = settings_from(args)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
     try:
