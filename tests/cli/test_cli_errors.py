@@ -40,8 +40,9 @@ def _one_line(result: subprocess.CompletedProcess[str], command: str) -> str:
     return error
 
 
-@pytest.mark.parametrize("device", absent_devices())
-def test_a_device_this_machine_lacks_is_one_line_in_train_and_predict(device, folder, run_dir):
+def test_a_device_this_machine_lacks_is_one_line_in_train_and_predict(folder, run_dir, capsys):
+    """Every device the machine lacks, in-process; the first also in fresh processes, as a user meets it."""
+    device = absent_devices()[0]
     train = subprocess.run(
         [*CLI, "train", str(folder), *TINY, "--device", device, "--out", str(run_dir.parent / "x")],
         capture_output=True,
@@ -54,6 +55,15 @@ def test_a_device_this_machine_lacks_is_one_line_in_train_and_predict(device, fo
         [*CLI, "predict", str(run_dir), str(folder / "valid"), "--device", device], capture_output=True, text=True
     )
     assert f"--device {device}:" in _one_line(predict, "predict")
+    for device in absent_devices():
+        assert main(["train", str(folder), *TINY, "--device", device, "--out", str(run_dir.parent / "x")]) == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip()
+        assert len(error.splitlines()) == 1 and error.startswith(f"torchgraft train: error: --device {device}:")
+        assert "device=" not in error and "data:" not in captured.out
+        assert main(["predict", str(run_dir), str(folder / "valid"), "--device", device]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and error.startswith(f"torchgraft predict: error: --device {device}:")
 
 
 def test_a_misspelt_device_names_the_close_kind_and_the_choices(run_dir, folder, capsys):
