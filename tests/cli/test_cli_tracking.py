@@ -80,9 +80,7 @@ def test_mlflow_holds_the_run_its_settings_and_the_exported_model(logged, monkey
     assert params["model"] == "resnet18" and params["batch_size"] == str(BATCH) and params["weights"] == "none"
     assert params["fit1.stage"] == "frozen" and params["fit2.stage"] == "unfrozen"
     model = {a.path: a.file_size for a in client.list_artifacts(run_id, "model")}
-    assert model == {
-        f"model/{name}": (logged / name).stat().st_size for name in ("model.json", "model.safetensors")
-    }
+    assert model == {f"model/{name}": (logged / name).stat().st_size for name in ("model.json", "model.safetensors")}
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"plan.txt", "history.csv", "history.json", "model"} <= top
     plan = Path(client.download_artifacts(run_id, "plan.txt", str(tmp_path))).read_text()
