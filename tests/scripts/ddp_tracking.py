@@ -16,7 +16,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchgraft import Learner
-from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.distributed import cleanup, rank, setup
 
 
@@ -31,17 +30,10 @@ def main(out: Path) -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
     )
-    losses: list[float] = []
-
-    def record(learner: Learner) -> None:
-        if learner.stepped:
-            losses.append(learner.loop.step_loss.item())
-
-    learner = Learner(
-        model, train, valid, quiet=True, loggers="tensorboard,mlflow", callbacks=[LambdaCallback(on_step_end=record)]
-    )
+    learner = Learner(model, train, valid, quiet=True, loggers="tensorboard,mlflow")
     learner.fit(2, 1e-2)
-    (out / f"rank{rank()}.json").write_text(json.dumps({"steps": len(learner.lr_history), "losses": losses}))
+    steps = {"steps": len(learner.lr_history), "losses": learner.loss_history}
+    (out / f"rank{rank()}.json").write_text(json.dumps(steps))
     learner.close()
     cleanup()
 

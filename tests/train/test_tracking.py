@@ -17,7 +17,6 @@ from sklearn import datasets as sklearn_datasets
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchgraft import graft
-from torchgraft.train.callbacks import LambdaCallback
 from torchgraft.train.learner import Learner
 from torchgraft.train.track_mlflow import ALLOW_FILE_STORE, MLflowLogger
 from torchgraft.train.track_tensorboard import TensorBoardLogger
@@ -60,16 +59,11 @@ def no_mlflow_env(monkeypatch):
 def test_fine_tune_logged_to_tensorboard_and_mlflow_equals_the_learners_record(tmp_path, monkeypatch, no_mlflow_env):
     model = graft(build_model("resnet18", device="cpu"), 10, input_size=(3, 32, 32))
     train, valid = _loaders()
-    losses: list[float] = []  # the loss of each optimizer step, as the Learner computed it
-
-    def record(learner: Learner) -> None:
-        if learner.stepped:
-            losses.append(learner.loop.step_loss.item())
-
     loggers = [TensorBoardLogger(tmp_path / "tb"), MLflowLogger(local_dir=tmp_path / "mlruns", experiment="digits")]
-    learner = Learner(model, train, valid, quiet=True, loggers=loggers, callbacks=[LambdaCallback(on_step_end=record)])
+    learner = Learner(model, train, valid, quiet=True, loggers=loggers)
     learner.fine_tune(1, 1e-3, freeze_epochs=1, lr_mult=10)
     learner.close()
+    losses = learner.loss_history  # the loss of each optimizer step, as the Learner recorded it
     assert ALLOW_FILE_STORE not in os.environ  # the opt-in lasted only as long as torchgraft's own calls
     steps = len(learner.lr_history)
     assert steps == 2 * len(train) == len(losses)

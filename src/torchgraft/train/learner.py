@@ -141,6 +141,8 @@ class Learner(FineTuning):
     history = Held()  # one record per epoch, every fit
     lr_history = Held()  # each optimizer group's rate in every step
     layer_lr_history = Held()  # per step, {layer group: rate} (None: frozen)
+    loss_history = Held()  # per step, the step's training loss (every fit)
+    epoch_steps = Held()  # per history row, the steps done when its epoch ended
     best_epoch = Held()  # the best epoch so far (BestEpoch): its place in the history, phase, value
     stop = Held()  # a callback sets it to end the fit after this epoch
     stepped = Held()  # whether the last batch ended with an optimizer step

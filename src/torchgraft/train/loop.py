@@ -110,8 +110,7 @@ class Loop:
     check_targets: bool = True
     scheduler: Any = field(default=None, init=False)  # the running fit's, stepped with the optimizer
     step_rates: list[float] = field(default_factory=list, init=False)  # each group's rate in the last step
-    # the last step's loss: the mean of its batches' (this rank's), a 0-d tensor on the device (.item() waits for it)
-    step_loss: torch.Tensor | None = field(default=None, init=False)
+    step_loss: float = field(default=float("nan"), init=False)  # the last step's loss: its batches' mean
     checked: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -194,8 +193,7 @@ class Loop:
     ) -> float:
         """One pass over ``batches``; returns the mean training loss (over every rank).
 
-        ``events`` hears of each batch's start and end and of each optimizer step (``step_loss`` then holds
-        the mean loss of the step's batches); ``where(i)`` describes
+        ``events`` hears of each batch's start and end and of each optimizer step; ``where(i)`` describes
         batch ``i`` for the divergence error. ``progress`` is updated after every batch; when it says
         ``batch=k`` (a resumed epoch), ``batches`` holds the epoch's batches after the first ``k``.
         ``network()``, asked before every
@@ -210,7 +208,7 @@ class Loop:
         progress = progress if progress is not None else EpochProgress()
         total = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
         count = progress.count
-        step_total, step_count = torch.zeros((), device=self.device, dtype=torch.float64), 0  # the step's batches
+        window, parts = 0.0, 0  # the losses of the batches summed into the coming step
         for i, batch in enumerate(batches, start=progress.batch):
             events.begin()
             model = network() if network is not None else model
@@ -233,16 +231,13 @@ class Loop:
                 optimizer.zero_grad(set_to_none=True)
             with self.no_sync(model, local):
                 self.backward(loss)
-            n = count_samples(targets)
-            weighted = loss.detach() * n
-            step_total += weighted
-            step_count += n
+            window, parts = window + float(loss.detach()), parts + 1  # read already: diverged() synchronised
             if step_now:
+                self.step_loss, window, parts = window / parts, 0.0, 0
                 self.optimizer_step(optimizer)
-                self.step_loss = step_total / max(step_count, 1)
-                step_total, step_count = torch.zeros_like(step_total), 0
                 events.stepped(optimizer)
-            total += weighted
+            n = count_samples(targets)
+            total += loss.detach() * n
             count += n
             progress.batch, progress.count = i + 1, count
             progress.loss_sum = total  # type: ignore[assignment]  # a tensor until read: no sync per step

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from torchgraft.train.tracking import Tracker, require_extra
+from torchgraft.train.tracking import StepRecord, Tracker, require_extra
 
 __all__ = ["ALLOW_FILE_STORE", "MLflowLogger"]
 
@@ -109,7 +109,7 @@ class MLflowLogger(Tracker):
         run = self._call("create_run", experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
 
-    def _scalars(self, rows: list[tuple[int, float, dict[str, float]]]) -> None:
+    def _scalars(self, rows: list[StepRecord]) -> None:
         from mlflow.entities import Metric
 
         metrics = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torchgraft.train.tracking import Tracker, require_extra
+from torchgraft.train.tracking import StepRecord, Tracker, require_extra
 
 __all__ = ["TensorBoardLogger"]
 
@@ -49,7 +49,7 @@ class TensorBoardLogger(Tracker):
         self.writer = self.summary_writer(log_dir=self.log_dir, flush_secs=self.flush_secs)
         self.log_dir = self.writer.log_dir
 
-    def _scalars(self, rows: list[tuple[int, float, dict[str, float]]]) -> None:
+    def _scalars(self, rows: list[StepRecord]) -> None:
         for step, wall, values in rows:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step, walltime=wall)

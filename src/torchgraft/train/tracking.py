@@ -5,9 +5,8 @@ writes, on rank 0 only.
 What is logged, on one step axis (optimizer steps over every fit of the Learner, a fine-tune's stages one after
 another, from 1):
 
-- ``train/loss`` per step: the mean loss of the step's batches (with ``accumulate=N``, its N batches) on rank 0's
-  own batches; read from the device in one wait every :data:`FLUSH_EVERY` steps and at each epoch's end, not
-  per step;
+- ``train/loss`` per step: ``learner.loss_history``, the mean loss of the step's batches (with ``accumulate=N``,
+  its N batches), rank 0's own batches under ``torchrun``;
 - ``lr/<group>`` per step: the rate each layer group's parameters used in that step, under the plan's names
   (``body0``, ``body1``, ``head``; a frozen group is left out), or ``lr/optimizer group <i>`` for a model the
   layer-group rules cannot split;
@@ -16,6 +15,8 @@ another, from 1):
 - parameters: the Learner's (``learner.*``: optimizer, weight decay, accumulation, mixed precision, device, world
   size, task, metrics) and each fit's (``fit<n>.*``: kind, epochs, stage, first step, each layer group's peak
   rate); ``torchgraft train`` adds its settings and ``plan.txt``;
+- steps are written in batches of :data:`FLUSH_EVERY` and at each epoch's end (one call to the tool, not one per
+  step);
 - texts: ``fits`` (a line per fit: its stage, the trained groups with their peak rates, the frozen ones),
   ``stages`` (each history row's stage: the row's own ``stage``, else the fit's) and ``plan`` when one is given;
 - files (MLflow): ``torchgraft train`` adds the exported model under ``model/``, the history, plan and plots.
@@ -50,9 +51,9 @@ __all__ = [
     "trackers_of",
 ]
 
-FLUSH_EVERY = 50  # steps between reads of the buffered losses from the device (one wait each, not one per step)
+FLUSH_EVERY = 50  # steps written to the tool at once (MLflow: one log_batch call, not one per step)
 
-StepRecord = tuple[int, float, Any, dict[str, float]]  # (step, wall time, loss: a 0-d tensor, {tag: rate})
+StepRecord = tuple[int, float, dict[str, float]]  # (step, wall time, {tag: value})
 
 
 def require_extra(module: str, *, logger: str, package: str, extra: str) -> Any:
@@ -131,7 +132,7 @@ class Tracker(Callback):
     def _open(self) -> None:
         raise NotImplementedError
 
-    def _scalars(self, rows: list[tuple[int, float, dict[str, float]]]) -> None:
+    def _scalars(self, rows: list[StepRecord]) -> None:
         """Write ``(step, wall time, {tag: value})`` rows, in step order."""
         raise NotImplementedError
 
@@ -256,25 +257,17 @@ class Tracker(Callback):
         if not learner.stepped or not is_main():
             return
         self.learner_steps = len(learner.lr_history)
-        loss = learner.loop.step_loss
-        self.pending.append((self.learner_steps, time.time(), loss, _rates(learner)))
+        values = {"train/loss": learner.loss_history[-1], **_rates(learner)}
+        self.pending.append((self.learner_steps, time.time(), values))
         if len(self.pending) >= FLUSH_EVERY:
             self._ready()
             self._write_pending()
 
     def _write_pending(self) -> None:
-        """The buffered steps written: their losses read from the device at once (one wait)."""
-        if not self.pending:
-            return
-        import torch
-
-        losses = torch.stack([loss.detach() for _, _, loss, _ in self.pending]).double().cpu().tolist()
-        rows = [
-            (step, wall, {"train/loss": value, **rates})
-            for (step, wall, _, rates), value in zip(self.pending, losses, strict=True)
-        ]
-        self.pending = []
-        self._scalars(rows)
+        """The buffered steps written, in one call to the tool."""
+        if self.pending:
+            rows, self.pending = self.pending, []
+            self._scalars(rows)
 
     def on_epoch_end(self, learner: Any, record: dict[str, Any]) -> None:
         self.learner_steps = len(learner.lr_history)
