@@ -174,6 +174,15 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(**given)
 
 
+def _logger_names(text: str) -> list[str]:
+    """``--log``'s value: one tool or a comma list of them."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(LOGGERS)} (e.g. --log tensorboard,mlflow)")
+    return names
+
+
 def add_parser(commands: Any) -> None:
     """Register the ``train`` subcommand."""
     parser = commands.add_parser(
@@ -266,15 +275,6 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print only a JSON summary at the end (implies --quiet)")
     parser.set_defaults(run=run)
-
-
-def _logger_names(text: str) -> list[str]:
-    """``--log``'s value: one tool or a comma list of them."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in LOGGERS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(LOGGERS)} (e.g. --log tensorboard,mlflow)")
-    return names
 
 
 def run(args: argparse.Namespace) -> int:
