@@ -1,5 +1,5 @@
 """Training: the Learner and its loop, callbacks (progress, best epoch, checkpoints), the measured recipes and the
-stages of a fine-tune, lr_find, the feature cache, run state, distributed, the loggers (TensorBoard, MLflow)."""
+stages of a fine-tune, lr_find, the feature cache, run state, distributed."""
 
 from typing import TYPE_CHECKING
 
@@ -11,9 +11,6 @@ if TYPE_CHECKING:  # at run time each name is imported when first read (torchgra
     from torchgraft.train.loop import TrainingDivergedError
     from torchgraft.train.recipes import RECIPES, Recipe, recipe_for
     from torchgraft.train.stages import Stage, plan_text
-    from torchgraft.train.track_mlflow import MLflowLogger
-    from torchgraft.train.track_tensorboard import TensorBoardLogger
-    from torchgraft.train.tracking import Tracker
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.train.callbacks": ("BestEpoch", "Callback", "Checkpointer", "EarlyStopping", "LambdaCallback"),
@@ -21,9 +18,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.train.loop": ("TrainingDivergedError",),
     "torchgraft.train.recipes": ("RECIPES", "Recipe", "recipe_for"),
     "torchgraft.train.stages": ("Stage", "plan_text"),
-    "torchgraft.train.track_mlflow": ("MLflowLogger",),
-    "torchgraft.train.track_tensorboard": ("TensorBoardLogger",),
-    "torchgraft.train.tracking": ("Tracker",),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -36,11 +30,8 @@ __all__ = [
     "EarlyStopping",
     "LambdaCallback",
     "Learner",
-    "MLflowLogger",
     "Recipe",
     "Stage",
-    "TensorBoardLogger",
-    "Tracker",
     "TrainingDivergedError",
     "plan_text",
     "recipe_for",
