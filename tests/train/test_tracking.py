@@ -24,6 +24,7 @@ from torchgraft.weights.zoo import build_model
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 mlflow_tracking = pytest.importorskip("mlflow.tracking")
+plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_pb2")
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_tracking.py"
 
@@ -85,6 +86,14 @@ def test_fine_tune_logged_to_tensorboard_and_mlflow_equals_the_learners_record(t
         assert [e.value for e in events] == pytest.approx([r[name] for r in learner.history], rel=1e-6)
     assert "| optimizer | AdamW |" in tensorboard_text(board, "params/learner")
     assert "| stage | unfrozen |" in tensorboard_text(board, "params/fit2")
+    sessions = board.PluginTagToContent("hparams")  # the HParams dashboard's session, written at close
+    start = plugin_data_pb2.HParamsPluginData.FromString(sessions["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["learner.optimizer"].string_value == "AdamW"
+    assert start.session_start_info.hparams["fit2.stage"].string_value == "unfrozen"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(sessions["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        f"epoch/{n}" for n in ("train_loss", "valid_loss", "accuracy", "seconds")
+    }
     fits = tensorboard_text(board, "fits").splitlines()
     assert fits[0] == fits[-1] == "```" and len(fits) == 4  # a code block: one line per fit
     assert "fit 1 (frozen): fit_one_cycle, 1 epoch from step 1; trains: head" in fits[1]
@@ -110,8 +119,8 @@ def test_fine_tune_logged_to_tensorboard_and_mlflow_equals_the_learners_record(t
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"fits.txt", "stages.txt"}
     stages = client.download_artifacts(run.info.run_id, "stages.txt", str(tmp_path))
     assert Path(stages).read_text().splitlines() == [
-        f"row 1: frozen epoch 1, to step {ends[0]}",
-        f"row 2: unfrozen epoch 1, to step {ends[1]}",
+        f"row 1: frozen, to step {ends[0]}",
+        f"row 2: unfrozen, to step {ends[1]}",
     ]
 
 

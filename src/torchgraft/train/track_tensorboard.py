@@ -28,7 +28,9 @@ class TensorBoardLogger(Tracker):
     """Scalars, parameters and texts of a run as TensorBoard event files in ``log_dir`` (default:
     ``SummaryWriter``'s own, ``runs/<date>_<host>``); ``torchgraft train --log tensorboard`` writes them to
     ``RUN_DIR/tensorboard``. Parameters are Markdown tables in the text dashboard (``params/learner``,
-    ``params/fit1``, ``params/run``); plans and stages are text summaries; TensorBoard keeps no files, so the
+    ``params/fit1``, ``params/run``) and, when the run ends, one session of the HParams dashboard (every
+    parameter beside the last value of each ``epoch/*`` tag: runs compare there); plans and stages are text
+    summaries; TensorBoard keeps no files, so the
     exported model is not logged here (MLflow keeps it).
 
     Raises:
@@ -44,6 +46,7 @@ class TensorBoardLogger(Tracker):
         ).SummaryWriter
         self.log_dir, self.flush_secs = (str(log_dir) if log_dir is not None else None), flush_secs
         self.writer: Any = None
+        self.metric_tags: dict[str, None] = {}  # the per-epoch tags written, for the HParams dashboard
 
     def _open(self) -> None:
         self.writer = self.summary_writer(log_dir=self.log_dir, flush_secs=self.flush_secs)
@@ -53,6 +56,8 @@ class TensorBoardLogger(Tracker):
         for step, wall, values in rows:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step, walltime=wall)
+                if tag.startswith("epoch/"):
+                    self.metric_tags[tag] = None
 
     def _params(self, params: dict[str, str]) -> None:
         groups: dict[str, dict[str, str]] = {}
@@ -70,5 +75,10 @@ class TensorBoardLogger(Tracker):
         self.writer.flush()
 
     def _close(self, status: str) -> None:
+        if self.params:  # the HParams dashboard: the run's parameters beside its per-epoch values (their last)
+            from torch.utils.tensorboard.summary import hparams
+
+            for summary in hparams(dict(self.params), dict.fromkeys(self.metric_tags, 0.0)):
+                self.writer.file_writer.add_summary(summary)
         self.writer.close()
         self.writer = None

@@ -280,7 +280,7 @@ class Tracker(Callback):
         stage = record.get("stage") or learner.stage  # the history row's own stage name, where it has one
         if stage:
             row = len(learner.history)
-            self.stage_lines.append(f"row {row}: {stage} epoch {record.get('epoch')}, to step {self.learner_steps}")
+            self.stage_lines.append(f"row {row}: {stage}, to step {self.learner_steps}")
             self._text("stages", "\n".join(self.stage_lines), self.learner_steps)
 
     def on_fit_end(self, learner: Any) -> None:
