@@ -76,7 +76,7 @@ class MLflowLogger(Tracker):
         tags: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
-        tracking = require_extra("mlflow.tracking", logger="mlflow", package="mlflow-skinny", extra="mlflow")
+        tracking = require_extra("mlflow", "mlflow.tracking", logger="mlflow", package="mlflow-skinny", extra="mlflow")
         self.client_class = tracking.MlflowClient
         chosen = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.own_store = not chosen

@@ -42,7 +42,7 @@ class TensorBoardLogger(Tracker):
     def __init__(self, log_dir: str | Path | None = None, *, flush_secs: int = 30) -> None:
         super().__init__()
         self.summary_writer = require_extra(
-            "torch.utils.tensorboard", logger="tensorboard", package="tensorboard", extra="tensorboard"
+            "tensorboard", "torch.utils.tensorboard", logger="tensorboard", package="tensorboard", extra="tensorboard"
         ).SummaryWriter
         self.log_dir, self.flush_secs = (str(log_dir) if log_dir is not None else None), flush_secs
         self.writer: Any = None

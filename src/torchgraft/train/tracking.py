@@ -56,15 +56,15 @@ FLUSH_EVERY = 50  # steps written to the tool at once (MLflow: one log_batch cal
 StepRecord = tuple[int, float, dict[str, float]]  # (step, wall time, {tag: value})
 
 
-def require_extra(module: str, *, logger: str, package: str, extra: str) -> Any:
-    """``module`` imported, or an ``ImportError`` in one line naming the logger and the install command.
+def require_extra(*modules: str, logger: str, package: str, extra: str) -> Any:
+    """The last of ``modules`` imported, each in turn (the library itself first: a module of another package
+    imported before proves nothing), or an ``ImportError`` in one line naming the logger and the install command.
 
     Example:
-        >>> require_extra("mlflow", logger="mlflow", package="mlflow-skinny", extra="mlflow")
+        >>> require_extra("mlflow", "mlflow.tracking", logger="mlflow", package="mlflow-skinny", extra="mlflow")
     """
     try:
-        importlib.import_module(module.split(".")[0])  # the package itself: a module cached before proves nothing
-        return importlib.import_module(module)
+        return [importlib.import_module(module) for module in modules][-1]
     except ImportError as error:
         asked = option(f"loggers=[{logger!r}]", f"--log {logger}")
         raise ImportError(
