@@ -118,7 +118,7 @@ class MLflowLogger(Tracker):
         for start in range(0, len(metrics), _METRICS_PER_BATCH):
             self._call("log_batch", self.run_id, metrics=metrics[start : start + _METRICS_PER_BATCH])
 
-    def _params(self, params: dict[str, str]) -> None:
+    def _params(self, params: dict[str, str], step: int) -> None:
         from mlflow.entities import Param
 
         items = [Param(key, value) for key, value in params.items()]

@@ -59,14 +59,14 @@ class TensorBoardLogger(Tracker):
                 if tag.startswith("epoch/"):
                     self.metric_tags[tag] = None
 
-    def _params(self, params: dict[str, str]) -> None:
+    def _params(self, params: dict[str, str], step: int) -> None:
         groups: dict[str, dict[str, str]] = {}
         for key, value in params.items():
             head, _, rest = key.partition(".")
             group, name = (head, rest) if rest and (head == "learner" or head.startswith("fit")) else ("run", key)
             groups.setdefault(group, {})[name] = value
         for group, values in groups.items():
-            self.writer.add_text(f"params/{group}", _markdown_table(values), self.learner_steps)
+            self.writer.add_text(f"params/{group}", _markdown_table(values), step)
 
     def _text(self, name: str, text: str, step: int) -> None:
         self.writer.add_text(name, f"```\n{text}\n```", step)  # a code block: the plan's columns stay aligned

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import queue
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +114,11 @@ class Tracker(Callback):
     ``_scalars``, ``_params``, ``_text``, ``_close``; ``_artifacts`` where the tool keeps files).
 
     Only rank 0 writes (every method returns at once on the other ranks); the tool is opened at the first
-    event, flushed at the end of every fit and closed by :meth:`close` (``Learner.close()``), else when the
-    process ends: finished after a fit ended, failed when it ends inside one.
+    event (in the training thread: a store that refuses fails there), then written by one thread of its own, in
+    order, off the training loop's path (MLflow's file store takes ~0.4 ms per value); flushed (waited for) at
+    the end of every fit and closed by :meth:`close` (``Learner.close()``), else when the process ends: finished
+    after a fit ended, failed when it ends inside one. A write that fails is raised in the training thread at
+    the next event.
     """
 
     name = "tracker"
@@ -127,6 +132,9 @@ class Tracker(Callback):
         self.learner_steps = 0  # optimizer steps of every fit so far: the step axis, read at every event
         self.fit_lines: list[str] = []  # one line per fit: the ``fits`` text
         self.stage_lines: list[str] = []  # one line per epoch whose stage is known: the ``stages`` text
+        self.queue: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue()
+        self.worker: threading.Thread | None = None
+        self.error: BaseException | None = None  # the first failed write, raised at the next call
 
     # the tool's own calls ------------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -136,7 +144,7 @@ class Tracker(Callback):
         """Write ``(step, wall time, {tag: value})`` rows, in step order."""
         raise NotImplementedError
 
-    def _params(self, params: dict[str, str]) -> None:
+    def _params(self, params: dict[str, str], step: int) -> None:
         raise NotImplementedError
 
     def _text(self, name: str, text: str, step: int) -> None:
@@ -151,6 +159,33 @@ class Tracker(Callback):
     def _close(self, status: str) -> None:
         raise NotImplementedError
 
+    # the writing thread ----------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            try:
+                if self.error is None:  # after a failure nothing more is written until it is raised
+                    item[0](*item[1])
+            except BaseException as error:  # raised in the training thread by _later or _drain
+                self.error = error
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+
+    def _raise_failure(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise RuntimeError(f"{type(self).__name__}: writing to {self.name} failed: {error}") from error
+
+    def _later(self, write: Callable[..., None], *args: Any) -> None:
+        """``write(*args)`` in the writing thread, after every write asked before it."""
+        self._raise_failure()
+        self.queue.put((write, args))
+
+    def _drain(self) -> None:
+        """Wait for every write asked so far."""
+        self.queue.join()
+        self._raise_failure()
+
     # what the run pipeline (and a user) calls -----------------------------------------------------------------
     def _ready(self) -> bool:
         if not is_main():
@@ -158,6 +193,8 @@ class Tracker(Callback):
         if not self.opened:
             self._open()
             self.opened = True
+            self.worker = threading.Thread(target=self._work, name=f"torchgraft-{self.name}", daemon=True)
+            self.worker.start()
             atexit.register(self._at_exit)
         return True
 
@@ -170,35 +207,42 @@ class Tracker(Callback):
         new = {key: value for key, value in named.items() if self.params.get(key) != value}
         if new:
             self.params.update(new)
-            self._params(new)
+            self._later(self._params, new, self._step_now())
 
     def log_text(self, name: str, text: str) -> None:
         """Record ``text`` under ``name`` (TensorBoard: a text summary at the current step; MLflow: ``name.txt``)."""
         if self._ready():
-            self._text(name, text, self._step_now())
+            self._later(self._text, name, text, self._step_now())
 
     def log_artifacts(self, paths: Iterable[str | Path], *, folder: str | None = None) -> None:
         """Keep the files (and folders) ``paths`` in the tool's file store, under ``folder`` (MLflow's
         artifacts; TensorBoard keeps no files)."""
         if self._ready():
-            self._artifacts([Path(p) for p in paths], folder)
+            self._later(self._artifacts, [Path(p) for p in paths], folder)
 
     def flush(self) -> None:
-        """Write the buffered steps and make everything readable."""
+        """Write the buffered steps and make everything readable; returns when it is written."""
         if not self.opened or not is_main():
             return
         self._write_pending()
-        self._flush_tool()
+        self._later(self._flush_tool)
+        self._drain()
 
     def close(self) -> None:
         """Flush and end the run (MLflow: status ``FINISHED``, or ``FAILED`` inside a fit). Logging again opens
         a new one."""
         if not self.opened:
             return
-        self._write_pending()
-        self._close("FAILED" if self.in_fit else "FINISHED")
         self.opened = False
         atexit.unregister(self._at_exit)
+        try:
+            self._write_pending()
+            self._later(self._close, "FAILED" if self.in_fit else "FINISHED")
+            self._drain()
+        finally:
+            self.queue.put(None)  # the writing thread ends
+            if self.worker is not None:
+                self.worker.join()
 
     def _at_exit(self) -> None:
         self.close()
@@ -225,7 +269,7 @@ class Tracker(Callback):
             f"fit {fit}{stage}: {kind}, {epochs} epoch{'s' if epochs != 1 else ''} from step "
             f"{self.learner_steps + 1}; trains: {trains}; frozen: {', '.join(frozen) or 'none'}"
         )
-        self._text("fits", "\n".join(self.fit_lines), self.learner_steps)
+        self._later(self._text, "fits", "\n".join(self.fit_lines), self.learner_steps)
 
     def _learner_params(self, learner: Any) -> dict[str, Any]:
         loop = learner.loop
@@ -267,7 +311,7 @@ class Tracker(Callback):
         """The buffered steps written, in one call to the tool."""
         if self.pending:
             rows, self.pending = self.pending, []
-            self._scalars(rows)
+            self._later(self._scalars, rows)
 
     def on_epoch_end(self, learner: Any, record: dict[str, Any]) -> None:
         self.learner_steps = len(learner.lr_history)
@@ -276,12 +320,12 @@ class Tracker(Callback):
         self._write_pending()
         values = {f"epoch/{key}": _number(value) for key, value in record.items() if key not in ("phase", "epoch")}
         numbers = {key: value for key, value in values.items() if value is not None}
-        self._scalars([(self.learner_steps, time.time(), numbers)])
+        self._later(self._scalars, [(self.learner_steps, time.time(), numbers)])
         stage = record.get("stage") or learner.stage  # the history row's own stage name, where it has one
         if stage:
             row = len(learner.history)
             self.stage_lines.append(f"row {row}: {stage}, to step {self.learner_steps}")
-            self._text("stages", "\n".join(self.stage_lines), self.learner_steps)
+            self._later(self._text, "stages", "\n".join(self.stage_lines), self.learner_steps)
 
     def on_fit_end(self, learner: Any) -> None:
         self.in_fit = False
