@@ -162,3 +162,19 @@ def test_only_rank_0_logs_under_torchrun(tmp_path, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("torchgraft").experiment_id])
     assert run.data.params["learner.world_size"] == "2" and run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == ranks[0]["steps"]
+
+
+class _Refusing(TensorBoardLogger):
+    """TensorBoard whose scalar writes fail (a full disk, a server gone): the writing thread's failure."""
+
+    def _scalars(self, rows):
+        raise OSError("No space left on device")
+
+
+def test_a_failed_write_is_raised_in_the_training_thread(tmp_path):
+    train, valid = _loaders()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    learner = Learner(model, train, valid, quiet=True, loggers=[_Refusing(tmp_path / "tb")])
+    with pytest.raises(RuntimeError, match="_Refusing: writing to tensorboard failed: No space left on device"):
+        learner.fit(1, 1e-3)  # the epoch's end waits for its writes (flush): the failure surfaces there
+    learner.close()
