@@ -61,6 +61,8 @@ if TYPE_CHECKING:  # the names below, for type checkers and editors; at run time
     from torchgraft.train.learner import Learner, TrainingDivergedError
     from torchgraft.train.lr_finder import LRFind, lr_find
     from torchgraft.train.schedule import one_cycle
+    from torchgraft.train.track_mlflow import MLflowLogger
+    from torchgraft.train.track_tensorboard import TensorBoardLogger
     from torchgraft.tune.describe import describe
     from torchgraft.tune.freeze import freeze, freeze_to, gradual_unfreeze, refreeze, unfreeze
     from torchgraft.tune.group_types import GroupSpec, LayerGroup, LayerGroups
@@ -128,6 +130,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.train.learner": ("Learner", "TrainingDivergedError"),
     "torchgraft.train.lr_finder": ("LRFind", "lr_find"),
     "torchgraft.train.schedule": ("one_cycle",),
+    "torchgraft.train.track_mlflow": ("MLflowLogger",),
+    "torchgraft.train.track_tensorboard": ("TensorBoardLogger",),
     "torchgraft.tune.describe": ("describe",),
     "torchgraft.tune.freeze": ("freeze", "freeze_to", "gradual_unfreeze", "refreeze", "unfreeze"),
     "torchgraft.tune.group_types": ("GroupSpec", "LayerGroup", "LayerGroups"),
@@ -182,6 +186,7 @@ __all__ = [
     "LoadError",
     "LoadReport",
     "LoraError",
+    "MLflowLogger",
     "MaskData",
     "MaskDataset",
     "MaskPrediction",
@@ -207,6 +212,7 @@ __all__ = [
     "TargetError",
     "Task",
     "TaskReport",
+    "TensorBoardLogger",
     "TextData",
     "TextPreprocessing",
     "TokenDataset",

@@ -3,7 +3,7 @@
 against them: :mod:`torchgraft.data.images` (``CHECKS``), :mod:`torchgraft.train.placement` (``BATCHNORM_MODES``,
 ``STRATEGIES``), :mod:`torchgraft.grafting.decoders` (``DECODERS``), :mod:`torchgraft.ship.export`
 (``ADAPTER_EXPORTS``), :mod:`torchgraft.ship.program` (``DEPLOY_FORMATS``), :mod:`torchgraft.tasks`
-(the built-in task names)."""
+(the built-in task names), :mod:`torchgraft.train.loggers` (``LOGGERS``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ __all__ = [
     "CHECKS",
     "DECODERS",
     "DEPLOY_FORMATS",
+    "LOGGERS",
     "STRATEGIES",
     "task_names",
 ]
@@ -26,6 +27,7 @@ STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 DECODERS: tuple[str, ...] = ("unet", "fpn")
 ADAPTER_EXPORTS: tuple[str, ...] = ("merge", "separate")
 DEPLOY_FORMATS: tuple[str, ...] = ("onnx", "pt2")
+LOGGERS: tuple[str, ...] = ("tensorboard", "mlflow")  # the trackers a run logs to (torchgraft.train.loggers)
 BUILT_IN_TASKS: tuple[str, ...] = ("classify", "multilabel", "regression", "segment")
 
 

@@ -23,6 +23,7 @@ from torchgraft.tasks import TASKS, Classification, Task
 from torchgraft.tasks.balance import class_counts, imbalance_warning
 from torchgraft.train.distributed import local_device, on_main
 from torchgraft.train.learner import Learner
+from torchgraft.train.loggers import make_loggers
 from torchgraft.tune.lora import lora
 
 __all__ = [
@@ -168,6 +169,7 @@ def prepare_run(
     settings.check()
     recipe.check(settings)  # fails before the data is read
     device = local_device(settings.device)  # a device this machine lacks too
+    loggers = make_loggers(settings.log, run_dir=run_dir)  # a logger's missing library too
     torch.manual_seed(settings.seed)
     if not recipe.is_read(data):  # under torchrun: listed and checked once, by rank 0
         data = on_main(recipe.read, data, settings, progress=not quiet)
@@ -188,5 +190,6 @@ def prepare_run(
         save_every=settings.save_every,
         batchnorm=settings.batchnorm,  # type: ignore[arg-type]
         strategy=settings.strategy,  # type: ignore[arg-type]
+        loggers=loggers,
     )
     return Prepared(data, built, learner, settings, recipe)

@@ -38,6 +38,7 @@ from torchgraft.app.unreadable import UnreadableFiles
 from torchgraft.ship.export import Preprocessor, export_model
 from torchgraft.tasks import Classification, Task
 from torchgraft.tasks.batch import call_model, move, output_tensor
+from torchgraft.train import tracking
 from torchgraft.train.callbacks import Checkpointer
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size
 from torchgraft.train.learner import Learner
@@ -204,6 +205,7 @@ def train_run(
         (run_dir / "plan.txt").write_text(plan)
     say(plan)
     watch = UnreadableFiles.watching(learner, max_bad=settings.max_bad, say=say)
+    tracking.log_run_start(learner, dataclasses.asdict(settings), plan)  # --log: the settings and the plan (rank 0)
     history = learner.fine_tune(settings.epochs, settings.lr, **recipe, resume=resume)
     exported = restore_exported_epoch(learner, history, [s.name for s in stages], export=settings.export)
     say(f"exported {exported_epoch_line(exported, len(history))}")
@@ -268,4 +270,5 @@ def _finish(
     files += _plots(learner, summary.confusion, classes, run_dir)
     files += run.recipe.figures(run.data, run.built, learner.device, run_dir)
     files += sorted((run_dir / "checkpoints").glob("*.pt"))  # written during training (last.pt, best.pt)
+    tracking.log_run_files(learner, files, run_dir)  # --log mlflow: the exported model, history, plan, plots
     return RunResult(run_dir, classes, history, learner, run.preprocessing, files, final)

@@ -39,6 +39,7 @@ DEPLOYED = ("model.onnx", "model.pt2", "preprocessing.json", "preprocessing.pt2.
 # what says a run got somewhere (a folder holding only plan.txt is a run killed before its first checkpoint:
 # nothing of it can answer for the next run, which rewrites plan.txt)
 _MARKERS = ("model.json", "model.safetensors", "history.json", "checkpoints/last.pt", "checkpoints/best.pt", *DEPLOYED)
+RUN_FOLDERS += ("tensorboard", "mlruns")  # --log tensorboard's event files, --log mlflow's local store
 
 
 class RunDirInUse(ValueError):

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torchgraft.choices import ADAPTER_EXPORTS, BATCHNORM_MODES, CHECKS, STRATEGIES
+from torchgraft.choices import ADAPTER_EXPORTS, BATCHNORM_MODES, CHECKS, LOGGERS, STRATEGIES
 
 if TYPE_CHECKING:  # the command line builds its parsers from these settings without importing torch
     from torchgraft.data.preprocess import Augment
@@ -57,6 +57,8 @@ class TrainSettings:
     stores a frozen body's features (default
     ``$TORCHGRAFT_CACHE/features``, else ``~/.cache/torchgraft/features``). ``trust_pickle`` reads a
     ``weights`` checkpoint that needs code to unpickle (pickles can run any code: only files you trust).
+    ``log`` names the tracking tools the run logs to (``tensorboard``: ``RUN_DIR/tensorboard``; ``mlflow``:
+    ``MLFLOW_TRACKING_URI``, else a local store in ``RUN_DIR/mlruns``; :mod:`torchgraft.train.loggers`).
     """
 
     model: str | None = None
@@ -102,6 +104,7 @@ class TrainSettings:
     cache_dir: str | None = None
     trust_pickle: bool = False
     balance: bool = False
+    log: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
@@ -117,6 +120,9 @@ class TrainSettings:
             raise ValueError(f"check must be one of {', '.join(CHECKS)}, got {self.check_mode!r}.")
         if self.max_bad is not None and self.max_bad < 0:
             raise ValueError(f"max-bad must be >= 0, got {self.max_bad}.")
+        unknown = [name for name in self.log if name not in LOGGERS]
+        if unknown or len(set(self.log)) != len(self.log):
+            raise ValueError(f"log must name each of {', '.join(LOGGERS)} once at most, got {', '.join(self.log)}.")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}.")
         for name in ("epochs", "batch_size", "max_length", "lora", "save_every"):

@@ -13,7 +13,7 @@ from typing import Any
 from torchgraft.app.defaults import IMAGE_DEFAULTS, TEXT_DEFAULTS
 from torchgraft.app.rundir import RunDirInUse
 from torchgraft.app.settings import EXPORTED_EPOCHS, TrainSettings
-from torchgraft.choices import BATCHNORM_MODES, CHECKS, STRATEGIES, task_names
+from torchgraft.choices import BATCHNORM_MODES, CHECKS, LOGGERS, STRATEGIES, task_names
 from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 from torchgraft.train.recipes import RECIPES
 
@@ -170,7 +170,17 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings) if hasattr(args, f.name)}
     if given.get("y_range") is not None:
         given["y_range"] = tuple(given["y_range"])
+    given["log"] = tuple(name for names in given.get("log") or () for name in names)  # --log a,b --log c
     return TrainSettings(**given)
+
+
+def _logger_names(text: str) -> list[str]:
+    """``--log``'s value: one tool or a comma list of them."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(LOGGERS)} (e.g. --log tensorboard,mlflow)")
+    return names
 
 
 def add_parser(commands: Any) -> None:
@@ -252,6 +262,16 @@ def add_parser(commands: Any) -> None:
         default=None,
         metavar="STEPS",
         help="also write the resumable checkpoint every STEPS optimizer steps inside epochs (default: per epoch)",
+    )
+    parser.add_argument(
+        "--log",
+        action="append",
+        type=_logger_names,
+        default=None,
+        metavar="TOOL",
+        help="also log to tensorboard (RUN_DIR/tensorboard) or mlflow ($MLFLOW_TRACKING_URI, else RUN_DIR/mlruns): "
+        "per-step loss and rates, per-epoch metrics, settings and plan, the exported model (mlflow); repeat it or "
+        "give a comma list; needs pip install 'torchgraft[tensorboard]' / 'torchgraft[mlflow]'",
     )
     parser.add_argument("--json", action="store_true", help="print only a JSON summary at the end (implies --quiet)")
     parser.set_defaults(run=run)

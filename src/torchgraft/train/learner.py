@@ -36,6 +36,7 @@ from torchgraft.train.fitting import run_fit, sweep_rates, trained_objects
 from torchgraft.train.frozen_state import fingerprints
 from torchgraft.train.fsdp import is_sharded
 from torchgraft.train.kept import KeptOutputs
+from torchgraft.train.loggers import make_loggers
 from torchgraft.train.loop import Loop, TrainingDivergedError, amp_dtype
 from torchgraft.train.lr_finder import LRFind
 from torchgraft.train.placement import BatchNormMode, Placement, Strategy
@@ -43,6 +44,7 @@ from torchgraft.train.plots import plot_training
 from torchgraft.train.resume import capture, load_best_weights, save_state
 from torchgraft.train.schedule import one_cycle
 from torchgraft.train.state import FitState, Held
+from torchgraft.train.tracking import Tracker, trackers_of
 from torchgraft.tune.optim import LRSpec
 
 __all__ = ["Learner", "TrainingDivergedError"]
@@ -115,6 +117,11 @@ class Learner(FineTuning):
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step; plain
             functions as :class:`~torchgraft.train.callbacks.LambdaCallback`).
+        loggers: the tracking tools to log to (rank 0 only), by name (``"tensorboard"``, ``"mlflow"``, or
+            ``"tensorboard,mlflow"``) or as :class:`~torchgraft.train.track_tensorboard.TensorBoardLogger` /
+            :class:`~torchgraft.train.track_mlflow.MLflowLogger` objects: per-step loss and rates per layer
+            group, per-epoch metrics, hyperparameters (:mod:`torchgraft.train.tracking`). Each needs its extra
+            (``pip install 'torchgraft[tensorboard]'``, ``[mlflow]``); :meth:`close` ends their runs.
         cache_features: while a grafted body is fully frozen, store its features on disk in ``cache_dir`` once
             (``cache_dtype`` None: fp16, bf16 on overflow) and train the head on them; reused by later runs and lr_find.
 
@@ -134,6 +141,8 @@ class Learner(FineTuning):
     history = Held()  # one record per epoch, every fit
     lr_history = Held()  # each optimizer group's rate in every step
     layer_lr_history = Held()  # per step, {layer group: rate} (None: frozen)
+    loss_history = Held()  # per step, the step's training loss (every fit)
+    epoch_steps = Held()  # per history row, the steps done when its epoch ended
     best_epoch = Held()  # the best epoch so far (BestEpoch): its place in the history, phase, value
     stop = Held()  # a callback sets it to end the fit after this epoch
     stepped = Held()  # whether the last batch ended with an optimizer step
@@ -169,6 +178,7 @@ class Learner(FineTuning):
         progress: bool | None = None,
         quiet: bool = False,
         callbacks: Sequence[Callback] = (),
+        loggers: Sequence[str | Tracker] | str = (),
         cache_features: bool = False,
         save_every: int | None = None,
         batchnorm: BatchNormMode = "train",
@@ -177,6 +187,7 @@ class Learner(FineTuning):
         cache_dtype: torch.dtype | None = None,
     ) -> None:
         _check_options(accumulate, save_every, checkpoint_dir, task, target_key, cache_dtype)
+        trackers = make_loggers(loggers)  # an unknown name or a missing library fails here, before anything runs
         self._task = task if isinstance(task, Task) or task is None else get_task(task, target_key=target_key)
         self.target_key, self.metrics_spec = target_key, metrics
         where = local_device(device)
@@ -209,7 +220,7 @@ class Learner(FineTuning):
         self.cache_dir, self.cache_dtype = cache_dir, cache_dtype
         builtin = builtin_callbacks(self.checkpoint_dir, monitor=monitor, mode=mode, every=save_every)
         self.kept = KeptOutputs()  # the exported epoch's validation outputs, for the task's report (after BestEpoch)
-        self.callbacks: list[Any] = [*builtin, self.kept, *callbacks]
+        self.callbacks: list[Any] = [*builtin, self.kept, *trackers, *callbacks]
         self.optimizer: torch.optim.Optimizer | None = None
         self.fit_state = FitState()  # counters, history, best epoch, the running epoch's position
         self.cache: tuple[Any, Any, nn.Module] | None = None  # (train, valid loaders, head) of cached features
@@ -233,7 +244,8 @@ class Learner(FineTuning):
 
     def close(self) -> None:
         """Release what ties the Learner to the process: the DistributedDataParallel wrapper (which must go
-        before its process group, see :func:`torchgraft.distributed.cleanup`) and the optimizer watch hook.
+        before its process group, see :func:`torchgraft.distributed.cleanup`), the optimizer watch hook and the
+        loggers' runs (ended).
         The model, history and optimizer stay usable; the Learner can train again only on one process.
 
         Example:
@@ -244,6 +256,8 @@ class Learner(FineTuning):
         if self.watch is not None:
             self.watch.remove()
             self.watch = None
+        for tracker in trackers_of(self):  # the loggers' runs end (MLflow: FINISHED)
+            tracker.close()
         self.placement.unwrap()
         self.cache = None
         gc.collect()  # the wrapper's reducer holds the process group until it is collected
