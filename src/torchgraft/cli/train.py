@@ -260,6 +260,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``train``."""
     from torchgraft.app.run import train_run
+    from torchgraft.app.runrecord import RunClock, process_seconds
     from torchgraft.train.distributed import is_main
 
     warn_if_trusted(args)
@@ -267,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
     try:
-        result = train_run(args.data, args.out, settings, say=say, quiet=quiet)
+        clock = RunClock(startup=process_seconds())  # this process is the run: its start-up counts
+        result = train_run(args.data, args.out, settings, say=say, quiet=quiet, clock=clock)
     except RunDirInUse as error:
         raise RunDirInUse(error.run_dir, error.found, cli=True) from None
     result.learner.close()  # the DDP wrapper goes before the process group
