@@ -269,9 +269,8 @@ def build_report(run_dir: str | Path) -> str:
     """
     folder = Path(run_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder}: no such folder; pass a RUN_DIR that torchgraft train or demo wrote (their --out)."
-        )
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise FileNotFoundError(f"{folder}: {what}; pass a RUN_DIR that torchgraft train or demo wrote (their --out).")
     if not any((folder / name).is_file() for name in _MARKERS):
         raise NotARunFolder(
             f"{folder} is not a run folder (it holds none of {', '.join(_MARKERS)}); pass a RUN_DIR that "
