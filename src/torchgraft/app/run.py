@@ -243,6 +243,7 @@ def _record_and_report(
     run_dir: Path, clock: RunClock, history: list[dict[str, Any]], stages: list[str], *, device: torch.device
 ) -> list[Path]:
     """Record the timings and the environment in model.json, then build report.html from the run folder."""
+    device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     ran_on = environment(device=str(device), world_size=world_size(), device_name=name)
     record_run(run_dir, timings=clock.timings(stages=stage_timings(history, stages)), environment=ran_on)
