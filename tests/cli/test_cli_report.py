@@ -148,7 +148,7 @@ def test_model_json_records_where_the_time_went_and_what_the_run_ran_on(run_dir)
 
     assert env["torch"] == torch.__version__.split("+")[0] or env["torch"] == torch.__version__
     page = _Page((run_dir / "report.html").read_text(encoding="utf-8"))
-    assert "fine-tune" in page.text["timings"] and "stage unfrozen (1 epochs)" in page.text["timings"]
+    assert "fine-tune" in page.text["timings"] and "stage unfrozen (1 epoch)" in page.text["timings"]
     assert ["processes (world size)", "1"] in page.rows["environment"]
 
 

@@ -119,10 +119,11 @@ def _cell(value: Any) -> str:
     return f'<td class="n">{html.escape(shown)}</td>'
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[Any]]) -> str:
+    """A table of ``rows`` under ``header`` (``None``: name-value rows, no header)."""
+    head = "" if header is None else "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>\n"
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>\n" for row in rows)
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
+    return f"<table>\n{head}{body}</table>"
 
 
 def _figure(path: Path, name: str) -> str:
@@ -165,7 +166,7 @@ def _summary(run: _Run) -> str:
     rows += [[k, v] for k, v in final.items() if isinstance(v, float) and k != "seconds"]
     if final.get("unreadable_files"):
         rows.append(["unreadable files replaced", len(final["unreadable_files"])])
-    return _table(["", "value"], rows)
+    return _table(None, rows)
 
 
 def _plan(run: _Run) -> str:
@@ -229,9 +230,16 @@ def _timings(run: _Run) -> str:
             rows.append([_PARTS.get(key, key), "not part of the run (started from Python)", ""])
         if key == "fine_tune":
             stages = timings.get("stages") or []
-            rows += [[f"stage {s['stage']} ({s['epochs']} epochs)", s["seconds"], ""] for s in stages]
+            rows += [[f"stage {s['stage']} ({_epochs(s['epochs'])})", s["seconds"], ""] for s in stages]
+            between = value - sum(s["seconds"] for s in stages)
+            if stages and between >= 0:  # a resumed run's earlier epochs were timed by another process
+                rows.append(["outside the epochs (stage set-up, checkpoints written, feature cache)", between, ""])
     rows.append(["total", total, "100%"])
     return _table(["part", "seconds", "share"], rows)
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def _environment(run: _Run) -> str:
@@ -241,7 +249,7 @@ def _environment(run: _Run) -> str:
         known = f" (model.json names torchgraft {version})" if version else ""
         return run.note(f"model.json has no environment: a run made before torchgraft recorded it{known}.")
     words = {"world_size": "processes (world size)"}
-    return _table(["", "value"], [[words.get(k, k), str(v)] for k, v in env.items()])
+    return _table(None, [[words.get(k, k), str(v)] for k, v in env.items()])
 
 
 def _files(run: _Run, *, listed: int = 12) -> str:
