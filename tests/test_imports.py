@@ -32,7 +32,9 @@ def test_import_torchgraft_imports_no_heavy_library():
     assert not loaded & {*HEAVY, "torch"}, sorted(loaded & {*HEAVY, "torch"})
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["lr-find", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["lr-find", "--help"], ["report", "--help"]]
+)
 def test_help_imports_no_torch(argv):
     code = (
         "import contextlib, io\nfrom torchgraft.cli.main import main\n"

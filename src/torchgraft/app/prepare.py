@@ -15,6 +15,7 @@ from torch import nn
 from torchgraft.app.images import ImageInput
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData
 from torchgraft.app.masks import MaskInput
+from torchgraft.app.runrecord import RunClock
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.shards import ShardInput
 from torchgraft.app.texts import TextInput
@@ -153,11 +154,13 @@ def prepare_run(
     *,
     say: Callable[[str], None] = print,
     quiet: bool = False,
+    clock: RunClock | None = None,
 ) -> Prepared:
     """Pick the recipe of ``data`` (a folder, a CSV, or checked data of any kind), check the settings, read
     the data, build the pretrained network with its head and make the Learner (checkpoints in
     ``run_dir/checkpoints``); prints what it found and decided through ``say``. The returned ``settings``
-    have the recipe's defaults filled in.
+    have the recipe's defaults filled in. ``clock`` times the parts: ``data`` (checked and read), ``network``
+    (built, the loaders and the Learner made).
 
     Example:
         >>> run = prepare_run("pets/", "runs/pets", TrainSettings(model="resnet18"))
@@ -174,6 +177,8 @@ def prepare_run(
     if not recipe.is_read(data):  # under torchrun: listed and checked once, by rank 0
         data = on_main(recipe.read, data, settings, progress=not quiet)
     report(data, settings, say)
+    if clock is not None:
+        clock.lap("data")
     built = recipe.build(data, settings, say)
     built.model = adapt(built.model, settings, say)
     loaders = recipe.loaders(data, built, settings, device)
@@ -192,4 +197,6 @@ def prepare_run(
         strategy=settings.strategy,  # type: ignore[arg-type]
         loggers=loggers,
     )
+    if clock is not None:
+        clock.lap("network")
     return Prepared(data, built, learner, settings, recipe)

@@ -16,6 +16,8 @@ monitored metric, or the last: ``settings.export``), let the task report on the 
                                             single-label classification; segmentation: masks.png, a few
                                             validation images with true and predicted masks)
     RUN_DIR/checkpoints/last.pt, best.pt    resumable training state
+    RUN_DIR/report.html                     one page of it all (torchgraft.app.report); model.json's timings and
+                                            environment say where the time went and what the run ran on
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from typing import Any
 import torch
 
 from torchgraft.app.prepare import Prepared, prepare_run
+from torchgraft.app.report import write_report
 from torchgraft.app.rundir import claim_run_dir
+from torchgraft.app.runrecord import RunClock, environment, record_run, stage_timings
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.unreadable import UnreadableFiles
 from torchgraft.ship.export import Preprocessor, export_model
@@ -163,9 +167,11 @@ def train_run(
     *,
     say: Callable[[str], None] = print,
     quiet: bool = False,
+    clock: RunClock | None = None,
 ) -> RunResult:
     """Fine-tune ``settings.model`` on ``data`` (a folder, a CSV, or checked :class:`ImageData` /
-    :class:`~torchgraft.data.texts.TextData`) and write ``run_dir``.
+    :class:`~torchgraft.data.texts.TextData`) and write ``run_dir``. ``clock`` times the run's parts for
+    model.json's ``timings`` (default: one started now; the command line's also counts the process's start-up).
 
     Example:
         >>> result = train_run("pets/", "runs/pets", TrainSettings(model="resnet18", epochs=3))
@@ -173,6 +179,7 @@ def train_run(
         0.91
         >>> train_run("news.csv", "runs/news")  # texts: all-MiniLM-L6-v2 by default
     """
+    clock = clock or RunClock()  # each part of the run, for model.json's timings and the report
     settings = settings or TrainSettings()
     run_dir = Path(run_dir)
     resume = run_dir / "checkpoints" / "last.pt" if settings.resume else None
@@ -183,7 +190,7 @@ def train_run(
     if removed:
         what = "the earlier run's" if settings.overwrite else "the exports made before the resume:"
         say(f"{'overwrite' if settings.overwrite else 'resume'}: removed {what} {', '.join(removed)} from {run_dir}")
-    run = prepare_run(data, run_dir, settings, say=say, quiet=quiet or not is_main())
+    run = prepare_run(data, run_dir, settings, say=say, quiet=quiet or not is_main(), clock=clock)
     settings, learner, model, classes = run.settings, run.learner, run.model, run.data.classes
     recipe = {  # what is left None comes from the Learner's measured recipe of the model's kind
         "freeze_epochs": settings.freeze_epochs,
@@ -204,9 +211,11 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.txt").write_text(plan)
     say(plan)
+    clock.lap("plan")
     watch = UnreadableFiles.watching(learner, max_bad=settings.max_bad, say=say)
     tracking.log_run_start(learner, dataclasses.asdict(settings), plan)  # --log: the settings and the plan (rank 0)
     history = learner.fine_tune(settings.epochs, settings.lr, **recipe, resume=resume)
+    clock.lap("fine_tune")
     exported = restore_exported_epoch(learner, history, [s.name for s in stages], export=settings.export)
     say(f"exported {exported_epoch_line(exported, len(history))}")
     final = {k: v for k, v in exported.items() if k not in _NAMING}  # the exported epoch's values, at the top
@@ -219,9 +228,9 @@ def train_run(
     if not is_main():  # rank 0 reports and exports; the others wait for it, then end
         barrier()
         return RunResult(run_dir, classes, history, learner, run.preprocessing, [], final)
-    result = _finish(
-        dataclasses.replace(run, built=dataclasses.replace(run.built, model=whole)), run_dir, history, final, say=say
-    )
+    built = dataclasses.replace(run.built, model=whole)
+    result = _finish(dataclasses.replace(run, built=built), run_dir, history, final, say=say, clock=clock)
+    result.files += _record_and_report(run_dir, clock, history, [s.name for s in stages], device=learner.device)
     barrier()
     return result
 
@@ -232,8 +241,25 @@ def _written_beside(run_dir: Path) -> list[Path]:
     return [run_dir / name for name in names if (run_dir / name).is_file()]
 
 
+def _record_and_report(
+    run_dir: Path, clock: RunClock, history: list[dict[str, Any]], stages: list[str], *, device: torch.device
+) -> list[Path]:
+    """Record the timings and the environment in model.json, then build report.html from the run folder."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    ran_on = environment(device=str(device), world_size=world_size(), device_name=name)
+    record_run(run_dir, timings=clock.timings(stages=stage_timings(history, stages)), environment=ran_on)
+    return [write_report(run_dir)]
+
+
 def _finish(
-    run: Prepared, run_dir: Path, history: list[dict[str, Any]], final: dict[str, Any], *, say: Callable[[str], None]
+    run: Prepared,
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    final: dict[str, Any],
+    *,
+    say: Callable[[str], None],
+    clock: RunClock,
 ) -> RunResult:
     """What rank 0 does after training: the task's validation report (which may set what the task decides
     on validation, the multi-label threshold, before the export records it), the export, the history and the
@@ -247,6 +273,7 @@ def _finish(
     final.update(summary.final)
     for line in summary.lines:
         say(line)
+    clock.lap("validation_report")
     files = [
         export_model(
             run_dir,
@@ -267,8 +294,10 @@ def _finish(
         *run.built.save_assets(run_dir),
         *_write_history(history, run_dir),
     ]
+    clock.lap("export")
     files += _plots(learner, summary.confusion, classes, run_dir)
     files += run.recipe.figures(run.data, run.built, learner.device, run_dir)
+    clock.lap("plots")
     files += sorted((run_dir / "checkpoints").glob("*.pt"))  # written during training (last.pt, best.pt)
     tracking.log_run_files(learner, files, run_dir)  # --log mlflow: the exported model, history, plan, plots
     return RunResult(run_dir, classes, history, learner, run.preprocessing, files, final)

@@ -25,6 +25,7 @@ RUN_FILES = (
     "lr.png",
     "confusion.png",
     "masks.png",
+    "report.html",
     "model.onnx",
     "model.pt2",
     "preprocessing.json",

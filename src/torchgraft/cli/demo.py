@@ -45,13 +45,15 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``demo``."""
     import torch
 
+    from torchgraft.app.runrecord import RunClock, process_seconds
     from torchgraft.demo import DEMO_SETTINGS, run_demo
     from torchgraft.train.distributed import is_main
 
     torch.set_flush_denormal(True)  # denormals make CPU convolutions several times slower
     settings = DEMO_SETTINGS if args.epochs is None else replace(DEMO_SETTINGS, epochs=args.epochs)
     start = time.perf_counter()
-    result = run_demo(args.out, settings=settings, quiet=args.quiet)
+    clock = RunClock(startup=process_seconds())  # this process is the run: its start-up counts
+    result = run_demo(args.out, settings=settings, quiet=args.quiet, clock=clock)
     if not is_main():  # under torchrun rank 0 reports
         return 0
     if args.quiet:  # otherwise the Learner has printed each epoch as it ended

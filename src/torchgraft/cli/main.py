@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from torchgraft import __version__
-from torchgraft.cli import demo, export, lr_find, pack, predict, train
+from torchgraft.cli import demo, export, lr_find, pack, predict, report, train
 from torchgraft.cli import inspect as inspect_command
 from torchgraft.cli.quiet import libraries_quiet
 from torchgraft.spelling import command_line
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="torchgraft", description="Fine-tune pretrained PyTorch networks.")
     parser.add_argument("--version", action="version", version=f"torchgraft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (demo, train, pack, predict, export, lr_find, inspect_command):
+    for command in (demo, train, pack, predict, export, lr_find, inspect_command, report):
         command.add_parser(commands)
     for sub in commands.choices.values():
         sub.add_argument(

@@ -293,12 +293,14 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     check_model_first(settings)
     from torchgraft.app.run import train_run
+    from torchgraft.app.runrecord import RunClock, process_seconds
     from torchgraft.train.distributed import is_main
 
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
     try:
-        result = train_run(args.data, args.out, settings, say=say, quiet=quiet)
+        clock = RunClock(startup=process_seconds())  # this process is the run: its start-up counts
+        result = train_run(args.data, args.out, settings, say=say, quiet=quiet, clock=clock)
     except RunDirInUse as error:
         raise RunDirInUse(error.run_dir, error.found, cli=True) from None
     result.learner.close()  # the DDP wrapper goes before the process group

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from torchgraft.app.run import RunResult, train_run
+from torchgraft.app.runrecord import RunClock
 from torchgraft.app.settings import TrainSettings
 from torchgraft.ship.export import load_exported
 from torchgraft.ship.predict import Prediction, predict_images
@@ -64,9 +65,11 @@ def write_demo_folder(root: str | Path) -> tuple[Path, list[Path], list[str]]:
     return root / "data", heldout, truth
 
 
-def run_demo(run_dir: str | Path, *, settings: TrainSettings = DEMO_SETTINGS, quiet: bool = False) -> DemoResult:
+def run_demo(
+    run_dir: str | Path, *, settings: TrainSettings = DEMO_SETTINGS, quiet: bool = False, clock: RunClock | None = None
+) -> DemoResult:
     """Write the demo data under ``run_dir``, fine-tune, export, and predict the held-out images from the
-    exported files.
+    exported files (``clock``: see :func:`~torchgraft.app.run.train_run`; writing the data counts as data).
 
     Raises:
         ImportError: timm or the Lite0 weights package is missing (the message gives the install command).
@@ -80,6 +83,6 @@ def run_demo(run_dir: str | Path, *, settings: TrainSettings = DEMO_SETTINGS, qu
     say = (lambda _: None) if quiet else print
     data, heldout, truth = write_demo_folder(run_dir)
     # the demo's folder is its own: a second demo replaces the first run's files
-    run = train_run(data, run_dir, dataclasses.replace(settings, overwrite=True), say=say, quiet=quiet)
+    run = train_run(data, run_dir, dataclasses.replace(settings, overwrite=True), say=say, quiet=quiet, clock=clock)
     predictions = predict_images(load_exported(run_dir), heldout, top_k=3)
     return DemoResult(run, predictions, truth)
