@@ -231,6 +231,7 @@ def train_run(
     built = dataclasses.replace(run.built, model=whole)
     result = _finish(dataclasses.replace(run, built=built), run_dir, history, final, say=say, clock=clock)
     result.files += _record_and_report(run_dir, clock, history, [s.name for s in stages], device=learner.device)
+    tracking.log_run_files(learner, result.files, run_dir)  # --log mlflow: the exported model, plots, report
     barrier()
     return result
 
@@ -299,5 +300,4 @@ def _finish(
     files += run.recipe.figures(run.data, run.built, learner.device, run_dir)
     clock.lap("plots")
     files += sorted((run_dir / "checkpoints").glob("*.pt"))  # written during training (last.pt, best.pt)
-    tracking.log_run_files(learner, files, run_dir)  # --log mlflow: the exported model, history, plan, plots
     return RunResult(run_dir, classes, history, learner, run.preprocessing, files, final)
