@@ -179,7 +179,7 @@ def _layer_rates(names: list[str], held: list[list[str]], rates: list[float]) ->
 
 def _events(learner: Fitted) -> StepEvents:
     """The callbacks' step events, with the step counted and the rate each step used recorded, per optimizer
-    group and per layer group."""
+    group and per layer group, and the step's training loss."""
     state = learner.fit_state
     try:
         names, held = _layer_names(learner.placement.model, learner.optimizer)
@@ -195,6 +195,7 @@ def _events(learner: Fitted) -> StepEvents:
         state.stepped = True
         rates = learner.loop.step_rates or [group["lr"] for group in optimizer.param_groups]
         state.lr_history.append(list(rates))
+        state.loss_history.append(learner.loop.step_loss)
         if names and len(held) == len(rates):
             state.layer_lr_history.append(_layer_rates(names, held, rates))
 
@@ -230,6 +231,7 @@ def _one_epoch(learner: Fitted) -> None:
         record.update(learner.loop.evaluate(plain, bar, learner.metric_set, forwards=forwards, keep=keep))
     record["seconds"] = time.perf_counter() - start
     state.history.append(record)
+    state.epoch_steps.append(len(state.loss_history))  # where the epoch ends in the per-step records
     state.epoch += 1
     notify(learner.callbacks, "on_epoch_end", learner, record)
 

@@ -110,6 +110,7 @@ class Loop:
     check_targets: bool = True
     scheduler: Any = field(default=None, init=False)  # the running fit's, stepped with the optimizer
     step_rates: list[float] = field(default_factory=list, init=False)  # each group's rate in the last step
+    step_loss: float = field(default=float("nan"), init=False)  # the last step's loss: its batches' mean
     checked: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -207,6 +208,7 @@ class Loop:
         progress = progress if progress is not None else EpochProgress()
         total = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
         count = progress.count
+        window, parts = 0.0, 0  # the losses of the batches summed into the coming step
         for i, batch in enumerate(batches, start=progress.batch):
             events.begin()
             model = network() if network is not None else model
@@ -229,7 +231,9 @@ class Loop:
                 optimizer.zero_grad(set_to_none=True)
             with self.no_sync(model, local):
                 self.backward(loss)
+            window, parts = window + float(loss.detach()), parts + 1  # read already: diverged() synchronised
             if step_now:
+                self.step_loss, window, parts = window / parts, 0.0, 0
                 self.optimizer_step(optimizer)
                 events.stepped(optimizer)
             n = count_samples(targets)

@@ -81,6 +81,8 @@ def capture(state: FitState, trained: Trained) -> dict[str, Any]:
         history=state.history,
         lr_history=state.lr_history,
         layer_lr_history=state.layer_lr_history,
+        loss_history=state.loss_history,
+        epoch_steps=state.epoch_steps,
         position=_position(state),
     )
 
@@ -122,6 +124,8 @@ def restore(path: str | Path, state: FitState, trained: Trained) -> FitState:
         history=list(saved["history"]),
         lr_history=[list(r) for r in saved["lr_history"]],
         layer_lr_history=[dict(r) for r in saved.get("layer_lr_history", [])],
+        loss_history=[float(x) for x in saved.get("loss_history", [])],  # absent from older checkpoints
+        epoch_steps=[int(x) for x in saved.get("epoch_steps", [])],
         resumed=Path(path),
     )
 

@@ -31,6 +31,10 @@ class FitState:
         layer_lr_history: per step, ``{layer group: rate}`` over every layer group of the model, in the
             plan's order (``body0``, ..., ``head``), ``None`` for a frozen group; decay and no-decay optimizer
             groups of a layer group are one entry.
+        loss_history: per optimizer step, over every fit, the training loss of the step (the mean over the
+            batches whose gradients it summed; this process's batches under ``torchrun``).
+        epoch_steps: per history row, the optimizer steps done (over every fit) when its epoch ended: where
+            the epoch ends in ``loss_history`` and ``layer_lr_history``.
         best_epoch: the best epoch by the monitored value (:class:`~torchgraft.train.callbacks.BestEpoch`).
         stop: a callback sets it to end the fit after the current epoch.
         stepped: whether the last batch ended with an optimizer step.
@@ -48,6 +52,8 @@ class FitState:
     history: list[dict[str, Any]] = field(default_factory=list)
     lr_history: list[list[float]] = field(default_factory=list)
     layer_lr_history: list[dict[str, float | None]] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
     best_epoch: dict[str, Any] | None = None
     stop: bool = False
     stepped: bool = False
