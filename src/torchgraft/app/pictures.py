@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,11 @@ def write_pictures(
     *,
     inputs: ValidationInputs | None,
     loader: Any,
-    say: Callable[[str], None] = print,
 ) -> list[Path]:
     """``per_class.csv`` and the task's pictures in ``RUN_DIR/pictures`` from the validation ``batches`` (as
     :meth:`Task.kept` made them, in the order of ``loader``, the whole validation loader); ``inputs``: the
     validation samples in the data's order (``None``: the worst samples are not shown). Without matplotlib
-    the table is written and the pictures are skipped, said once."""
+    the table is written and the pictures are skipped, said once on stderr."""
     files = []
     rows = task.per_class(batches, classes)
     if rows:

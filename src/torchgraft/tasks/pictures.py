@@ -92,9 +92,17 @@ def show_worst(
         ]
         return write_text_table(header, rows, directory / "worst_texts.png", directory / "worst_texts.csv")
     assert inputs.load is not None, "ValidationInputs of images need load="
-    images = [np.asarray(inputs.load(inputs.items[i])) for i in chosen]
+    images = [_small(inputs.load(inputs.items[i])) for i in chosen]
     names = [f"{Path(inputs.items[i]).name}\n{caption}" for i, caption in zip(chosen, captions, strict=True)]
     return [_thumbnails(images, names, directory / "worst.png")]
+
+
+def _small(image: Any, side: int = 256) -> np.ndarray:
+    """A PIL image shrunk to fit ``side`` pixels (a photo of 4000 px is not drawn whole), as an array."""
+    if hasattr(image, "thumbnail"):
+        image = image.copy()
+        image.thumbnail((side, side))
+    return np.asarray(image)
 
 
 def _thumbnails(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, columns: int = 4) -> Path:

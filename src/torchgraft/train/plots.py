@@ -38,6 +38,11 @@ def stage_name(row: dict[str, Any]) -> str:
     return str(row.get("stage") or f"phase {row.get('phase', 0)}")
 
 
+def _numbers(history: Sequence[dict[str, Any]], key: str) -> bool:
+    """Whether every value of ``key`` in the history is a number (a metric, not a name or a flag)."""
+    return all(isinstance(row[key], int | float) and not isinstance(row[key], bool) for row in history if key in row)
+
+
 def smoothed(values: Sequence[float], *, span: int) -> list[float]:
     """The exponential moving average of ``values`` over about ``span`` values (``alpha = 2 / (span + 1)``),
     bias-corrected at the start (the first value is itself, not a fraction of it); NaN values are skipped
@@ -95,10 +100,12 @@ class RunAxis:
 
     def decorate(self, axis: Any) -> None:
         """Stage boundaries as labelled vertical lines, integer epoch ticks (on top when x counts steps)."""
+        upright = len(self.stages) > 3  # gradual unfreezing: many short stages, names written upwards
         for i, (x, name) in enumerate(self.stages):
             if i:
                 axis.axvline(x, color="0.4", linestyle="--", linewidth=1)
-            axis.text(x, 0.98, f" {name}", transform=axis.get_xaxis_transform(), ha="left", va="top", fontsize="small")
+            where = {"transform": axis.get_xaxis_transform(), "ha": "left", "va": "top", "fontsize": "small"}
+            axis.text(x, 0.98, f" {name}", rotation=90 if upright else 0, **where)
         every = max(1, math.ceil(len(self.ends) / 15))  # at most ~15 epoch labels
         ticks = [(x, str(i + 1)) for i, x in enumerate(self.ends) if i % every == every - 1 or i == len(self.ends) - 1]
         if self.per_step:
@@ -143,7 +150,9 @@ def history_figure(
         raise ValueError("plot_history: the history is empty; train for at least one epoch first.")
     plt = _pyplot()
     run = RunAxis.of(history, epoch_steps, len(step_losses))
-    metrics = [k for k in dict.fromkeys(k for row in history for k in row) if k not in _NOT_METRICS]
+    metrics = [
+        k for k in dict.fromkeys(k for row in history for k in row) if k not in _NOT_METRICS and _numbers(history, k)
+    ]
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4.2))
     if run.per_step:
         steps = range(1, len(step_losses) + 1)
