@@ -28,9 +28,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(data.images, dtype=torch.float32)[:, None] / 16, torch.tensor(data.target)
 
 
-def _loaders(digits, *, drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
+def _loaders(digits, *, drop_last: bool = False, n: int = 1400) -> tuple[DataLoader, DataLoader]:
     x, y = digits
-    train = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=64, shuffle=True, drop_last=drop_last)
+    train = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=64, shuffle=True, drop_last=drop_last)
     return train, DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=256)
 
 
@@ -50,9 +50,9 @@ def _cnn() -> nn.Module:
 
 @pytest.mark.parametrize("accumulate", [1, 3])
 def test_loss_history_holds_each_steps_loss(digits, accumulate):
-    learner = Learner(_cnn(), *_loaders(digits, drop_last=True), quiet=True, accumulate=accumulate)
+    learner = Learner(_cnn(), *_loaders(digits, drop_last=True, n=600), quiet=True, accumulate=accumulate)
     learner.fit_one_cycle(2, 3e-3)
-    per_epoch = 21 // accumulate  # 21 batches of 64; a step sums `accumulate` of them
+    per_epoch = 9 // accumulate  # 9 batches of 64; a step sums `accumulate` of them
     assert len(learner.loss_history) == 2 * per_epoch and learner.epoch_steps == [per_epoch, 2 * per_epoch]
     for row, start in zip(learner.history, (0, per_epoch), strict=True):
         steps = learner.loss_history[start : start + per_epoch]
@@ -66,26 +66,27 @@ def test_loss_history_of_a_run_resumed_mid_stage_equals_the_uninterrupted_one(di
         torch.manual_seed(0)
         model = graft(_cnn(), 10, cut="6", input_size=(1, 8, 8))
         callbacks = [watch] if watch else []
-        return Learner(model, *_loaders(digits), quiet=True, checkpoint_dir=directory, callbacks=callbacks)
+        loaders = _loaders(digits, n=320)  # 5 steps an epoch
+        return Learner(model, *loaders, quiet=True, checkpoint_dir=directory, callbacks=callbacks)
 
     straight = learner_for(tmp_path / "a")
     straight.fine_tune(2, 1e-2, freeze_epochs=2)
 
     def stop(learner: Learner) -> None:
-        if learner.stage == "unfrozen" and learner.epoch == 1 and learner.step == 22 + 4:
+        if learner.stage == "unfrozen" and learner.epoch == 1 and learner.step == 5 + 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         learner_for(tmp_path / "b", LambdaCallback(on_step_end=stop)).fine_tune(2, 1e-2, freeze_epochs=2)
     saved = read_state(tmp_path / "b" / "last.pt")
-    assert len(saved["loss_history"]) == saved["epoch_steps"][-1] == 66  # three epochs of 22 steps were saved
+    assert len(saved["loss_history"]) == saved["epoch_steps"][-1] == 15  # three epochs of 5 steps were saved
     resumed = learner_for(tmp_path / "b")
     resumed.fine_tune(2, 1e-2, freeze_epochs=2, resume=tmp_path / "b" / "last.pt")
-    assert resumed.epoch_steps == straight.epoch_steps == [22, 44, 66, 88]
+    assert resumed.epoch_steps == straight.epoch_steps == [5, 10, 15, 20]
     assert resumed.loss_history == straight.loss_history  # the same steps, bit for bit: the curve is whole
     run = RunAxis.of(resumed.history, resumed.epoch_steps, len(resumed.loss_history))
     stages = [stage_name(resumed.history[0]), stage_name(resumed.history[2])]  # frozen, unfrozen (or phase 0, 1)
-    assert run.per_step and run.stages == [(0.5, stages[0]), (44.5, stages[1])]
+    assert run.per_step and run.stages == [(0.5, stages[0]), (10.5, stages[1])]
 
     figure = lrs_figure(resumed.layer_lr_history, history=resumed.history, epoch_steps=resumed.epoch_steps)
     axis = figure.axes[0]
@@ -93,7 +94,7 @@ def test_loss_history_of_a_run_resumed_mid_stage_equals_the_uninterrupted_one(di
     labels = [text.get_text() for text in axis.get_legend().get_texts()]
     assert [label.split(":")[0] for label in labels] == names and names[-1] == "head"
     assert not any("group" in label for label in labels)  # the plan's names, not optimizer groups
-    assert [line.get_xdata()[0] for line in axis.get_lines()[len(names) :]] == [44.5]  # the stage boundary
+    assert [line.get_xdata()[0] for line in axis.get_lines()[len(names) :]] == [10.5]  # the stage boundary
     assert [t.get_text() for t in axis.child_axes[0].get_xticklabels()] == ["1", "2", "3", "4"]
 
 
