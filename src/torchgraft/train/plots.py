@@ -108,6 +108,7 @@ class RunAxis:
             axis.text(x, 0.98, f" {name}", rotation=90 if upright else 0, **where)
         every = max(1, math.ceil(len(self.ends) / 15))  # at most ~15 epoch labels
         ticks = [(x, str(i + 1)) for i, x in enumerate(self.ends) if i % every == every - 1 or i == len(self.ends) - 1]
+        axis.set_xlim(0.5, self.ends[-1] + 0.5)  # from the first stage's mark to the last epoch's end
         if self.per_step:
             axis.set_xlabel("optimizer step")
             axis.xaxis.get_major_locator().set_params(integer=True)
@@ -117,6 +118,11 @@ class RunAxis:
         else:
             axis.set_xticks([x for x, _ in ticks], [label for _, label in ticks])
             axis.set_xlabel("epoch")
+
+
+def _legend_below(axis: Any) -> None:
+    """The legend under the axes, clear of the curves and of the stage names along the top."""
+    axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
 
 
 def plot_history(
@@ -153,25 +159,26 @@ def history_figure(
     metrics = [
         k for k in dict.fromkeys(k for row in history for k in row) if k not in _NOT_METRICS and _numbers(history, k)
     ]
-    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4.8))
     if run.per_step:
         steps = range(1, len(step_losses) + 1)
-        losses.plot(steps, step_losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (each step)")
-        span = max(1, min(50, len(step_losses) // 10))
-        losses.plot(steps, smoothed(step_losses, span=span), color="tab:blue", label=f"train (average of ~{span})")
+        losses.plot(steps, step_losses, color="tab:blue", alpha=0.35, linewidth=0.8, label="train (each step)")
+        span = max(3, min(50, len(step_losses) // 10))
+        average = smoothed(step_losses, span=span)
+        losses.plot(steps, average, color="tab:blue", label=f"train (moving average, ~{span} steps)")
     elif any("train_loss" in row for row in history):
         losses.plot(run.ends, [row.get("train_loss", math.nan) for row in history], marker="o", label="train")
     if any("valid_loss" in row for row in history):
         valid = [row.get("valid_loss", math.nan) for row in history]
         losses.plot(run.ends, valid, marker="o", color="tab:orange", label="valid (each epoch)")
     losses.set(ylabel="loss", title="loss")
-    losses.legend(fontsize="small", loc="upper right")
+    _legend_below(losses)
     run.decorate(losses)
     for key in metrics:
         scores.plot(run.ends, [row.get(key, math.nan) for row in history], marker="o", label=key)
     scores.set(title="validation metrics (each epoch)")
     if metrics:
-        scores.legend(fontsize="small", loc="lower right")
+        _legend_below(scores)
     run.decorate(scores)
     return figure
 
@@ -200,7 +207,7 @@ def lrs_figure(
     if not layer_rates:
         raise ValueError("plot_lrs: no steps recorded; train first.")
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 4.2))
+    figure, axis = plt.subplots(figsize=(8, 4.8))
     names = list(dict.fromkeys(name for row in layer_rates for name in row))
     steps = range(1, len(layer_rates) + 1)
     for name in names:
@@ -209,7 +216,7 @@ def lrs_figure(
         label = f"{name}: peak {max(used):.2g}" if used else f"{name}: frozen throughout"
         axis.plot(steps, [math.nan if rate is None else rate for rate in series], label=label)
     axis.set(ylabel="learning rate", yscale="log", title="rate used per layer group (gaps: frozen)")
-    axis.legend(fontsize="small", loc="lower center")
+    _legend_below(axis)
     run = RunAxis.of(history, epoch_steps, len(layer_rates)) if history else None
     if run is not None and run.per_step:
         run.decorate(axis)
