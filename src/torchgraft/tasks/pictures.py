@@ -108,7 +108,7 @@ def _small(image: Any, side: int = 256) -> np.ndarray:
 def _thumbnails(images: Sequence[np.ndarray], captions: Sequence[str], path: Path, columns: int = 4) -> Path:
     plt = pyplot()
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 0.4 + 3.9 * rows), squeeze=False)
     for k, axis in enumerate(axes.flat):
         axis.axis("off")
         if k < len(images):
