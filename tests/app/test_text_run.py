@@ -13,6 +13,7 @@ import torch
 from conftest import bbc_news_root, minilm_folder
 from torchgraft.app.run import train_run, validation_outputs
 from torchgraft.app.settings import TrainSettings
+from torchgraft.data.texts import text_data
 from torchgraft.data.tokens import TextPreprocessing
 from torchgraft.ship.export import load_exported
 from torchgraft.ship.predict import predict_texts
@@ -34,7 +35,7 @@ def news_run(bbc_folder, tmp_path_factory):
     return result, lines
 
 
-def test_a_text_run_from_class_folders_learns_and_writes_everything(news_run):
+def test_a_text_run_from_class_folders_learns_and_writes_everything(news_run, bbc_folder):
     result, lines = news_run
     assert any(line.startswith("data: text classify: 5 classes, 120 train / 30 valid texts") for line in lines)
     assert [r["phase"] for r in result.history] == [0, 0, 1]
@@ -43,6 +44,13 @@ def test_a_text_run_from_class_folders_learns_and_writes_everything(news_run):
     assert {"model.json", "history.csv", "hf/config.json", "hf/tokenizer.json", "hf/tokenizer_config.json"} <= names
     assert isinstance(result.preprocessing, TextPreprocessing) and result.preprocessing.max_length == 64
     assert "Pool(mode='mean'" in (result.run_dir / "plan.txt").read_text()
+
+    data = text_data(bbc_folder)  # the run's split (the same valid_pct and seed)
+    truth = {text: data.classes[target] for text, target in data.valid}
+    worst = list(csv.DictReader((result.run_dir / "pictures" / "worst_texts.csv").open()))
+    losses = [float(row["loss"]) for row in worst]
+    assert len(worst) == 8 and losses == sorted(losses, reverse=True)  # the highest-loss texts, worst first
+    assert all(row["what"].startswith(f"true {truth[row['text']]}\n") for row in worst)  # each its own class
 
 
 def test_the_export_rebuilds_bit_equal_from_its_files_and_predicts(news_run):

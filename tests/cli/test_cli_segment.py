@@ -6,6 +6,7 @@ at each image's size, overlays, per-class fractions) and ``export`` to ONNX."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 from pathlib import Path
@@ -58,6 +59,12 @@ def test_run_dir_has_segmentation_history_per_class_iou_and_mask_plots(segment_r
     for name in ("model.json", "model.safetensors", "history.csv", "plan.txt", "masks.png", "loss.png"):
         assert (run_dir / name).is_file(), name
     assert Image.open(run_dir / "masks.png").size[0] > 300  # three columns of four examples
+    assert Image.open(run_dir / "pictures" / "worst_masks.png").size[0] > 300  # the task's own pictures
+    assert (run_dir / "pictures" / "per_class_iou.png").is_file()
+    with (run_dir / "per_class.csv").open() as handle:
+        rows = {row["class"]: row for row in csv.DictReader(handle)}
+    for name, iou in final["per_class_iou"].items():  # the same validation outputs as the report's
+        assert (rows[name]["iou"] == "") if iou is None else float(rows[name]["iou"]) == pytest.approx(iou, abs=1e-4)
     config = json.loads((run_dir / "model.json").read_text())
     graft = config["graft"]
     assert (graft["n_out"], graft["method"]) == (11, "dense")

@@ -99,6 +99,10 @@ def test_multilabel_scenes_train_export_and_predict(scenes, tmp_path):
     config = json.loads((tmp_path / "run" / "model.json").read_text())
     assert config["task"]["name"] == "multilabel" and config["task"]["threshold"] == final["threshold"]
     assert not (tmp_path / "run" / "confusion.png").exists()
+    pictures = {p.name for p in (tmp_path / "run" / "pictures").iterdir()}
+    assert {"per_class_f1.png", "threshold.png", "worst.png"} <= pictures and "confusion.png" not in pictures
+    per_class = list(csv.DictReader((tmp_path / "run" / "per_class.csv").open()))
+    assert [row["class"] for row in per_class] == summary["classes"]
     image = scenes / "img" / "000.png"
     _same_outputs(tmp_path / "run", image)
     result = subprocess.run(
@@ -122,6 +126,9 @@ def test_regression_coverage_train_export_and_predict(scenes, tmp_path):
     assert summary["final"]["mae"] < 0.8 * baseline  # better than always predicting the mean
     config = json.loads((tmp_path / "run" / "model.json").read_text())
     assert config["task"]["name"] == "regression" and config["classes"] == ["coverage"]
+    assert {p.name for p in (tmp_path / "run" / "pictures").iterdir()} == {"scatter.png", "worst.png"}
+    (row,) = csv.DictReader((tmp_path / "run" / "per_class.csv").open())
+    assert row["class"] == "coverage" and float(row["mae"]) == pytest.approx(summary["final"]["mae"], rel=1e-4)
     image = scenes / "img" / "001.png"
     _same_outputs(tmp_path / "run", image)
     exported = load_exported(tmp_path / "run")

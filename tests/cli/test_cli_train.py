@@ -3,6 +3,7 @@ the exported model in a fresh process, and every documented error path of the co
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -65,9 +66,12 @@ def trained(folder, tmp_path_factory) -> Path:
 def test_train_writes_a_complete_run_dir(trained):
     names = {p.name for p in trained.iterdir()}
     assert {"model.safetensors", "model.json", "history.csv", "history.json", "plan.txt"} <= names
-    assert {"loss.png", "lr.png", "confusion.png"} <= names
-    for png in ("loss.png", "lr.png", "confusion.png"):
+    assert {"loss.png", "lr.png", "per_class.csv", "pictures"} <= names
+    for png in ("loss.png", "lr.png", "pictures/confusion.png", "pictures/worst.png"):  # the task's own: pictures/
         assert (trained / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_class = list(csv.DictReader((trained / "per_class.csv").open()))
+    assert [row["class"] for row in per_class] == ["cat", "coffee"]
+    assert all(0 <= float(row[k]) <= 1 for row in per_class for k in ("precision", "recall", "f1"))
     config = json.loads((trained / "model.json").read_text())
     assert config["classes"] == ["cat", "coffee"]  # the empty class folder is left out
     assert config["architecture"] == "timm/efficientnet_lite0"

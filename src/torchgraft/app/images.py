@@ -15,8 +15,10 @@ from torchgraft.app.defaults import IMAGE_DEFAULTS
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, read_options
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.folders import ImageData, image_data
+from torchgraft.data.images import load_rgb
 from torchgraft.data.preprocess import PixelCollate, Preprocessing, preprocessing_for
 from torchgraft.grafting.surgery import graft
+from torchgraft.tasks.pictures import ValidationInputs
 from torchgraft.weights.pretrained import check_weights, pretrained_model
 
 __all__ = ["ImageInput"]
@@ -81,3 +83,7 @@ class ImageInput(InputRecipe):
         augmented = prep.train_transform(augment=settings.augment, normalize=not on_device)
         train, valid = data.datasets(augmented, prep.eval_transform(normalize=not on_device))
         return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep) if on_device else None)
+
+    def validation_inputs(self, data: LabelledData) -> ValidationInputs:
+        """The validation image files, read as training reads them."""
+        return ValidationInputs("image", [str(path) for path, _ in data.valid], load=load_rgb)

@@ -25,6 +25,7 @@ from torchgraft.tasks import TASKS
 
 if TYPE_CHECKING:
     from torchgraft.ship.export import Preprocessor
+    from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = [
     "CUDA_PREFETCH",
@@ -113,6 +114,11 @@ class InputRecipe:
     def figures(self, data: LabelledData, built: Built, device: torch.device, run_dir: Path) -> list[Path]:
         """Pictures of the trained model on validation inputs (default: none)."""
         return []
+
+    def validation_inputs(self, data: LabelledData) -> ValidationInputs | None:
+        """The validation samples in the data's order, for the task's pictures of the worst ones (image files,
+        or texts); default: none known."""
+        return None
 
 
 def target_layout(settings: TrainSettings) -> str | None:

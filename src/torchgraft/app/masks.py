@@ -29,6 +29,7 @@ from torchgraft.data.preprocess import Preprocessing, preprocessing_for
 from torchgraft.grafting.decoders import DECODERS
 from torchgraft.grafting.dense import graft_dense
 from torchgraft.tasks import TASKS
+from torchgraft.tasks.pictures import ValidationInputs
 from torchgraft.weights.pretrained import check_weights, pretrained_model
 
 __all__ = ["MaskInput", "looks_like_masks"]
@@ -107,6 +108,12 @@ class MaskInput(InputRecipe):
         train = MaskDataset(data.train, augmented, data.colours, plain=plain)
         valid = MaskDataset(data.valid, plain, data.colours)
         return dataset_loaders(train, valid, settings, device)
+
+    def validation_inputs(self, data: LabelledData) -> ValidationInputs:
+        """The validation images (their masks come with the outputs) and the classes' colours."""
+        assert isinstance(data, MaskData)
+        colours = class_colours(len(data.classes), data.colours)
+        return ValidationInputs("image", [str(image) for image, _ in data.valid], load=load_rgb, colours=colours)
 
     def figures(self, data: LabelledData, built: Built, device: torch.device, run_dir: Path) -> list[Path]:
         """``masks.png`` (with matplotlib installed)."""

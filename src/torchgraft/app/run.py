@@ -12,9 +12,12 @@ monitored metric, or the last: ``settings.export``), let the task report on the 
     RUN_DIR/hf/                             text models: the tokenizer and the encoder's config
     RUN_DIR/history.csv, history.json       one row per epoch
     RUN_DIR/plan.txt                        the graft, the layer groups and the stages
-    RUN_DIR/loss.png, lr.png, confusion.png plots (with matplotlib installed; the confusion matrix for
-                                            single-label classification; segmentation: masks.png, a few
-                                            validation images with true and predicted masks)
+    RUN_DIR/loss.png, lr.png                plots (with matplotlib installed): each step's loss and each
+                                            epoch's validation, each layer group's rate; epochs and stages marked
+    RUN_DIR/pictures/*.png                  the task's pictures (Task.pictures): confusion matrix, worst samples,
+                                            per-class bars, threshold curve, scatter, worst masks
+    RUN_DIR/per_class.csv                   the task's per-class metrics on the exported epoch (Task.per_class)
+    RUN_DIR/masks.png                       segmentation: a few validation images with true and predicted masks
     RUN_DIR/checkpoints/last.pt, best.pt    resumable training state
     RUN_DIR/report.html                     one page of it all (torchgraft.app.report); model.json's timings and
                                             environment say where the time went and what the run ran on
@@ -33,6 +36,7 @@ from typing import Any
 
 import torch
 
+from torchgraft.app.pictures import write_pictures
 from torchgraft.app.prepare import Prepared, prepare_run
 from torchgraft.app.report import write_report
 from torchgraft.app.rundir import claim_run_dir
@@ -106,12 +110,9 @@ def _write_history(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     return [run_dir / "history.json", run_dir / "history.csv"]
 
 
-def _plots(learner: Learner, matrix: list[list[int]] | None, classes: list[str], run_dir: Path) -> list[Path]:
+def _plots(learner: Learner, run_dir: Path) -> list[Path]:
     try:
-        from torchgraft.train.plots import plot_confusion
-
-        files = learner.plot(run_dir)
-        return files if matrix is None else [*files, plot_confusion(matrix, classes, run_dir / "confusion.png")]
+        return learner.plot(run_dir)
     except ImportError as error:  # matplotlib is optional: the run itself is complete without plots
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
@@ -269,7 +270,8 @@ def _finish(
     batches, why = learner.kept.outputs_of(final["exported_epoch"] - 1)  # as the exported epoch validated
     if batches is None:
         say(f"report: a second pass over the validation set ({why})")
-        batches = validation_batches(model, learner.full_valid_dl, device=learner.device, task=learner.task)
+        fresh = validation_batches(model, learner.full_valid_dl, device=learner.device, task=learner.task)
+        batches = [learner.task.kept(outputs, targets) for outputs, targets in fresh]  # as kept: for the pictures too
     summary = learner.task.report(batches, classes)
     final.update(summary.final)
     for line in summary.lines:
@@ -296,7 +298,9 @@ def _finish(
         *_write_history(history, run_dir),
     ]
     clock.lap("export")
-    files += _plots(learner, summary.confusion, classes, run_dir)
+    files += _plots(learner, run_dir)
+    inputs = run.recipe.validation_inputs(run.data)
+    files += write_pictures(learner.task, batches, classes, run_dir, inputs=inputs, loader=learner.full_valid_dl)
     files += run.recipe.figures(run.data, run.built, learner.device, run_dir)
     clock.lap("plots")
     files += sorted((run_dir / "checkpoints").glob("*.pt"))  # written during training (last.pt, best.pt)

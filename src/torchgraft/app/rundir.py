@@ -26,6 +26,7 @@ RUN_FILES = (
     "confusion.png",
     "masks.png",
     "report.html",
+    "per_class.csv",
     "model.onnx",
     "model.pt2",
     "preprocessing.json",
@@ -35,7 +36,8 @@ RUN_FILES = (
     "model.json.partial",
     "model.safetensors.partial",
 )
-RUN_FOLDERS = ("checkpoints", "hf")  # written whole by a run: checkpoints (last.pt, best.pt), a text model's tokenizer
+RUN_FOLDERS = ("checkpoints", "hf", "pictures")  # written whole by a run: checkpoints, a text model's tokenizer, the
+# task's pictures
 DEPLOYED = ("model.onnx", "model.pt2", "preprocessing.json", "preprocessing.pt2.json")  # torchgraft export's files
 # what says a run got somewhere (a folder holding only plan.txt is a run killed before its first checkpoint:
 # nothing of it can answer for the next run, which rewrites plan.txt)

@@ -30,6 +30,7 @@ from torchgraft.data.streams import SampleStream, StreamData, as_target
 from torchgraft.data.texts import TextData
 from torchgraft.data.tokens import PadCollate
 from torchgraft.data.wds import looks_like_shards, shard_kind, wds_data
+from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["PreparedRows", "ShardInput"]
 
@@ -161,6 +162,10 @@ class ShardInput(InputRecipe):
         transforms = [prep.train_transform(augment=settings.augment), prep.eval_transform()]  # type: ignore[union-attr]
         prepares = [_ImageItem(t, task, count) for t in transforms]
         return prepares, default_collate
+
+    def validation_inputs(self, data: LabelledData) -> ValidationInputs | None:
+        """A map-style text dataset's texts (as the text recipe); shards and image datasets: none kept at hand."""
+        return _TEXTS.validation_inputs(data) if isinstance(data, TextData) else None
 
     def examples(self, data: LabelledData, count: int = 4) -> list[str]:
         """A few validation image files (when the dataset names them) or texts."""

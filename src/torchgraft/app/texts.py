@@ -17,6 +17,7 @@ from torchgraft.app.settings import TrainSettings
 from torchgraft.data.texts import TextData, looks_like_text, text_data
 from torchgraft.data.tokens import LengthGroupedBatches, PadCollate, TextPreprocessing, TokenDataset
 from torchgraft.grafting.surgery import graft
+from torchgraft.tasks.pictures import ValidationInputs
 from torchgraft.weights.hf import DEFAULT_TEXT_MODEL, hf_max_length, hf_text_model
 
 __all__ = ["HF_FOLDER", "TextInput", "text_loaders"]
@@ -128,3 +129,7 @@ class TextInput(InputRecipe):
     def examples(self, data: LabelledData, count: int = 4) -> list[str]:
         """A few validation texts (each cut to 5,000 characters)."""
         return [text[:5000] for text, _ in data.valid[:count]]
+
+    def validation_inputs(self, data: LabelledData) -> ValidationInputs:
+        """The validation texts."""
+        return ValidationInputs("text", [text for text, _ in data.valid])

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torchmetrics
 
 from torchgraft.tasks.batch import output_tensor, split_batch
+
+if TYPE_CHECKING:
+    from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["TARGET_LAYOUTS", "Task", "TaskReport"]
 
@@ -124,6 +128,32 @@ class Task:
         CPU, in order); may set what the task decides on validation (multi-label: the threshold) before the
         export records it. The base class reports nothing (the batches are not read)."""
         return TaskReport()
+
+    def pictures(
+        self,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        classes: Sequence[str],
+        directory: Path,
+        *,
+        inputs: ValidationInputs | None = None,
+        count: int = 8,
+    ) -> list[Path]:
+        """The task's own pictures of the validation set, as PNG files in ``directory`` (a run's
+        ``RUN_DIR/pictures``), from the batches :meth:`kept` made (the exported epoch's, in the validation
+        order): the confusion matrix and the ``count`` highest-loss samples (classification), per-label F1 and
+        the threshold curve (multi-label), predicted against true (regression), the worst masks
+        (segmentation). ``inputs`` says what the samples are, to show the worst ones (images, or texts as a
+        table); without it those are left out. Returns the files written; the base class draws none. Needs
+        matplotlib (:mod:`torchgraft.figures`)."""
+        return []
+
+    def per_class(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """One row per class (or label, or target) of the task's per-class metrics over the validation set,
+        from the batches :meth:`kept` made: ``class``, ``support`` and the values (a run writes them to
+        ``RUN_DIR/per_class.csv``). The base class has none."""
+        return []
 
     def kept(self, outputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """What a run keeps of one validation batch for :meth:`report`, on the CPU (the report after training

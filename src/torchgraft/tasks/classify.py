@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torchmetrics
@@ -13,6 +14,9 @@ from torchmetrics import classification as tmc
 from torchgraft.tasks.balance import balanced_weights, class_counts
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import ErrorRate, TargetError, check_class_targets
+
+if TYPE_CHECKING:
+    from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Classification"]
 
@@ -155,13 +159,65 @@ class Classification(Task):
 
     def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
         """The validation set's confusion matrix (rows: true class, columns: predicted), to draw."""
-        n = len(classes)
-        matrix = torch.zeros(n * n, dtype=torch.long)
-        for outputs, targets in batches:
-            matrix += torch.bincount(targets.long() * n + outputs.argmax(dim=1), minlength=n * n)
-        return TaskReport(confusion=matrix.view(n, n).tolist())
+        return TaskReport(confusion=_confusion(batches, len(classes)).tolist())
+
+    def per_class(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Per class: ``support`` (validation samples of the class), ``precision``, ``recall`` and ``f1`` of
+        the argmax predictions (0 where a ratio has nothing to divide by, as torchmetrics)."""
+        matrix = _confusion(batches, len(classes)).double()
+        hits, truth, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
+        precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), 0.0)
+        recall = torch.where(truth > 0, hits / truth.clamp(min=1), 0.0)
+        f1 = torch.where(truth + predicted > 0, 2 * hits / (truth + predicted).clamp(min=1), 0.0)
+        return [
+            {"class": name, "support": int(truth[i]), "precision": float(precision[i]), "recall": float(recall[i]),
+             "f1": float(f1[i])}
+            for i, name in enumerate(classes)
+        ]  # fmt: skip
+
+    def pictures(
+        self,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        classes: Sequence[str],
+        directory: Path,
+        *,
+        inputs: ValidationInputs | None = None,
+        count: int = 8,
+    ) -> list[Path]:
+        """``confusion.png`` and the ``count`` validation samples of highest cross-entropy (``worst.png``,
+        texts: ``worst_texts.png`` and ``.csv``), each with its true class and the predicted one with its
+        probability."""
+        from torchgraft.tasks.pictures import concatenated, plot_confusion, show_worst, worst
+
+        outputs, targets = concatenated(batches)
+        if targets.is_floating_point():  # class probabilities (soft labels): no one true class to count
+            return []
+        files = [plot_confusion(_confusion(batches, len(classes)).tolist(), classes, directory / "confusion.png")]
+        losses = nn.functional.cross_entropy(outputs.float(), targets.long(), reduction="none")
+        probabilities = outputs.float().softmax(dim=1)
+        chosen = worst(losses, count)
+        captions = [
+            f"true {classes[int(targets[i])]}\npredicted {classes[int(probabilities[i].argmax())]} "
+            f"({float(probabilities[i].max()):.2f})\nloss {float(losses[i]):.2f}"
+            for i in chosen
+        ]
+        scores = [
+            ("p(true)", [round(float(probabilities[i, int(targets[i])]), 4) for i in chosen]),
+            ("loss", [round(float(losses[i]), 4) for i in chosen]),
+        ]
+        return files + show_worst(inputs, chosen, captions, directory, total=len(targets), scores=scores)
 
     def record(self) -> dict[str, Any]:
         """The task name, target key, label smoothing and the class weights (when set)."""
         weights = {} if self.class_weights is None else {"class_weights": self.class_weights.tolist()}
         return {**super().record(), "label_smoothing": self.label_smoothing, **weights}
+
+
+def _confusion(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+    """``(n, n)`` counts of (true class, argmax prediction) over ``batches`` (class-index targets)."""
+    matrix = torch.zeros(n * n, dtype=torch.long)
+    for outputs, targets in batches:
+        matrix += torch.bincount(targets.long() * n + outputs.argmax(dim=1), minlength=n * n)
+    return matrix.view(n, n)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torchmetrics
@@ -13,6 +14,9 @@ from torchmetrics import classification as tmc
 from torchgraft.spelling import option
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
+
+if TYPE_CHECKING:
+    from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Multilabel", "best_threshold"]
 
@@ -138,6 +142,71 @@ class Multilabel(Task):
         line = f"threshold: {self.threshold} (best micro-F1 on validation: {f1:.4f})"
         return TaskReport(final={"threshold": self.threshold, "f1_at_threshold": f1}, lines=[line])
 
+    def per_class(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Per label at the task's threshold: ``support`` (validation samples with the label), ``precision``,
+        ``recall`` and ``f1`` (a probability above the threshold is a yes, as in torchmetrics' metrics the
+        run reports; 0 where a ratio has nothing to divide by)."""
+        from torchgraft.tasks.pictures import concatenated
+
+        outputs, targets = concatenated(batches)
+        tp, fp, fn = _counts(outputs.float().sigmoid() > self.threshold, targets.bool())
+        support = targets.bool().sum(0)
+        rows = []
+        for i, name in enumerate(classes):
+            precision = float(tp[i] / (tp[i] + fp[i])) if tp[i] + fp[i] else 0.0
+            recall = float(tp[i] / (tp[i] + fn[i])) if tp[i] + fn[i] else 0.0
+            f1 = float(2 * tp[i] / (2 * tp[i] + fp[i] + fn[i])) if tp[i] + fp[i] + fn[i] else 0.0
+            rows.append({"class": name, "support": int(support[i]), "precision": precision, "recall": recall, "f1": f1})
+        return rows
+
+    def pictures(
+        self,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        classes: Sequence[str],
+        directory: Path,
+        *,
+        inputs: ValidationInputs | None = None,
+        count: int = 8,
+    ) -> list[Path]:
+        """``per_class_f1.png`` (each label's F1 at the threshold), ``threshold.png`` (micro- and macro-F1
+        over thresholds 0.05..0.95, the task's marked) and the ``count`` samples of highest binary
+        cross-entropy (``worst.png``, texts: ``worst_texts``) with their true and predicted labels."""
+        from torchgraft.tasks.pictures import concatenated, plot_bars, plot_curves, show_worst, worst
+
+        rows = self.per_class(batches, classes)
+        outputs, targets = concatenated(batches)
+        probabilities, truth = outputs.float().sigmoid(), targets.bool()
+        title = f"F1 per label at threshold {self.threshold:g} (valid)"
+        files = [plot_bars(classes, [r["f1"] for r in rows], directory / "per_class_f1.png", title=title, label="F1")]
+        grid = [round(0.05 * i, 2) for i in range(1, 20)]
+        micro, macro = [], []
+        for threshold in grid:
+            tp, fp, fn = _counts(probabilities >= threshold, truth)
+            micro.append(float(2 * tp.sum() / max(int(2 * tp.sum() + fp.sum() + fn.sum()), 1)))
+            macro.append(float((2 * tp / (2 * tp + fp + fn).clamp(min=1)).mean()))
+        curves = {"micro-F1": micro, "macro-F1": macro}
+        files.append(
+            plot_curves(
+                grid, curves, directory / "threshold.png", mark=self.threshold, title="F1 by threshold (valid)",
+                xlabel="threshold on the sigmoid",
+            )
+        )  # fmt: skip
+        losses = nn.functional.binary_cross_entropy_with_logits(outputs.float(), targets.float(), reduction="none")
+        losses = losses.mean(dim=1)
+        chosen = worst(losses, count)
+
+        def names(row: torch.Tensor) -> str:
+            return ", ".join(classes[j] for j in row.nonzero().flatten().tolist()) or "none"
+
+        decided = probabilities >= self.threshold  # the task's decisions (decode)
+        captions = [
+            f"true {names(truth[i])}\npredicted {names(decided[i])}\nloss {float(losses[i]):.2f}" for i in chosen
+        ]
+        scores = [("loss", [round(float(losses[i]), 4) for i in chosen])]
+        return files + show_worst(inputs, chosen, captions, directory, total=len(targets), scores=scores)
+
     def prediction(
         self, decoded: dict[str, torch.Tensor], classes: Sequence[str], *, top_k: int
     ) -> tuple[list[tuple[str, float]], dict[str, float]]:
@@ -153,3 +222,8 @@ class Multilabel(Task):
     def record(self) -> dict[str, Any]:
         """The task name, target key, threshold and positive weights."""
         return {**super().record(), "threshold": self.threshold, "pos_weight": self.pos_weight}
+
+
+def _counts(predicted: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per label: true positives, false positives, false negatives of 0/1 decisions ``(N, C)``."""
+    return (predicted & truth).sum(0), (predicted & ~truth).sum(0), (~predicted & truth).sum(0)

@@ -8,7 +8,8 @@ the targets, what always predicting the mean scores)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torchmetrics
@@ -17,6 +18,9 @@ from torch import nn
 from torchgraft.spelling import option
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.metrics import TargetError
+
+if TYPE_CHECKING:
+    from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Regression"]
 
@@ -164,6 +168,54 @@ class Regression(Task):
         """``values``: outputs mapped back to the targets' units."""
         outputs = outputs.float()
         return {"values": outputs * self.std.to(outputs.device) + self.mean.to(outputs.device)}
+
+    def _values(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(true, predicted)`` values in the targets' units, ``(N, K)`` each."""
+        from torchgraft.tasks.pictures import concatenated
+
+        outputs, targets = concatenated(batches)
+        predicted = self.decode(outputs)["values"]
+        return self._columns(predicted, targets).float().reshape(predicted.shape), predicted
+
+    def per_class(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Per target column (``class``: its name): ``support``, ``mae``, ``rmse`` and ``r2`` in its units."""
+        truth, predicted = self._values(batches)
+        errors = predicted - truth
+        rows = []
+        for k, name in enumerate(classes):
+            spread = float(((truth[:, k] - truth[:, k].mean()) ** 2).sum())
+            r2 = 1 - float((errors[:, k] ** 2).sum()) / spread if spread > 0 else float("nan")
+            mae, rmse = float(errors[:, k].abs().mean()), float((errors[:, k] ** 2).mean().sqrt())
+            rows.append({"class": name, "support": len(truth), "mae": mae, "rmse": rmse, "r2": r2})
+        return rows
+
+    def pictures(
+        self,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        classes: Sequence[str],
+        directory: Path,
+        *,
+        inputs: ValidationInputs | None = None,
+        count: int = 8,
+    ) -> list[Path]:
+        """``scatter.png`` (predicted against true, per target, in units) and the ``count`` samples of largest
+        error on the standardised scale (``worst.png``, texts: ``worst_texts``) with true and predicted values."""
+        from torchgraft.tasks.pictures import plot_scatter, show_worst, worst
+
+        truth, predicted = self._values(batches)
+        files = [plot_scatter(truth, predicted, classes, directory / "scatter.png")]
+        scale = self.std if self.loss_scale is None else self.loss_scale
+        errors = (((predicted - truth) / scale) ** 2).sum(dim=1)
+        chosen = worst(errors, count)
+
+        def values(row: torch.Tensor) -> str:
+            return ", ".join(f"{v:.4g}" for v in row.tolist())
+
+        captions = [f"true {values(truth[i])}\npredicted {values(predicted[i])}" for i in chosen]
+        scores = [("squared error (standardised)", [round(float(errors[i]), 4) for i in chosen])]
+        return files + show_worst(inputs, chosen, captions, directory, total=len(truth), scores=scores)
 
     def record(self) -> dict[str, Any]:
         """The task name, target key, loss and the scale of the targets (and of the loss, for outputs in units)."""

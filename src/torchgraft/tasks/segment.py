@@ -14,14 +14,19 @@ matrix accumulated over the whole validation set (and summed over DDP ranks), ne
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 import torchmetrics
 from torch import nn
 
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
+
+if TYPE_CHECKING:
+    from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["IGNORE_INDEX", "ConfusionMatrix", "Segmentation", "per_class_dice", "per_class_iou"]
 
@@ -179,16 +184,68 @@ class Segmentation(Task):
 
     def report(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> TaskReport:
         """Per-class IoU and Dice over the validation set (``None`` for a class in neither masks nor predictions)."""
-        matrix = ConfusionMatrix(len(classes), ignore_index=self.ignore_index)
-        for outputs, targets in batches:
-            matrix.update(outputs, targets)
+        matrix = self._matrix(batches, len(classes))
         final: dict[str, Any] = {}
-        for name, values in (
-            ("per_class_iou", per_class_iou(matrix.matrix)),
-            ("per_class_dice", per_class_dice(matrix.matrix)),
-        ):
+        for name, values in (("per_class_iou", per_class_iou(matrix)), ("per_class_dice", per_class_dice(matrix))):
             final[name] = {c: (None if v != v else round(float(v), 4)) for c, v in zip(classes, values, strict=True)}
         return TaskReport(final=final)
+
+    def _matrix(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        matrix = ConfusionMatrix(n, ignore_index=self.ignore_index)
+        for outputs, targets in batches:
+            matrix.update(outputs, targets)
+        return matrix.matrix
+
+    def per_class(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Per class over the validation pixels (ignored ones left out): ``support`` (pixels of the class in
+        the masks), ``iou`` and ``dice`` (``None`` for a class in neither masks nor predictions)."""
+        matrix = self._matrix(batches, len(classes))
+        iou, dice = per_class_iou(matrix), per_class_dice(matrix)
+        return [
+            {"class": name, "support": int(matrix[i].sum()), "iou": None if iou[i] != iou[i] else float(iou[i]),
+             "dice": None if dice[i] != dice[i] else float(dice[i])}
+            for i, name in enumerate(classes)
+        ]  # fmt: skip
+
+    def pictures(
+        self,
+        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        classes: Sequence[str],
+        directory: Path,
+        *,
+        inputs: ValidationInputs | None = None,
+        count: int = 8,
+    ) -> list[Path]:
+        """``per_class_iou.png`` and ``worst_masks.png``: the ``min(count, 6)`` validation images of lowest pixel
+        accuracy, each with the true and the predicted mask drawn over it (at the size the model saw)."""
+        from torchgraft.tasks.pictures import concatenated, overlay_labels, plot_bars, plot_grid, worst
+
+        rows = self.per_class(batches, classes)
+        iou = [float("nan") if r["iou"] is None else r["iou"] for r in rows]
+        files = [plot_bars(classes, iou, directory / "per_class_iou.png", title="IoU per class (valid)", label="IoU")]
+        predicted, masks = concatenated(batches)
+        predicted = predicted.argmax(dim=1) if predicted.ndim == masks.ndim + 1 else predicted
+        counted = masks != self.ignore_index
+        wrong = ((predicted.long() != masks.long()) & counted).flatten(1).sum(1)
+        errors = wrong / counted.flatten(1).sum(1).clamp(min=1)
+        chosen = worst(errors, min(count, 6))
+        if inputs is None or inputs.kind != "image" or inputs.load is None or len(inputs.items) != len(masks):
+            return files
+        colours = _palette(len(classes), inputs.colours)
+        drawn, names = [], []
+        for i in chosen:
+            image = inputs.load(inputs.items[i]).convert("RGB").resize((masks.shape[2], masks.shape[1]))
+            pixels = np.asarray(image)
+            ignore = self.ignore_index
+            truth = overlay_labels(pixels, masks[i].numpy(), colours, ignore=ignore)
+            guess = overlay_labels(pixels, predicted[i].numpy(), colours, ignore=ignore)
+            drawn.append([pixels, truth, guess])
+            names.append(f"{Path(inputs.items[i]).name}: {1 - float(errors[i]):.2f} of pixels right")
+        columns = ["image (lowest pixel accuracy first)", "true mask", "predicted mask"]
+        files.append(plot_grid(drawn, columns, directory / "worst_masks.png", row_titles=names))
+        return files
 
     def deploy_record(self) -> dict[str, Any]:
         """How a program reads the mask from the ``(N, classes, H, W)`` probabilities (at the image's size:
@@ -198,3 +255,14 @@ class Segmentation(Task):
     def record(self) -> dict[str, Any]:
         """The task name, target key, ignored value and Dice weight."""
         return {**super().record(), "ignore_index": self.ignore_index, "dice_weight": self.dice_weight}
+
+
+def _palette(n: int, colours: Sequence[tuple[int, int, int]] | None) -> np.ndarray:
+    """``(n, 3)`` RGB colours: ``colours`` when given (the data's), else class 0 black (background, left
+    undrawn) and matplotlib's ``tab20`` for the others."""
+    if colours is not None and len(colours) >= n:
+        return np.asarray(colours[:n], dtype=np.float32)
+    from torchgraft.figures import pyplot
+
+    table = pyplot().get_cmap("tab20")
+    return np.asarray([(0.0, 0.0, 0.0)] + [tuple(255 * c for c in table(i % 20)[:3]) for i in range(1, n)])

@@ -1,6 +1,8 @@
 """The validation outputs of the epoch a run exports, kept as the epoch validated, so that the task's report after
 training (:meth:`Task.report <torchgraft.tasks.Task.report>`: the confusion matrix, the multi-label threshold, the
-per-class IoU) reads them instead of running a second full pass over the validation set.
+per-class IoU), its pictures and its per-class table (:meth:`Task.pictures <torchgraft.tasks.Task.pictures>`,
+:meth:`Task.per_class <torchgraft.tasks.Task.per_class>`) read them instead of running a second full pass over
+the validation set.
 
 Kept: the outputs of the epoch that is best so far by the monitored value (the one ``best.pt`` holds and a run
 exports), else of the last epoch; never more than that epoch's and the running one's. Each batch is compacted by
@@ -27,6 +29,7 @@ from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
 __all__ = ["Batches", "KeptOutputs"]
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]  # (outputs, targets) of each validation batch, on the CPU
+_READERS = ("report", "pictures", "per_class")  # the Task hooks that read the kept outputs after training
 
 
 class KeptOutputs(Callback):
@@ -52,7 +55,7 @@ class KeptOutputs(Callback):
         if self._why:
             return None
         task: Task = learner.task
-        if type(task).report is Task.report:  # the task reports nothing: nothing to keep
+        if all(getattr(type(task), hook) is getattr(Task, hook) for hook in _READERS):  # nothing reads them
             self._running = []
             return lambda outputs, targets: None
         running: Batches = []

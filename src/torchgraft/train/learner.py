@@ -329,12 +329,14 @@ class Learner(FineTuning):
         return run_fit(self, "fit_one_cycle", epochs, lr_max, schedule, resume)
 
     def plot(self, directory: str | Path) -> list[Path]:
-        """Write ``loss.png`` (loss and metric curves) and ``lr.png`` (each optimizer group's rate per step)
-        into ``directory``; needs matplotlib."""
+        """Write ``loss.png`` (each step's loss, smoothed, with each epoch's validation loss, and the metrics)
+        and ``lr.png`` (each layer group's rate per step) into ``directory``, over the steps of every fit, epochs
+        ticked and stages marked (:mod:`torchgraft.train.plots`); needs matplotlib."""
         rates = self.layer_lr_history or [  # a model the layer-group rules cannot split: optimizer groups
             {f"optimizer group {i}": rate for i, rate in enumerate(row)} for row in self.lr_history
         ]
-        return plot_training(self.history, rates, directory)
+        records = {"step_losses": self.loss_history, "epoch_steps": self.epoch_steps}
+        return plot_training(self.history, rates, directory, **records)
 
     def lr_find(
         self,
