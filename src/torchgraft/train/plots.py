@@ -48,7 +48,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
         raise ValueError("plot_history: the history is empty; train for at least one epoch first.")
     plt = _pyplot()
     steps = list(range(1, len(history) + 1))
-    metrics = [k for k in history[0] if k not in ("phase", "epoch", "seconds", "train_loss", "valid_loss")]
+    metrics = [k for k in history[0] if k not in ("stage", "phase", "epoch", "seconds", "train_loss", "valid_loss")]
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("train_loss", "valid_loss"):
         if key in history[0]:
