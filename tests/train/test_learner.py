@@ -417,6 +417,9 @@ def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
     resumed, model = learner_for(tmp_path / "b")
     history = resumed.fine_tune(2, 1e-2, freeze_epochs=2, resume=tmp_path / "b" / "last.pt")
     assert len(history) == 4
+    stages = [("frozen", 0, 1), ("frozen", 0, 2), ("unfrozen", 1, 3), ("unfrozen", 1, 4)]  # as never stopped
+    assert [(r["stage"], r["phase"], r["epoch"]) for r in history] == stages
+    assert [(r["stage"], r["epoch"]) for r in straight.history] == [(s, e) for s, _, e in stages]
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
     )
@@ -483,5 +486,7 @@ def test_gradual_fine_tune_unfreezes_from_the_top_and_resumes_in_any_stage(digit
     resumed, model = learner_for(tmp_path / "b", None)
     history = resumed.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True, resume=tmp_path / "b" / "last.pt")
     assert len(history) == 5
+    names = ["frozen", "frozen", "top2", "unfrozen", "unfrozen"]  # the table's stage and epoch, as never stopped
+    assert [(r["stage"], r["epoch"]) for r in history] == list(zip(names, range(1, 6), strict=True))
     for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
