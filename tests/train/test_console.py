@@ -16,26 +16,29 @@ import textwrap
 import time
 
 import torch
-import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchgraft import graft
+from torchgraft import graft, layer_groups
 from torchgraft.train.learner import Learner
 from torchgraft.train.table import epoch_table
 
 
-def _resnet_learner(**options) -> Learner:
-    """resnet18 (three layer groups: body0, body1, head) on 16 random 32 px images of 3 classes."""
+def _three_group_learner(**options) -> Learner:
+    """A small CNN grafted after its pooling (three layer groups: body0, body1, head) on 32 random 8x8 images."""
     torch.manual_seed(0)
-    model = graft(torchvision.models.resnet18(weights=None), 3, input_size=(3, 32, 32))
-    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 3
+    body = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+    )
+    model = graft(nn.Sequential(*body, nn.Flatten(), nn.Linear(16, 10)), 3, cut="4", input_size=(1, 8, 8))
+    assert [g.name for g in layer_groups(model)] == ["body0", "body1", "head"]
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 3
     train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
-    return Learner(model, train, DataLoader(TensorDataset(x, y), batch_size=8), task="classify", **options)
+    return Learner(model, train, DataLoader(TensorDataset(x, y), batch_size=16), task="classify", **options)
 
 
 def test_a_fine_tune_prints_one_table_with_the_stage_and_the_epoch_within_the_run(capsys):
-    learner = _resnet_learner(progress=False)
+    learner = _three_group_learner(progress=False)
     history = learner.fine_tune(2, 1e-3, freeze_epochs=1, gradual=True)  # frozen, top2, unfrozen
     out = capsys.readouterr().out.splitlines()
     headers = [i for i, line in enumerate(out) if line.split()[:2] == ["stage", "epoch"]]
@@ -71,21 +74,22 @@ _SCRIPT = textwrap.dedent(
     import time
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader, Dataset
-    from torchgraft import graft
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+    from torchgraft import graft, layer_groups
     from torchgraft.train.learner import Learner
 
-    class Slow(Dataset):  # 10 batches of 4 at 0.04 s each: the bar refreshes (every 0.1 s) inside an epoch
+    class Slow(Dataset):  # 10 batches of 2 at 0.03 s each: the bar refreshes (every 0.1 s) inside an epoch
         def __init__(self):
-            self.x, self.y = torch.randn(40, 6), torch.arange(40) % 3
+            self.x, self.y = torch.randn(20, 6), torch.arange(20) % 3
         def __len__(self):
-            return 40
+            return 20
         def __getitem__(self, i):
-            time.sleep(0.01)
+            time.sleep(0.015)
             return self.x[i], self.y[i]
 
     model = graft(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)), 3, cut=-1, input_size=(6,))
-    learner = Learner(model, DataLoader(Slow(), batch_size=4), DataLoader(Slow(), batch_size=8), task="classify")
+    valid = DataLoader(TensorDataset(torch.randn(8, 6), torch.arange(8) % 3), batch_size=8)
+    learner = Learner(model, DataLoader(Slow(), batch_size=2), valid, task="classify")
     learner.fine_tune(1, 1e-3, freeze_epochs=1)  # progress left to the default: stderr is a terminal
     """
 )
