@@ -37,7 +37,8 @@ def _three_group_learner(**options) -> Learner:
     return Learner(model, train, DataLoader(TensorDataset(x, y), batch_size=16), task="classify", **options)
 
 
-def test_a_fine_tune_prints_one_table_with_the_stage_and_the_epoch_within_the_run(capsys):
+def test_a_fine_tune_prints_one_table_with_the_stage_and_the_epoch_within_the_run(capsys, monkeypatch):
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "3600")  # no batch line between the rows on a slow machine
     learner = _three_group_learner(progress=False)
     history = learner.fine_tune(2, 1e-3, freeze_epochs=1, gradual=True)  # frozen, top2, unfrozen
     out = capsys.readouterr().out.splitlines()
