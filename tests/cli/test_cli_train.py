@@ -79,10 +79,18 @@ def test_train_writes_a_complete_run_dir(trained):
     assert "offline package" in config["weights"]
     assert config["graft"]["method"] == "timm" and config["graft"]["input_size"] == [3, 32, 32]
     history = json.loads((trained / "history.json").read_text())
-    assert [row["phase"] for row in history] == [0, 1]
-    assert "accuracy" in (trained / "history.csv").read_text().splitlines()[0]
+    assert [(row["stage"], row["phase"], row["epoch"]) for row in history] == [("frozen", 0, 1), ("unfrozen", 1, 2)]
+    header = (trained / "history.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["stage", "phase", "epoch"] and "accuracy" in header
+    assert config["final"]["exported"]["stage"] == history[config["final"]["exported_epoch"] - 1]["stage"]
     plan = (trained / "plan.txt").read_text()
-    assert "layer groups" in plan
+    assert "layer groups: the rate each stage trains a group at, or frozen" in plan
+    table = plan.split("layer groups: the rate each stage trains a group at, or frozen\n")[1].split("split:")[0]
+    header, *rows = [line.split() for line in table.splitlines() if line.strip()]
+    assert header[-2:] == ["frozen", "unfrozen"] and "state" not in header  # one column per stage
+    assert [row[0] for row in rows][-1] == "head" and len(rows) > 1
+    assert all(row[-2:] == ["frozen", "0.003"] for row in rows[:-1])  # the body trains once unfrozen only
+    assert rows[-1][-2:] == ["0.003", "0.003"] and "trainable" not in table
     assert "stages (as fine_tune runs them):" in plan and "\n  frozen " in plan and "\n  unfrozen " in plan
     best = read_state(trained / "checkpoints" / "best.pt")  # the export is the best epoch, and says which
     assert config["final"]["exported_epoch"] == 1 + next(
@@ -151,7 +159,8 @@ def test_train_reports_corrupt_files_without_skip_bad(folder, tmp_path, capsys):
     assert not (tmp_path / "run" / "model.json").exists()
 
 
-def test_train_prints_plan_and_epoch_table(folder, tmp_path, capsys):
+def test_train_prints_plan_and_epoch_table(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "0")  # piped (captured): a plain line after every batch
     args = ["train", str(folder), *MODEL, "--epochs", "1", "--freeze-epochs", "0", "--skip-bad", "--valid-pct", "0.34"]
     args += ["--check", "full"]  # the corrupt file's header is whole: the default check (header) keeps it
     assert main([*args, "--out", str(tmp_path / "run"), "--weights", "none", "--augment", "none"]) == 0
@@ -160,8 +169,11 @@ def test_train_prints_plan_and_epoch_table(folder, tmp_path, capsys):
     assert "class folder 'empty' holds no image files: left out" in out
     assert "weights: none (random initialisation)" in out
     assert "layer groups" in out
-    header = next(line for line in out.splitlines() if "train_loss" in line)
-    assert header.split() == ["epoch", "train_loss", "valid_loss", "accuracy", "seconds"]
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "train_loss" in line)
+    assert lines[header].split() == ["stage", "epoch", "train_loss", "valid_loss", "accuracy", "seconds"]
+    assert lines[header + 1].split()[:2] == ["unfrozen", "1"]  # --freeze-epochs 0: the run's first epoch
+    assert "  epoch 1 (unfrozen): batch 1/" in out and "  epoch 1 valid: batch 1/" in out
 
 
 def test_train_loads_a_local_checkpoint_with_foreign_names(folder, tmp_path, capsys):
@@ -177,6 +189,7 @@ def test_train_loads_a_local_checkpoint_with_foreign_names(folder, tmp_path, cap
     assert main([*args, "--out", str(tmp_path / "json"), "--weights", checkpoint, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
     assert summary["classes"] == ["cat", "coffee"] and len(summary["history"]) == 1
+    assert (summary["history"][0]["stage"], summary["history"][0]["epoch"]) == ("unfrozen", 1)
     assert summary["final"]["accuracy"] == json.loads((tmp_path / "json" / "history.json").read_text())[-1]["accuracy"]
     written = {str(p) for p in (tmp_path / "json").rglob("*") if p.is_file()}
     assert set(summary["files"]) == written  # every file the run wrote, and only those
@@ -260,7 +273,8 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(folder, tmp_path):
     resumed = subprocess.run([*command, "--resume", "--quiet"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     history = json.loads((run_dir / "history.json").read_text())
-    assert [row["epoch"] for row in history if row["phase"] == 1] == list(range(1, 31))
+    unfrozen = [("unfrozen", epoch) for epoch in range(2, 32)]  # the epochs within the run, as never stopped
+    assert [(row["stage"], row["epoch"]) for row in history] == [("frozen", 1), *unfrozen]
 
 
 def test_diverging_training_exits_3_naming_the_step(folder, tmp_path, capsys):

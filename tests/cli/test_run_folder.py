@@ -196,7 +196,7 @@ def test_training_into_a_used_folder_refuses_or_overwrites(trained, photos, tmp_
     assert exported["choice"] == "last" and exported["row"] == len(history) == 2
     assert exported["stage"] == "unfrozen" and exported["epoch"] == history[-1]["epoch"]
     assert exported["accuracy"] == history[-1]["accuracy"] == config["final"]["accuracy"]
-    assert "exported the last epoch: row 2 of 2, unfrozen epoch" in said
+    assert f"exported the last epoch: epoch {history[-1]['epoch']} of 2, unfrozen (" in said
     last = read_state(run_dir / "checkpoints" / "last.pt")["model"]
     weights = load_exported(run_dir).model.state_dict()
     assert all(torch.equal(weights[k], v) for k, v in last.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -386,10 +387,11 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(digits, tmp_path, capsys):
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
-def test_progress_bars_on_request_and_plain_lines_otherwise(digits, capsys):
+def test_progress_bars_on_request_and_plain_lines_otherwise(digits, capsys, monkeypatch):
+    monkeypatch.setenv("TORCHGRAFT_PROGRESS_SECONDS", "3600")  # no plain batch line, however loaded the machine
     Learner(_cnn(), *_loaders(digits), progress=True).fit(1, 1e-3)
     captured = capsys.readouterr()
-    assert "epoch 1" in captured.err and "it/s" in captured.err  # tqdm, on stderr
+    assert "epoch 1" in captured.err and re.search(r"batch/s|s/batch", captured.err)  # tqdm, on stderr
     Learner(_cnn(), *_loaders(digits), progress=False).fit(1, 1e-3)
     captured = capsys.readouterr()
     assert captured.err == "" and len(captured.out.strip().splitlines()) == 2  # header and one epoch line
@@ -417,6 +419,9 @@ def test_fine_tune_resumes_in_either_stage(digits, tmp_path, stop_in):
     resumed, model = learner_for(tmp_path / "b")
     history = resumed.fine_tune(2, 1e-2, freeze_epochs=2, resume=tmp_path / "b" / "last.pt")
     assert len(history) == 4
+    stages = [("frozen", 0, 1), ("frozen", 0, 2), ("unfrozen", 1, 3), ("unfrozen", 1, 4)]  # as never stopped
+    assert [(r["stage"], r["phase"], r["epoch"]) for r in history] == stages
+    assert [(r["stage"], r["epoch"]) for r in straight.history] == [(s, e) for s, _, e in stages]
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
     )
@@ -483,5 +488,7 @@ def test_gradual_fine_tune_unfreezes_from_the_top_and_resumes_in_any_stage(digit
     resumed, model = learner_for(tmp_path / "b", None)
     history = resumed.fine_tune(3, 1e-2, freeze_epochs=2, gradual=True, resume=tmp_path / "b" / "last.pt")
     assert len(history) == 5
+    names = ["frozen", "frozen", "top2", "unfrozen", "unfrozen"]  # the table's stage and epoch, as never stopped
+    assert [(r["stage"], r["epoch"]) for r in history] == list(zip(names, range(1, 6), strict=True))
     for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

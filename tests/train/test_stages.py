@@ -3,13 +3,15 @@ and rates, epochs and feature cache, and ``fine_tune`` runs exactly that list (c
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchgraft import Learner, graft, layer_groups
 from torchgraft.train.callbacks import Callback
-from torchgraft.train.stages import plan_text
+from torchgraft.train.stages import plan_text, stage_rates
+from torchgraft.tune.describe import describe
 
 
 def _learner(**options) -> Learner:
@@ -60,3 +62,24 @@ def test_fine_tune_runs_the_stages_it_plans():
         trained = [(n, r) for n, t, r in groups if t]
         assert trained == [(n, r) for n, t, r in want if t], name  # the rates of the groups that train
     assert [len([r for r in learner.history if r["phase"] == p]) for p in (0, 1)] == [1, 2]
+
+
+def test_the_plan_table_shows_for_each_stage_the_groups_it_trains_and_their_rates():
+    """The layer groups of a run's plan: one column per stage (the rate that stage trains the group at, or
+    frozen), not the state before training, where every group still reads trainable."""
+    learner = _learner()
+    stages = learner.stages(3, freeze_epochs=1, gradual=True, lr_mult=10)
+    text = describe(learner.model, stages=stage_rates(stages))
+    table = text.split("  layer groups: the rate each stage trains a group at, or frozen\n")[1].splitlines()
+    assert table[0].split() == ["group", "modules", "parameters", "frozen", "top2", "unfrozen"]
+    cells = {row.split()[0]: row.split()[-3:] for row in table[1:4]}
+    assert cells == {
+        "body0": ["frozen", "frozen", "0.0003"],
+        "body1": ["frozen", "0.000949", "0.000949"],
+        "head": ["0.003", "0.003", "0.003"],
+    }
+    for stage, column in zip(stages, zip(*cells.values(), strict=True), strict=True):  # the stages as planned
+        assert [cell != "frozen" for cell in column] == [g.trainable for g in stage.groups], stage.name
+    assert "trainable" not in "\n".join(table)
+    with pytest.raises(ValueError, match=r"stage .x. has 2 rates but the model has 3 layer groups \(body0, body1"):
+        layer_groups(learner.model).table(stages=[("x", [1e-3, None])])

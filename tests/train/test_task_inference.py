@@ -78,7 +78,7 @@ def test_a_regression_net_trains_with_mse_and_no_task():
     history = learner.fit(5, 1e-2)
     assert isinstance(learner.task, Regression)
     assert history[-1]["valid_loss"] < 0.3 * history[0]["valid_loss"]
-    assert set(history[-1]) == {"phase", "epoch", "train_loss", "valid_loss", "seconds"}  # metrics=None: none
+    assert set(history[-1]) == {"stage", "phase", "epoch", "train_loss", "valid_loss", "seconds"}  # metrics=None: none
 
 
 def test_without_a_loss_the_inferred_task_brings_its_loss_and_metrics():

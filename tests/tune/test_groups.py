@@ -8,7 +8,7 @@ import torch
 from test_surgery_timm import ARCHS as TIMM_ARCHS
 from torch import nn
 
-from torchgraft import describe, graft, layer_groups
+from torchgraft import describe, freeze, graft, layer_groups, unfreeze
 from torchgraft.grafting.classifier import find_classifier
 from torchgraft.grafting.dryrun import infer_input_size, trace
 from torchgraft.weights.zoo import build_model, torchvision_classifiers
@@ -287,3 +287,22 @@ def test_timm_without_a_usable_matcher_splits_automatically(name):
     groups = layer_groups(model)
     assert groups.spec.method.startswith("auto") and len(groups) == 3
     _check_cover(model, groups)
+
+
+def test_the_table_shows_rates_when_given_and_no_lr_column_when_not():
+    """The README's table: ``groups.table(lr=...)`` after ``freeze`` gives each group's rate and its state now;
+    ``print(groups)`` has no ``lr`` column (no rate is known), and the state is read when printed."""
+    model = graft(build_model("resnet50"), 10)
+    groups = layer_groups(model)
+    freeze(model)
+    assert groups.table(lr=slice(1e-5, 1e-3)).splitlines() == [
+        "group  modules         parameters  lr      state",
+        "body0  conv1–layer2     1,444,928  1e-05   frozen",
+        "body1  layer3, layer4  22,063,104  0.0001  frozen",
+        "head   head                20,490  0.001   trainable",
+        "split: family resnet (fastai's split points, by name)",
+    ]
+    assert str(groups).splitlines()[0].split() == ["group", "modules", "parameters", "state"]
+    unfreeze(model)
+    assert [line.split()[-1] for line in str(groups).splitlines()[1:4]] == ["trainable"] * 3
+    assert groups.table([1e-4, 2e-4, 3e-4]).splitlines()[3].split()[-2:] == ["0.0003", "trainable"]  # one per group

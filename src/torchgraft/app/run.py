@@ -10,8 +10,8 @@ monitored metric, or the last: ``settings.export``), let the task report on the 
     RUN_DIR/model.safetensors, model.json   the exported model, the best epoch (see torchgraft.ship.export)
                                             (model.json's final.exported names it)
     RUN_DIR/hf/                             text models: the tokenizer and the encoder's config
-    RUN_DIR/history.csv, history.json       one row per epoch
-    RUN_DIR/plan.txt                        the graft, the layer groups and the stages
+    RUN_DIR/history.csv, history.json       one row per epoch: stage, phase, epoch within the run, values
+    RUN_DIR/plan.txt                        the graft, the layer groups with what each stage trains, the stages
     RUN_DIR/loss.png, lr.png                plots (with matplotlib installed): each step's loss and each
                                             epoch's validation, each layer group's rate; epochs and stages marked
     RUN_DIR/pictures/*.png                  the task's pictures (Task.pictures): confusion matrix, worst samples,
@@ -50,7 +50,7 @@ from torchgraft.train import tracking
 from torchgraft.train.callbacks import Checkpointer
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size
 from torchgraft.train.learner import Learner
-from torchgraft.train.stages import plan_text
+from torchgraft.train.stages import plan_text, stage_rates
 from torchgraft.tune.describe import describe
 
 __all__ = [
@@ -128,8 +128,8 @@ def restore_exported_epoch(
     names it: ``export="best"`` loads ``checkpoints/best.pt`` (the best epoch by the monitored metric, in the
     direction the metric declares: losses down, accuracy up), ``"last"`` keeps the weights the training ended
     with. The record: ``row`` (its line in history.csv, from 1), ``stage`` (the fine-tune's stage: ``frozen``,
-    ``unfrozen``, ...), ``epoch`` (within the stage), ``choice`` and the epoch's recorded values; best also
-    ``monitor``/``mode`` (what decided)."""
+    ``unfrozen``, ...), ``epoch`` (within the whole run, as the console's table and history.csv number it: the
+    row), ``choice`` and the epoch's recorded values; best also ``monitor``/``mode`` (what decided)."""
     if export == "best":
         record = learner.load_best()  # best.pt: the Checkpointer kept it by the monitor's declared direction
         watcher = next(c for c in learner.callbacks if isinstance(c, Checkpointer))
@@ -138,27 +138,26 @@ def restore_exported_epoch(
         record, monitor, mode = history[-1], None, None
     row = next(i for i, r in enumerate(history) if (r["phase"], r["epoch"]) == (record["phase"], record["epoch"]))
     phase = history[row]["phase"]
+    stage = history[row].get("stage") or (stages[phase] if 0 <= phase < len(stages) else f"phase {phase}")
     named: dict[str, Any] = {
         "choice": export,
         "row": row + 1,
-        "stage": stages[phase] if 0 <= phase < len(stages) else f"phase {phase}",
+        "stage": stage,
         "epoch": history[row]["epoch"],
         **({"monitor": monitor, "mode": mode} if monitor else {}),
     }
-    named.update({k: v for k, v in history[row].items() if k not in ("phase", "epoch")})
+    named.update({k: v for k, v in history[row].items() if k not in ("phase", "epoch", "stage")})
     return named
 
 
 def exported_epoch_line(exported: dict[str, Any], epochs: int) -> str:
-    """``"the best epoch (accuracy, max): row 1 of 2, frozen epoch 1 (valid_loss 0.41, accuracy 0.94)"``."""
+    """``"the best epoch (accuracy, max): epoch 1 of 3, frozen (valid_loss 0.41, accuracy 0.94)"``: the epoch as
+    the console's table and history.csv number it."""
     values = ", ".join(
         f"{k} {v:.4g}" for k, v in exported.items() if isinstance(v, float) and k not in ("seconds", "epoch", "row")
     )
     why = f" ({exported['monitor']}, {exported['mode']})" if exported.get("monitor") else ""
-    return (
-        f"the {exported['choice']} epoch{why}: row {exported['row']} of {epochs}, {exported['stage']} epoch "
-        f"{exported['epoch']} ({values})"
-    )
+    return f"the {exported['choice']} epoch{why}: epoch {exported['epoch']} of {epochs}, {exported['stage']} ({values})"
 
 
 def train_run(
@@ -201,7 +200,7 @@ def train_run(
         "keep_frozen": settings.keep_frozen,
     }
     stages = learner.stages(settings.epochs, settings.lr, **recipe)
-    plan = f"{describe(model)}\n\n{plan_text(stages)}\n\n"
+    plan = f"{describe(model, stages=stage_rates(stages))}\n\n{plan_text(stages)}\n\n"  # what each stage trains
     plan += f"preprocessing: {run.preprocessing}\n"
     if learner.task.loss_description():
         plan += f"loss: {learner.task.loss_description()}\n"

@@ -7,6 +7,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from torchgraft.train.table import epoch_table  # the table the Learner prints while training, for --quiet
+
 __all__ = ["add_parser", "epoch_table", "run"]
 
 
@@ -23,22 +25,6 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="unfrozen epochs (default: 3)")
     parser.add_argument("--quiet", action="store_true", help="print only the result")
     parser.set_defaults(run=run)
-
-
-def epoch_table(history: list[dict[str, Any]]) -> str:
-    """The history as an aligned text table, one row per epoch."""
-    keys = [k for k in history[0] if k != "phase"]
-    rows = [[f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k in keys] for row in history]
-    stage = [
-        "frozen" if row.get("phase") == 0 and len({r.get("phase") for r in history}) > 1 else "" for row in history
-    ]
-    widths = [max(len(k), *(len(r[i]) for r in rows)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
-    lines += [
-        "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + (f"  {s}" if s else "")
-        for r, s in zip(rows, stage, strict=True)
-    ]
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,42 +4,23 @@ or a pipe, so a piped command is never silent for minutes.
 :func:`sweep_progress` reports ``lr-find``'s steps (about 20 lines on stdout). :func:`count_progress` reports
 the items ``predict``, ``export`` (its check runs) and ``pack`` work through: a line such as
 ``predict: 1,200/5,000 images`` on stderr every :func:`progress_seconds` seconds (20, or the environment's
-``TORCHGRAFT_PROGRESS_SECONDS``), so their stdout — the result, or ``--json`` — stays as it was."""
+``TORCHGRAFT_PROGRESS_SECONDS``: the interval of the training loop's own lines, :mod:`torchgraft.train.progress`),
+so their stdout — the result, or ``--json`` — stays as it was."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from torchgraft.train.progress import PROGRESS_ENV, progress_seconds
+
 __all__ = ["PROGRESS_ENV", "count_progress", "progress_seconds", "sweep_progress"]
 
 OnStep = Callable[[int, float, float], None]
 OnCount = Callable[[int, int], None]  # (items done, items in all)
-
-PROGRESS_ENV = "TORCHGRAFT_PROGRESS_SECONDS"
-PROGRESS_SECONDS = 20.0  # between plain progress lines of count_progress
-
-
-def progress_seconds() -> float:
-    """Seconds between plain progress lines: ``TORCHGRAFT_PROGRESS_SECONDS`` if set, else 20.
-
-    Raises:
-        ValueError: the variable is set to something that is not a number >= 0.
-    """
-    text = os.environ.get(PROGRESS_ENV, "").strip()
-    if not text:
-        return PROGRESS_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise ValueError(f"{PROGRESS_ENV}={text!r} is not a number of seconds >= 0; set it to e.g. 20, or unset it.")
-    return seconds
 
 
 @contextlib.contextmanager

@@ -10,14 +10,14 @@ if TYPE_CHECKING:  # at run time each name is imported when first read (torchgra
     from torchgraft.train.learner import Learner
     from torchgraft.train.loop import TrainingDivergedError
     from torchgraft.train.recipes import RECIPES, Recipe, recipe_for
-    from torchgraft.train.stages import Stage, plan_text
+    from torchgraft.train.stages import Stage, plan_text, stage_rates
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.train.callbacks": ("BestEpoch", "Callback", "Checkpointer", "EarlyStopping", "LambdaCallback"),
     "torchgraft.train.learner": ("Learner",),
     "torchgraft.train.loop": ("TrainingDivergedError",),
     "torchgraft.train.recipes": ("RECIPES", "Recipe", "recipe_for"),
-    "torchgraft.train.stages": ("Stage", "plan_text"),
+    "torchgraft.train.stages": ("Stage", "plan_text", "stage_rates"),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -35,4 +35,5 @@ __all__ = [
     "TrainingDivergedError",
     "plan_text",
     "recipe_for",
+    "stage_rates",
 ]

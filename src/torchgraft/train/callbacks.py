@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 from torchgraft.spelling import option
 from torchgraft.tasks.metrics import MetricSet
 from torchgraft.train.distributed import is_main
+from torchgraft.train.table import table_columns, table_header, table_row
 
 __all__ = [
     "COLLAPSE",
@@ -78,7 +79,8 @@ class Callback:
         """After each training batch (and the optimizer step, when one was due)."""
 
     def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
-        """After each epoch's validation, with its record (``epoch``, ``train_loss``, ``valid_loss``, metrics)."""
+        """After each epoch's validation, with its record (``stage``, ``phase``, ``epoch`` within the run,
+        ``train_loss``, ``valid_loss``, metrics, ``seconds``)."""
 
     def on_fit_end(self, learner: Learner) -> None:
         """After the last epoch of a ``fit``."""
@@ -127,7 +129,8 @@ class LambdaCallback(Callback):
 
 
 class ProgressPrinter(Callback):
-    """One table row per epoch on stdout (a header when the columns change); only on rank 0."""
+    """One row of the run's epoch table per epoch on stdout (:mod:`torchgraft.train.table`: stage, epoch within
+    the run, values, seconds; a header when the columns change, not per stage); only on rank 0."""
 
     def __init__(self) -> None:
         self.columns: list[str] | None = None
@@ -135,12 +138,11 @@ class ProgressPrinter(Callback):
     def on_epoch_end(self, learner: Learner, record: dict[str, Any]) -> None:
         if learner.quiet or not is_main():
             return
-        columns = [k for k in record if k != "phase"]
+        columns = table_columns(record)
         if columns != self.columns:
-            print("  ".join(f"{c:>10}" for c in columns))
+            print(table_header(columns))
             self.columns = columns
-        cells = [f"{record[c]:>10.4f}" if isinstance(record[c], float) else f"{record[c]:>10}" for c in columns]
-        print("  ".join(cells), flush=True)
+        print(table_row(record, columns), flush=True)
 
 
 class Monitor:
@@ -295,7 +297,7 @@ class BestEpoch(Callback):
                 "index": index,
                 "phase": record.get("phase"),
                 "epoch": record.get("epoch"),
-                "stage": self.stages.get(record.get("phase", -1)),
+                "stage": record.get("stage", self.stages.get(record.get("phase", -1))),
                 monitor: record[monitor],
             }
 

@@ -12,7 +12,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from torchgraft.train.kept import KeptOutputs
 from torchgraft.train.loop import EpochProgress, Loop, StepEvents, TrainingDivergedError
 from torchgraft.train.lr_finder import LRFind, lr_find
 from torchgraft.train.placement import Placement
+from torchgraft.train.progress import epoch_progress
 from torchgraft.train.resume import Trained, epoch_batches, restore, set_sampler_epoch
 from torchgraft.train.state import FitState
 from torchgraft.tune.groups import layer_groups
@@ -131,29 +132,19 @@ def sweep_rates(
     return lr_find(learner.placement.model, batches, loss_of, optimizer=learner.optimizer_class, **options)
 
 
-PROGRESS_EVERY = 30.0  # seconds between plain progress lines inside an epoch when there is no bar
-
-
-def _timed_lines(iterable: Iterable[Any], desc: str, total: int | None, initial: int) -> Iterator[Any]:
-    """``iterable``, printing ``  epoch 2: batch 120/500`` when :data:`PROGRESS_EVERY` seconds have passed
-    since the last line (output that is not a terminal gets no bar, and a long epoch is not silent)."""
-    last, done = time.perf_counter(), initial
-    for item in iterable:
-        yield item
-        done += 1
-        if time.perf_counter() - last >= PROGRESS_EVERY:
-            print(f"  {desc}: batch {done}{f'/{total}' if total else ''}", flush=True)
-            last = time.perf_counter()
-
-
 def _bar(learner: Fitted, iterable: Iterable[Any], desc: str, *, total: int | None = None, initial: int = 0) -> Any:
+    """``iterable`` with its progress shown (:func:`~torchgraft.train.progress.epoch_progress`: a bar with the
+    time left when ``learner.progress``, else timed plain lines), or as it is when quiet or not rank 0."""
     if learner.quiet or not is_main():
         return iterable
-    if not learner.progress:
-        return _timed_lines(iterable, desc, total, initial)
-    from tqdm.auto import tqdm
+    return epoch_progress(iterable, desc, bar=learner.progress, total=total, initial=initial)
 
-    return tqdm(iterable, desc=desc, leave=False, total=total, initial=initial)
+
+def _length_or_none(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # a validation stream without a length: the progress counts batches alone
+        return None
 
 
 def _layer_names(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[list[str], list[list[str]]]:
@@ -208,11 +199,13 @@ def _one_epoch(learner: Fitted) -> None:
     state, placement = learner.fit_state, learner.placement
     train, valid = learner.cache[:2] if learner.cache else (learner.train_dl, learner.valid_dl)
     set_sampler_epoch(train, len(state.history))
-    epoch, distributed = state.epoch + 1, placement.distributed
+    epoch, distributed = len(state.history) + 1, placement.distributed  # the epoch within the whole run
+    stage = state.stage or "fit"  # a fine-tune's stage ("frozen", "top2", "unfrozen"); a plain fit's: "fit"
+    desc = f"epoch {epoch}" + (f" ({state.stage})" if state.stage else "")
     batches = epoch_batches(train, [learner.train_dl, learner.valid_dl], state, distributed=distributed)
     train_loss = learner.loop.train_epoch(
         placement.network,
-        _bar(learner, batches, f"epoch {epoch}", total=len(train), initial=state.progress.batch),
+        _bar(learner, batches, desc, total=len(train), initial=state.progress.batch),
         learner.optimizer,  # type: ignore[arg-type]
         n_batches=len(train),
         events=_events(learner),
@@ -221,12 +214,12 @@ def _one_epoch(learner: Fitted) -> None:
         network=placement.current if distributed else None,
     )
     state.progress = EpochProgress()
-    record = {"phase": state.phase, "epoch": epoch, "train_loss": train_loss}
+    record: dict[str, Any] = {"stage": stage, "phase": state.phase, "epoch": epoch, "train_loss": train_loss}
     if valid is not None:  # the plain module: its parameters are the same on every rank
         plain = placement.trained
         # sharded layers gather their parameters at every forward: every rank runs as many
         forwards = int(reduce_max(torch.tensor(len(valid), device=placement.device))) if is_sharded(plain) else 0
-        bar = _bar(learner, valid, "valid")
+        bar = _bar(learner, valid, f"epoch {epoch} valid", total=_length_or_none(valid))
         keep = learner.kept.collector(learner)  # the report after training reads the exported epoch's outputs
         record.update(learner.loop.evaluate(plain, bar, learner.metric_set, forwards=forwards, keep=keep))
     record["seconds"] = time.perf_counter() - start

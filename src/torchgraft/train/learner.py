@@ -113,7 +113,9 @@ class Learner(FineTuning):
             parameter, gradient and optimizer state, for models larger than one device; ``amp`` becomes FSDP2's
             mixed-precision policy; checkpoints hold whole tensors, so they equal an unsharded run's; the
             feature cache and channels-last are off). On one process both train the model as it is.
-        progress: show tqdm bars (default: only when stderr is a terminal); ``False``: one line per epoch.
+        progress: a tqdm bar per epoch with the time left (default: only when stderr is a terminal); ``False``:
+            plain progress lines inside a long epoch (every ``TORCHGRAFT_PROGRESS_SECONDS``, default 20 s) and
+            the epoch's row of the table (:mod:`torchgraft.train.table`).
         quiet: print nothing.
         callbacks: :class:`~torchgraft.train.callbacks.Callback` objects (events at fit/epoch/step; plain
             functions as :class:`~torchgraft.train.callbacks.LambdaCallback`).
@@ -138,7 +140,7 @@ class Learner(FineTuning):
     step = Held()  # optimizer steps in the current fit
     phase = Held()  # fits completed so far (a fine-tune's stages)
     stage = Held()  # the part of a fine-tune running ("frozen", "top2", "unfrozen"), else None
-    history = Held()  # one record per epoch, every fit
+    history = Held()  # one record per epoch, every fit (stage, phase, epoch within the run, values; FitState)
     lr_history = Held()  # each optimizer group's rate in every step
     layer_lr_history = Held()  # per step, {layer group: rate} (None: frozen)
     loss_history = Held()  # per step, the step's training loss (every fit)

@@ -19,7 +19,7 @@ from torchgraft.train.recipes import Recipe
 from torchgraft.tune.groups import LayerGroups
 from torchgraft.tune.optim import LRSpec, group_lrs
 
-__all__ = ["GroupPlan", "Stage", "plan_stages", "plan_text"]
+__all__ = ["GroupPlan", "Stage", "plan_stages", "plan_text", "stage_rates"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,11 @@ class Stage:
     lr: LRSpec
     groups: tuple[GroupPlan, ...]
     cached: bool
+
+    @property
+    def rates(self) -> list[float | None]:
+        """Each layer group's rate in this stage, ``None`` for a group it leaves frozen (plan order)."""
+        return [g.lr if g.trainable else None for g in self.groups]
 
     def __str__(self) -> str:
         frozen = ", ".join(g.name for g in self.groups if not g.trainable) or "none"
@@ -109,6 +114,13 @@ def plan_stages(
         )
         stages.append(Stage(name, n, frozen, lr, plans, cache and frozen >= body))
     return stages
+
+
+def stage_rates(stages: list[Stage]) -> list[tuple[str, list[float | None]]]:
+    """``(stage name, each layer group's rate or None when frozen)`` per stage: the columns of the layer-group
+    table that shows which groups each stage trains (``describe(model, stages=stage_rates(stages))``, the
+    plan of a run)."""
+    return [(stage.name, stage.rates) for stage in stages]
 
 
 def plan_text(stages: list[Stage]) -> str:

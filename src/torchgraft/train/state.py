@@ -21,11 +21,14 @@ class FitState:
 
     Attributes:
         kind: the running fit's call (``{"kind": "fit_one_cycle", "epochs": 3}``): a resumed fit must be the same.
-        epoch: epochs completed in the current fit.
+        epoch: epochs completed in the current fit (a record's ``epoch`` counts over the whole run).
         step: optimizer steps in the current fit.
         phase: fits completed so far (a fine-tune's stages are phases).
         stage: the part of a fine-tune running (``"frozen"``, ``"top2"``, ``"unfrozen"``), else ``None``.
-        history: one record per epoch, every fit.
+        history: one record per epoch, every fit: ``stage`` (the fine-tune's ``"frozen"``, ``"top2"``,
+            ``"unfrozen"``; ``"fit"`` for a plain ``fit``/``fit_one_cycle``), ``phase`` (which fit, from 0),
+            ``epoch`` (within the whole run: 1, 2, ... over every fit, never repeated — the row of
+            ``history.csv`` and of the printed table), ``train_loss``, ``valid_loss``, the metrics, ``seconds``.
         lr_history: each optimizer group's rate in every step (the rate the step used, before the schedule
             moved it on).
         layer_lr_history: per step, ``{layer group: rate}`` over every layer group of the model, in the

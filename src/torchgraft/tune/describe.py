@@ -8,8 +8,9 @@ from torch import nn
 from torchgraft.grafting.adapters import adapter_view, base_model
 from torchgraft.grafting.dryrun import trace
 from torchgraft.grafting.loaded import loaded_names
+from torchgraft.tune.group_types import StageRates
 from torchgraft.tune.groups import layer_groups
-from torchgraft.tune.optim import LRSpec, group_lrs
+from torchgraft.tune.rates import LRSpec
 
 __all__ = ["describe"]
 
@@ -99,10 +100,12 @@ def _outputs(head: nn.Module, body_output: tuple[int, ...] | None) -> int | str:
     return "?"
 
 
-def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
+def describe(model: nn.Module, *, lr: LRSpec | None = None, stages: StageRates | None = None) -> str:
     """Describe a grafted model: the cut, what was removed, input and body output shapes, the head's
     layers, parameter counts (pretrained, new, trainable) per part, and the layer-group plan (with the
-    learning rate of each group when ``lr`` is given, as for :func:`torchgraft.param_groups`).
+    learning rate of each group when ``lr`` is given, as for :func:`torchgraft.param_groups`; with ``stages``,
+    :func:`torchgraft.train.stages.stage_rates` of a fine-tune, one column per stage: the rate it trains each
+    group at, or ``frozen``; see :meth:`LayerGroups.table <torchgraft.tune.group_types.LayerGroups.table>`).
 
     Example:
         >>> print(describe(graft(torchvision.models.resnet18(), 7)))
@@ -140,6 +143,6 @@ def describe(model: nn.Module, *, lr: LRSpec | None = None) -> str:
         )
     lines += ["", *("  " + line for line in _table(_parameter_rows(model)))]
     groups = layer_groups(model)
-    lrs = group_lrs(lr, len(groups), names=[g.name for g in groups]) if lr is not None else None
-    lines += ["", "  layer groups", *("  " + line for line in groups.table(lrs).splitlines())]
+    title = "  layer groups" + (": the rate each stage trains a group at, or frozen" if stages is not None else "")
+    lines += ["", title, *("  " + line for line in groups.table(lr, stages=stages).splitlines())]
     return "\n".join(lines)

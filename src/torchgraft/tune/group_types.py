@@ -1,5 +1,6 @@
 """What a split into layer groups is: the stored rules (:class:`GroupSpec`) and the groups resolved from a
-model's current parameters (:class:`LayerGroup`, :class:`LayerGroups`), with their plan table."""
+model's current parameters (:class:`LayerGroup`, :class:`LayerGroups`), with their plan table (the rates and
+state of each group, or per stage of a fine-tune which groups train)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from torch import nn
 
 from torchgraft.grafting.adapters import canonical_path
 from torchgraft.tune.names import compile_pattern, compress_names, top_modules
+from torchgraft.tune.rates import LRSpec, group_lrs
 
-__all__ = ["GroupSpec", "LayerGroup", "LayerGroups", "spec_from_assignment"]
+__all__ = ["GroupSpec", "LayerGroup", "LayerGroups", "StageRates", "spec_from_assignment"]
+
+StageRates = Sequence[tuple[str, Sequence[float | None]]]  # per stage: its name, each group's rate (None: frozen)
 
 
 @dataclass(frozen=True)
@@ -118,13 +122,45 @@ class LayerGroups(Sequence[LayerGroup]):
         hits = self.spec.match(canonical_path(name, self.wrapped) if self.adapted else name)
         return hits[0] if hits else None
 
-    def table(self, lrs: Sequence[float] | None = None) -> str:
-        """The plan as a table: group, modules, parameters, learning rate (if given), frozen or not."""
-        rows = [["group", "modules", "parameters", "lr", "state"]]
-        for i, group in enumerate(self.groups):
-            lr = f"{lrs[i]:.3g}" if lrs is not None else "-"
-            rows.append([group.name, group.modules, f"{group.n_params:,}", lr, group.state])
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    def table(self, lr: LRSpec | None = None, *, stages: StageRates | None = None) -> str:
+        """The plan as a table: group, modules, parameters, then what trains.
+
+        Args:
+            lr: the rates of an optimizer built with this ``lr`` (:func:`~torchgraft.tune.rates.group_lrs`: a
+                float, ``slice(lo, hi)``, one per group): an ``lr`` column beside each group's ``state`` now
+                (``requires_grad``: ``trainable``, ``frozen``, ...). Without it there is no ``lr`` column.
+            stages: ``(stage name, each group's rate or None)`` per stage of a fine-tune
+                (:func:`torchgraft.train.stages.stage_rates`): one column per stage with the group's rate, or
+                ``frozen`` where the stage leaves it frozen, instead of the state now.
+
+        Example:
+            >>> print(layer_groups(model).table(lr=slice(1e-5, 1e-3)))
+            group  modules         parameters  lr      state
+            body0  conv1–layer2     1,444,928  1e-05   frozen
+            ...
+        """
+        names = [g.name for g in self.groups]
+        rows = [["group", "modules", "parameters"]]
+        rows += [[g.name, g.modules, f"{g.n_params:,}"] for g in self.groups]
+        if stages is not None:
+            for stage, rates in stages:
+                if len(rates) != len(self.groups):
+                    raise ValueError(
+                        f"table: stage {stage!r} has {len(rates)} rates but the model has {len(self.groups)} layer "
+                        f"groups ({', '.join(names)}); give one per group (None: frozen)."
+                    )
+                rows[0].append(stage)
+                for row, rate in zip(rows[1:], rates, strict=True):
+                    row.append("frozen" if rate is None else f"{rate:.3g}")
+        else:
+            if lr is not None:
+                rows[0].append("lr")
+                for row, rate in zip(rows[1:], group_lrs(lr, len(self.groups), names=names), strict=True):
+                    row.append(f"{rate:.3g}")
+            rows[0].append("state")
+            for row, group in zip(rows[1:], self.groups, strict=True):
+                row.append(group.state)
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
             "  ".join(
                 cell.ljust(w) if i != 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
