@@ -159,7 +159,7 @@ def _garments(count: int, *, size: int = 28) -> list[tuple[np.ndarray, str]]:
 
 def _images(folder: Path, ns: dict) -> None:
     """``pets/{train,valid}/{cat,dog}/*.jpg``, ``photos.csv`` (path,label,split), ``tagged.csv`` (path,tags),
-    ``ages.csv`` (path,age), ``cat.jpg`` and ``dog.png``."""
+    ``ages.csv`` (path,age,split), ``cat.jpg`` and ``dog.png``."""
     garments = _garments(16)
     rows = []
     for i, (image, label) in enumerate(garments):
@@ -171,7 +171,8 @@ def _images(folder: Path, ns: dict) -> None:
     (folder / "photos.csv").write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s, _ in rows))
     tags = ["cat;outdoor", "dog", "dog;outdoor", "cat"]
     (folder / "tagged.csv").write_text("path,tags\n" + "".join(f"{p},{tags[i % 4]}\n" for p, _, _, i in rows))
-    (folder / "ages.csv").write_text("path,age\n" + "".join(f"{p},{3 + 5 * i}\n" for p, _, _, i in rows))
+    ages = "".join(f"{p},{3 + 5 * i},{s}\n" for p, _, s, i in rows)  # each age once: the split is given
+    (folder / "ages.csv").write_text("path,age,split\n" + ages)
     Image.fromarray(garments[0][0]).convert("RGB").save(folder / "cat.jpg")
     Image.fromarray(garments[-1][0]).save(folder / "dog.png")
 
