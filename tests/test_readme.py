@@ -171,7 +171,8 @@ def _images(folder: Path, ns: dict) -> None:
     (folder / "photos.csv").write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s, _ in rows))
     tags = ["cat;outdoor", "dog", "dog;outdoor", "cat"]
     (folder / "tagged.csv").write_text("path,tags\n" + "".join(f"{p},{tags[i % 4]}\n" for p, _, _, i in rows))
-    ages = "".join(f"{p},{3 + 5 * i},{s}\n" for p, _, s, i in rows)  # each age once: the split is given
+    # each age once, so the split is given; ages as decimals: whole numbers are read as class labels (reported)
+    ages = "".join(f"{p},{3.5 + 5 * i},{s}\n" for p, _, s, i in rows)
     (folder / "ages.csv").write_text("path,age,split\n" + ages)
     Image.fromarray(garments[0][0]).convert("RGB").save(folder / "cat.jpg")
     Image.fromarray(garments[-1][0]).save(folder / "dog.png")
