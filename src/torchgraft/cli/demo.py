@@ -16,7 +16,7 @@ def add_parser(commands: Any) -> None:
     """Register the ``demo`` subcommand."""
     parser = commands.add_parser(
         "demo",
-        help="fine-tune Lite0 on built-in Fashion-MNIST images (offline, about a minute on 2 CPU cores)",
+        help="fine-tune Lite0 on built-in Fashion-MNIST images (offline, under a minute on 2 CPU cores)",
         description="Write 2,000 train / 500 valid Fashion-MNIST PNGs (shipped with torchgraft) under RUN_DIR, "
         "fine-tune the ImageNet EfficientNet-Lite0 weights (torchgraft[demo]) on them, export the model and "
         "predict 10 held-out images from the exported files.",
