@@ -17,6 +17,7 @@ from torchgraft.app.prepare import make_task, report, split_line
 from torchgraft.app.settings import TrainSettings
 from torchgraft.cli.main import main
 from torchgraft.data.folders import image_data
+from torchgraft.data.samples import DataError
 from torchgraft.data.texts import text_data
 from torchgraft.tasks import Classification, task_from_record
 from torchgraft.tasks.balance import class_counts, imbalance_warning
@@ -138,3 +139,22 @@ def test_the_cli_announces_the_split_warns_and_balances(imbalanced, tmp_path, ca
     out = capsys.readouterr().out
     assert "class imbalance" not in out and "loss: cross-entropy weighted by class (--balance" in out
     assert "loss: cross-entropy weighted by class" in (tmp_path / "balanced" / "plan.txt").read_text()
+
+
+def test_whole_number_targets_with_a_y_range_are_regression_not_classes(tmp_path):
+    """``--y-range`` without ``--task``: the README's ``ages.csv`` of whole-number ages reads as regression
+    values (before, each age was a class and an age seen only in validation was refused)."""
+    from torchgraft.app.inputs import read_options
+
+    images, _, _ = _fashion()
+    rows = ["path,age,split"]
+    for i in range(12):
+        Image.fromarray(images[i]).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{20 + 3 * i},{'valid' if i % 4 == 0 else 'train'}")  # every age once
+    (tmp_path / "ages.csv").write_text("\n".join(rows) + "\n")
+    settings = TrainSettings(y_col="age", y_range=(0.0, 100.0))
+    data = image_data(tmp_path / "ages.csv", **read_options(settings))
+    assert data.task == "regression" and data.classes == ["age"] and len(data.valid) == 3
+    assert sorted(float(target[0]) for _, target in data.valid) == [20.0, 32.0, 44.0]
+    with pytest.raises(DataError, match="have no training images"):  # without it: whole numbers are classes
+        image_data(tmp_path / "ages.csv", **read_options(TrainSettings(y_col="age")))

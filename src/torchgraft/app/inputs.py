@@ -123,7 +123,10 @@ class InputRecipe:
 
 def target_layout(settings: TrainSettings) -> str | None:
     """The layout of targets the reader must produce for ``settings.task`` (a task name, registered ones
-    included), or ``None`` to infer it from the data."""
+    included), or ``None`` to infer it from the data. ``y_range`` without a task means regression: whole-number
+    targets (ages) are then values, not class names."""
+    if settings.task is None and settings.y_range is not None:
+        return TASKS["regression"].targets
     if settings.task is None or settings.task == "text":
         return None
     if settings.task not in TASKS:
