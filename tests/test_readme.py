@@ -478,7 +478,8 @@ def _readme_commands() -> list[str]:
     blocks = [line for b in BLOCKS if b.language == "bash" for line in command_lines(b.code)]
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     inline = re.findall(r"`((?:torchrun [^`]*-m )?torchgraft [a-z][^`]*)`", prose)
-    return [line for line in blocks + inline if "pip install" not in line]
+    lines = [line for line in blocks + inline if "pip install" not in line]
+    return [line for line in lines if line.startswith(("torchgraft ", "torchrun "))]  # not `tensorboard ...`
 
 
 def test_readme_commands_and_flags_are_in_help():
