@@ -19,6 +19,7 @@ from torchgraft.cli import demo, export, lr_find, pack, predict, report, train
 from torchgraft.cli import inspect as inspect_command
 from torchgraft.cli.quiet import libraries_quiet
 from torchgraft.spelling import command_line
+from torchgraft.train.launch import launched
 
 __all__ = ["main"]
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _say_error(message: str) -> None:
     """Print a user error once: under torchrun every rank meets the same one, rank 0 tells it."""
+    if not launched():  # one process: no need to import torch to know it is rank 0
+        print(message, file=sys.stderr)
+        return
     from torchgraft.train.distributed import is_main
 
     if is_main():
@@ -58,13 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code. Under ``torchrun`` every process runs it: the process group
     is joined first (each rank on its own device), data is checked once, only rank 0 prints and writes."""
     args = build_parser().parse_args(argv)
-    # imported once the arguments are parsed: the parsers build without torch, so --help answers at once
-    from torchgraft.train.distributed import cleanup, launched, local_device, setup
-
     finished = False  # whether the command returned: after an error the other ranks are not waited for
     try:
         with command_line(), libraries_quiet(not args.verbose):
-            if launched():
+            if launched():  # torch is imported here only under torchrun: a command checks its inputs first
+                from torchgraft.train.distributed import local_device, setup
+
                 setup(local_device(getattr(args, "device", None)))
             code = args.run(args)
         finished = True
@@ -80,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if launched():
+            from torchgraft.train.distributed import cleanup
+
             cleanup(wait=finished)
 
 

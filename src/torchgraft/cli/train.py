@@ -278,11 +278,10 @@ def add_parser(commands: Any) -> None:
 
 
 def check_model_first(settings: TrainSettings) -> None:
-    """Refuse an unknown ``timm/NAME`` (with timm's close names) before the run's imports: the task metrics
-    pull in torchmetrics and with it transformers, so the check runs with torch and timm alone (a fresh
-    process fails in about half the time)."""
+    """Refuse an unknown ``timm/NAME`` (with timm's close names) before the run's imports: the check reads
+    timm's model names from torchgraft's cache, without torch (:mod:`torchgraft.weights.timm_names`)."""
     if settings.model is not None and settings.model.startswith(("timm/", "timm:")):
-        from torchgraft.weights.pretrained import check_weights
+        from torchgraft.weights.check import check_weights
 
         check_weights(settings.model, settings.weights)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from torchgraft.cachedir import cache_root
 from torchgraft.data.images import CHECKS, BadImage, scan_images
 from torchgraft.data.samples import Sample, Target
 
@@ -34,15 +35,6 @@ __all__ = ["Checked", "Manifest", "cache_root", "checked_files", "manifest_file"
 VERSION = 1
 LEVELS = {"none": 0, "header": 1, "full": 2}  # how far a file was checked; a higher level covers the lower
 _SEP = "\0"  # cannot occur in a path or a CSV cell
-
-
-def cache_root() -> Path:
-    """Where torchgraft keeps what it remembers between runs: ``$TORCHGRAFT_CACHE``, else
-    ``~/.cache/torchgraft`` (``$XDG_CACHE_HOME/torchgraft`` when that is set)."""
-    given = os.environ.get("TORCHGRAFT_CACHE")
-    if given:
-        return Path(given).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torchgraft"
 
 
 def manifest_file(source: str | Path, directory: str | Path | None = None) -> Path:

@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from torchgraft.devices import check_device
 from torchgraft.spelling import option
+from torchgraft.train.launch import launched
 
 __all__ = [
     "EvalShard",
@@ -65,11 +66,6 @@ def rank() -> int:
 def is_main() -> bool:
     """Whether this is rank 0 (always true when not distributed)."""
     return rank() == 0
-
-
-def launched() -> bool:
-    """Whether ``torchrun`` started this process as one of several (``WORLD_SIZE`` > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def local_device(device: str | torch.device | None = None) -> torch.device:

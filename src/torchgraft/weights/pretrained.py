@@ -12,36 +12,17 @@ from torch import nn
 
 from torchgraft.grafting.loaded import record_loaded
 from torchgraft.spelling import option
+from torchgraft.weights.check import HUB_NAMES, check_weights, weights_file
 from torchgraft.weights.hub import HF_ENDPOINT, hub_cached_file, torch_hub_cached_file, unreachable
 from torchgraft.weights.load import load_weights
-from torchgraft.weights.zoo import _timm, build_model, check_timm_name, torchvision_classifiers
+from torchgraft.weights.timm_names import check_timm_name
+from torchgraft.weights.zoo import _timm, build_model, torchvision_classifiers
 
 __all__ = ["HUB_NAMES", "WeightsError", "check_weights", "offline_weights", "pretrained_model", "weights_file"]
-
-HUB_NAMES = ("imagenet", "default", "pretrained")
 
 
 class WeightsError(ValueError):
     """The requested weights cannot be had (offline, unknown name, a file that does not fit)."""
-
-
-def weights_file(weights: str) -> Path | None:
-    """The checkpoint path ``weights`` names, or ``None`` for ``"none"`` and the hub names; cheap, so a run can
-    check it before scanning its data.
-
-    Raises:
-        FileNotFoundError: ``weights`` is neither a known name nor an existing file.
-    """
-    if weights.lower() in ("none", *HUB_NAMES):
-        return None
-    path = Path(weights)
-    if not path.is_file():
-        given, names = (
-            option(f"weights={weights!r}", f"--weights {weights}"),
-            option("'imagenet' / 'none'", "imagenet / none"),
-        )
-        raise FileNotFoundError(f"{given}: no such file (or use {names}).")
-    return path
 
 
 def offline_weights(architecture: str) -> Path | None:
@@ -113,18 +94,6 @@ def _reachable_source(architecture: str) -> tuple[str, str | None]:
                 f"{_offline_fix(architecture)}"
             )
     return source, cached
-
-
-def check_weights(architecture: str, weights: str = "imagenet") -> None:
-    """Fail now, before any data is read and without the network, what :func:`pretrained_model` would fail
-    later: a missing weights file, an unknown timm name. (Hub weights that cannot be had fail when the model is
-    built, in about a second offline: one connection attempt, no retries.)
-
-    Raises:
-        FileNotFoundError, UnknownModelError: as :func:`pretrained_model`.
-    """
-    if weights_file(weights) is None and weights.lower() != "none" and architecture.startswith(("timm/", "timm:")):
-        check_timm_name(architecture[5:])
 
 
 def _from_hub(architecture: str) -> nn.Module:

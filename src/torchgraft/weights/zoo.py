@@ -11,6 +11,8 @@ import torch
 import torchvision
 from torch import nn
 
+from torchgraft.weights.timm_names import UnknownModelError, check_timm_name, remember_timm_names
+
 __all__ = [
     "UnknownModelError",
     "build_model",
@@ -20,10 +22,6 @@ __all__ = [
 ]
 
 
-class UnknownModelError(ValueError):
-    """The name is neither a torchvision classification builder nor a timm model."""
-
-
 def torchvision_classifiers() -> list[str]:
     """Names of every torchvision classification builder."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -31,9 +29,13 @@ def torchvision_classifiers() -> list[str]:
 
 def _timm() -> object:
     try:
-        return importlib.import_module("timm")
+        timm = importlib.import_module("timm")
     except ImportError as error:
         raise ImportError("timm models need timm: pip install 'torchgraft[timm]'") from error
+    if not getattr(_timm, "remembered", False):  # once a process: the next check answers without timm
+        remember_timm_names(timm)
+        _timm.remembered = True  # type: ignore[attr-defined]
+    return timm
 
 
 @contextlib.contextmanager
@@ -73,24 +75,6 @@ def _on_device(builder: Callable[[], nn.Module], device: str | torch.device) -> 
     except NotImplementedError:  # the builder needs real tensors while it constructs
         with parameters_on_meta():
             return builder()
-
-
-def check_timm_name(arch: str) -> str:
-    """``arch`` if timm knows it.
-
-    Raises:
-        UnknownModelError: with the closest names timm knows.
-    """
-    names = _timm().list_models()
-    if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=5) or sorted(n for n in names if arch.lower() in n)[:5]
-        hint = (
-            f"close names: {', '.join(close)}"
-            if close
-            else f"no close name among timm's {len(names)} models (list some: timm.list_models('*{arch[:4]}*'))"
-        )
-        raise UnknownModelError(f"unknown timm model {arch!r}; {hint}.")
-    return arch
 
 
 def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
