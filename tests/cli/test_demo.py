@@ -41,3 +41,15 @@ def test_demo_reaches_its_accuracy_target(tmp_path):
     assert f"valid accuracy {config['final']['accuracy']:.3f}" in result.stdout
     assert result.stdout.count(" ok") + result.stdout.count("wrong (true:") == 10
     assert result.stdout.count(" ok") >= 7
+
+
+def test_a_bad_epoch_count_is_refused_before_the_runs_imports(tmp_path):
+    code = (
+        "import sys; from torchgraft.cli.main import main; "
+        f"code = main(['demo', '--epochs', '0', '--out', {str(tmp_path / 'd')!r}]); "
+        "print(code, sorted(m for m in ('torch', 'torchmetrics', 'torchgraft.app.run') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr[-2000:]
+    assert result.stderr.strip() == "torchgraft demo: error: --epochs must be >= 1, got 0."
+    assert not (tmp_path / "d").exists()

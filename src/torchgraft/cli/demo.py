@@ -29,6 +29,8 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``demo``."""
+    if args.epochs is not None and args.epochs < 1:  # before the run's imports (5 s): refused at once
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}.")
     import torch
 
     from torchgraft.app.runrecord import RunClock, process_seconds
