@@ -32,7 +32,8 @@ What runs, and how:
   tested, and such a block must show its offline alternative beside it (a line saying ``offline``), which runs
   with the real weights (EfficientNet-Lite0, all-MiniLM-L6-v2).
 - **Cost**: image ``train``/``lr-find`` lines get ``--size 32`` appended (the last ``--size`` wins) on a few
-  images: what is tested is that the command, its flags and its files work, not the accuracy at full size.
+  images, and ``lr-find`` ``--steps 20``: what is tested is that the command, its flags and its files work,
+  not the accuracy at full size.
 """
 
 from __future__ import annotations
@@ -397,7 +398,8 @@ def run_commands(block: Block, folder: Path) -> None:
 
 
 def _offline_and_small(argv: list[str]) -> list[str]:
-    """``--weights none`` for an image network no offline package holds; ``--size 32`` for image runs."""
+    """``--weights none`` for an image network no offline package holds; ``--size 32`` for image runs; a short
+    ``lr-find`` sweep."""
     if argv[0] not in ("train", "lr-find") or argv[1] in TEXT_DATA:
         return argv
     model = argv[argv.index("--model") + 1] if "--model" in argv else "resnet50"  # the CLI's image default
@@ -406,6 +408,8 @@ def _offline_and_small(argv: list[str]) -> list[str]:
     extra = [] if model in OFFLINE_IMAGE_MODELS or "--weights" in argv else ["--weights", "none"]
     if "_224" not in model:  # a ViT keeps the input size its position embeddings were made for
         extra += ["--size", "32"]
+    if argv[0] == "lr-find" and "--steps" not in argv:  # the sweep's length is not what is tested (100 -> 20)
+        extra += ["--steps", "20"]
     return [*argv, *extra]
 
 
