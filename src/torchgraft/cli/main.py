@@ -10,6 +10,7 @@ to resume from (printed by the Learner).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 setup(local_device(getattr(args, "device", None)))
             code = args.run(args)
+            sys.stdout.flush()  # a reader that left (`| head`) is met here, not at the interpreter's exit
         finished = True
         return code
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
@@ -81,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_error(f"torchgraft {args.command}: interrupted")
         return 130
+    except BrokenPipeError:  # `torchgraft ... | head`: the reader left; no traceback, nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         if launched():
             from torchgraft.train.distributed import cleanup
