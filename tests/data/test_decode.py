@@ -178,8 +178,8 @@ def test_pixel_batches_are_normalised_when_moved(files):
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_run_loaders_validate_on_what_prediction_sees(tmp_path, cat, device):
-    """On the CPU the loaders normalise in their processes; on CUDA they carry uint8 crops normalised when
-    moved (here moved to the CPU: the batches of a CUDA run, without a GPU). Either way: prediction's floats."""
+    """The loaders carry uint8 crops (a quarter of the bytes of float crops), normalised when moved: on the
+    CPU as on CUDA (the batches of a CUDA run, here moved to the CPU without a GPU). Prediction's floats."""
     for label in ("a", "b"):
         (tmp_path / label).mkdir()
         for i in range(4):
@@ -190,7 +190,7 @@ def test_the_run_loaders_validate_on_what_prediction_sees(tmp_path, cat, device)
     settings = TrainSettings(batch_size=3, workers=2)
     train, valid = ImageInput().loaders(data, Built(model, "", "", prep), settings, torch.device(device))
     first = next(iter(train))[0]
-    assert isinstance(first, PixelBatch) if device == "cuda" else first.dtype == torch.float32
+    assert isinstance(first, PixelBatch) and first.pixels.dtype == torch.uint8
     outputs, _ = validation_outputs(model, valid, device="cpu")
     with torch.no_grad():  # what predict_images feeds the exported model
         predicted = model(torch.stack([prep.eval_transform()(decode_rgb(p)) for p, _ in data.valid]))

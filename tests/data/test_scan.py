@@ -137,8 +137,11 @@ def test_the_manifest_keeps_verdicts_of_unchanged_files_and_rechecks_the_others(
     read = lambda **kw: image_data(data, skip_bad=True, manifest=cache, **kw)  # noqa: E731
     first = read()
     assert first.checked == 10 and not first.skipped and len(first.fingerprint) == 64
+    saved = next(cache.rglob("*.npz")).stat()
     second = read()
     assert second.checked == 0 and second.fingerprint == first.fingerprint and second.reused == 10
+    again = next(cache.rglob("*.npz")).stat()  # nothing changed: the manifest is not written again
+    assert (again.st_ino, again.st_mtime_ns) == (saved.st_ino, saved.st_mtime_ns)
     assert first.summary() == "2 classes, 8 train / 2 valid images"
     assert (
         second.summary() == "2 classes, 8 train / 2 valid images (10 unchanged since the manifest, not checked again)"

@@ -284,3 +284,27 @@ def test_the_cache_root_follows_torchgraft_cache(monkeypatch, tmp_path):
     assert writable_root(tmp_path / "new") == tmp_path / "new" and (tmp_path / "new").is_dir()
     with pytest.raises(ValueError, match=r"cache_dtype=torch\.int8"):
         Learner(nn.Linear(2, 2), [(torch.zeros(1, 2), torch.zeros(1))], cache_dtype=torch.int8)
+
+
+def test_datasets_of_a_read_take_the_manifest_fingerprint_without_stating_files(tmp_path, monkeypatch):
+    from torchvision.transforms import v2
+
+    from torchgraft.data.folders import image_data
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    plain = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    read = lambda: image_data(tmp_path / "data", valid_pct=0.4, manifest=tmp_path / "m")  # noqa: E731
+    first = read()
+    train, valid = first.datasets(plain, plain)
+    with monkeypatch.context() as patched:  # the manifest already covers every file's size and mtime
+        patched.setattr("torchgraft.data.folders.os.stat", lambda path: pytest.fail(f"stat({path})"))
+        prints = train.fingerprint(), valid.fingerprint()
+    assert prints[0] != prints[1] and None not in prints
+    assert prints == tuple(d.fingerprint() for d in read().datasets(plain, plain))  # the same data: the same
+    changed = Path(first.train[0][0])
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(changed)  # a file rewritten
+    os.utime(changed, ns=(1, 1))
+    assert read().datasets(plain, plain)[0].fingerprint() != prints[0]

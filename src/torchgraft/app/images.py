@@ -74,15 +74,16 @@ class ImageInput(InputRecipe):
     def loaders(
         self, data: LabelledData, built: Built, settings: TrainSettings, device: torch.device
     ) -> tuple[Any, Any]:
-        """Augmented training images, centre-cropped validation images (as the weights were evaluated). On an
-        accelerator the loaders carry uint8 crops, normalised after the transfer
-        (:class:`~torchgraft.data.preprocess.PixelBatch`); on the CPU each crop is normalised in the loader
-        processes, which is cheaper than normalising whole batches in the training process."""
+        """Augmented training images, centre-cropped validation images (as the weights were evaluated). The
+        loaders carry uint8 crops, normalised once on the device they train on
+        (:class:`~torchgraft.data.preprocess.PixelBatch`): a quarter of the bytes of float crops leave the
+        loader processes (on the CPU too, where stacking float crops in shared memory cost the loader a
+        fifth of its speed; ``bench/decode.py``)."""
         assert isinstance(data, ImageData) and isinstance(built.preprocessing, Preprocessing)
-        prep, on_device = built.preprocessing, device.type != "cpu"
-        augmented = prep.train_transform(augment=settings.augment, normalize=not on_device)
-        train, valid = data.datasets(augmented, prep.eval_transform(normalize=not on_device))
-        return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep) if on_device else None)
+        prep = built.preprocessing
+        augmented = prep.train_transform(augment=settings.augment, normalize=False)
+        train, valid = data.datasets(augmented, prep.eval_transform(normalize=False))
+        return dataset_loaders(train, valid, settings, device, collate_fn=PixelCollate(prep))
 
     def validation_inputs(self, data: LabelledData) -> ValidationInputs:
         """The validation image files, read as training reads them."""

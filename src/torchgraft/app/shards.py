@@ -13,19 +13,19 @@ without decoding the batches already trained; a Hugging Face stream is read in t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from torchgraft.app.images import ImageInput
-from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, target_layout
+from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, default_workers, target_layout
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.texts import TextInput
 from torchgraft.data.hfdata import HFStream, hf_data, looks_like_hf, probe_kind
+from torchgraft.data.preprocess import PixelCollate, Preprocessing
 from torchgraft.data.streams import SampleStream, StreamData, as_target
 from torchgraft.data.texts import TextData
 from torchgraft.data.tokens import PadCollate
@@ -135,8 +135,8 @@ class ShardInput(InputRecipe):
         prepares, collate = self._prepares(data, built, settings)
         if not data.streamed:
             train, valid = (PreparedRows(s.reader, p) for s, p in zip((data.train, data.valid), prepares, strict=True))
-            return dataset_loaders(train, valid, settings, device)
-        workers = settings.workers if settings.workers is not None else min(8, os.cpu_count() or 1)
+            return dataset_loaders(train, valid, settings, device, collate_fn=collate)
+        workers = settings.workers if settings.workers is not None else default_workers()
         if isinstance(data.train.reader, HFStream) or data.kind == "text":
             workers = 0  # a Hugging Face stream splits itself between workers; texts tokenize fast
         loaders = []
@@ -159,9 +159,11 @@ class ShardInput(InputRecipe):
 
             return [tokenize, tokenize], PadCollate(tokenizer.pad_token_id or 0)
         prep = built.preprocessing
-        transforms = [prep.train_transform(augment=settings.augment), prep.eval_transform()]  # type: ignore[union-attr]
+        assert isinstance(prep, Preprocessing)
+        train = prep.train_transform(augment=settings.augment, normalize=False)
+        transforms = [train, prep.eval_transform(normalize=False)]
         prepares = [_ImageItem(t, task, count) for t in transforms]
-        return prepares, default_collate
+        return prepares, PixelCollate(prep)  # uint8 crops, normalised where they train (as the image recipe's)
 
     def validation_inputs(self, data: LabelledData) -> ValidationInputs | None:
         """A map-style text dataset's texts (as the text recipe); shards and image datasets: none kept at hand."""

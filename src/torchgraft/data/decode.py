@@ -15,6 +15,7 @@ orientation, so torchvision's stay here until it does (:func:`_tensor_decode` is
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from torchgraft.data.images import BadImage, load_rgb
 
-__all__ = ["decode_rgb"]
+__all__ = ["decode_bytes", "decode_rgb"]
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -49,6 +50,26 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
         raise BadImage(path, f"{type(error).__name__}: {error}") from None
     image = _tensor_decode(data)
     return image if image is not None else pil_to_tensor(load_rgb(path))  # (3, H, W) over HWC memory too
+
+
+def decode_bytes(data: bytes, *, name: str = "image") -> torch.Tensor:
+    """An encoded image held in memory (a shard's or a dataset's bytes) as :func:`decode_rgb` decodes a file:
+    a uint8 ``(3, H, W)`` RGB tensor, by torchvision where it can, else by PIL.
+
+    Raises:
+        BadImage: the bytes are not an image either decoder can read (``name`` says which sample).
+
+    Example:
+        >>> decode_bytes(Path("cat.jpg").read_bytes(), name="shard-0.tar:cat").shape
+        torch.Size([3, 375, 500])
+    """
+    image = _tensor_decode(data)
+    if image is not None:
+        return image
+    try:
+        return pil_to_tensor(load_rgb(io.BytesIO(data)))  # type: ignore[arg-type]  # PIL opens file objects too
+    except BadImage as error:
+        raise BadImage(name, error.reason) from None
 
 
 def _tensor_decode(data: bytes) -> torch.Tensor | None:

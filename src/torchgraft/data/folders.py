@@ -54,9 +54,11 @@ class ImageDataset(Dataset):
         *,
         task: str = "classify",
         bad_files: BadFiles | None = None,
+        files_fingerprint: str | None = None,
     ) -> None:
         self.samples, self.classes, self.transform, self.task = list(samples), list(classes), transform, task
         self.bad_files = bad_files if bad_files is not None else BadFiles()
+        self.files_fingerprint = files_fingerprint
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -75,11 +77,17 @@ class ImageDataset(Dataset):
     def fingerprint(self) -> str | None:
         """A hash of every sample's (path, size, mtime, target), the task, the classes and the transform's
         ``repr``: what the feature cache keys stored features by. ``None`` when the transform's ``repr``
-        holds an address (``<function <lambda> at 0x...>``: it does not say what the transform does)."""
+        holds an address (``<function <lambda> at 0x...>``: it does not say what the transform does).
+        Given ``files_fingerprint`` (the data's manifest: :attr:`ImageData.fingerprint`, which covers every
+        file's size and mtime as read), the files are not stat'ed again: a million files cost seconds."""
         described = repr(self.transform)
         if " at 0x" in described:
             return None
         digest = hashlib.blake2b(f"{self.task}|{self.classes}|{described}".encode(), digest_size=16)
+        if self.files_fingerprint is not None:
+            digest.update(f"\nfiles {self.files_fingerprint}".encode())
+            digest.update("\0".join(f"{path}|{target}" for path, target in self.samples).encode())
+            return digest.hexdigest()
         for path, target in self.samples:
             stat = os.stat(path)
             digest.update(f"\n{path}|{stat.st_size}|{stat.st_mtime_ns}|{target}".encode())
@@ -146,9 +154,10 @@ class ImageData:
         """The two datasets with their transforms, recording files that fail to decode in one ``bad_files``
         (default: a new temporary log)."""
         bad_files = bad_files if bad_files is not None else BadFiles()
+        options = {"task": self.task, "bad_files": bad_files, "files_fingerprint": self.fingerprint or None}
         return (
-            ImageDataset(self.train, self.classes, train_transform, task=self.task, bad_files=bad_files),
-            ImageDataset(self.valid, self.classes, valid_transform, task=self.task, bad_files=bad_files),
+            ImageDataset(self.train, self.classes, train_transform, **options),  # type: ignore[arg-type]
+            ImageDataset(self.valid, self.classes, valid_transform, **options),  # type: ignore[arg-type]
         )
 
     def summary(self) -> str:

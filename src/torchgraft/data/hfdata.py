@@ -8,7 +8,7 @@ a validation split is split as a CSV is (``valid_pct`` per class, ``seed``); a s
 Columns are chosen as a CSV's (``x_col``, ``y_col``; defaults ``image``/``img``/``jpg``/``png``/``path``/
 ``text`` and ``label``/``labels``/``cls``/...). Class names come from a ``ClassLabel`` feature (or a sequence
 of them: multi-label) when there is one, else from the values, the task inferred as a CSV's. Images are
-decoded with :func:`~torchgraft.data.images.load_rgb` from the stored bytes or files.
+decoded to uint8 tensors (:func:`~torchgraft.data.streams.image_of`) from the stored bytes or files.
 """
 
 from __future__ import annotations

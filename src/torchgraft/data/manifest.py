@@ -4,8 +4,8 @@ verdict, saved so that the next run on the same data checks only the files that 
 :func:`checked_files` is what :func:`~torchgraft.data.folders.image_data` calls after the listing: it stats
 every file, reuses the verdict of each file whose size and modification time are those recorded (and that
 was checked at least as far as asked: ``full`` covers ``header``), checks the new and changed ones
-(:func:`~torchgraft.data.images.scan_images`) and writes the manifest again; removed files drop out. A
-manifest lives in a cache keyed by the resolved data path (:func:`manifest_file`):
+(:func:`~torchgraft.data.images.scan_images`) and writes the manifest again when anything changed; removed
+files drop out. A manifest lives in a cache keyed by the resolved data path (:func:`manifest_file`):
 ``$TORCHGRAFT_CACHE/manifests/`` (default ``~/.cache/torchgraft/manifests/``), one ``.npz`` per data path
 (arrays, no pickles: a million entries load in a fraction of a second). It is written atomically; an
 unreadable one is ignored with a warning and rebuilt.
@@ -80,6 +80,18 @@ class Manifest:
             digest.update(np.ascontiguousarray(array).tobytes())
         digest.update(json.dumps(sorted(self.reasons.items())).encode())
         return digest.hexdigest()
+
+    def same_as(self, other: Manifest | None) -> bool:
+        """Whether ``other`` holds exactly these entries and verdicts (then there is nothing to save again)."""
+        if other is None or (self.base, self.paths, self.targets, self.reasons) != (
+            other.base,
+            other.paths,
+            other.targets,
+            other.reasons,
+        ):
+            return False
+        arrays = ("sizes", "mtimes", "levels", "valid")
+        return all(np.array_equal(getattr(self, name), getattr(other, name)) for name in arrays)
 
     def save(self, path: Path) -> None:
         """Write the manifest to ``path`` atomically (a temporary file beside it, then ``os.replace``)."""
@@ -224,7 +236,7 @@ def checked_files(
     found = {bad.path: bad.reason for bad in scan_images(fresh, check=check, progress=progress)}
     entries.levels[~keep] = LEVELS[check]
     entries.reasons = {**reasons, **missing, **{i: found[paths[i]] for i in again if paths[i] in found}}
-    if remember:
+    if remember and not entries.same_as(old):  # a second run on unchanged data writes nothing
         try:
             entries.save(file)
         except OSError as error:

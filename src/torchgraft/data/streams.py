@@ -14,7 +14,6 @@ workers changes nothing. Each rank reads the headers of every shard but the data
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,8 +21,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.transforms.v2.functional import pil_to_tensor
 
-from torchgraft.data.images import BadImage, load_rgb, to_rgb
+from torchgraft.data.decode import decode_bytes, decode_rgb
+from torchgraft.data.images import BadImage, to_rgb
 from torchgraft.data.samples import Target
 from torchgraft.data.sampling import seeded
 from torchgraft.data.tables import parse_targets
@@ -54,24 +55,23 @@ class RecordSource(Protocol):
         ...
 
 
-def image_of(value: Any, *, name: str = "image") -> Image.Image:
-    """An RGB image from what a dataset holds: a PIL image, encoded bytes, ``{"bytes": ..., "path": ...}``
-    (Hugging Face's undecoded ``Image`` feature) or a file path; decoded by :func:`load_rgb`.
+def image_of(value: Any, *, name: str = "image") -> torch.Tensor:
+    """An RGB image as a uint8 ``(3, H, W)`` tensor (what the v2 pipelines take) from what a dataset holds: a
+    PIL image, encoded bytes, ``{"bytes": ..., "path": ...}`` (Hugging Face's undecoded ``Image`` feature) or a
+    file path; decoded by torchvision where it can, else by PIL, as image files are
+    (:func:`~torchgraft.data.decode.decode_rgb`, :func:`~torchgraft.data.decode.decode_bytes`).
 
     Raises:
         BadImage: the bytes or file cannot be decoded (``name`` says which sample).
     """
     if isinstance(value, Image.Image):
-        return to_rgb(value)
+        return pil_to_tensor(to_rgb(value))
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, bytes | bytearray):
-        try:
-            return load_rgb(io.BytesIO(value))  # type: ignore[arg-type]  # PIL opens file objects too
-        except BadImage as error:
-            raise BadImage(name, error.reason) from None
+        return decode_bytes(bytes(value), name=name)
     if isinstance(value, str):
-        return load_rgb(value)
+        return decode_rgb(value)
     raise BadImage(name, f"holds a {type(value).__name__}, not an image (bytes, a path or a PIL image)")
 
 
