@@ -7,14 +7,14 @@ there is one (else the CPU), three arms side by side in the same run:
 
 * ``tensor``: the training loader exactly as ``torchgraft train`` builds it (the image recipe's ``loaders``:
   the real :class:`~torchgraft.data.folders.ImageDataset`, files decoded to uint8 tensors by
-  :func:`~torchgraft.data.decode.decode_rgb`, through :func:`~torchgraft.app.inputs.dataset_loaders`): on
-  CUDA uint8 crops normalised after the transfer, on the CPU crops normalised in the loader processes;
+  :func:`~torchgraft.data.decode.decode_rgb`, through :func:`~torchgraft.app.inputs.dataset_loaders`): uint8
+  crops, normalised when moved (after the transfer on CUDA; in the training process on the CPU), timed with
+  that normalisation;
 * ``bare``: the ceiling — a trivial dataset reading the bytes, ``torchvision.io.decode_jpeg`` and v2
   ``RandomResizedCrop`` + flip on uint8, nothing else (not even the normalisation), in a plain ``DataLoader``
   on the same 2 processes;
-* ``uint8`` (on the CPU only): the loader of a CUDA run — the same dataset with uint8 crops into
-  :class:`~torchgraft.data.preprocess.PixelBatch` batches — timed without the normalisation a GPU does after
-  the transfer: what the loader processes deliver when the device normalises;
+* ``uint8`` (on the CPU only): the same loader timed without the normalisation: what the loader processes
+  deliver, and so what the normalisation in the training process costs;
 * ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, the same transforms with float
   crops normalised in the loader processes), through the same loaders.
 
@@ -174,8 +174,8 @@ def main() -> None:
     ratios = [f"tensor / bare = {t / b:.2f} (target >= 0.9); tensor / PIL = {t / p:.2f} (target >= 1.8)."]
     if "uint8" in speeds:
         u = speeds["uint8"]
-        lines.append(f"| the loader of a CUDA run: uint8 crops, normalisation left to the GPU | {u:.0f} |")
-        ratios.append(f"uint8 / bare = {u / b:.2f}; uint8 / PIL = {u / p:.2f} (the loader's part of a CUDA run).")
+        lines.append(f"| the same loader without the normalisation (the loader processes' part) | {u:.0f} |")
+        ratios.append(f"uint8 / bare = {u / b:.2f}; uint8 / PIL = {u / p:.2f} (without the normalisation).")
     lines += ["", *ratios]
     report("Loader throughput: tensor decode path", lines, write=args.write)
 

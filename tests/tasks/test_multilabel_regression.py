@@ -88,6 +88,27 @@ def test_best_threshold_is_the_best_micro_f1_on_the_grid():
     )
 
 
+def test_the_run_chooses_the_threshold_on_half_the_validation_set_and_reports_on_the_other_half():
+    generator = torch.Generator().manual_seed(2)
+    targets = (torch.rand(301, 5, generator=generator) < 0.2).float()
+    probabilities = (0.25 * targets + 0.6 * torch.rand(301, 5, generator=generator)).clamp(1e-6, 1 - 1e-6)
+    logits = torch.logit(probabilities)
+    task = Multilabel.for_run()
+    batches = [(logits[i : i + 64], targets[i : i + 64]) for i in range(0, 301, 64)]  # as the run keeps them
+    report = task.report(batches, [f"l{i}" for i in range(5)])
+    chosen, _ = best_threshold(probabilities[0::2], targets[0::2])  # every other sample, in validation order
+    held = targets[1::2].int().numpy()
+    at = lambda t: sklearn_metrics.f1_score(held, (probabilities[1::2] >= t).int().numpy(), average="micro")  # noqa: E731
+    assert task.threshold == report.final["threshold"] == chosen and not task.choose_threshold
+    assert report.final["f1_at_threshold"] == pytest.approx(at(chosen), abs=1e-9)  # measured where not chosen
+    assert report.final["f1_at_0.5"] == pytest.approx(at(0.5), abs=1e-9)
+    assert report.final["threshold_samples"] == {"chosen_on": 151, "reported_on": 150}
+    assert "not used to choose it" in report.lines[0]
+    assert task.report(batches, []).final == {}  # chosen once: a second report keeps it
+    few = Multilabel.for_run().report([(logits[:3], targets[:3])], [])
+    assert few.final["threshold_samples"] == {"chosen_on": 3, "reported_on": 3} and "too few" in few.lines[0]
+
+
 def test_multilabel_learner_on_pairs_of_real_digits(digits):
     torch.manual_seed(0)
     train = torch.utils.data.TensorDataset(*_pairs(digits, 1200, seed=0))
