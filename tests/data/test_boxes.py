@@ -191,6 +191,23 @@ def test_yolo_names_as_a_list_or_a_dict(names_as_dict, tmp_path):
     assert "1 images have no label file: taken as images without objects" in data.warnings
 
 
+@pytest.mark.parametrize(
+    ("file", "text", "message"),
+    [
+        ("a.json", '{"images": [\n  {"id": 1,}\n]}', r"a\.json:2: not valid JSON \(Expecting property name"),
+        ("a.json", '{"images": [], "annotations": []}', r"a\.json: not a COCO instances file: no 'categories' list"),
+        ("data.yaml", "train: images\nval: images\n", r"data\.yaml: not a YOLO data file: needs 'names:'"),
+        ("data.yaml", "train: .\nnc: 2\nnames: [a, b, c]\n", r"data\.yaml: nc: 2 but names lists 3 classes"),
+        ("data.yaml", "train: .\nnames: {0: a, 2: b}\n", r"names: keys \[0, 2\] must be the class ids 0\.\.1"),
+        ("data.yaml", "train: missing\nnames: [a]\n", r"train: .*missing is neither a folder of images nor"),
+    ],
+)
+def test_files_that_cannot_be_read_at_all_are_refused_by_name(file, text, message, tmp_path):
+    (tmp_path / file).write_text(text)
+    with pytest.raises(DataError, match=message):
+        box_data(tmp_path / file)
+
+
 def _coco_with_bad_entries(root: Path) -> Path:
     """The training scene plus one of each kind of bad entry; returns the JSON file."""
     scene = [entry for entry in SCENE if entry[0] not in VALID]
@@ -354,9 +371,10 @@ def test_dataset_gives_tv_tensors_and_a_flip_moves_boxes_with_the_objects(tmp_pa
         assert torch.equal(_colour_inside(image, box), torch.tensor(COLOURS[label], dtype=torch.float32))
 
 
-def test_train_transforms_keep_boxes_on_their_objects(tmp_path):
+@pytest.mark.parametrize("iou_crop", [False, True], ids=["scale-jitter", "iou-crop"])
+def test_train_transforms_keep_boxes_on_their_objects(iou_crop, tmp_path):
     data = box_data(write_yolo(tmp_path))
-    dataset = BoxDataset(data.train, box_transforms(train=True, size=96, photometric=False))
+    dataset = BoxDataset(data.train, box_transforms(train=True, size=96, iou_crop=iou_crop))
     flips = set()
     for seed in range(6):
         torch.manual_seed(seed)
@@ -368,7 +386,19 @@ def test_train_transforms_keep_boxes_on_their_objects(tmp_path):
                 assert (colour - torch.tensor(COLOURS[label])).abs().max() < 8, (seed, index, box, colour)
             if index == 0:
                 flips.add(bool(target["boxes"][0, 0] > image.shape[-1] / 2))  # the bag is on the left unflipped
-    assert flips == {True, False}  # both branches of the random flip were seen
+    assert iou_crop or flips == {True, False}  # both branches of the random flip were seen
+
+
+def test_photometric_jitter_changes_colours_not_boxes(tmp_path):
+    data = box_data(write_yolo(tmp_path))
+    dataset = BoxDataset(data.train, box_transforms(train=True, photometric=True, flip=0.0))
+    changed = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        image, target = dataset[0]
+        assert torch.equal(target["boxes"].as_subclass(torch.Tensor), _expected("a")[0])
+        changed += not torch.equal((image * 255).round().to(torch.uint8), BoxDataset(data.train)[0][0])
+    assert changed > 0
 
 
 def test_sanitize_drops_degenerate_boxes_with_their_labels():

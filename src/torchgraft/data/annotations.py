@@ -142,7 +142,7 @@ def _image_problems(found: Annotations, boxes_of: Counter[int]) -> tuple[list[Ba
                 with Image.open(path) as image:  # the header only: no decode
                     width, height = image.size
                 found.sizes[index] = (height, width)
-            except (OSError, ValueError, SyntaxError) as error:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 reason = f"{path} is not a readable image ({type(error).__name__}: {error})"
         if reason is not None:
             bad.append(BadAnnotation(found.locate_image(index), reason, images=1, boxes=boxes_of[index]))

@@ -7,9 +7,9 @@ beside ``root/annotations/instances_<split>.json``: ``root/<split>/``, ``root/im
 (``iscrowd: 1``) are left out, as torchvision's COCO detection recipe does.
 
 Every bad entry is named by its file, line, id and index (``annotations.json:41: annotation id 12
-(annotations[3])``): the file is read element by element with :meth:`json.JSONDecoder.raw_decode`, which
-gives each entry's offset at the cost of one Python step per entry. The official COCO files are one line,
-so there the id and index are what find an entry.
+(annotations[3])``). The file is read by ``json.loads``; only when an entry is bad is it scanned again, entry
+by entry with :meth:`json.JSONDecoder.raw_decode`, for each entry's offset (one Python step per entry, about
+as long again as the read). The official COCO files are one line, so there the id and index find an entry.
 """
 
 from __future__ import annotations
@@ -29,21 +29,26 @@ __all__ = ["coco_files", "read_coco"]
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 _LISTS = ("images", "annotations")  # the lists whose entries' offsets are kept
+_KEYS = ("images", "annotations", "categories")
+_IDS, _NUMBERS = (int, str), (int, float)  # exact types: JSON gives no subclasses, and True is not an id
 _VALID_WORDS = ("val", "valid", "validation")
 
 
 @dataclass
 class _Lines:
-    """Line numbers of offsets in ``text``; the newline index is built on the first question."""
+    """The line of each entry of ``text``'s ``images`` and ``annotations`` lists. The file is scanned for
+    them on the first question only (a file without bad entries is read by ``json.loads`` alone)."""
 
     text: str
+    _offsets: dict[str, list[int]] = field(default_factory=dict, init=False)
     _newlines: list[int] = field(default_factory=list, init=False)
-    _built: bool = field(default=False, init=False)
 
-    def at(self, offset: int) -> int:
-        if not self._built:
-            self._newlines, self._built = [m.start() for m in re.finditer("\n", self.text)], True
-        return bisect.bisect_left(self._newlines, offset) + 1
+    def at(self, key: str, index: int) -> int:
+        """The 1-based line of ``key[index]`` (``key``: ``"images"`` or ``"annotations"``)."""
+        if not self._offsets:
+            self._offsets = _parsed(self.text)[1]
+            self._newlines = [m.start() for m in re.finditer("\n", self.text)]
+        return bisect.bisect_left(self._newlines, self._offsets[key][index]) + 1
 
 
 def _skip(text: str, position: int) -> int:
@@ -97,21 +102,21 @@ def _parsed(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
         position = _skip(text, position + 1)
 
 
-def _read_json(path: Path) -> tuple[dict[str, Any], dict[str, list[int]], _Lines]:
+def _read_json(path: Path) -> tuple[dict[str, Any], _Lines]:
     try:
         text = path.read_text(encoding="utf-8-sig")
-        document, offsets = _parsed(text)
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg}, column {error.colno}).") from None
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(document.get(key), list):
-            raise DataError(
-                f"{path}: not a COCO instances file: no {key!r} list (a COCO detection file holds 'images', "
-                f"'annotations' and 'categories' lists)."
-            )
-    return document, offsets, _Lines(text)
+    if not isinstance(document, dict) or not all(isinstance(document.get(k), list) for k in _KEYS):
+        missing = next(k for k in _KEYS if not isinstance(document, dict) or not isinstance(document.get(k), list))
+        raise DataError(
+            f"{path}: not a COCO instances file: no {missing!r} list (a COCO detection file holds 'images', "
+            f"'annotations' and 'categories' lists)."
+        )
+    return document, _Lines(text)
 
 
 def _categories(entries: list[Any], path: Path) -> tuple[dict[Any, int], list[str]]:
@@ -192,39 +197,37 @@ def _size(entry: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def _bbox(value: Any) -> list[float] | None:
-    if not isinstance(value, list) or len(value) != 4:
-        return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        return None
+    if type(value) is not list or len(value) != 4 or any(type(v) not in _NUMBERS for v in value):
+        return None  # a bool is not a number here
     return [float(v) for v in value]
 
 
-def _verdict(note: Any, unusable: set[Any], position: dict[Any, int], labels: dict[Any, int]) -> str | None:
-    """``None`` for a usable annotation; ``"crowd"``; ``"with its image"`` (its image entry is bad, and counts
+def _verdict(note: Any, unusable: set[Any], position: dict[Any, int], labels: dict[Any, int]) -> list[float] | str:
+    """The box of a usable annotation; ``"crowd"``; ``"with its image"`` (its image entry is bad, and counts
     it); else why it is bad."""
-    if not isinstance(note, dict):
+    if type(note) is not dict:
         return f"malformed annotation {_short(note)}: expected an object"
     if note.get("iscrowd"):
         return "crowd"
-    if not all(isinstance(note.get(key), int | str) for key in ("image_id", "category_id")):
+    image_id, category_id, bbox = note.get("image_id"), note.get("category_id"), note.get("bbox")
+    if type(image_id) not in _IDS or type(category_id) not in _IDS:
         return f"malformed annotation {_short(note)}: needs an image_id and a category_id"
-    if note.get("image_id") in unusable:
+    if image_id in unusable:
         return "with its image"
-    if note.get("image_id") not in position:
-        return f"image_id {note.get('image_id')!r} is not an id in images"
-    if note.get("category_id") not in labels:
+    if image_id not in position:
+        return f"image_id {image_id!r} is not an id in images"
+    if category_id not in labels:
         known = ", ".join(str(c) for c in list(labels)[:10]) + (", ..." if len(labels) > 10 else "")
-        return f"unknown class: category_id {note.get('category_id')!r} is not in categories (ids {known})"
-    if _bbox(note.get("bbox")) is None:
-        return f"malformed bbox {_short(note.get('bbox'))}: expected [x, y, width, height] numbers"
-    return None
+        return f"unknown class: category_id {category_id!r} is not in categories (ids {known})"
+    box = _bbox(bbox)
+    return box if box is not None else f"malformed bbox {_short(bbox)}: expected [x, y, width, height] numbers"
 
 
 def _read_file(
     path: Path, split: str | None, *, images: Path | None, root: Path
 ) -> tuple[Annotations, list[tuple[int, str]]]:
     """One COCO file as :class:`Annotations` (images relative to their folder) and its categories."""
-    document, offsets, lines = _read_json(path)
+    document, lines = _read_json(path)
     labels, names = _categories(document["categories"], path)
     entries, notes = document["images"], document["annotations"]
     file = shown(path, root)
@@ -233,7 +236,7 @@ def _read_file(
         entry = (entries if key == "images" else notes)[k]
         entry_id = entry.get("id") if isinstance(entry, dict) else None
         what = "image" if key == "images" else "annotation"
-        return f"{file}:{lines.at(offsets[key][k])}: {what} id {entry_id} ({key}[{k}])"
+        return f"{file}:{lines.at(key, k)}: {what} id {entry_id} ({key}[{k}])"
 
     sorted_images = _images(entries)
     kept = sorted(sorted_images.index.items(), key=lambda item: item[1])
@@ -253,17 +256,17 @@ def _read_file(
     crowd = 0
     for k, note in enumerate(notes):
         verdict = _verdict(note, sorted_images.unusable, position, labels)
-        if verdict == "crowd":
+        if isinstance(verdict, list):
+            found.box_image.append(position[note["image_id"]])
+            found.coords.append(verdict)
+            found.labels.append(labels[note["category_id"]])
+            box_entry.append(k)
+        elif verdict == "crowd":
             crowd += 1
         elif verdict == "with its image":
             dropped_with[note["image_id"]] += 1
-        elif verdict is not None:
-            found.bad.append(BadAnnotation(where("annotations", k), verdict))
         else:
-            found.box_image.append(position[note["image_id"]])
-            found.coords.append(_bbox(note["bbox"]))  # type: ignore[arg-type]
-            found.labels.append(labels[note["category_id"]])
-            box_entry.append(k)
+            found.bad.append(BadAnnotation(where("annotations", k), verdict))
     for k, reason, image_id, dropped in sorted_images.bad:
         counted = dropped_with.pop(image_id, 0)  # a duplicated id's annotations counted once, with its first report
         found.bad.append(BadAnnotation(where("images", k), reason, images=dropped, boxes=counted))

@@ -97,7 +97,7 @@ def box_transforms(
     Example:
         >>> box_transforms(train=False, size=512)
         Compose(
-              Resize(size=None, max_size=512, interpolation=InterpolationMode.BILINEAR, antialias=True)
+              Resize(interpolation=bilinear, max_size=512, antialias=True)
               ToDtype(scale=True)
         )
     """
