@@ -18,6 +18,7 @@ import bisect
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,34 @@ def _verdict(note: Any, unusable: set[Any], position: dict[Any, int], labels: di
     return box if box is not None else f"malformed bbox {_short(bbox)}: expected [x, y, width, height] numbers"
 
 
+def _add_boxes(
+    found: Annotations,
+    notes: list[Any],
+    box_entry: list[int],
+    unusable: set[Any],
+    position: dict[Any, int],
+    labels: dict[Any, int],
+    where: Callable[[str, int], str],
+) -> tuple[int, Counter[Any]]:
+    """Add the usable ``annotations`` entries to ``found`` (their indices to ``box_entry``) and the bad ones
+    to ``found.bad``; the number of crowd entries and, per unusable image id, its entries."""
+    crowd, dropped_with = 0, Counter()
+    for k, note in enumerate(notes):
+        verdict = _verdict(note, unusable, position, labels)
+        if isinstance(verdict, list):
+            found.box_image.append(position[note["image_id"]])
+            found.coords.append(verdict)
+            found.labels.append(labels[note["category_id"]])
+            box_entry.append(k)
+        elif verdict == "crowd":
+            crowd += 1
+        elif verdict == "with its image":
+            dropped_with[note["image_id"]] += 1
+        else:
+            found.bad.append(BadAnnotation(where("annotations", k), verdict))
+    return crowd, dropped_with
+
+
 def _read_file(
     path: Path, split: str | None, *, images: Path | None, root: Path
 ) -> tuple[Annotations, list[tuple[int, str]]]:
@@ -252,21 +281,7 @@ def _read_file(
         splits=[split] * len(kept),
     )
     box_entry: list[int] = []
-    dropped_with: Counter[Any] = Counter()  # unusable image id -> its annotations
-    crowd = 0
-    for k, note in enumerate(notes):
-        verdict = _verdict(note, sorted_images.unusable, position, labels)
-        if isinstance(verdict, list):
-            found.box_image.append(position[note["image_id"]])
-            found.coords.append(verdict)
-            found.labels.append(labels[note["category_id"]])
-            box_entry.append(k)
-        elif verdict == "crowd":
-            crowd += 1
-        elif verdict == "with its image":
-            dropped_with[note["image_id"]] += 1
-        else:
-            found.bad.append(BadAnnotation(where("annotations", k), verdict))
+    crowd, dropped_with = _add_boxes(found, notes, box_entry, sorted_images.unusable, position, labels, where)
     for k, reason, image_id, dropped in sorted_images.bad:
         counted = dropped_with.pop(image_id, 0)  # a duplicated id's annotations counted once, with its first report
         found.bad.append(BadAnnotation(where("images", k), reason, images=dropped, boxes=counted))
