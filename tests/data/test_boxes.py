@@ -5,6 +5,7 @@ line (or skipped and counted exactly); the dataset and v2 transforms keep boxes 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from torchvision.transforms import v2
 
 from torchgraft.data.annotations import BoxSample
 from torchgraft.data.boxes import box_data, box_format
+from torchgraft.data.decode import decode_rgb
 from torchgraft.data.detection import BoxDataset, box_transforms, collate_boxes
+from torchgraft.data.images import EXIF_ORIENTATION, displayed_size
 from torchgraft.data.samples import DataError
 
 CLASSES = ["bag", "shirt", "shoe"]
@@ -421,3 +424,151 @@ def test_collate_keeps_lists_and_eval_resize_scales_the_boxes(tmp_path):
     assert [tuple(t["boxes"].shape) for t in targets] == [(2, 4), (1, 4), (0, 4)]
     assert targets[0]["boxes"].tolist() == [[4.0, 2.0, 20.0, 18.0], [32.0, 8.0, 60.0, 28.0]]
     assert targets[0]["labels"].tolist() == [0, 2] and targets[2]["labels"].dtype == torch.int64
+
+
+# A portrait photo as displayed (64 wide, 128 high), stored turned back the way its EXIF orientation turns it
+# forward (PIL's exif_transpose inverted): 5..8 store it as a 128x64 landscape, 3 upside down at 64x128.
+PORTRAIT = (64, 128, [(0, 8, 16, 40, 64), (2, 16, 80, 56, 120)])
+STORED_AS = {
+    3: Image.Transpose.ROTATE_180,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def _paint_turned(path: Path, orientation: int) -> Path:
+    """A JPEG of :data:`PORTRAIT` that shows as painted once its EXIF ``orientation`` is applied."""
+    width, height, objects = PORTRAIT
+    _paint(path, width, height, objects)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    Image.open(path).transpose(STORED_AS[orientation]).save(path.with_suffix(".jpg"), quality=95, exif=exif)
+    path.unlink()
+    return path.with_suffix(".jpg")
+
+
+def _assert_on_the_portrait(data) -> None:
+    """Every sample is the portrait as decoded (size and boxes as displayed), its boxes on their objects."""
+    width, height, objects = PORTRAIT
+    boxes = torch.tensor([o[1:] for o in objects], dtype=torch.float32)
+    for index, sample in enumerate(data.train):
+        assert sample.size == tuple(decode_rgb(sample.path).shape[1:]) == (height, width), sample
+        assert torch.equal(sample.boxes, boxes) and sample.labels.tolist() == [o[0] for o in objects]
+        image, target = BoxDataset(data.train)[index]
+        assert image.shape == (3, height, width) and target["boxes"].canvas_size == (height, width)
+        for box, label in zip(target["boxes"], target["labels"], strict=True):
+            colour = _colour_inside(image, box)
+            assert (colour - torch.tensor(COLOURS[label])).abs().max() < 8, (box, colour)
+
+
+@pytest.mark.parametrize("orientation", [3, 5, 6, 7, 8])
+def test_yolo_fractions_are_of_the_image_as_displayed(orientation, tmp_path):
+    width, height, objects = PORTRAIT
+    lines = [
+        f"{label} {(x1 + x2) / 2 / width!r} {(y1 + y2) / 2 / height!r} {(x2 - x1) / width!r} {(y2 - y1) / height!r}"
+        for label, x1, y1, x2, y2 in objects
+    ]
+    for split in ("train", "val"):
+        stored = _paint_turned(tmp_path / "images" / split / "p.png", orientation)
+        with Image.open(stored) as image:  # the file holds the image turned back
+            assert image.size == ((height, width) if orientation >= 5 else (width, height))
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split / "p.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {CLASSES}\n")
+    data = box_data(tmp_path)
+    _assert_on_the_portrait(data)
+    assert data.skipped == [] and not [w for w in data.warnings if "EXIF" in w]
+
+
+def _turned_coco(root: Path, recorded: dict) -> Path:
+    """instances_{train,val}.json over one 6-oriented portrait each, recording ``recorded`` as its size."""
+    for split in ("train", "val"):
+        _paint_turned(root / split / "p.png", 6)
+        notes = [
+            {"id": 10 + k, "image_id": 1, "category_id": CATEGORY_IDS[label], "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            for k, (label, x1, y1, x2, y2) in enumerate(PORTRAIT[2])
+        ]
+        _coco_json(
+            root / "annotations" / f"instances_{split}.json", [{"id": 1, "file_name": "p.jpg", **recorded}], notes
+        )
+    return root
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [{"width": 64, "height": 128}, {"width": 128, "height": 64}, {}],
+    ids=["displayed-size", "stored-size", "no-size"],
+)
+def test_coco_sizes_are_of_the_image_as_displayed(recorded, tmp_path):
+    data = box_data(_turned_coco(tmp_path, recorded))
+    _assert_on_the_portrait(data)
+    turned = [w for w in data.warnings if "EXIF" in w]
+    if recorded.get("width") == 128:  # the stored size: replaced, and said so with the file and line
+        train, valid = (
+            f"annotations/instances_{split}.json:{_line(tmp_path / 'annotations' / f'instances_{split}.json', 'p.jpg')}"
+            f": image id 1 (images[0])"
+            for split in ("train", "val")
+        )
+        assert turned == [
+            f"2 images record their width and height as stored, before their EXIF orientation turns them a quarter "
+            f"({train}; {valid}): the displayed size is used, and their boxes are read as drawn on the image as "
+            f"displayed (as annotation tools draw them)"
+        ]
+    else:
+        assert turned == []
+
+
+def test_a_recorded_size_that_is_not_the_images_is_bad(tmp_path):
+    path = _turned_coco(tmp_path, {"width": 100, "height": 128}) / "annotations" / "instances_train.json"
+    image = tmp_path / "train" / "p.jpg"
+    where = f"annotations/instances_train.json:{_line(path, 'p.jpg')}: image id 1 (images[0])"
+    reason = (
+        f"records width 100 and height 128, but {image} is 64x128 as displayed (stored 128x64, turned by its EXIF "
+        f"orientation): its boxes would land in the wrong place; give the image's width and height"
+    )
+    with pytest.raises(DataError, match=re.escape(f"1 bad annotations: {where}: {reason}")):
+        box_data(tmp_path / "annotations" / "instances_train.json")
+    root = write_voc(tmp_path / "voc")  # an image without an orientation, its <size> wrong
+    xml = root / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<width>128</width>", "<width>100</width>"))
+    data = box_data(root, skip_bad=True)
+    assert [(b.where, b.reason, b.images, b.boxes) for b in data.skipped] == [
+        (
+            f"Annotations/a.xml:{_line(xml, '<size>')}: <size>",
+            f"records width 100 and height 64, but {root / 'JPEGImages' / 'a.png'} is 128x64: its boxes would land "
+            f"in the wrong place; give the image's width and height",
+            1,
+            2,
+        )
+    ]
+
+
+def test_a_voc_size_recorded_before_the_turn_is_replaced_with_a_warning(tmp_path):
+    root = write_voc(tmp_path)
+    width, height, objects = PORTRAIT
+    _paint_turned(root / "JPEGImages" / "p.png", 8)
+    (root / "Annotations" / "p.xml").write_text(_voc_xml("p", height, width, objects, filename="p.jpg"))
+    with (root / "ImageSets" / "Main" / "train.txt").open("a") as listing:
+        listing.write("p\n")
+    data = box_data(root)
+    sample = _by_name(data.train)["p"]
+    assert sample.size == tuple(decode_rgb(sample.path).shape[1:]) == (height, width)
+    assert torch.equal(sample.boxes, torch.tensor([o[1:] for o in objects], dtype=torch.float32))
+    line = _line(root / "Annotations" / "p.xml", "<size>")
+    assert next(w for w in data.warnings if "EXIF" in w).startswith(
+        f"1 images record their width and height as stored, before their EXIF orientation turns them a quarter "
+        f"(Annotations/p.xml:{line}: <size>): the displayed size is used"
+    )
+
+
+def test_displayed_size_reads_a_png_header_without_decoding(tmp_path):
+    _paint(tmp_path / "plain.png", 128, 64, [])
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    Image.open(tmp_path / "plain.png").save(tmp_path / "turned.png", exif=exif)  # an eXIf chunk before the pixels
+    for name, size in (("plain.png", (128, 64)), ("turned.png", (64, 128))):
+        with Image.open(tmp_path / name) as image:
+            assert displayed_size(image) == size == tuple(decode_rgb(tmp_path / name).shape[:0:-1])
+            assert image._im is None  # Pillow's PngImageFile.getexif would have decoded the pixels

@@ -7,6 +7,13 @@ class). :func:`checked_samples` does the checks every format shares — a missin
 that does not read, a box of zero or negative area, a box outside its image — and gives one
 :class:`BoxSample` per image with boxes as float ``(N, 4)`` ``xyxy`` absolute pixels. Every problem is a
 :class:`BadAnnotation` that names its file and line; the box maths is torchvision's.
+
+Sizes are those of the image as displayed, EXIF orientation applied: the pixels
+:func:`~torchgraft.data.decode.decode_rgb` gives, and the coordinates annotation tools (and Ultralytics'
+``exif_size``) draw boxes in. Each image's header is read (no decode); a recorded size that is the stored
+size of an image its orientation turns a quarter (width and height swapped) is replaced by the displayed one
+with a warning, and any other recorded size that is not the image's is a bad annotation: its boxes would
+land in the wrong place.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.ops import box_convert
+
+from torchgraft.data.images import displayed_size
 
 __all__ = [
     "BOX_FORMATS",
@@ -75,13 +84,15 @@ class Annotations:
     Attributes:
         classes: class names, in label order.
         paths: image files (not yet checked to exist).
-        sizes: ``(height, width)`` where the annotation records it, else ``None`` (read from the header).
+        sizes: ``(height, width)`` where the annotation records it, else ``None``; :func:`checked_samples`
+            sets each to the image's size as displayed (read from its header).
         splits: ``"train"``, ``"valid"`` or ``None`` (the data mark no split) for each image.
         box_image: the index (into ``paths``) of each box's image.
         coords: each box's four numbers in ``box_format``.
         labels: each box's class index.
         box_format: one of :data:`BOX_FORMATS`.
         locate_image, locate_box: where image ``i`` / box ``i`` is written (for messages).
+        locate_size: where image ``i``'s recorded size is written (``None``: where the image is).
         bad: what the reader left out already.
         warnings: what the reader noticed but kept.
     """
@@ -90,6 +101,7 @@ class Annotations:
     box_format: str
     locate_image: Locate
     locate_box: Locate
+    locate_size: Locate | None = None
     paths: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int] | None] = field(default_factory=list)
     splits: list[str | None] = field(default_factory=list)
@@ -130,24 +142,74 @@ def chained(parts: Sequence[tuple[int, Locate]]) -> Locate:
     return locate
 
 
+_HEADER_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_SHOWN_TURNED = 3  # images named in the warning about sizes recorded before the EXIF turn
+
+
+def _header_sizes(path: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(height, width)`` of the image at ``path`` as stored and as displayed (EXIF orientation applied)."""
+    with Image.open(path) as image:  # the header only: no decode
+        (width, height), (displayed_width, displayed_height) = image.size, displayed_size(image)
+    return (height, width), (displayed_height, displayed_width)
+
+
+def _size_problem(
+    path: str, recorded: tuple[int, int], stored: tuple[int, int], displayed: tuple[int, int]
+) -> str | None:
+    """Why the ``(height, width)`` recorded for an image is wrong, or ``None`` where it is the displayed size
+    (or the stored one of an image its EXIF orientation turns: the caller warns)."""
+    if recorded in (displayed, stored):
+        return None
+    (height, width), (displayed_height, displayed_width) = recorded, displayed
+    turned = (
+        f" as displayed (stored {stored[1]}x{stored[0]}, turned by its EXIF orientation)" if stored != displayed else ""
+    )
+    return (
+        f"records width {width} and height {height}, but {path} is {displayed_width}x{displayed_height}{turned}: "
+        f"its boxes would land in the wrong place; give the image's width and height"
+    )
+
+
+def _image_problem(found: Annotations, index: int) -> tuple[str, Locate] | None:
+    """Why image ``index`` is left out and where that is written, or ``None`` (its size then set to the
+    displayed one)."""
+    path = found.paths[index]
+    if not os.path.isfile(path):
+        return f"no image file {path}", found.locate_image
+    try:
+        stored, displayed = _header_sizes(path)
+    except _HEADER_ERRORS as error:
+        return f"{path} is not a readable image ({type(error).__name__}: {error})", found.locate_image
+    recorded, found.sizes[index] = found.sizes[index], displayed
+    reason = _size_problem(path, recorded, stored, displayed) if recorded is not None else None
+    return (reason, found.locate_size or found.locate_image) if reason is not None else None
+
+
 def _image_problems(found: Annotations, boxes_of: Counter[int]) -> tuple[list[BadAnnotation], set[int]]:
-    """Images whose file is missing or whose header does not read (their sizes filled in where they do)."""
-    bad, dropped = [], set()
-    for index, path in enumerate(found.paths):
-        reason = None
-        if not os.path.isfile(path):
-            reason = f"no image file {path}"
-        elif found.sizes[index] is None:
-            try:
-                with Image.open(path) as image:  # the header only: no decode
-                    width, height = image.size
-                found.sizes[index] = (height, width)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-                reason = f"{path} is not a readable image ({type(error).__name__}: {error})"
-        if reason is not None:
-            bad.append(BadAnnotation(found.locate_image(index), reason, images=1, boxes=boxes_of[index]))
+    """Images whose file is missing, whose header does not read, or whose recorded size is not the image's;
+    every kept image's size set to its displayed one (one recorded before an EXIF turn: a warning)."""
+    bad, dropped, recorded = [], set(), list(found.sizes)
+    for index in range(len(found.paths)):
+        problem = _image_problem(found, index)
+        if problem is not None:
+            reason, where = problem
+            bad.append(BadAnnotation(where(index), reason, images=1, boxes=boxes_of[index]))
             dropped.add(index)
+    turned = [i for i, size in enumerate(recorded) if size is not None and i not in dropped and size != found.sizes[i]]
+    if turned:
+        found.warnings.append(_turned_warning(found, turned))
     return bad, dropped
+
+
+def _turned_warning(found: Annotations, turned: list[int]) -> str:
+    locate = found.locate_size or found.locate_image
+    named = "; ".join(locate(index) for index in turned[:_SHOWN_TURNED])
+    more = f"; and {len(turned) - _SHOWN_TURNED} more" if len(turned) > _SHOWN_TURNED else ""
+    return (
+        f"{len(turned)} images record their width and height as stored, before their EXIF orientation turns them "
+        f"a quarter ({named}{more}): the displayed size is used, and their boxes are read as drawn on the image "
+        f"as displayed (as annotation tools draw them)"
+    )
 
 
 def _to_xyxy(coords: torch.Tensor, sizes: torch.Tensor, box_format: str) -> torch.Tensor:

@@ -4,7 +4,9 @@
 Image files are looked for, relative to each image's ``file_name``, in a given folder or the common layouts
 beside ``root/annotations/instances_<split>.json``: ``root/<split>/``, ``root/images/<split>/``,
 ``root/images/``, ``root/``. Categories become labels ``0..C-1`` in the order of their ids. Crowd regions
-(``iscrowd: 1``) are left out, as torchvision's COCO detection recipe does.
+(``iscrowd: 1``) are left out, as torchvision's COCO detection recipe does. An image's ``width`` and
+``height`` are checked against its file's header, EXIF orientation applied (see
+:mod:`~torchgraft.data.annotations`).
 
 Every bad entry is named by its file, line, id and index (``annotations.json:41: annotation id 12
 (annotations[3])``). The file is read by ``json.loads``; only when an entry is bad is it scanned again, entry

@@ -7,7 +7,8 @@ ends inclusive (a box over a whole 500 px wide image is ``xmin=1, xmax=500``), s
 ``[xmin - 1, ymin - 1, xmax, ymax]``; a 0-based file's ``xmin=0`` then lies 1 px left of the image, within
 the check's tolerance, and is clamped. Annotation files are untrusted: one holding a DOCTYPE or ENTITY
 declaration is refused unread (entities can expand without bound, or name other files). Each bad
-``<object>`` is named by file and line.
+``<object>`` is named by file and line, and so is a ``<size>`` that is not the image's (checked against its
+header, EXIF orientation applied: see :mod:`~torchgraft.data.annotations`).
 """
 
 from __future__ import annotations
@@ -43,17 +44,19 @@ def voc_root(source: Path) -> Path | None:
 
 @dataclass
 class _File:
-    """One parsed annotation file: its image's name and size, its objects ``(name, xyxy, where)``."""
+    """One parsed annotation file: its image's name and size (and where ``<size>`` is written), its objects
+    ``(name, xyxy, where)``."""
 
     filename: str
     size: tuple[int, int] | None
+    size_where: str
     objects: list[tuple[str, list[float], str]] = field(default_factory=list)
     bad: list[BadAnnotation] = field(default_factory=list)
 
 
 def _parse(path: Path) -> tuple[ET.Element, dict[ET.Element, int]] | tuple[None, str]:
-    """The root element of ``path`` and the line of each ``<object>`` (read with ElementTree, fed line by line
-    so that each start tag's line is known), or ``(None, why it cannot be read)``."""
+    """The root element of ``path`` and the line of each ``<object>`` and ``<size>`` (read with ElementTree,
+    fed line by line so that each start tag's line is known), or ``(None, why it cannot be read)``."""
     data = path.read_bytes()
     if any(declaration in data for declaration in _DECLARATIONS):
         return None, (
@@ -66,7 +69,7 @@ def _parse(path: Path) -> tuple[ET.Element, dict[ET.Element, int]] | tuple[None,
             parser.feed(chunk)
             for _, element in parser.read_events():
                 root = element if root is None else root
-                if element.tag == "object":
+                if element.tag in ("object", "size"):
                     lines[element] = number
         parser.close()
     except ET.ParseError as error:
@@ -96,7 +99,9 @@ def _read_file(path: Path, shown_path: str) -> _File | BadAnnotation:
         return BadAnnotation(shown_path, str(lines), images=1, boxes=0)
     assert isinstance(lines, dict)
     filename = (root.findtext("filename") or "").strip() or f"{path.stem}.jpg"
-    found = _File(filename, _size(root))
+    size = root.find("size")
+    size_where = f"{shown_path}:{lines.get(size, '?')}: <size>" if size is not None else shown_path
+    found = _File(filename, _size(root), size_where)
     for index, element in enumerate(root.findall("object")):
         where = f"{shown_path}:{lines.get(element, '?')}: <object> {index}"
         name = (element.findtext("name") or "").strip()
@@ -143,8 +148,14 @@ def read_voc(root: Path) -> Annotations:
     listed, bad = _listed(root)
     read = [(path, split, _read_file(path, shown(path, root))) for path, split in listed]
     classes = sorted({name for _, _, file in read if isinstance(file, _File) for name, _, _ in file.objects})
-    label, image_wheres, box_wheres = {name: i for i, name in enumerate(classes)}, [], []
-    found = Annotations(classes, "xyxy", locate_image=image_wheres.__getitem__, locate_box=box_wheres.__getitem__)
+    label, image_wheres, box_wheres, size_wheres = {name: i for i, name in enumerate(classes)}, [], [], []
+    found = Annotations(
+        classes,
+        "xyxy",
+        locate_image=image_wheres.__getitem__,
+        locate_box=box_wheres.__getitem__,
+        locate_size=size_wheres.__getitem__,
+    )
     found.bad += bad
     for path, split, file in read:
         if isinstance(file, BadAnnotation):
@@ -157,6 +168,7 @@ def read_voc(root: Path) -> Annotations:
             found.labels.append(label[name])
             box_wheres.append(where)
         image_wheres.append(shown(path, root))
+        size_wheres.append(file.size_where)
         found.paths.append(str(root / "JPEGImages" / file.filename))
         found.sizes.append(file.size)
         found.splits.append(split)
