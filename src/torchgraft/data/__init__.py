@@ -1,5 +1,5 @@
-"""Data: reading images, folder and CSV datasets, WebDataset shards and Hugging Face datasets, preprocessing
-from the weights' metadata.
+"""Data: reading images, folder and CSV datasets, detection boxes (COCO, YOLO, VOC), WebDataset shards and
+Hugging Face datasets, preprocessing from the weights' metadata.
 
 The names below are the package's public surface for data (``torchgraft`` re-exports them); the modules
 hold the readers' parts (:mod:`~torchgraft.data.tables`, :mod:`~torchgraft.data.samples`,
@@ -12,7 +12,9 @@ from torchgraft._lazy import lazy_exports
 
 if TYPE_CHECKING:  # at run time each name is imported when first read (torchgraft._lazy)
     from torchgraft.data.badfiles import BadFiles
+    from torchgraft.data.boxes import BoxData, box_data, box_format
     from torchgraft.data.decode import decode_rgb
+    from torchgraft.data.detection import BoxDataset, box_transforms, collate_boxes
     from torchgraft.data.folders import ImageData, ImageDataset, image_data
     from torchgraft.data.hfdata import hf_data
     from torchgraft.data.images import BadImage, check_header, load_rgb, scan_images
@@ -27,7 +29,9 @@ if TYPE_CHECKING:  # at run time each name is imported when first read (torchgra
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.data.badfiles": ("BadFiles",),
+    "torchgraft.data.boxes": ("BoxData", "box_data", "box_format"),
     "torchgraft.data.decode": ("decode_rgb",),
+    "torchgraft.data.detection": ("BoxDataset", "box_transforms", "collate_boxes"),
     "torchgraft.data.folders": ("ImageData", "ImageDataset", "image_data"),
     "torchgraft.data.hfdata": ("hf_data",),
     "torchgraft.data.images": ("BadImage", "check_header", "load_rgb", "scan_images"),
@@ -46,6 +50,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 __all__ = [
     "BadFiles",
     "BadImage",
+    "BoxData",
+    "BoxDataset",
     "DataError",
     "ImageData",
     "ImageDataset",
@@ -59,7 +65,11 @@ __all__ = [
     "TextData",
     "TextPreprocessing",
     "TokenDataset",
+    "box_data",
+    "box_format",
+    "box_transforms",
     "check_header",
+    "collate_boxes",
     "decode_rgb",
     "hf_data",
     "image_data",

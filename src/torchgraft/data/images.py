@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import struct
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,12 +23,24 @@ from PIL import Image, ImageOps
 
 from torchgraft.choices import CHECKS
 
-__all__ = ["CHECKS", "IMAGE_SUFFIXES", "BadImage", "check_header", "load_rgb", "scan_images", "to_rgb"]
+__all__ = [
+    "CHECKS",
+    "EXIF_ORIENTATION",
+    "IMAGE_SUFFIXES",
+    "BadImage",
+    "check_header",
+    "displayed_size",
+    "load_rgb",
+    "scan_images",
+    "to_rgb",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 PROCESS_CHECKS = 10_000  # header checks of at least this many files run in processes
 _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5..8 turn the image a quarter (transpose, 90, transverse, 270)
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 class BadImage(ValueError):
@@ -94,6 +107,28 @@ def check_header(path: str | Path) -> tuple[int, int, str]:
     if width < 1 or height < 1:
         raise BadImage(path, f"empty image ({width}x{height})")
     return width, height, mode
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as displayed — the size of the pixels :func:`load_rgb` and
+    :func:`~torchgraft.data.decode.decode_rgb` give, EXIF orientation applied — from its header, no decode:
+    ``image.size`` swapped where the orientation tag is 5..8. A PNG's EXIF is taken from the chunks before its
+    pixels only (Pillow's ``getexif`` decodes a PNG to look past them). An EXIF block that does not parse
+    counts as no orientation.
+
+    Example:
+        >>> with Image.open("portrait.jpg") as image:  # stored 4032x3024, EXIF orientation 6
+        ...     image.size, displayed_size(image)
+        ((4032, 3024), (3024, 4032))
+    """
+    width, height = image.size
+    if image.format == "PNG" and "exif" not in image.info:
+        return width, height
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return width, height
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
 
 def _check_chunk(check: str, chunk: list[str]) -> list[tuple[str, str]]:
