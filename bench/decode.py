@@ -15,6 +15,8 @@ there is one (else the CPU), three arms side by side in the same run:
   on the same 2 processes;
 * ``uint8`` (on the CPU only): the same loader timed without the normalisation: what the loader processes
   deliver, and so what the normalisation in the training process costs;
+* ``float`` (on the CPU only): the same files and transforms with each crop normalised to float in the loader
+  processes (the CPU default before 2026-12-03);
 * ``pil``: the pipeline before the tensor path (``load_rgb``, a PIL image, the same transforms with float
   crops normalised in the loader processes), through the same loaders.
 
@@ -141,6 +143,8 @@ def loaders(paths: list[Path], device: torch.device) -> dict[str, Callable[[], D
     }
     if device.type == "cpu":
         arms["uint8"] = lambda: dataset_loaders(crops, crops, settings, device, collate_fn=PixelCollate(prep))[0]
+        floats = ImageDataset(samples, ["a"], prep.train_transform())
+        arms["float"] = lambda: dataset_loaders(floats, floats, settings, device)[0]
     return arms
 
 
@@ -176,6 +180,9 @@ def main() -> None:
         u = speeds["uint8"]
         lines.append(f"| the same loader without the normalisation (the loader processes' part) | {u:.0f} |")
         ratios.append(f"uint8 / bare = {u / b:.2f}; uint8 / PIL = {u / p:.2f} (without the normalisation).")
+        f = speeds["float"]
+        lines.append(f"| float crops normalised in the loader processes (the CPU default until 12-03) | {f:.0f} |")
+        ratios.append(f"float / bare = {f / b:.2f}; float / PIL = {f / p:.2f}.")
     lines += ["", *ratios]
     report("Loader throughput: tensor decode path", lines, write=args.write)
 

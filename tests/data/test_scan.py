@@ -68,8 +68,10 @@ def test_the_split_is_the_old_split(tmp_path):
             rows = rows_from_folders(tmp_path, pct, seed, suffixes=(".jpg", ".png"), what="image")
             listed = [(str(p), i) for i, c in enumerate(rows.classes) for p in sorted(_rglob(tmp_path / c))]
             assert (rows.train, rows.valid) == _old_split(listed, pct, seed)
-            samples = [(f"p{i}", random.Random(i).randint(0, 9)) for i in range(300)]
+            samples = [(f"p{i}", random.Random(i).randint(0, 9)) for i in range(300)]  # not in path order
             assert split_samples(samples, pct, seed) == _old_split(samples, pct, seed)
+            ordered = sorted(samples)  # in path order: the split sorts indices, not pairs
+            assert split_samples(ordered, pct, seed) == _old_split(ordered, pct, seed)
 
 
 def _rglob(folder: Path) -> list[Path]:

@@ -251,9 +251,10 @@ def image_data(
             f"{len(bad)} unreadable image files: {listed}. "
             f"Fix or remove them, or skip them ({option('skip_bad=True', '--skip-bad')})."
         )
-    gone = {b.path for b in bad}
-    train = [s for s in train if s[0] not in gone]
-    valid = [s for s in valid if s[0] not in gone]
+    if bad:
+        gone = {b.path for b in bad}
+        train = [s for s in train if s[0] not in gone]
+        valid = [s for s in valid if s[0] not in gone]
     if rows.task == "classify":
         counts = Counter(label for _, label in train)
         warnings += [
