@@ -54,10 +54,7 @@ def best_threshold(
 
 
 def _micro_f1(probabilities: torch.Tensor, truth: torch.Tensor, threshold: float) -> float:
-    predicted = probabilities >= threshold
-    tp = (predicted & truth).sum().item()
-    fp = (predicted & ~truth).sum().item()
-    fn = (~predicted & truth).sum().item()
+    tp, fp, fn = (int(count.sum()) for count in _counts(probabilities >= threshold, truth))
     return 2 * tp / max(2 * tp + fp + fn, 1)
 
 
