@@ -60,14 +60,33 @@ def start(data: str, out: Path, world: int, *extra: str) -> list[int]:
     return pids
 
 
+_CODES: dict[int, int] = {}  # exit codes of the children reaped so far (a pid can be waited for only once)
+
+
+def _reap(pid: int, *, block: bool) -> int | None:
+    """The exit code of child ``pid``, or None while it runs (``block=False``); reaps it once, then remembers."""
+    if pid not in _CODES:
+        done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        if done == 0:
+            return None
+        _CODES[pid] = os.waitstatus_to_exitcode(status)
+    return _CODES[pid]
+
+
 def wait(pids: list[int]) -> list[int]:
-    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    return [_reap(pid, block=True) for pid in pids]
+
+
+def finished(pids: list[int]) -> bool:
+    """Whether every process of the run has exited (one rank may end before the other)."""
+    return all([_reap(pid, block=False) is not None for pid in pids])
 
 
 def kill(pids: list[int]) -> None:
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        if pid not in _CODES:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     wait(pids)
 
 
@@ -86,7 +105,7 @@ def kill_after_writes(pids: list[int], last: Path, count: int, delay: float) -> 
         current = _writes(last)
         if current is not None and current != previous:
             seen, previous = seen + 1, current
-        if all(os.waitpid(pid, os.WNOHANG) != (0, 0) for pid in pids):
+        if finished(pids):
             return "finished before the kill"
         time.sleep(0.002)
     time.sleep(delay)
@@ -105,7 +124,7 @@ def kill_while_writing(pids: list[int], partial: Path, skip: int) -> str:
                 return f"while writing checkpoint {skip + 1}"
             seen += 1
         inside = exists
-        if all(os.waitpid(pid, os.WNOHANG) != (0, 0) for pid in pids):
+        if finished(pids):
             return "finished before the kill"
         time.sleep(0.0005)  # a checkpoint takes tens of milliseconds to write
 
