@@ -119,3 +119,18 @@ def test_option_vocabularies_are_the_ones_the_modules_check():
     builtin = {n for n, t in TASKS.items() if t.__module__.startswith("torchgraft.tasks.")}
     assert builtin == set(choices.BUILT_IN_TASKS) == set(TARGET_LAYOUTS)
     assert set(choices.task_names()) == set(TASKS)  # the registry's names once it is imported
+
+
+def test_a_run_reaches_its_first_step_without_torchmetrics():
+    """torchmetrics (2-3 s with the scipy and transformers it imports) waits for the first validation batch:
+    every module a ``torchgraft train`` run imports before its first step is free of it, and building a metric
+    brings it in."""
+    modules = "torchgraft.cli.train, torchgraft.app.prepare, torchgraft.app.run, torchgraft.train.learner"
+    before = _imported_after(f"import {modules}\nimport torchgraft.tasks")
+    assert "torchmetrics" not in before
+    after = _imported_after(
+        "import torch\nfrom torchgraft.tasks import Classification\nfrom torchgraft.tasks.metrics import MetricSet\n"
+        "m = MetricSet(Classification(), ['accuracy'])\nm.update(torch.eye(3), torch.arange(3))\n"
+        "assert m.compute() == {'accuracy': 1.0}"
+    )
+    assert "torchmetrics" in after

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torchmetrics
 
 from torchgraft.tasks.batch import output_tensor, split_batch
 
 if TYPE_CHECKING:
+    import torchmetrics
+
     from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["TARGET_LAYOUTS", "Task", "TaskReport"]

@@ -7,21 +7,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torchmetrics
 from torch import nn
-from torchmetrics import classification as tmc
 
 from torchgraft.tasks.balance import balanced_weights, class_counts
 from torchgraft.tasks.base import Task, TaskReport
-from torchgraft.tasks.metrics import ErrorRate, TargetError, check_class_targets
+from torchgraft.tasks.metrics import TargetError, check_class_targets
 
 if TYPE_CHECKING:
+    import torchmetrics
+
     from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Classification"]
 
 
 def _build(name: str, classes: int) -> torchmetrics.Metric:
+    from torchmetrics import classification as tmc
+
+    from torchgraft.tasks.accumulators import ErrorRate
+
     builders: dict[str, Any] = {
         "accuracy": lambda: tmc.MulticlassAccuracy(classes, average="micro"),
         "error_rate": lambda: ErrorRate(classes, average="micro"),

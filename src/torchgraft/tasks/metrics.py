@@ -10,14 +10,16 @@ that kind, for use in your own loop.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
-import torchmetrics
-from torchmetrics.classification import MulticlassAccuracy
 
 if TYPE_CHECKING:
+    import torchmetrics
+
+    from torchgraft.tasks.accumulators import BatchMean, ErrorRate
     from torchgraft.tasks.base import Task
 
 __all__ = [
@@ -34,7 +36,23 @@ __all__ = [
 ]
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MetricSpec = str | MetricFn | torchmetrics.Metric
+MetricSpec: TypeAlias = "str | MetricFn | torchmetrics.Metric"  # torchmetrics is imported when a metric is built
+
+
+def __getattr__(name: str) -> Any:
+    """``BatchMean`` and ``ErrorRate`` (torchmetrics Metrics) come from tasks.accumulators when first asked for."""
+    if name in ("BatchMean", "ErrorRate"):
+        from torchgraft.tasks import accumulators
+
+        return getattr(accumulators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_metric(spec: object) -> bool:
+    """Whether ``spec`` is a torchmetrics ``Metric`` (without importing torchmetrics: a Metric object exists
+    only once torchmetrics is imported)."""
+    module = sys.modules.get("torchmetrics")
+    return module is not None and isinstance(spec, module.Metric)
 
 
 class TargetError(ValueError):
@@ -95,32 +113,8 @@ error_rate.higher_is_better = False  # type: ignore[attr-defined]
 top_k_accuracy.higher_is_better = True  # type: ignore[attr-defined]
 
 
-class ErrorRate(MulticlassAccuracy):
-    """``1 - accuracy`` over the whole set (lower is better)."""
-
-    higher_is_better = False
-
-    def compute(self) -> torch.Tensor:
-        return 1 - super().compute()
-
-
-class BatchMean(torchmetrics.MeanMetric):
-    """A plain ``fn(outputs, targets) -> scalar`` averaged over batches, weighted by batch size.
-
-    Its direction is read from ``fn.higher_is_better`` by :meth:`MetricSet.higher_is_better`.
-    """
-
-    def __init__(self, fn: MetricFn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:  # type: ignore[override]
-        value = torch.as_tensor(self.fn(outputs, targets), dtype=torch.float32, device=outputs.device)
-        super().update(value, weight=outputs.shape[0])
-
-
 def _name_of(spec: Any) -> str:
-    if isinstance(spec, torchmetrics.Metric):
+    if is_metric(spec):
         return type(spec).__name__.lower()
     return getattr(spec, "__name__", None) or getattr(getattr(spec, "func", None), "__name__", "metric")
 
@@ -146,7 +140,7 @@ class MetricSet:
             if isinstance(spec, str):
                 task.check_metric_name(spec)
                 self.specs[spec] = spec
-            elif isinstance(spec, torchmetrics.Metric) or callable(spec):
+            elif is_metric(spec) or callable(spec):
                 self.specs[_name_of(spec)] = spec
             else:
                 raise TypeError(
@@ -171,9 +165,11 @@ class MetricSet:
         for name, spec in self.specs.items():
             if isinstance(spec, str):
                 metric = self.task.metric(spec, outputs)
-            elif isinstance(spec, torchmetrics.Metric):
+            elif is_metric(spec):
                 metric = spec
             else:
+                from torchgraft.tasks.accumulators import BatchMean
+
                 metric = BatchMean(spec)
             self.metrics[name] = metric.to(outputs.device)
 

@@ -7,21 +7,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torchmetrics
 from torch import nn
-from torchmetrics import classification as tmc
 
 from torchgraft.spelling import option
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
 
 if TYPE_CHECKING:
+    import torchmetrics
+
     from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Multilabel", "best_threshold"]
 
 
 def _build(name: str, labels: int, threshold: float) -> torchmetrics.Metric:
+    from torchmetrics import classification as tmc
+
     builders: dict[str, Any] = {
         "f1": lambda: tmc.MultilabelF1Score(labels, threshold=threshold, average="micro"),
         "f1_macro": lambda: tmc.MultilabelF1Score(labels, threshold=threshold, average="macro"),

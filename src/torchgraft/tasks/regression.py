@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-import torchmetrics
 from torch import nn
 
 from torchgraft.spelling import option
@@ -20,6 +19,8 @@ from torchgraft.tasks.base import Task
 from torchgraft.tasks.metrics import TargetError
 
 if TYPE_CHECKING:
+    import torchmetrics
+
     from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Regression"]
@@ -146,6 +147,8 @@ class Regression(Task):
 
     def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
         """An accumulator for ``name`` (``r2`` averaged over the target columns)."""
+        import torchmetrics
+
         self.check_metric_name(name)
         columns = int(outputs.shape[1]) if outputs.ndim == 2 else 1
         if name == "mae":

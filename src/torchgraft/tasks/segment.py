@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-import torchmetrics
 from torch import nn
 
 from torchgraft.tasks.base import Task, TaskReport
 from torchgraft.tasks.metrics import TargetError
+from torchgraft.tasks.pixel_matrix import SUMMARIES, count_pixels, per_class_dice, per_class_iou
 
 if TYPE_CHECKING:
+    import torchmetrics
+
+    from torchgraft.tasks.accumulators import ConfusionMatrix
     from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["IGNORE_INDEX", "ConfusionMatrix", "Segmentation", "per_class_dice", "per_class_iou"]
@@ -33,62 +36,13 @@ __all__ = ["IGNORE_INDEX", "ConfusionMatrix", "Segmentation", "per_class_dice", 
 IGNORE_INDEX = 255
 
 
-def _present(matrix: torch.Tensor) -> torch.Tensor:
-    """Classes that occur in the targets or the predictions (the others have no IoU to average)."""
-    return (matrix.sum(0) + matrix.sum(1)) > 0
+def __getattr__(name: str) -> Any:
+    """``ConfusionMatrix`` (a torchmetrics Metric) is imported from tasks.accumulators when first asked for."""
+    if name == "ConfusionMatrix":
+        from torchgraft.tasks.accumulators import ConfusionMatrix
 
-
-def per_class_iou(matrix: torch.Tensor) -> torch.Tensor:
-    """IoU of each class from a confusion matrix (rows: target, columns: prediction); NaN for a class
-    that occurs in neither."""
-    matrix = matrix.double()
-    true_positive = matrix.diag()
-    union = matrix.sum(0) + matrix.sum(1) - true_positive
-    return torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan)
-
-
-def per_class_dice(matrix: torch.Tensor) -> torch.Tensor:
-    """Dice of each class (``2 TP / (2 TP + FP + FN)``); NaN for a class that occurs in neither."""
-    matrix = matrix.double()
-    true_positive = matrix.diag()
-    total = matrix.sum(0) + matrix.sum(1)
-    return torch.where(total > 0, 2 * true_positive / total.clamp(min=1), torch.nan)
-
-
-class ConfusionMatrix(torchmetrics.Metric):
-    """A ``(C, C)`` pixel confusion matrix over a whole dataset, and one summary of it.
-
-    Args:
-        num_classes: classes.
-        summary: ``"miou"``, ``"dice"`` or ``"pixel_accuracy"`` — what :meth:`compute` returns.
-        ignore_index: target value excluded everywhere.
-    """
-
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self, num_classes: int, *, summary: str = "miou", ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__()
-        if summary not in Segmentation.metric_names:
-            raise ValueError(f"ConfusionMatrix: summary {summary!r}; choose one of {Segmentation.metric_names}.")
-        self.num_classes, self.summary, self.ignore_index = num_classes, summary, ignore_index
-        self.add_state("matrix", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add a batch: logits ``(N, C, H, W)`` (or predicted labels ``(N, H, W)``) and targets ``(N, H, W)``."""
-        predicted = outputs.argmax(dim=1) if outputs.ndim == targets.ndim + 1 else outputs
-        counted = targets != self.ignore_index
-        index = targets[counted].long() * self.num_classes + predicted[counted].long()
-        counts = torch.bincount(index, minlength=self.num_classes**2)
-        self.matrix += counts.view(self.num_classes, self.num_classes)
-
-    def compute(self) -> torch.Tensor:
-        """The chosen summary of the matrix so far."""
-        if self.summary == "pixel_accuracy":
-            return (self.matrix.diag().sum() / self.matrix.sum().clamp(min=1)).float()
-        values = per_class_iou(self.matrix) if self.summary == "miou" else per_class_dice(self.matrix)
-        present = _present(self.matrix)
-        return values[present].mean().float() if present.any() else torch.tensor(0.0)
+        return ConfusionMatrix
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -116,7 +70,7 @@ class Segmentation(Task):
     """
 
     name: ClassVar[str] = "segment"
-    metric_names: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")
+    metric_names: ClassVar[tuple[str, ...]] = SUMMARIES
     default_metrics: ClassVar[tuple[str, ...]] = ("miou", "dice", "pixel_accuracy")  # every one the README names
     targets: ClassVar[str] = "segment"
     dense: ClassVar[bool] = True
@@ -163,6 +117,8 @@ class Segmentation(Task):
         self.check_metric_name(name)
         if outputs.ndim != 4:
             raise TargetError(f"segment: metric {name!r} needs (batch, classes, height, width) outputs.")
+        from torchgraft.tasks.accumulators import ConfusionMatrix
+
         return ConfusionMatrix(int(outputs.shape[1]), summary=name, ignore_index=self.ignore_index)
 
     def decode(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -191,10 +147,10 @@ class Segmentation(Task):
         return TaskReport(final=final)
 
     def _matrix(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
-        matrix = ConfusionMatrix(n, ignore_index=self.ignore_index)
+        matrix = torch.zeros(n, n, dtype=torch.long)
         for outputs, targets in batches:
-            matrix.update(outputs, targets)
-        return matrix.matrix
+            matrix += count_pixels(outputs, targets, num_classes=n, ignore_index=self.ignore_index)
+        return matrix
 
     def per_class(
         self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]
