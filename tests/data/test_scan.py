@@ -121,6 +121,27 @@ def test_a_large_header_check_in_processes_finds_the_same_files(tmp_path, monkey
     assert [Path(b.path).name for b in processes] == [f"{i}.jpg" for i in range(0, 40, 7)]
 
 
+def test_many_files_are_stated_in_forked_processes_with_the_same_result(tmp_path, monkeypatch):
+    from torchgraft.data import manifest
+
+    paths = []
+    for i in range(37):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        if i % 9:  # every ninth file is missing
+            Path(paths[-1]).write_bytes(b"x" * i)
+    one = manifest._stats(paths)
+    forked = []
+    real_pool = manifest.ProcessPoolExecutor
+    monkeypatch.setattr(manifest, "ProcessPoolExecutor", lambda *a, **k: forked.append(1) or real_pool(*a, **k))
+    monkeypatch.setattr(manifest, "FORKED_STATS", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    many = manifest._stats(paths)
+    assert forked == [1]  # the forked path ran (else this test compares the single process with itself)
+    assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1]) and one[2] == many[2]
+    assert sorted(many[2]) == list(range(0, 37, 9)) and set(many[0][list(range(0, 37, 9))]) == {-1}
+    assert [int(many[0][i]) for i in (1, 10, 35)] == [1, 10, 35]
+
+
 def test_image_data_checks_as_asked(tmp_path):
     _images(tmp_path, {"a": 4, "b": 4})
     (tmp_path / "a" / "cut.jpg").write_bytes(_cut())  # the header is whole, the pixels are not

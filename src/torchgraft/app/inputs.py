@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from torchgraft.app.settings import TrainSettings
+from torchgraft.data.images import usable_cores
 from torchgraft.data.sampling import SeededSampler, SeededSamples
 from torchgraft.tasks import TASKS
 
@@ -160,8 +161,7 @@ def default_workers() -> int:
         >>> default_workers()  # 16 cores, one process; under torchrun --nproc_per_node 4: 3
         15
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return share - 1 if share > 2 else share
 
 

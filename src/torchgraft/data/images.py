@@ -33,6 +33,7 @@ __all__ = [
     "load_rgb",
     "scan_images",
     "to_rgb",
+    "usable_cores",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -143,14 +144,15 @@ def _check_chunk(check: str, chunk: list[str]) -> list[tuple[str, str]]:
     return failed
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (``os.sched_getaffinity``, else the CPU count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _executor(check: str, count: int, workers: int) -> Executor:
     """Threads, or for a large header check forked processes (one per core): Pillow parses headers in Python,
     holding the interpreter lock, while it decodes pixels without it."""
-    cores = _cores()
+    cores = usable_cores()
     if check == "header" and count >= PROCESS_CHECKS and cores > 1 and sys.platform == "linux":
         return ProcessPoolExecutor(min(cores, workers), mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(workers)
@@ -172,7 +174,7 @@ def scan_images(
         raise ValueError(f"scan_images: check={check!r}; choose from {', '.join(CHECKS)}.")
     if check == "none" or not paths:
         return []
-    workers = workers or min(8, _cores() + 2)
+    workers = workers or min(8, usable_cores() + 2)
     size = 1024 if check == "header" else 16  # one task per file costs more than a header check
     chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
     bar = None

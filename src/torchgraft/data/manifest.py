@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from torchgraft.cachedir import cache_root
-from torchgraft.data.images import CHECKS, BadImage, scan_images
+from torchgraft.data.images import CHECKS, BadImage, scan_images, usable_cores
 from torchgraft.data.samples import Sample, Target
 
 __all__ = ["Checked", "Manifest", "cache_root", "checked_files", "manifest_file"]
@@ -151,9 +154,10 @@ class Checked:
     warnings: list[str] = field(default_factory=list)
 
 
-def _stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """``st_size`` and ``st_mtime_ns`` of each path (-1 for a file that cannot be stat'ed: why, by index). One
-    thread: threads make it slower (the interpreter's work per file outweighs the kernel's; measured)."""
+FORKED_STATS = 100_000  # from this many files, stat them in forked processes, one per core
+
+
+def _stat_range(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     sizes, mtimes = np.full(len(paths), -1, np.int64), np.full(len(paths), -1, np.int64)
     missing: dict[int, str] = {}
     stat = os.stat
@@ -165,6 +169,35 @@ def _stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]
             continue
         sizes[i], mtimes[i] = found.st_size, found.st_mtime_ns
     return sizes, mtimes, missing
+
+
+_FORKED: Sequence[str] = ()  # the paths a forked stat process reads (inherited at the fork, not pickled)
+
+
+def _keep_paths(paths: Sequence[str]) -> None:
+    global _FORKED
+    _FORKED = paths
+
+
+def _stat_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    return _stat_range(_FORKED[bounds[0] : bounds[1]])
+
+
+def _stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """``st_size`` and ``st_mtime_ns`` of each path (-1 for a file that cannot be stat'ed: why, by index). From
+    :data:`FORKED_STATS` files on a Linux machine with several cores, in forked processes, one per core
+    (1.0 s instead of 1.9 s for 1M files on 2 cores); threads make it slower (the interpreter's work per file
+    outweighs the kernel's, and it holds the interpreter lock: measured)."""
+    cores = usable_cores()
+    if len(paths) < FORKED_STATS or cores < 2 or sys.platform != "linux":
+        return _stat_range(paths)
+    count, pieces = len(paths), 4 * cores
+    bounds = [(k * count // pieces, (k + 1) * count // pieces) for k in range(pieces)]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(cores, mp_context=context, initializer=_keep_paths, initargs=(paths,)) as pool:
+        parts = list(pool.map(_stat_chunk, bounds))
+    missing = {start + i: why for (start, _), part in zip(bounds, parts, strict=True) for i, why in part[2].items()}
+    return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]), missing
 
 
 def _read(file: Path) -> tuple[Manifest | None, list[str]]:
