@@ -86,9 +86,10 @@ def text_shards(root: Path) -> Path:
     return root
 
 
-def user_shards(root: Path, *, per_shard: int = 5, shards: int = 3) -> Path:
+def user_shards(root: Path, *, per_shard: int = 5, shards: int = 3, corrupt: tuple[int, ...] = ()) -> Path:
     """WebDataset shards as other tools write them (``jpg`` + ``txt`` class names, no torchgraft metadata):
-    ``root/train-00000{0..2}.tar`` and ``root/valid-000000.tar``."""
+    ``root/train-00000{0..2}.tar`` and ``root/valid-000000.tar``; the training samples numbered in ``corrupt``
+    hold JPEGs cut to their first 40 bytes (a header that no decoder reads to the end)."""
     import webdataset
 
     rng = np.random.default_rng(3)
@@ -99,7 +100,8 @@ def user_shards(root: Path, *, per_shard: int = 5, shards: int = 3) -> Path:
                 c = i % len(CLASSES)
                 buffer = io.BytesIO()
                 _image(rng, 40 + 80 * c).save(buffer, format="JPEG")
-                writer.write({"__key__": f"s{i:05d}", "jpg": buffer.getvalue(), "txt": CLASSES[c]})
+                data = buffer.getvalue()[:40] if split == "train" and i in corrupt else buffer.getvalue()
+                writer.write({"__key__": f"s{i:05d}", "jpg": data, "txt": CLASSES[c]})
     return root
 
 

@@ -89,6 +89,17 @@ def test_train_on_a_brace_pattern_with_a_valid_pattern(tmp_path, capsys):
     assert "no shard" in capsys.readouterr().err
 
 
+def test_images_that_fail_to_decode_in_shards_are_replaced_reported_and_counted(tmp_path, capsys):
+    root = user_shards(tmp_path / "user", corrupt=(2, 9))  # shards another tool wrote: pack checked nothing
+    capsys.readouterr()
+    assert main(["train", str(root), *TRAIN, "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    found = sorted(entry["path"].rsplit(":", 1)[1] for entry in summary["final"]["unreadable_files"])
+    assert found == ["s00002", "s00009"]
+    assert main(["train", str(root), *TRAIN, "--max-bad", "1", "--out", str(tmp_path / "strict")]) == 2
+    assert "2 image files failed to decode during training, more than --max-bad 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_texts_from_parquet_train_with_minilm(tmp_path, capsys):
     from conftest import minilm_folder

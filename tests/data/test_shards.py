@@ -192,3 +192,52 @@ def test_validation_streams_read_every_sample_once_over_ranks(tmp_path):
     )
     padded = [_stream(data, batch=4, rank=r, world=4) for r in range(4)]
     assert [len(s.positions()) for s in padded] == [5, 5, 5, 5]
+
+
+def test_an_image_that_fails_to_decode_in_a_stream_is_replaced_within_its_batch_and_recorded(tmp_path):
+    data = wds_data(user_shards(tmp_path / "shards", corrupt=(1, 7)))  # 15 training samples, 2 cut short
+    one = _stream(data, batch=4)
+    batches = _pixels(DataLoader(one, batch_size=None))
+    assert [len(b) for b in batches] == [4, 4, 4, 3]  # every batch keeps its size
+    bad = one.bad_samples()
+    assert sorted(b.path.rsplit(":", 1)[1] for b in bad) == ["s00001", "s00007"]
+    assert all(b.path.split(":")[0].endswith(".tar") and b.reason for b in bad)
+    # the good samples, each once, and in each batch with a bad sample one good sample twice (its replacement)
+    seen = Counter(p for b in batches for p in b)
+    assert len(seen) == 13 and sorted(seen.values()) == [1] * 11 + [2, 2]
+    twice = {p for p, n in seen.items() if n == 2}
+    assert all(len([p for p in b if p in twice]) in (0, 2) for b in batches)  # replaced inside its own batch
+    for workers in (0, 2):  # workers and a resumed epoch replace exactly as one process reading it all
+        again = _stream(data, batch=4)
+        assert _pixels(DataLoader(again, batch_size=None, num_workers=workers)) == batches
+        again.skip_batches(1)
+        assert _pixels(DataLoader(again, batch_size=None, num_workers=workers)) == batches[1:]
+        assert sorted(b.path for b in again.bad_samples()) == sorted(b.path for b in bad)  # recorded once each
+
+
+def test_a_batch_without_one_image_that_decodes_names_the_shards(tmp_path):
+    data = wds_data(user_shards(tmp_path / "shards", per_shard=2, shards=1, corrupt=(0, 1)))
+    with pytest.raises(DataError, match=r"a batch of 2 samples holds not one image that decodes \(2 files: "):
+        _pixels(DataLoader(_stream(data, batch=2), batch_size=None))
+
+
+def test_a_map_style_dataset_row_that_fails_to_decode_is_replaced_by_the_next(tmp_path):
+    from torchgraft.app.shards import PreparedRows
+
+    parquet, _ = hf_images(tmp_path / "hf")
+    data = hf_data(parquet)
+    rows = data.train.reader
+    good = [rows[i][0] for i in range(len(rows))]
+    real = rows.__getitem__
+    rows.__class__ = type("Damaged", (type(rows),), {"__getitem__": lambda self, i: _damaged(real, i)})
+    prepared = PreparedRows(rows, lambda image, target: image)
+    assert torch.equal(prepared[2], good[3]) and torch.equal(prepared[1], good[1])
+    assert [b.path for b in prepared.bad_samples()] == ["row 2"]
+
+
+def _damaged(read, index):
+    from torchgraft.data.images import BadImage
+
+    if index == 2:
+        raise BadImage("row 2", "OSError: image file is truncated")
+    return read(index)

@@ -24,8 +24,11 @@ from torchgraft.app.images import ImageInput
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData, dataset_loaders, default_workers, target_layout
 from torchgraft.app.settings import TrainSettings
 from torchgraft.app.texts import TextInput
+from torchgraft.data.badfiles import BadFiles
 from torchgraft.data.hfdata import HFStream, hf_data, looks_like_hf, probe_kind
+from torchgraft.data.images import BadImage
 from torchgraft.data.preprocess import PixelCollate, Preprocessing
+from torchgraft.data.samples import DataError
 from torchgraft.data.streams import SampleStream, StreamData, as_target
 from torchgraft.data.texts import TextData
 from torchgraft.data.tokens import PadCollate
@@ -38,16 +41,31 @@ _IMAGES, _TEXTS = ImageInput(), TextInput()
 
 
 class PreparedRows(Dataset):
-    """``prepare(input, target)`` of each ``(input, target)`` of ``rows`` (a map-style split)."""
+    """``prepare(input, target)`` of each ``(input, target)`` of ``rows`` (a map-style split). A row whose image
+    fails to decode is recorded in ``bad_files`` and replaced by the next row that decodes (wrapping around),
+    as :class:`~torchgraft.data.folders.ImageDataset` replaces a file."""
 
-    def __init__(self, rows: Any, prepare: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, rows: Any, prepare: Callable[[Any, Any], Any], *, bad_files: BadFiles | None = None) -> None:
         self.rows, self.prepare = rows, prepare
+        self.bad_files = bad_files if bad_files is not None else BadFiles()
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Any:
-        return self.prepare(*self.rows[index])
+        size = len(self.rows)
+        for step in range(size):
+            try:
+                row = self.rows[(index + step) % size]
+            except BadImage as error:
+                self.bad_files.record(error)
+                continue
+            return self.prepare(*row)
+        raise DataError(f"{size} rows: not one image decodes ({self.bad_files.summary()}).")
+
+    def bad_samples(self) -> list[BadImage]:
+        """The rows whose image failed to decode so far (in every worker process), each once, in the order met."""
+        return self.bad_files.read()
 
 
 def _kind_of(data: Any, settings: TrainSettings) -> str:

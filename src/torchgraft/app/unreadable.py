@@ -65,7 +65,8 @@ class UnreadableFiles(Callback):
         datasets = [d for d in (_recording(learner.train_dl), _recording(learner.valid_dl)) if d is not None]
         if not datasets:
             return None
-        limit = max_bad if max_bad is not None else default_max_bad(sum(len(d) for d in datasets))
+        samples = sum(getattr(d, "sample_count", None) or len(d) for d in datasets)  # a stream's len: batches
+        limit = max_bad if max_bad is not None else default_max_bad(samples)
         watch = cls(datasets, max_bad=limit, say=say)
         learner.add_callback(watch)
         return watch

@@ -22,7 +22,7 @@ from typing import Any
 
 from torchgraft.data.images import IMAGE_SUFFIXES
 from torchgraft.data.samples import DataError, Target, check_bad_rows, split_samples
-from torchgraft.data.streams import Split, StreamData, code_target, image_of, target_cells
+from torchgraft.data.streams import Split, StreamData, code_target, decoded, image_of, target_cells
 from torchgraft.data.tables import X_NAMES, Y_NAMES, infer_task, parse_targets
 
 __all__ = ["HFRows", "HFStream", "hf_data", "looks_like_hf", "probe_kind"]
@@ -227,7 +227,7 @@ class HFStream:
                 continue
             if position in wanted:
                 value = row[self.x]
-                yield position, (image_of(value, name=f"row {position}") if self.kind == "image" else value, target)
+                yield position, (decoded(value, name=f"row {position}") if self.kind == "image" else value, target)
             position += 1
 
 

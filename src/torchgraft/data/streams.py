@@ -9,6 +9,11 @@ whole batches in turn. Every sample is augmented from a seed of its own, drawn f
 position)``. So ``N`` processes at batch ``B`` train exactly as one process at batch ``N·B``, a resumed epoch
 skips the batches already trained without decoding them (:meth:`SampleStream.skip_batches`), and the number of
 workers changes nothing. Each rank reads the headers of every shard but the data of its own samples only.
+
+An image that fails to decode never stops the run: the source hands over the :class:`BadImage` instead of the
+pixels (:func:`decoded`), the stream records it (:class:`~torchgraft.data.badfiles.BadFiles`, shared by every
+worker; :meth:`SampleStream.bad_samples`) and fills its place with the next good sample of the same batch, so
+the batch keeps its size and a resumed epoch, which starts at a batch, replaces exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from torchgraft.data.badfiles import BadFiles
 from torchgraft.data.decode import decode_bytes, decode_rgb
 from torchgraft.data.images import BadImage, to_rgb
-from torchgraft.data.samples import Target
+from torchgraft.data.samples import DataError, Target
 from torchgraft.data.sampling import seeded
 from torchgraft.data.tables import parse_targets
 
@@ -36,6 +42,7 @@ __all__ = [
     "StreamData",
     "as_target",
     "code_target",
+    "decoded",
     "image_of",
     "target_cells",
 ]
@@ -73,6 +80,15 @@ def image_of(value: Any, *, name: str = "image") -> torch.Tensor:
     if isinstance(value, str):
         return decode_rgb(value)
     raise BadImage(name, f"holds a {type(value).__name__}, not an image (bytes, a path or a PIL image)")
+
+
+def decoded(value: Any, *, name: str = "image") -> torch.Tensor | BadImage:
+    """:func:`image_of` ``value``, or the :class:`BadImage` saying why it cannot be decoded (returned, not
+    raised: a source's record generator hands it to :class:`SampleStream`, which replaces the sample)."""
+    try:
+        return image_of(value, name=name)
+    except BadImage as error:
+        return error
 
 
 def target_cells(value: Any) -> list[str]:
@@ -185,6 +201,7 @@ class SampleStream(IterableDataset):
         pad: pad this rank's share with the first positions so that every rank has as many (training); else
             every sample is read once over all ranks (validation).
         rank, world: this process's share (set by :meth:`shard`).
+        bad_files: where images that fail to decode are recorded (default: a new temporary log).
     """
 
     def __init__(
@@ -198,12 +215,23 @@ class SampleStream(IterableDataset):
         pad: bool = True,
         rank: int = 0,
         world: int = 1,
+        bad_files: BadFiles | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"SampleStream: batch_size must be >= 1, got {batch_size}.")
         self.source, self.prepare, self.collate, self.batch_size = source, prepare, collate, batch_size
         self.seed, self.pad, self.rank, self.world = seed, pad, rank, world
         self.epoch, self.start = 0, 0
+        self.bad_files = bad_files if bad_files is not None else BadFiles()
+
+    @property
+    def sample_count(self) -> int:
+        """Samples in one epoch of the whole set (every rank's)."""
+        return self.source.size
+
+    def bad_samples(self) -> list[BadImage]:
+        """The images that failed to decode so far (in any worker of this process), each once, in the order met."""
+        return self.bad_files.read()
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch``'s order (and sample seeds) next time."""
@@ -236,7 +264,9 @@ class SampleStream(IterableDataset):
         info = get_worker_info()
         workers, me = (info.num_workers, info.id) if info is not None else (1, 0)
         positions, size = self.positions(), self.batch_size
-        mine = [b for b in range(self.start, -(-len(positions) // size)) if b % workers == me]
+        # worker k takes the k-th, (k + workers)-th, ... batch from the start: the loader, which takes from its
+        # workers in turn beginning with worker 0, yields them in order (a resumed epoch too)
+        mine = [b for b in range(self.start, -(-len(positions) // size)) if (b - self.start) % workers == me]
         return self._batches(positions, mine, restore=info is None)
 
     def _batches(self, positions: list[int], batches: Sequence[int], *, restore: bool) -> Iterator[Any]:
@@ -249,15 +279,32 @@ class SampleStream(IterableDataset):
         filled: dict[int, Any] = {}
         pending = list(batches)
         for position, (value, target) in self.source.records(self.epoch, slots, max(slots)):
-            with seeded(_sample_seed(self.seed, self.epoch, position), restore=restore):
-                item = self.prepare(value, target)
+            if isinstance(value, BadImage):
+                self.bad_files.record(value)
+                item: Any = value
+            else:
+                with seeded(_sample_seed(self.seed, self.epoch, position), restore=restore):
+                    item = self.prepare(value, target)
             for j in slots[position]:
                 filled[j] = item
             while pending and all(j in filled for j in range(pending[0] * size, self._end(pending[0], positions))):
                 b = pending.pop(0)
-                yield self.collate([filled.pop(j) for j in range(b * size, self._end(b, positions))])
+                yield self.collate(self._replaced([filled.pop(j) for j in range(b * size, self._end(b, positions))]))
         if pending:
             raise RuntimeError(f"SampleStream: the source ended before batch {pending[0]} was read (is it shorter?).")
+
+    def _replaced(self, items: list[Any]) -> list[Any]:
+        """The batch's items with each undecodable one replaced by the next good item of the batch (wrapping)."""
+        good = [k for k, item in enumerate(items) if not isinstance(item, BadImage)]
+        kept = set(good)
+        if len(good) == len(items):
+            return items
+        if not good:
+            raise DataError(
+                f"a batch of {len(items)} samples holds not one image that decodes ({self.bad_files.summary()}); "
+                "check the shards (torchgraft pack checks every image it writes)."
+            )
+        return [items[k] if k in kept else items[next((g for g in good if g > k), good[0])] for k in range(len(items))]
 
     def _end(self, batch: int, positions: list[int]) -> int:
         return min((batch + 1) * self.batch_size, len(positions))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from torchgraft.data.samples import DataError, Target, check_bad_rows
-from torchgraft.data.streams import Split, StreamData, code_target, image_of, target_cells
+from torchgraft.data.streams import Split, StreamData, code_target, decoded, target_cells
 from torchgraft.data.tables import Y_NAMES, infer_task, parse_targets
 
 __all__ = [
@@ -247,7 +247,7 @@ class TarRecords:
         raw = tar.extractfile(group[x]).read() if x in group else None  # type: ignore[union-attr,index]
         if self.keys.kind == "text":
             return (raw or b"").decode("utf-8", errors="replace"), target
-        return image_of(raw, name=f"{path}:{key}"), target
+        return decoded(raw, name=f"{path}:{key}"), target
 
 
 def _has_input(keys: Keys, group: dict[str, tarfile.TarInfo]) -> bool:
