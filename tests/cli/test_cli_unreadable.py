@@ -16,6 +16,7 @@ from PIL import Image
 
 from torchgraft.cli.main import build_parser, main
 from torchgraft.cli.train import settings_from
+from torchgraft.train.callbacks import LambdaCallback
 
 skimage_data = pytest.importorskip("skimage.data")
 pytest.importorskip("timm")
@@ -72,6 +73,34 @@ def test_max_bad_stops_the_run_with_the_list_not_a_worker_traceback(photos, tmp_
     assert "more than --max-bad 0" in error and _cut(photos) in error and "max_bad=" not in error
     assert "Traceback" not in error and "worker" not in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_max_bad_is_counted_within_an_epoch_too(photos, tmp_path, capsys, monkeypatch):
+    from torchgraft.app.unreadable import UnreadableFiles
+    from torchgraft.train.learner import Learner
+
+    steps: list[int] = []
+    record = Learner.add_callback
+
+    def counting(self, callback):  # the steps the run made, read from the run's own Learner
+        record(self, callback)
+        if isinstance(callback, UnreadableFiles):
+            record(self, LambdaCallback(on_step_end=lambda learner: steps.append(learner.step)))
+
+    monkeypatch.setattr(Learner, "add_callback", counting)
+    monkeypatch.setattr(UnreadableFiles, "every", 1)
+    args = ["train", str(photos), *MODEL, "--batch-size", "1", "--workers", "0", "--max-bad", "0", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert "more than --max-bad 0" in capsys.readouterr().err
+    assert steps and len(steps) < 16, steps  # 16 training images a batch each: stopped before the epoch's end
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_lr_find_says_which_files_it_replaced(photos, tmp_path, capsys):
+    args = ["lr-find", str(photos), *MODEL[:4], "--batch-size", "4", "--workers", "0", "--steps", "8"]
+    assert main([*args, "--out", str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out
+    assert f"1 unreadable files were replaced by other samples in the sweep: {_cut(photos)} (" in out
 
 
 def test_a_full_check_refuses_the_file_before_training_and_the_manifest_remembers_it(photos, tmp_path, capsys):

@@ -20,7 +20,7 @@ from torchgraft.spelling import option
 from torchgraft.train.callbacks import Callback
 from torchgraft.train.distributed import world_size
 
-__all__ = ["UnreadableFiles", "default_max_bad"]
+__all__ = ["UnreadableFiles", "default_max_bad", "listed"]
 
 
 def default_max_bad(files: int) -> int:
@@ -36,7 +36,8 @@ def _recording(loader: Any) -> Any:
     return dataset
 
 
-def _listed(bad: Sequence[BadImage], count: int = 3) -> str:
+def listed(bad: Sequence[BadImage], count: int = 3) -> str:
+    """``"a.jpg (OSError: ...); b.jpg (...) and 4 more"``: the first ``count`` files and their errors."""
     more = f" and {len(bad) - count} more" if len(bad) > count else ""
     return "; ".join(f"{b.path} ({b.reason})" for b in bad[:count]) + more
 
@@ -44,13 +45,17 @@ def _listed(bad: Sequence[BadImage], count: int = 3) -> str:
 class UnreadableFiles(Callback):
     """After each epoch: the files the datasets replaced so far (every worker's and every rank's), one line
     through ``say`` when there are any, and a :class:`DataError` naming them when there are more than
-    ``max_bad``. Every rank takes part (the records are gathered), so every rank stops at the same epoch.
+    ``max_bad``; the count is also checked every :attr:`every` optimizer steps, so a run on damaged data stops
+    within minutes, not after an epoch of hours. Every rank takes part (the records are gathered), so every rank
+    stops at the same step.
 
     Example:
         >>> watch = UnreadableFiles.watching(learner, max_bad=10, say=print)
         >>> learner.fit(1); watch.found
         []
     """
+
+    every = 50  # optimizer steps between two counts within an epoch
 
     def __init__(self, datasets: Sequence[Any], *, max_bad: int, say: Callable[[str], None] = print) -> None:
         self.datasets, self.max_bad, self.say = list(datasets), max_bad, say
@@ -83,18 +88,26 @@ class UnreadableFiles(Callback):
             first.setdefault(bad.path, bad)
         return list(first.values())
 
+    def on_step_end(self, learner: Any) -> None:
+        """Every :attr:`every` optimizer steps: stop the run beyond ``max_bad`` (no line: the epoch's end reports)."""
+        if learner.stepped and learner.step % self.every == 0:
+            self._stop_beyond_max(self.collect())
+
     def on_epoch_end(self, learner: Any, record: dict[str, Any]) -> None:
         """Report the files met so far; stop the run beyond ``max_bad``."""
         found = self.collect()
         if found:
-            self.say(f"  {len(found)} unreadable files replaced by other samples so far: {_listed(found)}")
+            self.say(f"  {len(found)} unreadable files replaced by other samples so far: {listed(found)}")
+        self._stop_beyond_max(found)
+
+    def _stop_beyond_max(self, found: list[BadImage]) -> None:
         self.found = found
         if len(found) > self.max_bad:
             limit = option(f"max_bad={self.max_bad}", f"--max-bad {self.max_bad}")
             full, more = option("check_mode='full'", "--check full"), option("max_bad=N", "--max-bad N")
             raise DataError(
                 f"{len(found)} image files failed to decode during training, more than {limit}: "
-                f"{_listed(found, 10)}. Fix or remove them (or check every file before training: {full}), "
+                f"{listed(found, 10)}. Fix or remove them (or check every file before training: {full}), "
                 f"or allow more ({more})."
             )
 

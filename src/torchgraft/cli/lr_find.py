@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     check_model_first(settings)
     from torchgraft.app.prepare import prepare_run
+    from torchgraft.app.unreadable import UnreadableFiles, listed
     from torchgraft.train.distributed import is_main
     from torchgraft.tune.freeze import freeze
 
@@ -48,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         freeze(prepared.model)
     with sweep_progress(args.steps, quiet=args.quiet or not is_main()) as on_step:
         result = prepared.learner.lr_find(start=args.start, end=args.end, steps=args.steps, on_step=on_step)
+    watch = UnreadableFiles.watching(prepared.learner, max_bad=None, say=say)
+    replaced = watch.collect() if watch is not None else []  # every rank gathers
+    if replaced:
+        say(f"{len(replaced)} unreadable files were replaced by other samples in the sweep: {listed(replaced)}")
     if not is_main():  # under torchrun each rank sweeps on its own shard; rank 0 reports
         return 0
     print(f"suggested learning rate: {result.suggestion:.2g}")
