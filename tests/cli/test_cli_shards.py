@@ -89,6 +89,14 @@ def test_train_on_a_brace_pattern_with_a_valid_pattern(tmp_path, capsys):
     assert "no shard" in capsys.readouterr().err
 
 
+def test_pack_a_csv_of_texts(tmp_path, capsys):
+    rows = "\n".join(f"story number {i} about {('sport', 'tech')[i % 2]},{('sport', 'tech')[i % 2]}" for i in range(20))
+    (tmp_path / "news.csv").write_text(f"text,label\n{rows}\n")
+    assert main(["pack", str(tmp_path / "news.csv"), str(tmp_path / "shards"), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("packed 16 train / 4 valid texts (classify, 2 classes) into 2 shards")
+    assert json.loads((tmp_path / "shards" / "torchgraft-shards.json").read_text())["kind"] == "text"
+
+
 def test_images_that_fail_to_decode_in_shards_are_replaced_reported_and_counted(tmp_path, capsys):
     root = user_shards(tmp_path / "user", corrupt=(2, 9))  # shards another tool wrote: pack checked nothing
     capsys.readouterr()

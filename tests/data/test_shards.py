@@ -66,6 +66,36 @@ def test_pack_round_trips_every_label_kind(tmp_path, kind):
         assert sorted(map(tuple, meta["splits"]["train"]["targets"])) == sorted(t for _, t in read.train)
 
 
+@pytest.mark.parametrize("kind", ["classify", "multilabel", "regression"])
+def test_pack_round_trips_texts_of_every_label_kind(tmp_path, kind):
+    from torchgraft.data.texts import text_data
+
+    cells = {
+        "classify": lambda i: ("label", ["sport", "politics", "tech"][i % 3]),
+        "multilabel": lambda i: (
+            "labels",
+            ";".join(t for k, t in enumerate(("uk", "eu", "us")) if (i >> k) & 1) or "uk",
+        ),
+        "regression": lambda i: ("score", f"{i * 0.25:.2f}"),
+    }[kind]
+    lines = [f"text,{cells(0)[0]}"]
+    for i in range(30):  # quoted texts with commas and a line break inside, as real news CSVs have them
+        lines.append(f'"story {i}, about {cells(i)[1]}\nsecond line {i}",{cells(i)[1]}')
+    table = tmp_path / "news.csv"
+    table.write_text("\n".join(lines) + "\n")
+    report = pack(table, tmp_path / "shards", shard_size=7)
+    read, data = text_data(table), wds_data(tmp_path / "shards")
+    assert report.kind == "text" and "valid texts" in report.summary()
+    assert (data.kind, data.task, data.classes) == ("text", read.task, read.classes) and data.task == kind
+    got = sorted(
+        (name, text, str(target))
+        for name, split in (("train", data.train), ("valid", data.valid))
+        for _, (text, target) in split.reader.records(0, range(split.length), split.length)
+    )
+    want = sorted([("train", t, str(y)) for t, y in read.train] + [("valid", t, str(y)) for t, y in read.valid])
+    assert got == want and len(got) == 30
+
+
 def test_pack_refuses_a_folder_holding_shards(tmp_path):
     photos = class_folders(tmp_path / "photos")
     pack(photos, tmp_path / "shards")

@@ -1,5 +1,6 @@
-"""``torchgraft pack DATA OUT``: an image folder or CSV / JSON-lines table (any label kind) packed into
-WebDataset shards, each image checked as it is copied (:func:`torchgraft.data.packing.pack`)."""
+"""``torchgraft pack DATA OUT``: an image folder or CSV / JSON-lines table (any label kind), or a table or
+folder of texts, packed into WebDataset shards, each image checked as it is copied
+(:func:`torchgraft.data.packing.pack`)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,24 @@ def add_parser(commands: Any) -> None:
     """Register the ``pack`` subcommand."""
     parser = commands.add_parser(
         "pack",
-        help="pack an image folder or CSV into WebDataset shards, checking every image",
+        help="pack an image folder or CSV (or texts) into WebDataset shards, checking every image",
         description="Write OUT/train-000000.tar ... and OUT/valid-000000.tar ... (the split torchgraft train makes "
         "of DATA) and OUT/torchgraft-shards.json (classes, task, samples per shard). Each image is decoded once "
-        "as it is copied; unreadable ones are left out and listed. Train on the shards with "
+        "as it is copied; unreadable ones are left out and listed. A CSV or folder of texts is packed as txt "
+        "members. Train on the shards with "
         "'torchgraft train OUT'.",
     )
-    parser.add_argument("data", metavar="DATA", help="an image folder (class folders, or train/ + valid/) or a CSV")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        help="an image folder (class folders, or train/ + valid/), a CSV of images or of texts, or a folder of texts",
+    )
     parser.add_argument("out", metavar="OUT", help="the folder to write the shards into (empty or new)")
     parser.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default: 10000)")
     parser.add_argument(
         "--task", choices=("classify", "multilabel", "regression"), default=None, help="default: inferred"
     )
-    parser.add_argument("--x-col", default=None, help="CSV column of the image paths")
+    parser.add_argument("--x-col", default=None, help="CSV column of the image paths (or of the texts)")
     parser.add_argument("--y-col", default=None, help="CSV column(s) of the targets, comma-separated")
     parser.add_argument("--valid-pct", type=float, default=0.2, help="when DATA has no valid/ (default: 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="the split and the training samples' order")
