@@ -87,7 +87,8 @@ class Preprocessing:
     def dense_transform(self) -> v2.Compose:
         """Image (uint8 tensor or PIL) -> normalised float tensor of the whole image resized to ``size`` x
         ``size``, nothing cropped (segmentation: the predicted mask maps back onto every pixel of the image)."""
-        return v2.Compose([_ImageTensor(), ExactResize((self.size, self.size), self.interpolation), *self._finish(True)])
+        whole = ExactResize((self.size, self.size), self.interpolation)
+        return v2.Compose([_ImageTensor(), whole, *self._finish(True)])
 
     def train_transform(self, *, augment: Augment = "standard", normalize: bool = True) -> v2.Compose:
         """Training pipeline. ``"standard"``: random resized crop (35-100% of the area) and horizontal flip;
