@@ -41,6 +41,8 @@ def test_every_builder_splits_body_neck_rpn_box_heads_head(name: str) -> None:
     assert order[len(body) :] == expected
     backbone = "backbone.features" if name.startswith("ssd") else "backbone.body"
     assert all(n.startswith(f"{backbone}.") for g in groups[: len(body)] for n in g.names)
+    if "resnet50" in name:  # the ResNet inside torchvision's IntermediateLayerGetter splits as a ResNet
+        assert len(body) == 2 and groups[1].names[0] == "backbone.body.layer3.0.conv1.weight"
     assert set(groups[-1].names) == {
         n for n, _ in model.named_parameters() if under(n, [layer for layer, _ in class_layers(model)])
     }
@@ -112,3 +114,15 @@ def test_freezing_the_body_holds_its_batchnorm_statistics() -> None:
     # the default: FrozenBatchNorm2d, whose statistics are buffers that never move, frozen or not
     frozen = graft_detector(torchvision.models.resnet18(), 2)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in frozen.backbone.body.modules())
+
+
+def test_describe_shows_the_detector_its_class_layers_and_groups() -> None:
+    from torchgraft import describe
+
+    text = describe(graft_detector(torchvision.models.resnet18(), 3, head="fasterrcnn"))
+    assert "ResNet grafted -> a FasterRCNN for 3 classes" in text
+    assert "roi_heads.box_predictor.cls_score Linear(in_features=1024, out_features=4" in text
+    assert "tap 'layer4': stride 32, 512 channels" in text and "box_heads" in text
+    model = get_model("ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None)
+    text = describe(regraft_detection(model, ["dog"]))
+    assert "SSD grafted -> a SSD for 1 classes" in text and "rows kept from the old head: dog" in text

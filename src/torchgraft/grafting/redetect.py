@@ -275,6 +275,7 @@ def regraft_detection(
     rows = _row_map(new_names, old, keep, background)
     total = count + int(background)
     replaced = []
+    removed = sum(p.numel() for name, _ in class_layers(model) for p in model.get_submodule(name).parameters())
     for name, per_class in class_layers(model):
         layer = model.get_submodule(name)
         fresh = _new_layer(layer, kind, per_class, old_count, total, name)
@@ -287,7 +288,7 @@ def regraft_detection(
     elif kind == "ssd":
         model.head.classification_head.num_columns = total
     kept = tuple(new_names[j] for j in sorted(rows) if not (background and j == 0))
-    return _record(model, kind, count, names, kept, tuple(replaced), guard=guard)
+    return _record(model, kind, count, names, kept, tuple(replaced), removed, guard=guard)
 
 
 def _record(
@@ -297,6 +298,7 @@ def _record(
     names: tuple[str, ...] | None,
     kept: tuple[str, ...],
     replaced: tuple[str, ...],
+    removed: int,
     *,
     guard: bool,
 ) -> nn.Module:
@@ -319,7 +321,7 @@ def _record(
             cut_at=None,
             classifier=replaced,
             removed=replaced,
-            removed_params=sum(p.numel() for n, p in model.named_parameters() if n in set(new)),
+            removed_params=removed,
             input_size=(3, int(height), int(width)),
             body_output=None,
             layout=None,

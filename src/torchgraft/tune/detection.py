@@ -24,6 +24,7 @@ from torch import nn
 
 from torchgraft.grafting.body import Body
 from torchgraft.grafting.redetect import class_layers, is_detector
+from torchgraft.tune.archs import FAMILIES, Family
 from torchgraft.tune.autosplit import auto_spec
 from torchgraft.tune.discovery import body_sizes
 from torchgraft.tune.family_rules import family_spec, timm_spec
@@ -53,12 +54,27 @@ def detector_parts(model: nn.Module) -> tuple[str, tuple[str, ...]] | None:
     return path, tuple(neck)
 
 
+def _wrapped_family(root: nn.Module) -> Family | None:
+    """The family of the network inside torchvision's ``IntermediateLayerGetter`` (what its detection backbones
+    wrap; it keeps the network's children by name): the first whose split points and needs it has."""
+    if type(root).__name__ != "IntermediateLayerGetter":
+        return None
+    modules = dict(root.named_modules())
+    for family in FAMILIES:
+        needs = family.needs is None or any(isinstance(m, family.needs) for m in modules.values())
+        if needs and all(start in modules for start in family.starts):
+            return family
+    return None
+
+
 def _body_split(model: nn.Module, path: str, n_body: int | str | None) -> tuple[list[list[str]], str]:
     """The backbone network's own split (headless: ``n_body`` body groups), as full parameter names, and where
     it came from."""
     root = model.get_submodule(path)
     body, sizes = body_sizes(root, ())
-    spec = None if n_body is not None else family_spec(root, (), body, "")
+    spec = None
+    if n_body is None:
+        spec = family_spec(root, (), body, "") or family_spec(root, (), body, "", family=_wrapped_family(root))
     count = 3 if n_body is None else n_body
     spec = spec or timm_spec(root, count, (), body, "") or auto_spec(root, count, (), body, sizes, "", None)
     groups: list[list[str]] = [[] for _ in spec.groups]
