@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from torchgraft.grafting.body import Body, rebuild_body
-from torchgraft.grafting.classifier import ClassifierNotFoundError, find_classifier
-from torchgraft.grafting.dense import _keep_output, _take_output, _to_nchw
+from torchgraft.grafting.dense import _keep_output, _take_output, _to_nchw, network_taps
 from torchgraft.grafting.dryrun import infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
@@ -312,12 +311,7 @@ def graft_detector(
     source = type(model).__name__
     size = tuple(int(v) for v in input_size) if input_size is not None else infer_input_size(model)
     run = _trace(model, size)
-    try:  # the old classifier and what follows it are no features
-        first = find_classifier(model, run).names[0]
-        classifier_start = min(call.start for call in run.by_name[first])
-    except (ClassifierNotFoundError, KeyError, IndexError):
-        classifier_start = None
-    taps = find_taps(run, size, before=classifier_start)
+    taps = network_taps(model, run, size)
     if not taps:
         raise ValueError(
             f"graft_detector: {source} gives no spatial feature map in a dry run at {size}; it cannot be a "
