@@ -239,3 +239,20 @@ def test_real_imagenet_weights_keep_their_features_in_the_detector() -> None:
             nn.init.normal_(module.weight, std=0.01)
     with pytest.raises(PretrainedWeightsChangedError, match="pretrained tensors were changed"):
         check_pretrained(detector)
+
+
+def test_a_copy_runs_on_its_own_taps() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    detector = graft_detector(_resnet(), 2, head="fcos", min_size=64)
+    twin = copy.deepcopy(detector)
+    detector.eval(), twin.eval()
+    images, _ = _data(2, 0)
+    with torch.no_grad():
+        maps = detector.backbone(torch.rand(1, 3, 64, 64))
+        assert list(maps) == ["0", "1", "2", "p6", "p7"] and all(m.shape[1] == 256 for m in maps.values())
+        torch.testing.assert_close(twin(images)[0]["scores"], detector(images)[0]["scores"])
+    with torch.no_grad():
+        twin.backbone.body.model.layer2[0].conv1.weight.zero_()  # the copy's taps are its own modules
+        assert not torch.equal(twin.backbone(images[0][None])["0"], detector.backbone(images[0][None])["0"])

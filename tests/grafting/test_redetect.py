@@ -175,6 +175,16 @@ def test_an_int_keeps_only_the_background_and_old_classes_name_the_rows() -> Non
     assert torch.equal(model.head.classification_head.cls_logits.weight[0], logits[2])
 
 
+def test_a_graft_of_ours_is_never_taken_for_coco() -> None:
+    from torchgraft import graft_detector
+
+    detector = graft_detector(torchvision.models.resnet18(), 90, head="fasterrcnn")  # 91 outputs, unnamed
+    regraft_detection(detector, ["person", "dog"])
+    assert detector.info.options["kept"] == ()
+    assert detector.info.method == "detector" and detector.info.n_out == 2  # still graft_detector's record
+    assert detector.roi_heads.box_predictor.cls_score.out_features == 3
+
+
 def test_replay_rebuilds_a_reheaded_detector() -> None:
     model = regraft_detection(_build("ssdlite320_mobilenet_v3_large"), ["cat", "dog"])
     rebuilt = replay_graft(_build("ssdlite320_mobilenet_v3_large"), model.info.record())

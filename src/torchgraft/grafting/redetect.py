@@ -136,11 +136,12 @@ def _old_names(
     """The old head's name per output (background included), or ``None`` when nothing records them."""
     if old_classes is None:
         info = getattr(model, "info", None)
-        recorded = info.options.get("classes") if isinstance(info, GraftInfo) else None
-        if recorded:
-            old_classes = tuple(recorded)
-        else:
+        if not isinstance(info, GraftInfo):  # a torchvision detector as built: COCO's head, if it has its size
             return _coco_names(model, count)
+        recorded = info.options.get("classes")  # ours: the names given, never COCO's by size
+        if not recorded:
+            return None
+        old_classes = tuple(recorded)
     names = tuple(str(name) for name in old_classes)
     if not names:
         return None
@@ -306,7 +307,7 @@ def _record(
     info = getattr(model, "info", None)
     if isinstance(info, GraftInfo) and info.method == "detector":  # a graft of ours: the same record, new classes
         info.n_out = count
-        info.options = {**info.options, "classes": names}
+        info.options = {**info.options, "classes": names, "kept": kept}
         info.new = tuple(n for n, _ in model.named_parameters() if n not in set(info.pretrained))
     else:
         transform = model.transform
