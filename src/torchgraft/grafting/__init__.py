@@ -9,7 +9,13 @@ from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, ada
 from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
 from torchgraft.grafting.decoders import DECODERS, UNET_WIDTHS, FPNDecoder, UNetDecoder
 from torchgraft.grafting.dense import Segmenter, graft_dense
-from torchgraft.grafting.detector import BATCH_NORM_MODES, DETECTOR_HEADS, TapPyramid, freeze_batch_norm, graft_detector
+from torchgraft.grafting.detector import (
+    DETECTOR_BATCH_NORM,
+    DETECTOR_HEADS,
+    TapPyramid,
+    freeze_batch_norm,
+    graft_detector,
+)
 from torchgraft.grafting.dryrun import Trace, trace
 from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import (
@@ -28,8 +34,8 @@ from torchgraft.grafting.surgery import graft
 from torchgraft.grafting.taps import Tap, find_taps
 
 __all__ = [
-    "BATCH_NORM_MODES",
     "DECODERS",
+    "DETECTOR_BATCH_NORM",
     "DETECTOR_HEADS",
     "UNET_WIDTHS",
     "Body",

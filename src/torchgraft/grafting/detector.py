@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.choices import DETECTOR_BATCH_NORM, DETECTOR_HEADS
 from torchgraft.grafting.body import Body, rebuild_body
 from torchgraft.grafting.dense import _keep_output, _take_output, _to_nchw, network_taps
 from torchgraft.grafting.dryrun import infer_input_size
@@ -44,7 +45,7 @@ from torchgraft.grafting.surgery import _trace, cut_body
 from torchgraft.grafting.taps import Tap, find_taps
 
 __all__ = [
-    "BATCH_NORM_MODES",
+    "DETECTOR_BATCH_NORM",
     "DETECTOR_HEADS",
     "TapPyramid",
     "freeze_batch_norm",
@@ -52,8 +53,6 @@ __all__ = [
     "rebuild_detector",
 ]
 
-DETECTOR_HEADS: tuple[str, ...] = ("fcos", "retinanet", "fasterrcnn")
-BATCH_NORM_MODES: tuple[str, ...] = ("frozen", "train")
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # per head: the finest stride the pyramid starts at, how many taps it reads (torchvision's returned_layers)
 _PYRAMID = {"fcos": (8, 3), "retinanet": (8, 3), "fasterrcnn": (4, 4)}
@@ -127,8 +126,8 @@ def freeze_batch_norm(model: nn.Module) -> int:
 def _check(head: str, batch_norm: str, classes: int | Sequence[str]) -> tuple[int, tuple[str, ...] | None]:
     if head not in DETECTOR_HEADS:
         raise ValueError(f"graft_detector: head={head!r}; choose one of {DETECTOR_HEADS}.")
-    if batch_norm not in BATCH_NORM_MODES:
-        raise ValueError(f"graft_detector: batch_norm={batch_norm!r}; choose one of {BATCH_NORM_MODES}.")
+    if batch_norm not in DETECTOR_BATCH_NORM:
+        raise ValueError(f"graft_detector: batch_norm={batch_norm!r}; choose one of {DETECTOR_BATCH_NORM}.")
     return class_count("graft_detector", classes)
 
 
