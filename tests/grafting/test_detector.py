@@ -202,6 +202,8 @@ def test_errors_say_what_to_pass() -> None:
         graft_detector(_resnet(), ["cat", "cat"])
     with pytest.raises(ValueError, match="batch_norm='eval'; choose one of"):
         graft_detector(_resnet(), 3, batch_norm="eval")
+    with pytest.raises(ValueError, match=r"detector_options \['min_size'\] are set by graft_detector itself"):
+        graft_detector(_resnet(), 3, detector_options={"min_size": 100, "score_thresh": 0.1})
     flat = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
     with pytest.raises(ValueError, match=r"no spatial feature map .* cannot be a detection backbone"):
         graft_detector(flat, 3, input_size=(3, 4, 4))

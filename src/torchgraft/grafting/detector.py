@@ -56,6 +56,8 @@ __all__ = [
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # per head: the finest stride the pyramid starts at, how many taps it reads (torchvision's returned_layers)
 _PYRAMID = {"fcos": (8, 3), "retinanet": (8, 3), "fasterrcnn": (4, 4)}
+_MADE_HERE = ("num_classes", "min_size", "max_size", "image_mean", "image_std", "fixed_size", "size_divisible",
+              "anchor_generator", "rpn_anchor_generator", "box_roi_pool")  # fmt: skip
 
 
 class TapPyramid(nn.Module):
@@ -188,13 +190,13 @@ def _build(body: Body, info: GraftInfo) -> nn.Module:
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
     options = info.options
-    head, width = options["head"], int(options["channels"])
-    extra = LastLevelMaxPool() if head == "fasterrcnn" else LastLevelP6P7(width, width)
-    fpn = FeaturePyramidNetwork([t.channels for t in info.taps], width, extra_blocks=extra)
+    head, channels = options["head"], int(options["channels"])
+    extra = LastLevelMaxPool() if head == "fasterrcnn" else LastLevelP6P7(channels, channels)
+    fpn = FeaturePyramidNetwork([t.channels for t in info.taps], channels, extra_blocks=extra)
     reference = next(body.parameters(), None)
     if reference is not None:
         fpn = fpn.to(reference.device, reference.dtype)
-    backbone = TapPyramid(body, info.taps, fpn, width)
+    backbone = TapPyramid(body, info.taps, fpn, channels)
     strides = [t.stride for t in info.taps]
     strides += [strides[-1] * 2] if head == "fasterrcnn" else [strides[-1] * 2, strides[-1] * 4]
     transform: dict[str, Any] = {
@@ -307,6 +309,12 @@ def graft_detector(
     if is_detector(model):
         return regraft_detection(model, classes, guard=guard)
     n_classes, names = _check(head, batch_norm, classes)
+    taken = sorted(set(detector_options or {}) & set(_MADE_HERE))
+    if taken:
+        raise ValueError(
+            f"graft_detector: detector_options {taken} are set by graft_detector itself (from the taps and its "
+            f"own options: min_size=, max_size=, normalize=); leave them out of detector_options."
+        )
     source = type(model).__name__
     size = tuple(int(v) for v in input_size) if input_size is not None else infer_input_size(model)
     run = _trace(model, size)
