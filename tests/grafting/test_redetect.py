@@ -206,5 +206,5 @@ def test_errors_say_what_was_wrong() -> None:
         regraft_detection(model, class_subset=["dog", "helmet"])
     with pytest.raises(ValueError, match="old_classes has 3 names but the old head has 91 outputs"):
         regraft_detection(model, ["dog"], old_classes=["a", "b", "c"])
-    with pytest.raises(TypeError, match="label_offset: ResNet is not a torchvision detector"):
+    with pytest.raises(TypeError, match="label_offset: ResNet is not a torchvision or Hugging Face detector"):
         label_offset(torchvision.models.resnet18())

@@ -8,7 +8,10 @@ class layer, per family (torchvision's own layouts, read from the modules):
 * Faster / Mask / Keypoint R-CNN: ``roi_heads.box_predictor`` (``cls_score`` and the per-class
   ``bbox_pred``) and Mask R-CNN's ``roi_heads.mask_predictor.mask_fcn_logits``; index 0 is the background;
 * RetinaNet, FCOS: ``head.classification_head.cls_logits`` (anchor-major channels); no background class;
-* SSD, SSDLite: each level's classification convolution (anchor-major); index 0 is the background.
+* SSD, SSDLite: each level's classification convolution (anchor-major); index 0 is the background;
+* Hugging Face DETR-style detectors with a ``class_labels_classifier`` (DETR, Conditional DETR, YOLOS, Table
+  Transformer): its last linear layer; DETR's and YOLOS' "no object" output is the *last* one and stays; the
+  config's ``id2label`` names the classes and is rewritten.
 
 You give your object classes only (a count or names): the head gets one more output where the family has a
 background class (:func:`label_offset` says which index your class ``c`` has). Box regression that does not
@@ -25,18 +28,30 @@ import torch
 from torch import nn
 
 from torchgraft.grafting.detector import class_count, rebuild_detector
+from torchgraft.grafting.dryrun import infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
 
-__all__ = ["class_layers", "is_detector", "label_offset", "rebuild_redetected", "regraft_detection"]
+__all__ = [
+    "class_layers",
+    "is_detector",
+    "is_torchvision_detector",
+    "label_offset",
+    "rebuild_redetected",
+    "regraft_detection",
+]
 
 _BACKGROUND = "__background__"
-_NOT_CLASSES = {"__background__", "n/a", "no person"}  # COCO's placeholders never match a class of yours
+_NO_OBJECT = "__no_object__"  # the last output of DETR's and YOLOS' classifiers
+_NOT_CLASSES = {"__background__", "__no_object__", "n/a", "no person"}  # placeholders: never a class of yours
 _COCO_OUTPUTS = 91  # every torchvision COCO detection head (80 classes, background and N/A placeholders)
 
 
 def _kind(model: nn.Module) -> str | None:
-    """``"rcnn"``, ``"retinanet"``, ``"fcos"``, ``"ssd"`` for a torchvision detector, else ``None``."""
+    """``"rcnn"``, ``"retinanet"``, ``"fcos"``, ``"ssd"`` for a torchvision detector, ``"hf"`` for a Hugging Face
+    DETR-style detector, else ``None``."""
+    if _hf_classifier(model) is not None:
+        return "hf"
     if "torchvision" not in sys.modules:  # nothing can be a torchvision detector: do not import it
         return None
     from torchvision.models.detection.fcos import FCOS
@@ -50,18 +65,35 @@ def _kind(model: nn.Module) -> str | None:
     return None
 
 
+def _hf_classifier(model: nn.Module) -> str | None:
+    """The name of the last linear layer of a Hugging Face ``*ForObjectDetection``'s ``class_labels_classifier``."""
+    if not type(model).__name__.endswith("ForObjectDetection") or getattr(model, "config", None) is None:
+        return None
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "class_labels_classifier":
+            linears = [f"{name}.{n}" if n else name for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+            return linears[-1] if linears else None
+    return None
+
+
+def is_torchvision_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is a torchvision detector (what :mod:`torchgraft.tune.detection` splits)."""
+    return _kind(model) not in (None, "hf")
+
+
 def is_detector(model: nn.Module) -> bool:
-    """Whether ``model`` is a torchvision detector (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD), grafted
-    or not."""
+    """Whether ``model`` is a detector :func:`regraft_detection` re-heads: torchvision's (Faster/Mask/Keypoint
+    R-CNN, RetinaNet, FCOS, SSD; grafted or not) or a Hugging Face DETR-style one."""
     return _kind(model) is not None
 
 
 def label_offset(model: nn.Module) -> int:
     """The label a detector gives your first class: 1 where index 0 is the background (Faster/Mask/Keypoint
-    R-CNN, SSD), 0 where there is none (RetinaNet, FCOS). Class ``c`` of your data is label ``c + offset``.
+    R-CNN, SSD), 0 where there is none (RetinaNet, FCOS, Hugging Face DETR-style detectors, whose "no object"
+    output is the last). Class ``c`` of your data is label ``c + offset``.
 
     Raises:
-        TypeError: ``model`` is not a torchvision detector.
+        TypeError: ``model`` is not a detector.
 
     Example:
         >>> label_offset(graft_detector(backbone, 3, head="fasterrcnn"))
@@ -69,14 +101,15 @@ def label_offset(model: nn.Module) -> int:
     """
     kind = _kind(model)
     if kind is None:
-        raise TypeError(f"label_offset: {type(model).__name__} is not a torchvision detector.")
+        raise TypeError(f"label_offset: {type(model).__name__} is not a torchvision or Hugging Face detector.")
     return 1 if kind in ("rcnn", "ssd") else 0
 
 
 def _not_a_detector(model: nn.Module) -> TypeError:
     return TypeError(
         f"regraft_detection: {type(model).__name__} is not a torchvision detector (Faster/Mask/Keypoint R-CNN, "
-        f"RetinaNet, FCOS, SSD); graft a detector onto a backbone with torchgraft.graft_detector(model, classes)."
+        f"RetinaNet, FCOS, SSD) nor a Hugging Face one with a class_labels_classifier; graft a detector onto a "
+        f"backbone with torchgraft.graft_detector(model, classes)."
     )
 
 
@@ -90,6 +123,8 @@ def class_layers(model: nn.Module) -> list[tuple[str, int]]:
     kind = _kind(model)
     if kind is None:
         raise _not_a_detector(model)
+    if kind == "hf":
+        return [(_hf_classifier(model) or "", 1)]
     if kind == "rcnn":
         predictor = model.roi_heads.box_predictor
         if not isinstance(getattr(predictor, "cls_score", None), nn.Linear):
@@ -111,6 +146,8 @@ def class_layers(model: nn.Module) -> list[tuple[str, int]]:
 
 
 def _old_count(model: nn.Module, kind: str) -> int:
+    if kind == "hf":
+        return model.get_submodule(_hf_classifier(model) or "").out_features
     if kind == "rcnn":
         return model.roi_heads.box_predictor.cls_score.out_features
     if kind == "ssd":
@@ -130,10 +167,19 @@ def _coco_names(model: nn.Module, count: int) -> tuple[str, ...] | None:
     return None
 
 
+def _hf_no_object(model: nn.Module) -> bool:
+    """Whether a Hugging Face detector's classifier has a last "no object" output (DETR, YOLOS)."""
+    return _old_count(model, "hf") == len(model.config.id2label) + 1
+
+
 def _old_names(
     model: nn.Module, count: int, background: bool, old_classes: Sequence[str] | None
 ) -> tuple[str, ...] | None:
     """The old head's name per output (background included), or ``None`` when nothing records them."""
+    if old_classes is None and _kind(model) == "hf":  # the config names them; "no object" is the last output
+        labels = model.config.id2label
+        names = tuple(str(labels[i]) for i in sorted(labels, key=int))
+        return (*names, _NO_OBJECT) if _hf_no_object(model) else names
     if old_classes is None:
         info = getattr(model, "info", None)
         if not isinstance(info, GraftInfo):  # a torchvision detector as built: COCO's head, if it has its size
@@ -272,9 +318,13 @@ def regraft_detection(
                 f"regraft_detection: class_subset names {outside}, which are not in classes {list(names)}; add them."
             )
         keep = {name.casefold().strip() for name in subset}
-    new_names = ((_BACKGROUND,) if background else ()) + (names or tuple(f"class {i}" for i in range(count)))
+    no_object = kind == "hf" and _hf_no_object(model)
+    own = names or tuple(f"class {i}" for i in range(count))
+    new_names = ((_BACKGROUND,) if background else ()) + own + ((_NO_OBJECT,) if no_object else ())
     rows = _row_map(new_names, old, keep, background)
-    total = count + int(background)
+    if no_object:  # DETR's "no object" output is the last, old and new
+        rows[len(new_names) - 1] = old_count - 1
+    total = len(new_names)
     replaced = []
     removed = sum(p.numel() for name, _ in class_layers(model) for p in model.get_submodule(name).parameters())
     for name, per_class in class_layers(model):
@@ -288,7 +338,10 @@ def regraft_detection(
         model.head.classification_head.num_classes = total
     elif kind == "ssd":
         model.head.classification_head.num_columns = total
-    kept = tuple(new_names[j] for j in sorted(rows) if not (background and j == 0))
+    elif kind == "hf":  # the config names the classes; the loss reads their number from it
+        model.config.id2label = dict(enumerate(own))
+        model.config.label2id = {name: i for i, name in enumerate(own)}
+    kept = tuple(new_names[j] for j in sorted(rows) if new_names[j] not in (_BACKGROUND, _NO_OBJECT))
     return _record(model, kind, count, names, kept, tuple(replaced), removed, guard=guard)
 
 
@@ -310,12 +363,13 @@ def _record(
         info.options = {**info.options, "classes": names, "kept": kept}
         info.new = tuple(n for n, _ in model.named_parameters() if n not in set(info.pretrained))
     else:
-        transform = model.transform
-        height, width = (
-            (transform.fixed_size[1], transform.fixed_size[0])
-            if transform.fixed_size
-            else (transform.min_size[-1], transform.min_size[-1])
-        )
+        transform = getattr(model, "transform", None)  # torchvision's; a Hugging Face detector has none
+        if transform is None:
+            height, width = infer_input_size(model)[1:]
+        elif transform.fixed_size:
+            height, width = transform.fixed_size[1], transform.fixed_size[0]
+        else:
+            height = width = transform.min_size[-1]
         info = GraftInfo(
             source=type(model).__name__,
             method="redetect",
@@ -330,7 +384,13 @@ def _record(
             in_chans=None,
             notes=(f"rows kept from the old head: {', '.join(kept) or 'none'}",),
             n_out=count,
-            options={"head": kind, "classes": names, "background": kind in ("rcnn", "ssd"), "kept": kept},
+            options={
+                "head": kind,
+                "classes": names,
+                "background": kind in ("rcnn", "ssd"),
+                "no_object": kind == "hf" and model.get_submodule(replaced[0]).out_features == count + 1,
+                "kept": kept,
+            },
         )
         info.pretrained = tuple(n for n, _ in model.named_parameters() if n not in set(new))
         info.new = new

@@ -26,7 +26,7 @@ _METHODS = {
     "dense": "backbone cut after its deepest tap '{cut}'; a {pool} decoder reads the taps (notes)",
     "resegment": "it segments already: its decoder kept, classifier {names} replaced (head)",
     "detector": "backbone cut after its deepest tap '{cut}'; torchvision's FPN and {pool} detector read the taps",
-    "redetect": "a torchvision detector: class layers {names} replaced (head); the rest kept",
+    "redetect": "a pretrained detector: class layers {names} replaced (head); the rest kept",
 }
 
 

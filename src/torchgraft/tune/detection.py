@@ -23,7 +23,7 @@ from __future__ import annotations
 from torch import nn
 
 from torchgraft.grafting.body import Body
-from torchgraft.grafting.redetect import class_layers, is_detector
+from torchgraft.grafting.redetect import class_layers, is_torchvision_detector
 from torchgraft.tune.archs import FAMILIES, Family
 from torchgraft.tune.autosplit import auto_spec
 from torchgraft.tune.discovery import body_sizes
@@ -38,7 +38,7 @@ _HEADS = ("roi_heads", "head")  # where torchvision keeps the box heads
 
 def detector_parts(model: nn.Module) -> tuple[str, tuple[str, ...]] | None:
     """``(backbone network path, neck module paths)`` of a torchvision detector, else ``None``."""
-    if not is_detector(model):
+    if not is_torchvision_detector(model):
         return None
     backbone = model.backbone
     body = getattr(backbone, "body", None)
