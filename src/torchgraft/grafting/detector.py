@@ -269,9 +269,9 @@ def graft_detector(
     """Make a torchvision detector for ``classes`` object classes on the pretrained ``model``.
 
     A torchvision detector given as ``model`` (``fasterrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``,
-    ``maskrcnn_*``, ``keypointrcnn_*``) keeps everything but its class layers, which
-    :func:`~torchgraft.grafting.redetect.regraft_detection` replaces (``head``, ``input_size`` and the pyramid
-    options are then not used).
+    ``maskrcnn_*``, ``keypointrcnn_*``; or a Hugging Face DETR-style detector) keeps everything but its class
+    layers, which :func:`~torchgraft.grafting.redetect.regraft_detection` replaces (``head``, ``input_size`` and
+    the pyramid options are then not used).
 
     Args:
         model: a pretrained image network (torchvision, timm, your own; CNN, channels-last or tokens);

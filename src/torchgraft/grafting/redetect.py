@@ -259,14 +259,15 @@ def regraft_detection(
     old_classes: Sequence[str] | None = None,
     guard: bool = True,
 ) -> nn.Module:
-    """Give the pretrained torchvision detector ``model`` new class layers for your object classes, in place.
+    """Give the pretrained detector ``model`` new class layers for your object classes, in place.
 
     Rows of classes that keep their names are copied from the old head (their scores, per-class boxes and
     masks start where the pretrained detector was); the background row is always kept; other rows start as
     torchvision initialises them. Everything else stays pretrained.
 
     Args:
-        model: a torchvision detector (pretrained) or :func:`~torchgraft.graft_detector`'s output.
+        model: a torchvision detector (pretrained), :func:`~torchgraft.graft_detector`'s output, or a Hugging
+            Face DETR-style detector (its config's ``id2label`` names the old classes and is rewritten).
         classes: your object classes (no background): their number, or their names (names let the rows of
             matching old classes be kept). May be left out when ``class_subset`` is given.
         class_subset: names of old classes to keep (each must be one of the old head's classes): the new head
@@ -280,7 +281,7 @@ def regraft_detection(
         ``model``, with ``.info`` (its record: ``options["classes"]``, ``["kept"]``) and ``.guard``.
 
     Raises:
-        TypeError: ``model`` is not a torchvision detector.
+        TypeError: ``model`` is not a detector this function knows.
         ValueError: no classes, a count below 1, repeated names, names not among the old classes, or
             ``old_classes`` of the wrong length.
 
