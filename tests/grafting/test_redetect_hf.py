@@ -64,3 +64,11 @@ def test_hugging_face_detectors_keep_rows_by_the_configs_names(name, make, layer
     rebuilt = replay_graft(make(), model.info.record())
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     assert rebuilt.config.id2label == {0: "dog", 1: "zebra"}
+
+
+def test_old_classes_name_a_hugging_face_head_without_its_no_object_output() -> None:
+    model = _detr()
+    old = model.class_labels_classifier.weight.detach().clone()
+    regraft_detection(model, ["truck"], old_classes=["bus", "truck", "van"])
+    assert torch.equal(model.class_labels_classifier.weight[0], old[1])
+    assert torch.equal(model.class_labels_classifier.weight[1], old[3])  # "no object"

@@ -193,6 +193,8 @@ def _old_names(
         return None
     if background and len(names) == count - 1:
         names = (_BACKGROUND, *names)
+    elif _kind(model) == "hf" and _hf_no_object(model) and len(names) == count - 1:
+        names = (*names, _NO_OBJECT)
     if len(names) != count:
         raise ValueError(
             f"regraft_detection: old_classes has {len(old_classes)} names but the old head has {count} outputs"
