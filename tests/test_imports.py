@@ -104,6 +104,7 @@ def test_option_vocabularies_are_the_ones_the_modules_check():
     from torchgraft import choices
     from torchgraft.data.images import CHECKS
     from torchgraft.grafting.decoders import DECODERS
+    from torchgraft.grafting.detector import DETECTOR_BATCH_NORM, DETECTOR_HEADS
     from torchgraft.ship.export import ADAPTER_EXPORTS
     from torchgraft.ship.program import DEPLOY_FORMATS
     from torchgraft.tasks import TARGET_LAYOUTS, TASKS
@@ -116,6 +117,7 @@ def test_option_vocabularies_are_the_ones_the_modules_check():
         choices.DEPLOY_FORMATS,
     )
     assert (BATCHNORM_MODES, STRATEGIES) == (choices.BATCHNORM_MODES, choices.STRATEGIES)
+    assert (DETECTOR_HEADS, DETECTOR_BATCH_NORM) == (choices.DETECTOR_HEADS, choices.DETECTOR_BATCH_NORM)
     builtin = {n for n, t in TASKS.items() if t.__module__.startswith("torchgraft.tasks.")}
     assert builtin == set(choices.BUILT_IN_TASKS) == set(TARGET_LAYOUTS)
     assert set(choices.task_names()) == set(TASKS)  # the registry's names once it is imported

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the names below, for type checkers and editors; at run time
     from torchgraft.grafting.channels import InputAdaptation, adapt_conv_weight, adapt_input_channels
     from torchgraft.grafting.classifier import ClassifierInfo, ClassifierNotFoundError, find_classifier
     from torchgraft.grafting.dense import Segmenter, graft_dense
+    from torchgraft.grafting.detector import graft_detector
     from torchgraft.grafting.dryrun import Trace, trace
     from torchgraft.grafting.grafted import Grafted
     from torchgraft.grafting.guard import (
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # the names below, for type checkers and editors; at run time
     )
     from torchgraft.grafting.heads import Pool, SigmoidRange, linear_head, mlp_head
     from torchgraft.grafting.info import GraftInfo
+    from torchgraft.grafting.redetect import label_offset, regraft_detection
     from torchgraft.grafting.replay import replay_graft
     from torchgraft.grafting.resegment import Resegmented
     from torchgraft.grafting.surgery import graft
@@ -95,6 +97,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.grafting.channels": ("InputAdaptation", "adapt_conv_weight", "adapt_input_channels"),
     "torchgraft.grafting.classifier": ("ClassifierInfo", "ClassifierNotFoundError", "find_classifier"),
     "torchgraft.grafting.dense": ("Segmenter", "graft_dense"),
+    "torchgraft.grafting.detector": ("graft_detector",),
     "torchgraft.grafting.dryrun": ("Trace", "trace"),
     "torchgraft.grafting.grafted": ("Grafted",),
     "torchgraft.grafting.guard": (
@@ -106,6 +109,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "torchgraft.grafting.heads": ("Pool", "SigmoidRange", "linear_head", "mlp_head"),
     "torchgraft.grafting.info": ("GraftInfo",),
+    "torchgraft.grafting.redetect": ("label_offset", "regraft_detection"),
     "torchgraft.grafting.replay": ("replay_graft",),
     "torchgraft.grafting.resegment": ("Resegmented",),
     "torchgraft.grafting.surgery": ("graft",),
@@ -245,9 +249,11 @@ __all__ = [
     "gradual_unfreeze",
     "graft",
     "graft_dense",
+    "graft_detector",
     "group_lrs",
     "image_data",
     "is_adapted",
+    "label_offset",
     "layer_groups",
     "linear_head",
     "load_exported",
@@ -268,6 +274,7 @@ __all__ = [
     "read_checkpoint",
     "refreeze",
     "register_task",
+    "regraft_detection",
     "replay_graft",
     "save_adapters",
     "save_weights",

@@ -19,7 +19,7 @@ from torch import nn
 from torchgraft.grafting.body import Body, rebuild_body
 from torchgraft.grafting.classifier import ClassifierNotFoundError, find_classifier
 from torchgraft.grafting.decoders import DECODERS, UNET_WIDTHS, build_decoder
-from torchgraft.grafting.dryrun import infer_input_size
+from torchgraft.grafting.dryrun import Trace, infer_input_size
 from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
@@ -27,7 +27,7 @@ from torchgraft.grafting.resegment import Resegmented, regraft_segmentation, seg
 from torchgraft.grafting.surgery import _trace, cut_body
 from torchgraft.grafting.taps import Tap, find_taps
 
-__all__ = ["PackedDecoder", "Segmenter", "graft_dense", "rebuild_segmenter"]
+__all__ = ["PackedDecoder", "Segmenter", "graft_dense", "network_taps", "rebuild_segmenter"]
 
 
 def _to_nchw(feature: torch.Tensor, tap: Tap, size: tuple[int, int]) -> torch.Tensor:
@@ -39,7 +39,7 @@ def _to_nchw(feature: torch.Tensor, tap: Tap, size: tuple[int, int]) -> torch.Te
     tokens = feature[:, tap.prefix :]
     if tokens.shape[1] != height * width:
         raise ValueError(
-            f"segmenter: tap '{tap.name}' gives {tokens.shape[1]} tokens, not a {height}x{width} grid for a "
+            f"taps: tap '{tap.name}' gives {tokens.shape[1]} tokens, not a {height}x{width} grid for a "
             f"{size[0]}x{size[1]} input; give the network inputs of the size it was built for."
         )
     return tokens.transpose(1, 2).reshape(feature.shape[0], tap.channels, height, width)
@@ -127,6 +127,17 @@ class PackedDecoder(nn.Module):
         return _logits(self.decoder, self.head, maps, self.size)
 
 
+def network_taps(model: nn.Module, run: Trace, size: Sequence[int]) -> list[Tap]:
+    """The taps (:func:`~torchgraft.grafting.taps.find_taps`) of ``model``'s dry run ``run`` at ``size``,
+    before its old classifier: the classifier and what follows it are no features."""
+    try:
+        first = find_classifier(model, run).names[0]
+        classifier_start = min(call.start for call in run.by_name[first])
+    except (ClassifierNotFoundError, KeyError, IndexError):
+        classifier_start = None
+    return find_taps(run, size, before=classifier_start)
+
+
 def graft_dense(
     model: nn.Module,
     n_classes: int,
@@ -174,12 +185,7 @@ def graft_dense(
     run = _trace(model, size)
     if segmentation_classifiers(model, run):  # it segments already: keep its decoder, new classifiers
         return regraft_segmentation(model, n_classes, aux=aux, backbone=backbone, input_size=size, guard=guard, run=run)
-    try:  # the old classifier and what follows it are no features
-        first = find_classifier(model, run).names[0]
-        classifier_start = min(call.start for call in run.by_name[first])
-    except (ClassifierNotFoundError, KeyError, IndexError):
-        classifier_start = None
-    taps = find_taps(run, size, before=classifier_start)
+    taps = network_taps(model, run, size)
     if not taps:
         raise ValueError(
             f"graft_dense: {source} gives no spatial feature map in a dry run at {size}; it cannot be a "

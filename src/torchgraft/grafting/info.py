@@ -35,7 +35,9 @@ class GraftInfo:
         method: ``"classifier"`` (replaced in place, model pooling kept), ``"timm"`` (timm's
             ``reset_classifier``), ``"unpooled"`` (cut before the model's pooling), ``"cut"`` (user cut),
             ``"backbone"`` (a network without classifier, whole), ``"callable"``, ``"timm-features"``,
-            ``"dense"`` (:func:`~torchgraft.graft_dense`'s decoder) or ``"resegment"`` (new classifiers).
+            ``"dense"`` (:func:`~torchgraft.graft_dense`'s decoder), ``"resegment"`` (new classifiers),
+            ``"detector"`` (:func:`~torchgraft.graft_detector`'s pyramid and detector) or ``"redetect"`` (a
+            torchvision detector's new class layers).
         cut_at: module whose output the body returns, if the body is cut there.
         classifier: names of the classifier layers that were found (and removed or replaced).
         removed: every module removed from the source network (classifier, aux heads, pruned layers).
@@ -86,7 +88,7 @@ class GraftInfo:
         if self.method == "callable":
             return "the body was cut by your own callable (cut=<function>)"
         head = self.options.get("head")
-        if self.method not in ("dense", "resegment") and head not in REPLAYABLE_HEADS:
+        if self.method not in ("dense", "resegment", "detector", "redetect") and head not in REPLAYABLE_HEADS:
             return f"the head is your own {head or 'module'} (head=<module or callable>)"
         return None
 

@@ -16,13 +16,14 @@ from torch import nn
 from torchgraft.grafting.dense import rebuild_segmenter
 from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.info import GraftInfo, GraftRecordError
+from torchgraft.grafting.redetect import rebuild_redetected
 from torchgraft.grafting.resegment import rebuild_resegmented
 from torchgraft.grafting.surgery import rebuild_grafted
 
 __all__ = ["replay_graft"]
 
 
-def replay_graft(model: nn.Module, record: GraftInfo | Mapping[str, Any]) -> Grafted:
+def replay_graft(model: nn.Module, record: GraftInfo | Mapping[str, Any]) -> Grafted | nn.Module:
     """Graft ``model`` (a fresh source network of the recorded architecture) as ``record`` says.
 
     Args:
@@ -32,7 +33,8 @@ def replay_graft(model: nn.Module, record: GraftInfo | Mapping[str, Any]) -> Gra
 
     Returns:
         The grafted model (a :class:`Grafted`, a :class:`~torchgraft.grafting.dense.Segmenter` or a
-        :class:`~torchgraft.grafting.resegment.Resegmented`) with a copy of the record as ``.info``; no guard.
+        :class:`~torchgraft.grafting.resegment.Resegmented`; for a detector, the torchvision detector) with a
+        copy of the record as ``.info``; no guard.
 
     Raises:
         GraftRecordError: a record of another version, or of a head or cut given as code.
@@ -53,6 +55,8 @@ def replay_graft(model: nn.Module, record: GraftInfo | Mapping[str, Any]) -> Gra
         raise GraftRecordError(f"replay_graft: {problem}, which a record cannot rebuild; rebuild it in your code.")
     if info.method == "dense":
         return rebuild_segmenter(model, info)
+    if info.method in ("detector", "redetect"):
+        return rebuild_redetected(model, info)
     if info.method == "resegment":
         return rebuild_resegmented(model, info)
     return rebuild_grafted(model, info)

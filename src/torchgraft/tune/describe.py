@@ -8,6 +8,7 @@ from torch import nn
 from torchgraft.grafting.adapters import adapter_view, base_model
 from torchgraft.grafting.dryrun import trace
 from torchgraft.grafting.loaded import loaded_names
+from torchgraft.grafting.redetect import class_layers, is_detector
 from torchgraft.tune.group_types import StageRates
 from torchgraft.tune.groups import layer_groups
 from torchgraft.tune.rates import LRSpec
@@ -24,6 +25,8 @@ _METHODS = {
     "backbone": "the whole network (it has no classifier); the head pools its main output ({pool})",
     "dense": "backbone cut after its deepest tap '{cut}'; a {pool} decoder reads the taps (notes)",
     "resegment": "it segments already: its decoder kept, classifier {names} replaced (head)",
+    "detector": "backbone cut after its deepest tap '{cut}'; torchvision's FPN and {pool} detector read the taps",
+    "redetect": "a pretrained detector: class layers {names} replaced (head); the rest kept",
 }
 
 
@@ -118,10 +121,15 @@ def describe(model: nn.Module, *, lr: LRSpec | None = None, stages: StageRates |
         raise TypeError(
             f"describe: {type(model).__name__} is not a grafted model. Graft it first: torchgraft.graft(model, n_out)."
         )
-    n_out = _outputs(model.head, info.body_output)
+    detector = is_detector(model)
+    n_out = (
+        f"a {type(model).__name__} for {info.n_out} classes"
+        if detector
+        else f"{_outputs(model.head, info.body_output)} outputs"
+    )
     names = ", ".join(f"'{n}'" for n in info.classifier) or "(none: the network was headless)"
     lines = [
-        f"torchgraft: {info.source} grafted -> {n_out} outputs",
+        f"torchgraft: {info.source} grafted -> {n_out}",
         f"  cut          {_METHODS[info.method].format(names=names, cut=info.cut_at, pool=info.pool)}",
         f"  removed      {', '.join(info.removed) or 'nothing'} ({info.removed_params:,} parameters)",
         f"  input        {tuple(info.input_size)}",
@@ -132,10 +140,13 @@ def describe(model: nn.Module, *, lr: LRSpec | None = None, stages: StageRates |
             f"  in_chans     '{adapt.module}': {adapt.from_channels} -> {adapt.to_channels} channels ({adapt.rule})"
         )
     output = f"{info.body_output} [{info.layout}]" if info.body_output is not None else "structured output"
-    if info.method == "dense":
+    if info.method in ("dense", "detector"):
         output = "the taps' feature maps (notes)"
     lines += [f"  body output  {output}", "  head"]
-    lines += _head_lines(model.head)
+    if detector:  # the class layers (the rest of a torchvision detector's head is in the groups below)
+        lines += [f"    {name} {' '.join(repr(model.get_submodule(name)).split())}" for name, _ in class_layers(model)]
+    else:
+        lines += _head_lines(model.head)
     lines += [f"  note         {note}" for note in info.notes]
     if loaded_names(model) is None:
         lines.append(

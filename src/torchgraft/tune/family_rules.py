@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from torchgraft.grafting.classifier import is_timm_model
-from torchgraft.tune.archs import find_family
+from torchgraft.tune.archs import Family, find_family
 from torchgraft.tune.balance import balanced_split
 from torchgraft.tune.discovery import body_scope, is_grafted
 from torchgraft.tune.group_types import GroupSpec, spec_from_assignment
@@ -30,10 +30,13 @@ _Unit = tuple[int, int, list[str]]  # (timm stage, parameter count, parameter na
 _UNMATCHED = "\0unmatched"  # a name no matcher names: timm gives it the group of unmatched parameters
 
 
-def family_spec(model: nn.Module, head: tuple[str, ...], body: list[str], strip: str) -> GroupSpec | None:
-    """fastai's split of ``model``'s family (:func:`torchgraft.tune.archs.find_family`), or ``None``."""
+def family_spec(
+    model: nn.Module, head: tuple[str, ...], body: list[str], strip: str, *, family: Family | None = None
+) -> GroupSpec | None:
+    """fastai's split of ``model``'s family (``family``, else :func:`torchgraft.tune.archs.find_family`), or
+    ``None``."""
     source = model.body.model if is_grafted(model) else model
-    family = find_family(source)
+    family = family or find_family(source)
     if family is None:
         return None
     # a split point may hold no parameters (VGG's features.22 is a ReLU in vgg16_bn): compare positions in

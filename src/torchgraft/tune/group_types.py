@@ -29,12 +29,16 @@ class GroupSpec:
         strip: a prefix left out when names are shown (``"body.model."`` on a grafted model). Patterns
             always match full parameter names; user rules written with the source network's names are
             prefixed when the spec is made.
+        new: trailing groups of new layers that ``freeze`` leaves trainable, where the split knows (a
+            detector: its head, or all its detection groups when grafted); ``None``: the head (and a dense
+            graft's decoder).
     """
 
     groups: tuple[tuple[str, tuple[str, ...]], ...]
     head: str
     method: str
     strip: str = ""
+    new: int | None = None
 
     def match(self, name: str) -> list[int]:
         """Indices of the groups whose patterns name ``name`` (a parameter or module path)."""
@@ -114,7 +118,9 @@ class LayerGroups(Sequence[LayerGroup]):
     @property
     def n_new(self) -> int:
         """Trailing groups of new layers, which ``freeze`` leaves trainable: the head, and a dense graft's
-        decoder before it."""
+        decoder before it, or what the split says (a grafted detector's neck, proposal network and heads)."""
+        if self.spec.new is not None:
+            return self.spec.new
         return 2 if len(self.groups) > 2 and self.groups[-2].name == "decoder" else 1
 
     def group_of(self, name: str) -> int | None:

@@ -8,10 +8,12 @@ reported; a parameter named by two groups is an error.
 Where the rules come from, in order of precedence:
 
 1. ``rules=`` given by the user (:mod:`torchgraft.tune.user_rules`);
-2. a family rule (fastai's split points for ResNet, DenseNet, VGG-BN, AlexNet, SqueezeNet, written as module
+2. a detector's parts (:mod:`torchgraft.tune.detection`: the backbone's own split, neck, proposal network,
+   box heads, class layers);
+3. a family rule (fastai's split points for ResNet, DenseNet, VGG-BN, AlexNet, SqueezeNet, written as module
    names: :mod:`torchgraft.tune.family_rules`) when ``n`` is not given;
-3. timm's own ``group_matcher()`` on a timm model (:mod:`torchgraft.tune.family_rules`);
-4. the automatic split of any other network (:mod:`torchgraft.tune.autosplit`), ``n - 1`` body groups
+4. timm's own ``group_matcher()`` on a timm model (:mod:`torchgraft.tune.family_rules`);
+5. the automatic split of any other network (:mod:`torchgraft.tune.autosplit`), ``n - 1`` body groups
    balanced by parameter count (``n`` body groups for a headless network).
 
 The head (:mod:`torchgraft.tune.discovery`) is always its own, last group.
@@ -25,6 +27,7 @@ from torch import nn
 
 from torchgraft.grafting.adapters import AdapterView, adapter_view, base_model, is_peft_wrapper
 from torchgraft.tune.autosplit import auto_spec
+from torchgraft.tune.detection import detector_spec
 from torchgraft.tune.discovery import body_sizes, has_decoder, head_names, is_grafted
 from torchgraft.tune.family_rules import family_spec, timm_spec
 from torchgraft.tune.group_types import GroupSpec, LayerGroup, LayerGroups
@@ -38,6 +41,9 @@ _SPEC_ATTR = "_torchgraft_groups"
 
 def _make_spec(model: nn.Module, n: int | str | None, rules: RuleSpec | None) -> GroupSpec:
     model = base_model(model)  # a PeftModel splits as the model inside it (names are matched without the prefix)
+    detector = detector_spec(model, n) if rules is None else None
+    if detector is not None:
+        return detector
     spec = _split(model, n, rules)
     if is_grafted(model) and has_decoder(model) and rules is None:
         # a dense graft: the backbone's groups, then the decoder, then the classifier
