@@ -41,6 +41,7 @@ from torchgraft.grafting.dense import _keep_output, _take_output, _to_nchw, netw
 from torchgraft.grafting.dryrun import infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
+from torchgraft.grafting.redetect import class_count, is_detector, regraft_detection
 from torchgraft.grafting.surgery import _trace, cut_body
 from torchgraft.grafting.taps import Tap, find_taps
 
@@ -131,23 +132,6 @@ def _check(head: str, batch_norm: str, classes: int | Sequence[str]) -> tuple[in
     if batch_norm not in DETECTOR_BATCH_NORM:
         raise ValueError(f"graft_detector: batch_norm={batch_norm!r}; choose one of {DETECTOR_BATCH_NORM}.")
     return class_count("graft_detector", classes)
-
-
-def class_count(caller: str, classes: int | Sequence[str]) -> tuple[int, tuple[str, ...] | None]:
-    """``(number of object classes, their names or None)`` from an int or a list of names, checked."""
-    if isinstance(classes, str) or not isinstance(classes, int | Sequence):
-        raise TypeError(f"{caller}: classes must be an int or a list of class names, got {classes!r}.")
-    if isinstance(classes, bool) or (isinstance(classes, int) and classes < 1):
-        raise ValueError(f"{caller}: the number of object classes must be a positive int, got {classes!r}.")
-    if isinstance(classes, int):
-        return classes, None
-    names = tuple(str(name) for name in classes)
-    if not names:
-        raise ValueError(f"{caller}: the list of class names is empty; give at least one object class.")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"{caller}: class names {repeated} appear more than once; each class needs its own name.")
-    return len(names), names
 
 
 def _pyramid_taps(taps: Sequence[Tap], head: str) -> tuple[Tap, ...]:
@@ -304,8 +288,6 @@ def graft_detector(
         >>> detector.eval(); detector(images)[0].keys()
         dict_keys(['boxes', 'scores', 'labels'])
     """
-    from torchgraft.grafting.redetect import is_detector, regraft_detection
-
     if is_detector(model):
         return regraft_detection(model, classes, guard=guard)
     n_classes, names = _check(head, batch_norm, classes)

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torchgraft.grafting.detector import class_count, rebuild_detector
 from torchgraft.grafting.dryrun import infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
@@ -45,6 +44,23 @@ _BACKGROUND = "__background__"
 _NO_OBJECT = "__no_object__"  # the last output of DETR's and YOLOS' classifiers
 _NOT_CLASSES = {"__background__", "__no_object__", "n/a", "no person"}  # placeholders: never a class of yours
 _COCO_OUTPUTS = 91  # every torchvision COCO detection head (80 classes, background and N/A placeholders)
+
+
+def class_count(caller: str, classes: int | Sequence[str]) -> tuple[int, tuple[str, ...] | None]:
+    """``(number of object classes, their names or None)`` from an int or a list of names, checked."""
+    if isinstance(classes, str) or not isinstance(classes, int | Sequence):
+        raise TypeError(f"{caller}: classes must be an int or a list of class names, got {classes!r}.")
+    if isinstance(classes, bool) or (isinstance(classes, int) and classes < 1):
+        raise ValueError(f"{caller}: the number of object classes must be a positive int, got {classes!r}.")
+    if isinstance(classes, int):
+        return classes, None
+    names = tuple(str(name) for name in classes)
+    if not names:
+        raise ValueError(f"{caller}: the list of class names is empty; give at least one object class.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{caller}: class names {repeated} appear more than once; each class needs its own name.")
+    return len(names), names
 
 
 def _kind(model: nn.Module) -> str | None:
@@ -403,10 +419,7 @@ def _record(
 
 
 def rebuild_redetected(model: nn.Module, info: GraftInfo) -> nn.Module:
-    """The re-headed detector that ``info`` records, on ``model`` (a fresh detector of the same architecture,
-    or a fresh backbone for :func:`~torchgraft.graft_detector`'s record): the same modules under the same
-    names, class layers freshly initialised; no guard."""
-    if info.method == "detector":
-        return rebuild_detector(model, info)
+    """The re-headed detector that ``info`` records, on ``model`` (a fresh detector of the same architecture):
+    the same modules under the same names, class layers freshly initialised; no guard."""
     classes = info.options.get("classes") or info.n_out
     return regraft_detection(model, classes, old_classes=(), guard=False)

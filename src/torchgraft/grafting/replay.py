@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from torchgraft.grafting.dense import rebuild_segmenter
+from torchgraft.grafting.detector import rebuild_detector
 from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.info import GraftInfo, GraftRecordError
 from torchgraft.grafting.redetect import rebuild_redetected
@@ -55,7 +56,9 @@ def replay_graft(model: nn.Module, record: GraftInfo | Mapping[str, Any]) -> Gra
         raise GraftRecordError(f"replay_graft: {problem}, which a record cannot rebuild; rebuild it in your code.")
     if info.method == "dense":
         return rebuild_segmenter(model, info)
-    if info.method in ("detector", "redetect"):
+    if info.method == "detector":
+        return rebuild_detector(model, info)
+    if info.method == "redetect":
         return rebuild_redetected(model, info)
     if info.method == "resegment":
         return rebuild_resegmented(model, info)

@@ -4,16 +4,13 @@ metric is built, at the first validation batch: a run reaches its first training
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 import torchmetrics
 from torchmetrics.classification import MulticlassAccuracy
 
 from torchgraft.tasks.pixel_matrix import SUMMARIES, count_pixels, summarize
-
-if TYPE_CHECKING:
-    from torchgraft.tasks.metrics import MetricFn
 
 __all__ = ["BatchMean", "ConfusionMatrix", "ErrorRate"]
 
@@ -33,7 +30,7 @@ class BatchMean(torchmetrics.MeanMetric):
     Its direction is read from ``fn.higher_is_better`` by :meth:`MetricSet.higher_is_better`.
     """
 
-    def __init__(self, fn: MetricFn) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.fn = fn
 
