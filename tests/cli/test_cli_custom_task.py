@@ -102,7 +102,7 @@ def test_register_task_refuses_what_it_cannot_serve(tempered):
 def trained(tempered, garments, tmp_path_factory) -> tuple[Path, str]:
     """A run of the tempered task through ``torchgraft train``, and what it printed."""
     run_dir = tmp_path_factory.mktemp("tempered") / "run"
-    model = ["--model", "timm/efficientnet_lite0", "--size", "32", "--batch-size", "8", "--workers", "0"]
+    model = ["--model", "timm/efficientnet_lite0", "--size", "64", "--batch-size", "8", "--workers", "0"]
     args = ["train", str(garments), "--task", "tempered", *model, "--epochs", "2", "--out", str(run_dir)]
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert main(args) == 0
@@ -113,7 +113,9 @@ def test_a_task_defined_in_the_tests_trains_exports_predicts_and_deploys(trained
     run_dir, printed = trained
     assert "tempered: " in printed  # the task's own report
     history = json.loads((run_dir / "history.json").read_text())
-    assert "hits" in history[-1] and history[-1]["hits"] > 1 / 3  # its own metric, better than chance
+    # its own metric in every record, and better than chance at the epoch the run exports (on 9 validation
+    # images at 64 px one epoch can fall back to chance: the number of threads alone moved it, 2026-12-03)
+    assert all("hits" in record for record in history) and max(record["hits"] for record in history) > 1 / 3
     config = json.loads((run_dir / "model.json").read_text())
     assert config["task"] == {"name": "tempered", "target_key": "labels", "temperature": 2.0}
     assert 0 < config["final"]["true_class_probability"] < 1

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchgraft.app.settings import TrainSettings
 from torchgraft.data.images import usable_cores
-from torchgraft.data.sampling import SeededSampler, SeededSamples
+from torchgraft.data.sampling import SeededSampler, SeededSamples, lone_last_batch
 from torchgraft.tasks import TASKS
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ def dataset_loaders(
     epochs; on CUDA, pinned memory and :data:`CUDA_PREFETCH` batches in flight per worker. The training
     samples are drawn by a :class:`~torchgraft.data.sampling.SeededSampler`, each augmented from a seed of its
     own, so a run under ``torchrun`` augments exactly as one process does, and a resumed run exactly as the
-    uninterrupted one, whatever the number of workers. ``collate_fn`` makes the batches of both (PyTorch's
+    uninterrupted one, whatever the number of workers; an epoch that would end on a batch of one sample drops
+    it (:func:`~torchgraft.data.sampling.lone_last_batch`). ``collate_fn`` makes the batches of both (PyTorch's
     default when ``None``; :class:`~torchgraft.data.preprocess.PixelCollate` for uint8 crops)."""
     workers = settings.workers if settings.workers is not None else default_workers()
     options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda", "collate_fn": collate_fn}
@@ -188,7 +189,8 @@ def dataset_loaders(
             options["prefetch_factor"] = CUDA_PREFETCH
     assert settings.batch_size is not None
     sampler = SeededSampler(len(train), seed=settings.seed)  # type: ignore[arg-type]
+    lone = lone_last_batch(len(sampler), settings.batch_size)
     return (
-        DataLoader(SeededSamples(train), batch_size=settings.batch_size, sampler=sampler, **options),
+        DataLoader(SeededSamples(train), batch_size=settings.batch_size, sampler=sampler, drop_last=lone, **options),
         DataLoader(valid, batch_size=settings.batch_size * 2, **options),
     )

@@ -26,9 +26,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-__all__ = ["Indices", "SeededSampler", "SeededSamples", "seeded"]
+__all__ = ["Indices", "SeededSampler", "SeededSamples", "lone_last_batch", "seeded"]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads (seed, epoch) pairs over the generator's seed space
+
+
+def lone_last_batch(samples: int, batch_size: int) -> bool:
+    """Whether an epoch of ``samples`` in batches of ``batch_size`` ends on a batch of one sample, which a
+    training loader drops (``drop_last``): BatchNorm cannot normalise a single sample in training mode
+    ("Expected more than 1 value per channel"), and one sample in a shuffled epoch is all that is left out."""
+    return batch_size > 1 and samples > 1 and samples % batch_size == 1
 
 
 class SeededSampler(Sampler[tuple[int, int]]):

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from torchgraft.data.sampling import lone_last_batch
 from torchgraft.devices import check_device
 from torchgraft.spelling import option
 from torchgraft.train.launch import launched
@@ -208,8 +209,9 @@ def shard_loader(loader: DataLoader, *, train: bool = True) -> DataLoader:
         size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
         return _rebuilt(loader, batch_size=size, sampler=EvalShard(len(loader.dataset), rank=me, world=world))  # type: ignore[arg-type]
     sharder = getattr(loader.sampler, "shard", None)
-    if callable(sharder):
-        return _rebuilt(loader, batch_size=loader.batch_size, sampler=sharder(me, world), drop_last=loader.drop_last)
+    if callable(sharder):  # this rank's share ends on a lone sample on every rank alike (shares are equal)
+        share, size = sharder(me, world), loader.batch_size or 1
+        return _rebuilt(loader, batch_size=size, sampler=share, drop_last=lone_last_batch(len(share), size))
     if loader.batch_size is None or type(loader.batch_sampler).__module__ != "torch.utils.data.sampler":
         return _rebuilt(loader, batch_sampler=ShardedBatches(loader.batch_sampler, rank=me, world=world))
     shuffle = isinstance(loader.sampler, RandomSampler)
