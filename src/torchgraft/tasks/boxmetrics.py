@@ -14,6 +14,7 @@ import importlib.util
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torchmetrics
 
@@ -55,11 +56,25 @@ def coco_backend(backend: str | None = None) -> str:
     )
 
 
+# COCOeval's own thresholds, in float64: torchmetrics' defaults come from a float32 torch.linspace (0.6 becomes
+# 0.6000000238), so a recall of exactly 3/5 falls below its threshold and AP moves by ~1e-3 against pycocotools
+# (the expressions of pycocotools' Params.setDetParams)
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True).tolist()
+RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True).tolist()
+
+
 def mean_average_precision(*, backend: str | None = None, class_metrics: bool = False) -> torchmetrics.Metric:
-    """A torchmetrics ``MeanAveragePrecision`` on xyxy boxes with a COCO backend (:func:`coco_backend`)."""
+    """A torchmetrics ``MeanAveragePrecision`` on xyxy boxes with a COCO backend (:func:`coco_backend`) and
+    COCOeval's own IoU and recall thresholds (exactly pycocotools' values)."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    return MeanAveragePrecision(box_format="xyxy", backend=coco_backend(backend), class_metrics=class_metrics)
+    return MeanAveragePrecision(
+        box_format="xyxy",
+        backend=coco_backend(backend),
+        class_metrics=class_metrics,
+        iou_thresholds=IOU_THRESHOLDS,
+        rec_thresholds=RECALL_THRESHOLDS,
+    )
 
 
 def plain_targets(targets: Sequence[Mapping[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
