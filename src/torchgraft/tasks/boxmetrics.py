@@ -63,9 +63,12 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, 
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True).tolist()
 
 
-def mean_average_precision(*, backend: str | None = None, class_metrics: bool = False) -> torchmetrics.Metric:
+def mean_average_precision(
+    *, backend: str | None = None, class_metrics: bool = False, sync_on_compute: bool = True
+) -> torchmetrics.Metric:
     """A torchmetrics ``MeanAveragePrecision`` on xyxy boxes with a COCO backend (:func:`coco_backend`) and
-    COCOeval's own IoU and recall thresholds (exactly pycocotools' values)."""
+    COCOeval's own IoU and recall thresholds (exactly pycocotools' values). ``sync_on_compute``: gather every
+    rank's images before computing (off for what one rank computes alone: the report on rank 0)."""
     from torchmetrics.detection import MeanAveragePrecision
 
     return MeanAveragePrecision(
@@ -74,6 +77,7 @@ def mean_average_precision(*, backend: str | None = None, class_metrics: bool = 
         class_metrics=class_metrics,
         iou_thresholds=IOU_THRESHOLDS,
         rec_thresholds=RECALL_THRESHOLDS,
+        sync_on_compute=sync_on_compute,
     )
 
 
@@ -152,8 +156,9 @@ def coco_evaluation(
     """Every value of COCO's evaluation over ``batches`` of ``(detections, targets)`` (labels ``0..C-1``):
     :data:`MAP_VALUES` as floats, and ``per_class_ap`` / ``per_class_ar`` (AR given 100 detections) as
     ``{class name: value}``, ``None`` for a class with neither boxes nor detections. COCO writes -1 for a
-    value without ground truth (``map`` of a set without any box)."""
-    metric = mean_average_precision(backend=backend, class_metrics=True)
+    value without ground truth (``map`` of a set without any box). Computed by this process alone (under
+    ``torchrun`` rank 0 reports on the gathered validation set)."""
+    metric = mean_average_precision(backend=backend, class_metrics=True, sync_on_compute=False)
     for detections, targets in batches:
         metric.update([{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections], plain_targets(targets))
     values = metric.compute()

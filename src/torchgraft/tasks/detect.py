@@ -392,5 +392,7 @@ def _drawn(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], co
     from torchvision.utils import draw_bounding_boxes
 
     boxes = boxes.as_subclass(torch.Tensor).float().reshape(-1, 4)
+    if not len(boxes):
+        return image.permute(1, 2, 0).numpy()
     out = draw_bounding_boxes(image, boxes, labels=list(captions) or None, colors=colour, width=2)
     return out.permute(1, 2, 0).numpy()
