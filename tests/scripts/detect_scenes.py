@@ -1,7 +1,8 @@
-"""A small real detection target on disk: crops of scikit-image photos (the cat of ``chelsea``, the cup of
-``coffee``, the astronaut's face) pasted at random sizes onto its textures (``grass``, ``brick``, ``gravel``),
-with exact boxes, written as a COCO JSON file per split (every fifth image without objects). Used by
-tests/tasks/test_detect.py and tests/scripts/ddp_detect.py."""
+"""A fixed set of detections and ground truth (:func:`fixed_set`), and a small real detection target on disk:
+crops of scikit-image photos (the cat of ``chelsea``, the cup of ``coffee``, the astronaut's face) pasted at random
+sizes onto its textures (``grass``, ``brick``, ``gravel``), with exact boxes, written as a COCO JSON file per split
+(every fifth image without objects), and a tiny torchvision Faster R-CNN (:func:`tiny_faster_rcnn`). Used by
+tests/tasks/test_detect*.py and tests/scripts/ddp_detect.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 CLASSES = ["cat", "cup", "astronaut"]
@@ -88,3 +90,34 @@ def tiny_faster_rcnn(classes: int = len(CLASSES)) -> Any:
         rpn_batch_size_per_image=64,
         box_batch_size_per_image=64,
     )
+
+
+def fixed_set(images: int = 24, seed: int = 7) -> tuple[list[dict], list[dict]]:
+    """Deterministic detections and ground truth: 0-4 objects per image of classes 0-2 (every 5th image
+    empty), detections jittered around them (some wrong class, some missed) plus spurious ones, at sizes from
+    small to large."""
+    generator = torch.Generator().manual_seed(seed)
+    detections, targets = [], []
+    for i in range(images):
+        n = 0 if i % 5 == 0 else int(torch.randint(1, 5, (), generator=generator))
+        xy = torch.rand(n, 2, generator=generator) * 300
+        wh = 8 + torch.rand(n, 2, generator=generator) * 150
+        boxes = torch.cat([xy, xy + wh], 1)
+        labels = torch.randint(0, 3, (n,), generator=generator)
+        targets.append({"boxes": boxes, "labels": labels})
+        kept = torch.rand(n, generator=generator) > 0.2  # some objects missed
+        jitter = (torch.rand(n, 4, generator=generator) - 0.5) * wh.repeat(1, 2) * 0.4
+        found = (boxes + jitter)[kept]
+        found_labels = torch.where(torch.rand(n, generator=generator) < 0.15, (labels + 1) % 3, labels)[kept]
+        extra = int(torch.randint(0, 3, (), generator=generator))
+        xy2 = torch.rand(extra, 2, generator=generator) * 300
+        spurious = torch.cat([xy2, xy2 + 10 + torch.rand(extra, 2, generator=generator) * 80], 1)
+        scores = torch.rand(len(found) + extra, generator=generator)
+        detections.append(
+            {
+                "boxes": torch.cat([found, spurious]),
+                "scores": scores,
+                "labels": torch.cat([found_labels, torch.randint(0, 3, (extra,), generator=generator)]),
+            }
+        )
+    return detections, targets

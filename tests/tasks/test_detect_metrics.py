@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,38 +18,10 @@ from torchgraft.tasks import Detect, get_task
 from torchgraft.tasks.boxmetrics import coco_backend, coco_evaluation, image_errors
 from torchgraft.tasks.metrics import MetricSet, TargetError
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+from detect_scenes import fixed_set
+
 CLASSES = ["bag", "shirt", "shoe", "sock"]  # "sock" has no boxes and no detections: AP None
-
-
-def fixed_set(images: int = 24, seed: int = 7) -> tuple[list[dict], list[dict]]:
-    """Deterministic detections and ground truth: 0-4 objects per image of classes 0-2 (every 5th image
-    empty), detections jittered around them (some wrong class, some missed) plus spurious ones, at sizes from
-    small to large."""
-    generator = torch.Generator().manual_seed(seed)
-    detections, targets = [], []
-    for i in range(images):
-        n = 0 if i % 5 == 0 else int(torch.randint(1, 5, (), generator=generator))
-        xy = torch.rand(n, 2, generator=generator) * 300
-        wh = 8 + torch.rand(n, 2, generator=generator) * 150
-        boxes = torch.cat([xy, xy + wh], 1)
-        labels = torch.randint(0, 3, (n,), generator=generator)
-        targets.append({"boxes": boxes, "labels": labels})
-        kept = torch.rand(n, generator=generator) > 0.2  # some objects missed
-        jitter = (torch.rand(n, 4, generator=generator) - 0.5) * wh.repeat(1, 2) * 0.4
-        found = (boxes + jitter)[kept]
-        found_labels = torch.where(torch.rand(n, generator=generator) < 0.15, (labels + 1) % 3, labels)[kept]
-        extra = int(torch.randint(0, 3, (), generator=generator))
-        xy2 = torch.rand(extra, 2, generator=generator) * 300
-        spurious = torch.cat([xy2, xy2 + 10 + torch.rand(extra, 2, generator=generator) * 80], 1)
-        scores = torch.rand(len(found) + extra, generator=generator)
-        detections.append(
-            {
-                "boxes": torch.cat([found, spurious]),
-                "scores": scores,
-                "labels": torch.cat([found_labels, torch.randint(0, 3, (extra,), generator=generator)]),
-            }
-        )
-    return detections, targets
 
 
 def pycocotools_values(detections: list[dict], targets: list[dict], classes: int) -> tuple[list[float], list[float]]:
