@@ -183,3 +183,17 @@ def test_fasterrcnn_mobilenet_v3_trains_from_a_coco_json_and_its_loss_falls(scen
     report = learner.task.report(batches, CLASSES)
     assert report.final["map"] == pytest.approx(learner.history[best]["map"], abs=1e-6)
     learner.close()
+
+
+def test_a_learner_given_no_task_infers_detect_from_box_targets(scenes):
+    train_dl, valid_dl, _ = _loaders(scenes)
+    learner = Learner(tiny_faster_rcnn(), train_dl, valid_dl, quiet=True)
+    assert isinstance(learner.task, Detect) and learner.metric_set.names == ["map", "map_50", "map_75"]
+
+
+def test_the_command_line_says_it_does_not_train_detectors_yet():
+    from torchgraft.app.inputs import target_layout
+    from torchgraft.app.settings import TrainSettings
+
+    with pytest.raises(ValueError, match=r"--task detect: the command line does not train detectors yet.*Learner"):
+        target_layout(TrainSettings(task="detect"))
