@@ -18,7 +18,7 @@ from torchgraft import Learner
 from torchgraft.data.boxes import box_data
 from torchgraft.data.detection import box_transforms, collate_boxes
 from torchgraft.tasks import Detect, get_task, task_from_record
-from torchgraft.tasks.detect import DetectionModelError, label_offset_of
+from torchgraft.tasks.detect import DetectionModelError, label_offset_of, model_classes
 from torchgraft.tasks.metrics import TargetError
 from torchgraft.tasks.pictures import ValidationInputs
 
@@ -98,10 +98,11 @@ def test_label_offset_is_read_from_the_model():
     from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn, ssdlite320_mobilenet_v3_large
 
     with torch.device("meta"):
-        assert label_offset_of(ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4)) == 1
-        assert label_offset_of(fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)) == 0
-        assert label_offset_of(retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)) == 0
-    assert label_offset_of(tiny_faster_rcnn()) == 1
+        ssd = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4)
+        fcos = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+        retinanet = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    assert [label_offset_of(m) for m in (ssd, fcos, retinanet, tiny_faster_rcnn())] == [1, 0, 0, 1]
+    assert [model_classes(m) for m in (ssd, fcos, retinanet, tiny_faster_rcnn())] == [4, 3, 3, 4]
     marked = nn.Linear(2, 2)
     marked.label_offset = 1  # type: ignore[assignment]  # a detector that records its convention
     assert label_offset_of(marked) == 1 and Detect(label_offset=0).offset(tiny_faster_rcnn()) == 0
@@ -142,6 +143,13 @@ def test_batches_that_are_not_images_and_target_dicts_are_refused(scenes):
     bad = [{**targets[0], "labels": targets[0]["labels"].float()}, *targets[1:]]
     with pytest.raises(TargetError, match=r"need \(N, 4\) xyxy pixel boxes and \(N,\) integer class indices"):
         task.forward(model, images, bad, training=True)
+    too_few = tiny_faster_rcnn(classes=2).train()  # 3 outputs: background + 2, for data of 3 classes
+    with pytest.raises(
+        TargetError, match=r"class index 2 but the model scores 3 classes \+ 1 for the background.*num_classes=4"
+    ):
+        task.forward(
+            too_few, images, [{**t, "labels": torch.full_like(t["labels"], 2)} for t in targets], training=True
+        )
     with pytest.raises(TargetError, match="detections have no loss"):
         task.loss([{"boxes": torch.zeros(0, 4)}], targets)
 

@@ -35,7 +35,7 @@ from torchgraft.tasks.metrics import TargetError
 if TYPE_CHECKING:
     from torchgraft.tasks.pictures import ValidationInputs
 
-__all__ = ["Detect", "DetectionModelError", "label_offset_of"]
+__all__ = ["Detect", "DetectionModelError", "label_offset_of", "model_classes"]
 
 Detections = list[dict[str, torch.Tensor]]  # one {"boxes" (K, 4), "scores" (K,), "labels" (K,)} per image
 _TRUE, _PREDICTED = "#22c55e", "#ef4444"  # green: true boxes, red: predicted
@@ -62,6 +62,35 @@ def label_offset_of(model: nn.Module) -> int:
     if isinstance(recorded, int) and not isinstance(recorded, bool):
         return recorded
     return 1 if isinstance(inner, GeneralizedRCNN | SSD) else 0
+
+
+def model_classes(model: nn.Module) -> int | None:
+    """How many classes a torchvision detector's head scores (the background included where it has one), or
+    ``None`` when the model is of another kind."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    predictor = getattr(getattr(inner, "roi_heads", None), "box_predictor", None)  # Faster/Mask/Keypoint R-CNN
+    if isinstance(getattr(predictor, "cls_score", None), nn.Linear):
+        return int(predictor.cls_score.out_features)  # type: ignore[union-attr]
+    head = getattr(getattr(inner, "head", None), "classification_head", None)
+    for name in ("num_classes", "num_columns"):  # RetinaNet and FCOS; SSD
+        if isinstance(getattr(head, name, None), int):
+            return int(getattr(head, name))
+    return None
+
+
+def _check_labels(targets: Sequence[Mapping[str, torch.Tensor]], shift: int, model: nn.Module) -> None:
+    """Refuse labels the model has no output for (a class count built without the background, or too small)."""
+    classes = model_classes(model)
+    labels = [target["labels"] for target in targets if target["labels"].numel()]
+    if classes is None or not labels:
+        return
+    top = int(torch.cat(labels).max())
+    if top + shift >= classes:
+        background = " + 1 for the background (label 0)" if shift else ""
+        raise TargetError(
+            f"detect: the data has class index {top} but the model scores {classes} classes{background}; build it "
+            f"with num_classes={top + 1 + shift} or more (the number of classes{background})."
+        )
 
 
 def _images(inputs: Any) -> list[torch.Tensor]:
@@ -173,15 +202,18 @@ class Detect(Task):
         evaluation: ``model(images)``'s detections, float boxes and scores, labels back in ``0..C-1``.
 
         Raises:
-            TargetError: the batch is not a list of images and one target dict per image.
+            TargetError: the batch is not a list of images and one target dict per image, or has a class the
+                model scores no output for.
             DetectionModelError: the model returns no dict of losses while training, or no detections in
                 evaluation.
         """
         images, shift = _images(inputs), self.offset(model)
         if training:
+            checked = _targets(targets, len(images))
+            _check_labels(checked, shift, model)
             shifted = [
                 {**target, "boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"] + shift}
-                for target in _targets(targets, len(images))
+                for target in checked
             ]
             losses = model(images, shifted)
             if not isinstance(losses, Mapping) or not all(isinstance(v, torch.Tensor) for v in losses.values()):
