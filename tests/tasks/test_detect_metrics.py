@@ -15,7 +15,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from torchgraft.tasks import Detect, get_task
-from torchgraft.tasks.boxmetrics import coco_backend, coco_evaluation, image_errors
+from torchgraft.tasks.accumulators import coco_evaluation
+from torchgraft.tasks.boxmetrics import coco_backend, image_errors
 from torchgraft.tasks.metrics import MetricSet, TargetError
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))

@@ -5,8 +5,8 @@ W)`` images (uint8 are scaled to ``[0, 1]`` here) and one ``{"boxes": (N, 4) xyx
 0..C-1}`` per image (``N`` may be 0). torchvision's detectors compute their own loss: while training
 :meth:`Detect.forward` calls ``model(images, targets)`` and :meth:`Detect.loss` sums the losses it returns; in
 evaluation ``model(images)`` gives one ``{"boxes", "scores", "labels"}`` per image, which the metrics read
-(:mod:`torchgraft.tasks.boxmetrics`: ``map``, ``map_50``, ``map_75``, ... over the whole validation set, every rank's
-images gathered). There is no validation loss (the detections are not what the loss reads).
+(:class:`torchgraft.tasks.accumulators.DetectionValue`: ``map``, ``map_50``, ``map_75``, ... over the whole
+validation set, every rank's images gathered). There is no validation loss (the detections are not what the loss reads).
 
 Labels stay ``0..C-1`` for the user: models that keep label 0 for the background (Faster/Mask/Keypoint R-CNN, SSD)
 get them shifted by one while training and their detections shifted back (:func:`label_offset_of`).
@@ -19,20 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torchmetrics
 from torch import nn
 
 from torchgraft.tasks.base import Task, TaskReport
-from torchgraft.tasks.boxmetrics import (
-    MAP_VALUES,
-    coco_evaluation,
-    detection_metrics,
-    image_errors,
-    plain_targets,
-)
+from torchgraft.tasks.boxmetrics import MAP_VALUES, image_errors, plain_targets
 from torchgraft.tasks.metrics import TargetError
 
 if TYPE_CHECKING:
+    import torchmetrics
+
     from torchgraft.tasks.pictures import ValidationInputs
 
 __all__ = ["Detect", "DetectionModelError", "label_offset_of", "model_classes"]
@@ -265,6 +260,8 @@ class Detect(Task):
 
     def build_metrics(self, names: Sequence[str], outputs: Any) -> dict[str, torchmetrics.Metric]:
         """The COCO values ``names``, sharing one accumulator (one evaluation per compute)."""
+        from torchgraft.tasks.accumulators import detection_metrics
+
         for name in names:
             self.check_metric_name(name)
         return dict(detection_metrics(list(names), backend=self.backend))
@@ -328,6 +325,8 @@ class Detect(Task):
         """COCO's values over the validation set: ``map``, ``map_50``, ``map_75``, ``mar_100`` and the per-class
         AP and AR (``per_class_ap``, ``per_class_ar``: ``None`` for a class without boxes), with a table of
         them."""
+        from torchgraft.tasks.accumulators import coco_evaluation
+
         values = coco_evaluation(batches, classes, backend=self.backend)
         final = {key: round(values[key], 6) for key in ("map", "map_50", "map_75", "mar_100")}
         final.update(per_class_ap=values["per_class_ap"], per_class_ar=values["per_class_ar"])
@@ -343,6 +342,8 @@ class Detect(Task):
     def per_class(self, batches: Sequence[tuple[Any, Any]], classes: Sequence[str]) -> list[dict[str, Any]]:
         """Per class over the validation set: ``support`` (true boxes), ``ap`` (IoU .50:.95) and ``ar`` (given
         100 detections per image); ``None`` for a class without boxes."""
+        from torchgraft.tasks.accumulators import coco_evaluation
+
         values = coco_evaluation(batches, classes, backend=self.backend)
         support = torch.zeros(len(classes), dtype=torch.long)
         for _, targets in batches:
