@@ -94,6 +94,20 @@ def test_labels_reach_a_background_model_shifted_and_come_back_as_the_datas(scen
     assert labels.numel() and int(labels.min()) >= 0 and int(labels.max()) < len(CLASSES)
 
 
+def test_a_detector_without_background_gets_the_labels_as_they_are(scenes):
+    """FCOS scores the classes alone: labels 0..2 reach it unshifted, and its losses come back."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3, min_size=96, max_size=128).train()
+    seen: list[torch.Tensor] = []
+    model.transform.register_forward_pre_hook(lambda module, args: seen.extend(t["labels"] for t in args[1]))
+    images, targets = next(iter(_loaders(scenes)[0]))
+    losses = Detect().forward(model, images, targets, training=True)
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert [s.tolist() for s in seen] == [t["labels"].tolist() for t in targets]
+
+
 def test_label_offset_is_read_from_the_model():
     from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn, ssdlite320_mobilenet_v3_large
 
