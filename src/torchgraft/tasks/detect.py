@@ -42,21 +42,21 @@ class DetectionModelError(TypeError):
 
 def label_offset_of(model: nn.Module) -> int:
     """What the model's labels add to the data's ``0..C-1``: the model's own ``label_offset`` attribute when it
-    records one (a grafted detector), else 1 for torchvision's detectors that keep label 0 for the background
-    (Faster/Mask/Keypoint R-CNN, SSD, SSDLite), else 0 (RetinaNet, FCOS, a detector of your own).
+    records one, else :func:`torchgraft.grafting.label_offset` for a detector (1 for torchvision's that keep
+    label 0 for the background: Faster/Mask/Keypoint R-CNN, SSD, SSDLite, grafted or not; 0 for RetinaNet and
+    FCOS), else 0 (a detector of your own).
 
     Example:
         >>> label_offset_of(fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, num_classes=4))
         1
     """
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    from torchvision.models.detection.ssd import SSD
+    from torchgraft.grafting.redetect import is_detector, label_offset
 
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     recorded = getattr(inner, "label_offset", None)
     if isinstance(recorded, int) and not isinstance(recorded, bool):
         return recorded
-    return 1 if isinstance(inner, GeneralizedRCNN | SSD) else 0
+    return label_offset(inner) if is_detector(inner) else 0
 
 
 def model_classes(model: nn.Module) -> int | None:
