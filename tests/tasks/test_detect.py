@@ -219,3 +219,19 @@ def test_the_command_line_says_it_does_not_train_detectors_yet():
 
     with pytest.raises(ValueError, match=r"--task detect: the command line does not train detectors yet.*Learner"):
         target_layout(TrainSettings(task="detect"))
+
+
+def test_a_detector_grafted_on_a_backbone_trains_with_its_label_offset(scenes):
+    from torchvision.models import resnet18
+
+    from torchgraft import graft_detector
+
+    torch.manual_seed(0)
+    train_dl, valid_dl, _ = _loaders(scenes)
+    model = graft_detector(resnet18(weights=None), CLASSES, head="fasterrcnn", channels=32, min_size=96, max_size=128)
+    learner = Learner(model, train_dl, valid_dl, task="detect", quiet=True)
+    assert learner.task.offset(model) == 1 and model_classes(model) == len(CLASSES) + 1
+    learner.fit(2, 1e-3)
+    first, last = _first_and_last(learner.loss_history)
+    assert last < first and all(0 <= row["map"] <= 1 for row in learner.history), learner.loss_history
+    learner.close()
