@@ -221,6 +221,7 @@ def test_the_command_line_says_it_does_not_train_detectors_yet():
         target_layout(TrainSettings(task="detect"))
 
 
+@pytest.mark.slow  # 10 s on an idle CPU: a ResNet-18 forward and backward per step
 def test_a_detector_grafted_on_a_backbone_trains_with_its_label_offset(scenes):
     from torchvision.models import resnet18
 
