@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the names below, for type checkers and editors; at run time
     from torchgraft.ship.program import DeployError, export_program
     from torchgraft.tasks import (
         Classification,
+        Detect,
         Multilabel,
         Regression,
         Segmentation,
@@ -120,6 +121,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchgraft.ship.program": ("DeployError", "export_program"),
     "torchgraft.tasks": (
         "Classification",
+        "Detect",
         "Multilabel",
         "Regression",
         "Segmentation",
@@ -172,6 +174,7 @@ __all__ = [
     "DataError",
     "DeployError",
     "DeployReport",
+    "Detect",
     "EarlyStopping",
     "ExportError",
     "Exported",

@@ -33,7 +33,7 @@ DETECTOR_BATCH_NORM: tuple[str, ...] = ("frozen", "train")  # graft_detector: th
 ADAPTER_EXPORTS: tuple[str, ...] = ("merge", "separate")
 DEPLOY_FORMATS: tuple[str, ...] = ("onnx", "pt2")
 LOGGERS: tuple[str, ...] = ("tensorboard", "mlflow")  # the trackers a run logs to (torchgraft.train.loggers)
-BUILT_IN_TASKS: tuple[str, ...] = ("classify", "multilabel", "regression", "segment")
+BUILT_IN_TASKS: tuple[str, ...] = ("classify", "multilabel", "regression", "segment", "detect")
 
 
 def task_names() -> list[str]:

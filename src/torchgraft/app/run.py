@@ -45,7 +45,7 @@ from torchgraft.app.settings import TrainSettings
 from torchgraft.app.unreadable import UnreadableFiles
 from torchgraft.ship.export import Preprocessor, export_model
 from torchgraft.tasks import Classification, Task
-from torchgraft.tasks.batch import call_model, move, output_tensor
+from torchgraft.tasks.batch import move
 from torchgraft.train import tracking
 from torchgraft.train.callbacks import Checkpointer
 from torchgraft.train.distributed import barrier, is_main, on_main, world_size
@@ -81,15 +81,18 @@ def validation_batches(
     model: torch.nn.Module, loader: Iterable[Any], *, device: Any, task: Task | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(outputs, targets)`` of each batch of ``loader`` on the CPU (batches split by ``task``, default
-    classification: tuples or dicts with ``labels``), the model in eval mode; streamed, nothing kept."""
+    classification: tuples or dicts with ``labels``; outputs of the task's evaluation forward), the model in
+    eval mode; streamed, nothing kept. Outputs that are not a tensor (detections) and their targets come as
+    the task gave them (its :meth:`~torchgraft.tasks.Task.kept` moves them)."""
     task = task or Classification()
     model.eval()
     for batch in loader:
         inputs, targets = task.split(batch)
-        yield (
-            output_tensor(call_model(model, move(inputs, torch.device(device)))).float().cpu(),
-            torch.as_tensor(targets),
-        )
+        outputs = task.forward(model, move(inputs, torch.device(device)), targets, training=False)
+        if isinstance(outputs, torch.Tensor):
+            yield outputs.float().cpu(), torch.as_tensor(targets)
+        else:
+            yield outputs, targets
 
 
 def validation_outputs(

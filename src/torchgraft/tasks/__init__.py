@@ -13,6 +13,7 @@ from typing import Any
 
 from torchgraft.tasks.base import TARGET_LAYOUTS, Task, TaskReport
 from torchgraft.tasks.classify import Classification
+from torchgraft.tasks.detect import Detect
 from torchgraft.tasks.multilabel import Multilabel, best_threshold
 from torchgraft.tasks.regression import Regression
 from torchgraft.tasks.segment import Segmentation
@@ -21,6 +22,7 @@ __all__ = [
     "TARGET_LAYOUTS",
     "TASKS",
     "Classification",
+    "Detect",
     "Multilabel",
     "Regression",
     "Segmentation",
@@ -34,6 +36,7 @@ __all__ = [
 
 TASKS: dict[str, type[Task]] = {
     "classify": Classification,
+    "detect": Detect,
     "multilabel": Multilabel,
     "regression": Regression,
     "segment": Segmentation,
@@ -73,8 +76,8 @@ def register_task(task: type[Task], *, name: str | None = None) -> type[Task]:
 
 
 def get_task(task: str | Task | None = None, **options: Any) -> Task:
-    """A task object from a name (``"classify"``, ``"multilabel"``, ``"regression"``, ``"segment"``, or one
-    given to :func:`register_task`), a task object (returned as is), or ``None`` (classify).
+    """A task object from a name (``"classify"``, ``"multilabel"``, ``"regression"``, ``"segment"``, ``"detect"``,
+    or one given to :func:`register_task`), a task object (returned as is), or ``None`` (classify).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
-from torchgraft.tasks.batch import output_tensor, split_batch
+from torchgraft.tasks.batch import call_model, output_tensor, split_batch
 
 if TYPE_CHECKING:
     import torchmetrics
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TARGET_LAYOUTS", "Task", "TaskReport"]
 
-# the layouts of targets the data readers produce: class indices, 0/1 rows, floats, class-index masks
-TARGET_LAYOUTS = ("classify", "multilabel", "regression", "segment")
+# the layouts of targets the data readers produce: class indices, 0/1 rows, floats, class-index masks, and
+# per-image {"boxes", "labels"} dicts
+TARGET_LAYOUTS = ("classify", "multilabel", "regression", "segment", "detect")
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Task:
     targets: ClassVar[str] = "classify"  # the layout of targets it trains on (one of TARGET_LAYOUTS)
     dense: ClassVar[bool] = False  # outputs per pixel, (N, C, H, W): whole images in, masks out
     output: ClassVar[str] = "probabilities"  # the entry of decode() a deployed file returns
+    # whether evaluation computes ``valid_loss`` with loss(outputs, targets); False for a task whose evaluation
+    # outputs are not what its loss reads (detection: boxes in evaluation, the model's own losses in training)
+    validation_loss: ClassVar[bool] = True
 
     @classmethod
     def for_run(cls, **options: Any) -> Task:
@@ -82,6 +87,15 @@ class Task:
     def outputs(self, raw: Any) -> torch.Tensor:
         """The tensor the loss and metrics read from what the model returned (``logits`` of a ModelOutput)."""
         return output_tensor(raw)
+
+    def forward(self, model: nn.Module, inputs: Any, targets: Any, *, training: bool) -> Any:
+        """The forward of one batch (inputs and targets on the device): what :meth:`loss` reads while training
+        (``training=True``, the model in training mode) and what the metrics and :meth:`kept` read in evaluation.
+        By default :meth:`outputs` of ``model(inputs)`` (``model(**inputs)`` for a mapping), the same in both
+        modes. A task whose model computes its own loss overrides it: detection calls ``model(images,
+        targets)`` while training (the losses) and ``model(images)`` in evaluation (the boxes), and sets
+        :attr:`validation_loss` to ``False``."""
+        return self.outputs(call_model(model, inputs))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The default training loss."""
@@ -110,6 +124,13 @@ class Task:
     def metric(self, name: str, outputs: torch.Tensor) -> torchmetrics.Metric:
         """A fresh accumulator for metric ``name``, sized from a first batch of ``outputs``."""
         raise NotImplementedError
+
+    def build_metrics(self, names: Sequence[str], outputs: Any) -> dict[str, torchmetrics.Metric]:
+        """Fresh accumulators for the metrics ``names`` of one :class:`~torchgraft.tasks.metrics.MetricSet`,
+        built together from a first batch of ``outputs``: by default :meth:`metric` of each. A task whose
+        metrics are values of one computation overrides it to share it (detection: one COCO evaluation gives
+        ``map``, ``map_50`` and ``map_75``)."""
+        return {name: self.metric(name, outputs) for name in names}
 
     def update_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What this task's own metrics are fed for one batch (default: outputs and targets as they are;

@@ -13,7 +13,16 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["BatchError", "DeviceInput", "call_model", "count_samples", "move", "output_tensor", "split_batch"]
+__all__ = [
+    "BatchError",
+    "DeviceInput",
+    "call_model",
+    "count_samples",
+    "move",
+    "output_tensor",
+    "split_batch",
+    "tensor_device",
+]
 
 
 @runtime_checkable
@@ -109,3 +118,17 @@ def count_samples(targets: Any) -> int:
     if isinstance(targets, torch.Tensor):
         return int(targets.shape[0]) if targets.ndim else 1
     return len(targets)
+
+
+def tensor_device(obj: Any) -> torch.device:
+    """The device of the first tensor in ``obj`` (a tensor, or tensors nested in dicts, lists and tuples:
+    detection outputs are a list of dicts); the CPU when it holds none."""
+    found = _first_tensor(obj)
+    return found.device if found is not None else torch.device("cpu")
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    values = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, list | tuple) else ()
+    return next((found for found in map(_first_tensor, values) if found is not None), None)

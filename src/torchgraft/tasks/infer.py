@@ -7,7 +7,8 @@ The Learner asks this when no ``task=`` is given, on its first training batch:
 * outputs ``(N, C)`` and float rows ``(N, C)`` in ``[0, 1]`` summing to 1 → ``classify`` (class
   probabilities: soft labels, mixup);
 * outputs ``(N, K)`` and other float targets ``(N, K)`` (or ``(N,)`` for ``K = 1``) → ``regression``;
-* outputs ``(N, C, H, W)`` and integer masks ``(N, H, W)`` → ``segment``.
+* outputs ``(N, C, H, W)`` and integer masks ``(N, H, W)`` → ``segment``;
+* targets that are one ``{"boxes", "labels"}`` mapping per image → ``detect``.
 
 Anything else (integer targets for one output, float targets ``(N,)`` for several outputs, integer
 counts, other ranks) cannot be told apart and raises :class:`TaskInferenceError` naming ``task=``.
@@ -15,10 +16,13 @@ counts, other ranks) cannot be told apart and raises :class:`TaskInferenceError`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from torchgraft.tasks.base import Task
 from torchgraft.tasks.classify import Classification
+from torchgraft.tasks.detect import Detect
 from torchgraft.tasks.metrics import TargetError, _describe_targets
 from torchgraft.tasks.multilabel import Multilabel
 from torchgraft.tasks.regression import Regression
@@ -26,7 +30,7 @@ from torchgraft.tasks.segment import Segmentation
 
 __all__ = ["TaskInferenceError", "infer_task"]
 
-CHOICES = "task='classify', 'multilabel', 'regression' or 'segment' (or a Task object)"
+CHOICES = "task='classify', 'multilabel', 'regression', 'segment' or 'detect' (or a Task object)"
 
 
 class TaskInferenceError(TargetError):
@@ -73,6 +77,8 @@ def infer_task(outputs: torch.Tensor, targets: object, *, target_key: str = "lab
         >>> infer_task(torch.randn(8, 21, 64, 64), torch.randint(0, 21, (8, 64, 64)))[0]
         Segmentation(target_key='labels')
     """
+    if isinstance(targets, list | tuple) and targets and all(isinstance(t, Mapping) and "boxes" in t for t in targets):
+        return Detect(target_key=target_key), "one {boxes, labels} target per image"
     if not isinstance(targets, torch.Tensor):
         raise TaskInferenceError(
             f"task: the targets are a {type(targets).__name__}, not a tensor, so no task can be inferred from "

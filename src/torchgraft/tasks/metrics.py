@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
+from torchgraft.tasks.batch import tensor_device
+
 if TYPE_CHECKING:
     import torchmetrics
 
@@ -161,20 +163,21 @@ class MetricSet:
             return self.task.metric_direction(spec)
         return getattr(spec, "higher_is_better", None)
 
-    def _build(self, outputs: torch.Tensor) -> None:
+    def _build(self, outputs: Any) -> None:
+        named = self.task.build_metrics([name for name, spec in self.specs.items() if isinstance(spec, str)], outputs)
         for name, spec in self.specs.items():
             if isinstance(spec, str):
-                metric = self.task.metric(spec, outputs)
+                metric = named[name]
             elif is_metric(spec):
                 metric = spec
             else:
                 from torchgraft.tasks.accumulators import BatchMean
 
                 metric = BatchMean(spec)
-            self.metrics[name] = metric.to(outputs.device)
+            self.metrics[name] = metric.to(tensor_device(outputs))
 
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch (outputs as the model returned them, already reduced to the loss tensor). Named
+    def update(self, outputs: Any, targets: Any) -> None:
+        """Add one batch (outputs as the task's forward gave them: the tensor the loss reads; detections). Named
         metrics get what :meth:`Task.update_inputs` makes of it; other metrics get it as it is."""
         if self.specs and not self.metrics:
             self._build(outputs)

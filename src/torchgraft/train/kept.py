@@ -28,7 +28,7 @@ from torchgraft.train.distributed import EvalShard, is_main, rank, world_size
 
 __all__ = ["Batches", "KeptOutputs"]
 
-Batches = list[tuple[torch.Tensor, torch.Tensor]]  # (outputs, targets) of each validation batch, on the CPU
+Batches = list[tuple[Any, Any]]  # (outputs, targets) of each validation batch, on the CPU (tensors, or lists)
 _READERS = ("report", "pictures", "per_class")  # the Task hooks that read the kept outputs after training
 
 
@@ -108,8 +108,8 @@ def _not_reusable(learner: Any) -> str:
 def _gathered(running: Batches, learner: Any) -> Batches | None:
     """Rank 0: every rank's shard put back in the validation set's order (sample ``i`` was read by rank
     ``i % world``), in batches of the unsharded loader's size; other ranks: ``None``."""
-    outputs = torch.cat([o for o, _ in running]) if running else None
-    targets = torch.cat([t for _, t in running]) if running else None
+    outputs = _joined([o for o, _ in running]) if running else None
+    targets = _joined([t for _, t in running]) if running else None
     shards: list[Any] = [None] * world_size() if is_main() else []
     dist.gather_object((rank(), outputs, targets), shards if is_main() else None, dst=0)
     if not is_main():
@@ -119,7 +119,21 @@ def _gathered(running: Batches, learner: Any) -> Batches | None:
     sizes = [0 if shard[1] is None else len(shard[1]) for shard in parts]
     total = sum(sizes)
     order = [(i % world, i // world) for i in range(total)]
-    whole_outputs = torch.stack([parts[r][1][j] for r, j in order]) if total else torch.empty(0)
-    whole_targets = torch.stack([parts[r][2][j] for r, j in order]) if total else torch.empty(0)
+    whole_outputs = _stacked([parts[r][1][j] for r, j in order], parts)
+    whole_targets = _stacked([parts[r][2][j] for r, j in order], parts)
     size = getattr(learner.full_valid_dl, "batch_size", None) or max(1, total)
     return [(whole_outputs[s : s + size], whole_targets[s : s + size]) for s in range(0, total, size)]
+
+
+def _joined(pieces: list[Any]) -> Any:
+    """One shard's kept batches joined: tensors concatenated, lists (detections, per-image target dicts) chained."""
+    if isinstance(pieces[0], list):
+        return [item for piece in pieces for item in piece]
+    return torch.cat(pieces)
+
+
+def _stacked(samples: list[Any], parts: list[Any]) -> Any:
+    """Samples of every shard in order, as the shards held them: a tensor, or a list (detections)."""
+    if any(isinstance(shard[1], list) for shard in parts):
+        return samples
+    return torch.stack(samples) if samples else torch.empty(0)

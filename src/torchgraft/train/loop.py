@@ -131,7 +131,7 @@ class Loop:
     def compute_loss(self, model: nn.Module, inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, outputs)``: the forward and the loss, in the autocast context."""
         with self.autocast():
-            outputs = self.task.outputs(call_model(model, inputs))
+            outputs = self.task.forward(model, inputs, targets, training=True)
             if self.check_targets and not self.checked and isinstance(targets, torch.Tensor):
                 self.task.check_training(outputs.detach(), targets)  # once per fit: a wrong kind of target fails early
                 self.checked = True
@@ -256,10 +256,11 @@ class Loop:
         forwards: int = 0,
         keep: Callable[[torch.Tensor, Any], None] | None = None,
     ) -> dict[str, float]:
-        """``valid_loss`` and every metric over all of ``batches`` (all ranks), accumulated, not averaged
-        per batch. ``forwards``: run the model at least that many times, repeating the last batch with its
-        outputs left out (a sharded model gathers its parameters at every forward, on every rank at once).
-        ``keep`` is called with each batch's ``(outputs, targets)`` (:mod:`torchgraft.train.kept`)."""
+        """``valid_loss`` (unless the task has none: :attr:`Task.validation_loss`) and every metric over all of
+        ``batches`` (all ranks), accumulated, not averaged per batch. ``forwards``: run the model at least that
+        many times, repeating the last batch with its outputs left out (a sharded model gathers its parameters
+        at every forward, on every rank at once). ``keep`` is called with each batch's ``(outputs, targets)``
+        (:mod:`torchgraft.train.kept`)."""
         model.eval()
         metrics.reset()
         total, count, done, inputs = torch.zeros((), device=self.device), 0, 0, None
@@ -267,10 +268,11 @@ class Loop:
             done += 1
             inputs, targets = self.prepare(batch)
             with self.autocast():
-                outputs = self.task.outputs(call_model(model, inputs))
-            outputs = outputs.float()
+                outputs = self.task.forward(model, inputs, targets, training=False)
+            outputs = outputs.float() if isinstance(outputs, torch.Tensor) else outputs  # detections stay as given
             n = count_samples(targets)
-            total += (self.loss or self.task.loss)(outputs, targets) * n
+            if self.task.validation_loss:
+                total += (self.loss or self.task.loss)(outputs, targets) * n
             count += n
             metrics.update(outputs, targets)
             if keep is not None:
@@ -278,4 +280,5 @@ class Loop:
         for _ in range(forwards - done):  # this rank's shard has a batch fewer
             call_model(model, inputs)
         count_ = reduce_sum(torch.tensor(float(count), device=self.device)).clamp(min=1)
-        return {"valid_loss": (reduce_sum(total) / count_).item(), **(metrics.compute() if count else {})}
+        loss = {"valid_loss": (reduce_sum(total) / count_).item()} if self.task.validation_loss else {}
+        return {**loss, **(metrics.compute() if count else {})}
