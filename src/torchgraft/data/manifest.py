@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from torchgraft.cachedir import cache_root
-from torchgraft.data.images import CHECKS, BadImage, scan_images, usable_cores
+from torchgraft.data.images import CHECKS, BadImage, io_processes, scan_images, usable_cores
 from torchgraft.data.samples import Sample, Target
 
 __all__ = ["Checked", "Manifest", "cache_root", "checked_files", "manifest_file"]
@@ -154,7 +154,7 @@ class Checked:
     warnings: list[str] = field(default_factory=list)
 
 
-FORKED_STATS = 100_000  # from this many files, stat them in forked processes, one per core
+FORKED_STATS = 100_000  # from this many files, stat them in forked processes (io_processes())
 
 
 def _stat_range(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -185,16 +185,17 @@ def _stat_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, dict[i
 
 def _stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """``st_size`` and ``st_mtime_ns`` of each path (-1 for a file that cannot be stat'ed: why, by index). From
-    :data:`FORKED_STATS` files on a Linux machine with several cores, in forked processes, one per core
-    (1.0 s instead of 1.9 s for 1M files on 2 cores); threads make it slower (the interpreter's work per file
-    outweighs the kernel's, and it holds the interpreter lock: measured)."""
-    cores = usable_cores()
-    if len(paths) < FORKED_STATS or cores < 2 or sys.platform != "linux":
+    :data:`FORKED_STATS` files on a Linux machine with several cores, in forked processes
+    (:func:`~torchgraft.data.images.io_processes`: 1.0 s instead of 1.9 s for 1M cached files on 2 cores, and
+    more requests in flight for files out of the cache); threads make it slower (the interpreter's work per
+    file outweighs the kernel's, and it holds the interpreter lock: measured)."""
+    if len(paths) < FORKED_STATS or usable_cores() < 2 or sys.platform != "linux":
         return _stat_range(paths)
-    count, pieces = len(paths), 4 * cores
+    processes = io_processes()
+    count, pieces = len(paths), 4 * processes
     bounds = [(k * count // pieces, (k + 1) * count // pieces) for k in range(pieces)]
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(cores, mp_context=context, initializer=_keep_paths, initargs=(paths,)) as pool:
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_keep_paths, initargs=(paths,)) as pool:
         parts = list(pool.map(_stat_chunk, bounds))
     missing = {start + i: why for (start, _), part in zip(bounds, parts, strict=True) for i, why in part[2].items()}
     return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]), missing
