@@ -210,6 +210,17 @@ def _scenes(folder: Path, ns: dict) -> None:
     shutil.copy(folder / "scenes" / "images" / "0.jpg", folder / "street.jpg")
 
 
+def _boxes(folder: Path, ns: dict) -> None:
+    """``boxes/annotations/instances_{train,val}.json`` + ``boxes/images/``: a COCO detection set of skimage
+    photos' crops pasted on textures with exact boxes (tests/scripts/detect_scenes.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from detect_scenes import write_scenes
+
+    write_scenes(folder / "boxes")
+
+
 def _hf_data(folder: Path, ns: dict) -> None:
     """``beans/`` (a Hugging Face ``save_to_disk`` folder: train + validation, ``image`` and ``labels``) and
     ``data/train.parquet`` + ``data/validation.parquet`` (the same rows, the image column named ``img``)."""
@@ -313,6 +324,7 @@ SETUPS: dict[str, Callable[[Path, dict], None]] = {
     "images": _images,
     "news": _news,
     "scenes": _scenes,
+    "boxes": _boxes,
     "files": _files,
     "hf-data": _hf_data,
     "pets-run": _pets_run,
