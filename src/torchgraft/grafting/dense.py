@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +25,10 @@ from torchgraft.grafting.grafted import Grafted
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
 from torchgraft.grafting.resegment import Resegmented, regraft_segmentation, segmentation_classifiers
-from torchgraft.grafting.surgery import _trace, cut_body
+from torchgraft.grafting.surgery import Cut, _trace, cut_body
 from torchgraft.grafting.taps import Tap, find_taps
 
-__all__ = ["PackedDecoder", "Segmenter", "graft_dense", "network_taps", "rebuild_segmenter"]
+__all__ = ["PackedDecoder", "Segmenter", "graft_dense", "network_taps", "rebuild_segmenter", "tap_note", "tapped_info"]
 
 
 def _to_nchw(feature: torch.Tensor, tap: Tap, size: tuple[int, int]) -> torch.Tensor:
@@ -138,6 +139,49 @@ def network_taps(model: nn.Module, run: Trace, size: Sequence[int]) -> list[Tap]
     return find_taps(run, size, before=classifier_start)
 
 
+def tap_note(tap: Tap) -> str:
+    """What a graft's notes say of one tap."""
+    return f"tap '{tap.name}': stride {tap.stride}, {tap.channels} channels [{tap.layout}]"
+
+
+def tapped_info(
+    source: str,
+    method: str,
+    cut: Cut,
+    total: int,
+    size: tuple[int, ...],
+    *,
+    pool: str,
+    taps: Sequence[Tap],
+    n_out: int,
+    options: dict[str, Any],
+    notes: Sequence[str] | None = None,
+) -> GraftInfo:
+    """The record of a graft on multi-scale taps (``graft_dense``, ``graft_detector``): the body ``cut`` from a
+    network of ``total`` parameters after its deepest tap, with ``notes`` (default: one per tap)."""
+    return GraftInfo(
+        source=source,
+        method=method,
+        cut_at=cut.body.exit_at,
+        classifier=(),
+        removed=tuple(cut.removed),
+        removed_params=total - sum(p.numel() for p in cut.body.parameters()),
+        input_size=size,
+        body_output=None,
+        layout="nchw",
+        pool=pool,
+        in_chans=None,
+        notes=tuple(notes if notes is not None else map(tap_note, taps)),
+        n_out=n_out,
+        options=options,
+        dropped=tuple(cut.dropped),
+        pruned=tuple(cut.pruned),
+        body_method=cut.body.method,
+        select_main=cut.body.select_main,
+        taps=tuple(taps),
+    )
+
+
 def graft_dense(
     model: nn.Module,
     n_classes: int,
@@ -192,27 +236,8 @@ def graft_dense(
             f"segmentation backbone (pass input_size= if it needs another size)."
         )
     cut = cut_body(model, taps[-1].name, None, size)
-    info = GraftInfo(
-        source=source,
-        method="dense",
-        cut_at=cut.body.exit_at,
-        classifier=(),
-        removed=tuple(cut.removed),
-        removed_params=total - sum(p.numel() for p in cut.body.parameters()),
-        input_size=size,
-        body_output=None,
-        layout="nchw",
-        pool=decoder,
-        in_chans=None,
-        notes=tuple(f"tap '{t.name}': stride {t.stride}, {t.channels} channels [{t.layout}]" for t in taps),
-        n_out=n_classes,
-        options={"decoder": decoder, "widths": tuple(widths)},
-        dropped=tuple(cut.dropped),
-        pruned=tuple(cut.pruned),
-        body_method=cut.body.method,
-        select_main=cut.body.select_main,
-        taps=tuple(taps),
-    )
+    options = {"decoder": decoder, "widths": tuple(widths)}
+    info = tapped_info(source, "dense", cut, total, size, pool=decoder, taps=taps, n_out=n_classes, options=options)
     return _segmenter(cut.body, info, guard=guard)
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from torchgraft.choices import DETECTOR_BATCH_NORM, DETECTOR_HEADS
 from torchgraft.grafting.body import Body, rebuild_body
-from torchgraft.grafting.dense import _keep_output, _take_output, _to_nchw, network_taps
+from torchgraft.grafting.dense import _keep_output, _take_output, _to_nchw, network_taps, tap_note, tapped_info
 from torchgraft.grafting.dryrun import infer_input_size
 from torchgraft.grafting.guard import PretrainedGuard
 from torchgraft.grafting.info import GraftInfo
@@ -313,43 +313,26 @@ def graft_detector(
     cut = cut_body(model, chosen[-1].name, None, size)
     shorter = int(min_size) if min_size is not None else int(size[-2])
     mean, std = _image_stats(model, int(size[0]), normalize)
-    notes = [f"tap '{t.name}': stride {t.stride}, {t.channels} channels [{t.layout}]" for t in chosen]
+    notes = [tap_note(t) for t in chosen]
     notes.append(f"{frozen} BatchNorm layers frozen (FrozenBatchNorm2d)" if frozen else "BatchNorm kept as it is")
     if fixed:
         notes.append(f"the backbone runs at {size[-2]}x{size[-1]} only: every image is resized to it")
-    info = GraftInfo(
-        source=source,
-        method="detector",
-        cut_at=cut.body.exit_at,
-        classifier=(),
-        removed=tuple(cut.removed),
-        removed_params=total - sum(p.numel() for p in cut.body.parameters()),
-        input_size=size,
-        body_output=None,
-        layout="nchw",
-        pool=head,
-        in_chans=None,
-        notes=tuple(notes),
-        n_out=n_classes,
-        options={
-            "head": head,
-            "channels": channels,
-            "batch_norm": batch_norm,
-            "normalize": normalize,
-            "image_mean": mean,
-            "image_std": std,
-            "min_size": shorter,
-            "max_size": int(max_size) if max_size is not None else math.ceil(shorter * 1333 / 800),
-            "fixed_size": (int(size[-2]), int(size[-1])) if fixed else None,
-            "classes": names,
-            "background": head == "fasterrcnn",
-            "detector_options": dict(detector_options or {}),
-        },
-        dropped=tuple(cut.dropped),
-        pruned=tuple(cut.pruned),
-        body_method=cut.body.method,
-        select_main=cut.body.select_main,
-        taps=chosen,
+    options = {
+        "head": head,
+        "channels": channels,
+        "batch_norm": batch_norm,
+        "normalize": normalize,
+        "image_mean": mean,
+        "image_std": std,
+        "min_size": shorter,
+        "max_size": int(max_size) if max_size is not None else math.ceil(shorter * 1333 / 800),
+        "fixed_size": (int(size[-2]), int(size[-1])) if fixed else None,
+        "classes": names,
+        "background": head == "fasterrcnn",
+        "detector_options": dict(detector_options or {}),
+    }
+    info = tapped_info(
+        source, "detector", cut, total, size, pool=head, taps=chosen, n_out=n_classes, options=options, notes=notes
     )
     return _finish(_build(cut.body, info), info, guard=guard)
 
