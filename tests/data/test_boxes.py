@@ -572,3 +572,21 @@ def test_displayed_size_reads_a_png_header_without_decoding(tmp_path):
         with Image.open(tmp_path / name) as image:
             assert displayed_size(image) == size == tuple(decode_rgb(tmp_path / name).shape[:0:-1])
             assert image._im is None  # Pillow's PngImageFile.getexif would have decoded the pixels
+
+
+def test_a_run_reads_every_format_with_the_box_recipe_and_tables_of_images_without(tmp_path):
+    from torchgraft.app.boxes import looks_like_boxes
+    from torchgraft.app.prepare import input_recipe
+    from torchgraft.app.settings import TrainSettings
+
+    coco, yolo, voc = write_coco(tmp_path / "coco"), write_yolo(tmp_path / "yolo"), write_voc(tmp_path / "voc")
+    compact = tmp_path / "compact.json"  # a COCO file on one line, as json.dump writes it
+    compact.write_text(json.dumps({"images": [], "annotations": [], "categories": []}) + "\n")
+    paths = [coco, coco / "annotations", coco / "annotations" / "instances_train.json", yolo, yolo / "data.yaml"]
+    for path in [*paths, voc, voc / "Annotations", compact]:
+        assert looks_like_boxes(path) and input_recipe(path, TrainSettings()).name == "boxes", path
+    rows = tmp_path / "rows.json"  # a JSON-lines table of image paths: one object per line
+    rows.write_text("\n".join(json.dumps({"path": f"{n}.png", "label": "x", "images": 1}) for n in "ab") + "\n")
+    for path in (rows, coco / "train"):  # a table of images, a folder of images
+        assert not looks_like_boxes(path) and input_recipe(path, TrainSettings()).name == "images", path
+    assert input_recipe(coco / "train", TrainSettings(task="detect")).name == "boxes"  # --task detect: always

@@ -135,14 +135,7 @@ def target_layout(settings: TrainSettings) -> str | None:
             f"--task {settings.task}: unknown task. Choose from {', '.join(TASKS)} or text, or register yours "
             f"with torchgraft.register_task."
         )
-    layout = TASKS[settings.task].targets
-    if layout == "detect":  # the Task, metrics and data layer exist; the run pipeline's box recipe does not yet
-        raise ValueError(
-            f"--task {settings.task}: the command line does not train detectors yet; train one in Python: "
-            f"torchgraft.Learner(model, loaders of torchgraft.data.boxes.box_data(...).datasets(...) with "
-            f"collate_fn=collate_boxes, task='detect')."
-        )
-    return layout
+    return TASKS[settings.task].targets
 
 
 def read_options(settings: TrainSettings) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.app.boxes import BoxInput
 from torchgraft.app.images import ImageInput
 from torchgraft.app.inputs import Built, InputRecipe, LabelledData
 from torchgraft.app.masks import MaskInput
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 # probed in this order; the first that claims the data is the run's recipe (images claim what is left)
-RECIPES: tuple[InputRecipe, ...] = (ShardInput(), MaskInput(), TextInput(), ImageInput())
+RECIPES: tuple[InputRecipe, ...] = (ShardInput(), BoxInput(), MaskInput(), TextInput(), ImageInput())
 
 
 @dataclass
@@ -77,7 +78,13 @@ def make_task(data: LabelledData, settings: TrainSettings) -> Task:
     task = TASKS[name].for_run(threshold=settings.threshold, dice_weight=settings.dice_weight, y_range=settings.y_range)
     if settings.balance:
         task = balanced_task(task, data)
-    return task.fit_targets([target for _, target in data.train])
+    return task.fit_targets([_target(sample) for sample in data.train])
+
+
+def _target(sample: Any) -> Any:
+    """The target of a training sample as its reader holds it: ``(input, target)`` pairs, or a detection
+    sample's labels (:class:`~torchgraft.data.annotations.BoxSample`)."""
+    return sample.labels if hasattr(sample, "labels") else sample[1]
 
 
 def balanced_task(task: Task, data: LabelledData) -> Task:

@@ -8,6 +8,10 @@ or folders of them (text models); or, for either, a CSV / JSON-lines file whose 
 A segmentation model writes, for each image ``x.jpg``, ``x.mask.png`` (an index PNG: pixel values are the
 classes, at the image's size) and ``x.overlay.png`` (the mask's colours over the image) beside it or into
 ``--out``, and prints the share of the image each class covers.
+
+A detector prints each image's boxes (class, score, ``x1,y1,x2,y2`` in the image's pixels) that score at least
+``--score-threshold`` (default: the run's) and writes ``x.boxes.png``, the image with them drawn, beside it or
+into ``--out``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,14 @@ def add_parser(commands: Any) -> None:
         "--out",
         default=None,
         metavar="DIR",
-        help="segmentation: write the masks and overlays here (default: beside each image)",
+        help="segmentation: write the masks and overlays here; detection: the drawn boxes (default: beside each image)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        metavar="S",
+        help="detection: the score a box needs to be shown (default: the run's, 0.5 unless train --threshold)",
     )
     parser.set_defaults(run=run)
 
@@ -93,18 +104,42 @@ def _run_masks(exported: Exported, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_boxes(exported: Exported, args: argparse.Namespace) -> int:
+    from torchgraft.cli.progress import count_progress
+    from torchgraft.ship.detections import draw_predictions, predict_boxes
+
+    with count_progress("predict", unit="images", quiet=args.json or args.quiet) as on_batch:
+        predictions = predict_boxes(
+            exported, args.inputs, score_threshold=args.score_threshold, x_col=args.x_col, on_batch=on_batch
+        )
+    drawn = draw_predictions(predictions, args.out)
+    if args.json:
+        print(json.dumps([{**p.as_dict(), "drawn": str(d)} for p, d in zip(predictions, drawn, strict=True)], indent=1))
+        return 0
+    width = min(60, max(len(p.path) for p in predictions))
+    for prediction, path in zip(predictions, drawn, strict=True):
+        print(f"{prediction.path:<{width}}  -> {path.name}  {prediction.line()}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``predict``."""
     from torchgraft.cli.progress import count_progress
     from torchgraft.data.tokens import TextPreprocessing
+    from torchgraft.devices import flush_denormals
     from torchgraft.ship.export import load_exported
     from torchgraft.ship.predict import predict_images, predict_texts
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
+    flush_denormals()
     exported = load_exported(args.run_dir, device=args.device)
+    if args.score_threshold is not None and exported.task.targets != "detect":
+        raise ValueError(f"--score-threshold applies to detectors; {args.run_dir} holds a {exported.task.name} model.")
     if exported.task.dense:
         return _run_masks(exported, args)
+    if exported.task.targets == "detect":  # boxes: the task's layout of targets, as the run's recipe read them
+        return _run_boxes(exported, args)
     predictions: list[Prediction]
     texts = isinstance(exported.preprocessing, TextPreprocessing)
     with count_progress("predict", unit="texts" if texts else "images", quiet=args.json or args.quiet) as on_batch:

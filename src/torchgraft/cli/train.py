@@ -13,7 +13,7 @@ from typing import Any
 from torchgraft.app.defaults import IMAGE_DEFAULTS, TEXT_DEFAULTS
 from torchgraft.app.rundir import RunDirInUse
 from torchgraft.app.settings import EXPORTED_EPOCHS, TrainSettings
-from torchgraft.choices import BATCHNORM_MODES, CHECKS, LOGGERS, STRATEGIES, task_names
+from torchgraft.choices import BATCHNORM_MODES, CHECKS, DETECTOR_HEADS, LOGGERS, STRATEGIES, task_names
 from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 from torchgraft.train.recipes import RECIPES
 
@@ -45,6 +45,13 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--decoder", choices=("unet", "fpn"), default=_DEFAULTS.decoder, help="segment: the decoder (default: unet)"
     )
     parser.add_argument(
+        "--detector",
+        choices=DETECTOR_HEADS,
+        default=_DEFAULTS.detector,
+        help="detect: the torchvision detector grafted on --model's backbone (default: fcos); a torchvision "
+        "detector as --model (fasterrcnn_mobilenet_v3_large_fpn, ...) is re-headed instead",
+    )
+    parser.add_argument(
         "--dice",
         dest="dice_weight",
         type=float,
@@ -72,7 +79,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--y-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="bound regression outputs"
     )
-    parser.add_argument("--threshold", type=float, default=None, help="multi-label threshold (default: best F1)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label threshold (default: best F1); detect: the score a predicted box needs (default: 0.5)",
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -293,8 +305,10 @@ def run(args: argparse.Namespace) -> int:
     check_model_first(settings)
     from torchgraft.app.run import train_run
     from torchgraft.app.runrecord import RunClock, process_seconds
+    from torchgraft.devices import flush_denormals
     from torchgraft.train.distributed import is_main
 
+    flush_denormals()  # denormals make CPU convolutions several times slower (this process is the run's)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
     try:

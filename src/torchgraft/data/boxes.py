@@ -58,6 +58,21 @@ class BoxData:
     task: str = "detect"
 
     @property
+    def n_outputs(self) -> int:
+        """The object classes a detector for this data needs (its background, if any, is the model's)."""
+        return len(self.classes)
+
+    @property
+    def task_reason(self) -> str:
+        """Why the data is read as detection (empty: box annotations say so themselves)."""
+        return ""
+
+    @property
+    def bad_rows(self) -> list[str]:
+        """None: bad annotations are in :attr:`skipped`, each with its file and line."""
+        return []
+
+    @property
     def skipped_boxes(self) -> int:
         """Boxes left out: bad ones, and those of the images left out."""
         return sum(bad.boxes for bad in self.skipped)

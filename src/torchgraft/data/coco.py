@@ -28,7 +28,7 @@ from typing import Any
 from torchgraft.data.annotations import Annotations, BadAnnotation, chained, shown
 from torchgraft.data.samples import DataError
 
-__all__ = ["coco_files", "read_coco"]
+__all__ = ["coco_files", "looks_like_coco", "read_coco"]
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 _LISTS = ("images", "annotations")  # the lists whose entries' offsets are kept
@@ -312,6 +312,26 @@ def _merged(parts: list[Annotations]) -> Annotations:
         merged.bad += part.bad
         merged.warnings += part.warnings
     return merged
+
+
+def looks_like_coco(path: Path, *, head: int = 65536) -> bool:
+    """Whether the JSON file ``path`` is a COCO annotation file: one object naming ``images`` or ``annotations``
+    in its first ``head`` bytes (a JSON-lines table of image paths is not; read without parsing the file).
+
+    Example:
+        >>> looks_like_coco(Path("annotations/instances_train.json")), looks_like_coco(Path("labels.jsonl"))
+        (True, False)
+    """
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(head).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    lines = start.lstrip().splitlines()
+    if not lines or not lines[0].startswith("{"):
+        return False
+    rows = len(lines) > 1 and lines[0].rstrip().endswith("}") and lines[1].lstrip().startswith("{")  # JSON lines
+    return not rows and any(f'"{name}"' in start for name in ("images", "annotations"))
 
 
 def coco_files(source: Path) -> list[tuple[Path, str | None]]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from torchgraft.tasks.pictures import ValidationInputs
 
-__all__ = ["Detect", "DetectionModelError", "label_offset_of", "model_classes"]
+__all__ = ["Detect", "DetectionModelError", "drawn_boxes", "label_offset_of", "model_classes"]
 
 Detections = list[dict[str, torch.Tensor]]  # one {"boxes" (K, 4), "scores" (K,), "labels" (K,)} per image
 _TRUE, _PREDICTED = "#22c55e", "#ef4444"  # green: true boxes, red: predicted
@@ -184,8 +184,8 @@ class Detect(Task):
 
     @classmethod
     def for_run(cls, **options: Any) -> Detect:
-        """The run's ``score_threshold`` (default 0.5)."""
-        threshold = options.get("score_threshold")
+        """The run's ``score_threshold`` (``torchgraft train --threshold``; default 0.5)."""
+        threshold = options.get("score_threshold", options.get("threshold"))
         return cls(score_threshold=0.5 if threshold is None else threshold)
 
     def offset(self, model: nn.Module) -> int:
@@ -380,13 +380,13 @@ class Detect(Task):
         drawn, names = [], []
         for i in worst(errors, min(count, 6)):
             image = _loaded(inputs.load(inputs.items[i]), targets[i].get("canvas_size"))
-            truth = _drawn(image, targets[i]["boxes"], [classes[int(c)] for c in targets[i]["labels"]], _TRUE)
+            truth = drawn_boxes(image, targets[i]["boxes"], [classes[int(c)] for c in targets[i]["labels"]], _TRUE)
             keep = detections[i]["scores"] >= self.score_threshold
             found = {k: v[keep] for k, v in detections[i].items()}
             captions = [
                 f"{classes[int(c)]} {float(s):.2f}" for c, s in zip(found["labels"], found["scores"], strict=True)
             ]
-            drawn.append([truth, _drawn(image, found["boxes"], captions, _PREDICTED)])
+            drawn.append([truth, drawn_boxes(image, found["boxes"], captions, _PREDICTED)])
             names.append(f"{Path(inputs.items[i]).name}: F1 {1 - float(errors[i]):.2f}")
         columns = ["true boxes (worst first)", f"predicted (score >= {self.score_threshold:g})"]
         files.append(plot_grid(drawn, columns, directory / "worst_boxes.png", row_titles=names))
@@ -420,8 +420,14 @@ def _loaded(image: Any, canvas: torch.Tensor | None) -> torch.Tensor:
     return pixels
 
 
-def _drawn(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], colour: str) -> Any:
-    """``image`` with ``boxes`` drawn and captioned, as an ``(H, W, 3)`` array."""
+def drawn_boxes(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], colour: str) -> Any:
+    """The uint8 ``(3, H, W)`` ``image`` with the xyxy pixel ``boxes`` drawn in ``colour`` and captioned, as an
+    ``(H, W, 3)`` array (torchvision's ``draw_bounding_boxes``).
+
+    Example:
+        >>> drawn_boxes(image, torch.tensor([[10.0, 20.0, 60.0, 90.0]]), ["cat 0.93"], "orange").shape
+        (120, 160, 3)
+    """
     from torchvision.utils import draw_bounding_boxes
 
     boxes = boxes.as_subclass(torch.Tensor).float().reshape(-1, 4)

@@ -1,4 +1,5 @@
-"""Build a network by name: any torchvision classification builder, or a timm model as ``timm/NAME``."""
+"""Build a network by name: any torchvision classification, segmentation or detection builder, or a timm model
+as ``timm/NAME``."""
 
 from __future__ import annotations
 
@@ -19,12 +20,19 @@ __all__ = [
     "check_timm_name",
     "parameters_on_meta",
     "torchvision_classifiers",
+    "torchvision_detectors",
 ]
 
 
 def torchvision_classifiers() -> list[str]:
     """Names of every torchvision classification builder."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def torchvision_detectors() -> list[str]:
+    """Names of every torchvision detection builder (``fasterrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``,
+    ``maskrcnn_*``, ``keypointrcnn_*``)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models.detection))
 
 
 def _timm() -> object:
@@ -81,7 +89,8 @@ def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
     """Build ``name`` with random weights on ``device`` (``"meta"``: no memory, any size).
 
     ``name`` is a torchvision builder (``"resnet50"``; the segmentation builders ``"deeplabv3_resnet50"``... with
-    their auxiliary head where their weights have one) or ``"timm/<name>"`` (``"timm/convnext_tiny"``).
+    their auxiliary head where their weights have one; the detection builders ``"fcos_resnet50_fpn"``... with
+    the class count of their COCO weights) or ``"timm/<name>"`` (``"timm/convnext_tiny"``).
 
     Raises:
         UnknownModelError: listing the closest known names.
@@ -97,9 +106,11 @@ def build_model(name: str, *, device: str | torch.device = "meta") -> nn.Module:
     if name in segmenters:  # as their pretrained weights are: with the auxiliary head (FCN, DeepLabV3)
         options = {"weights_backbone": None, **({} if name.startswith("lraspp") else {"aux_loss": True})}
         return _on_device(lambda: torchvision.models.get_model(name, weights=None, **options), device)
+    if name in torchvision_detectors():  # as their COCO weights are: 91 classes (background at 0), no backbone download
+        return _on_device(lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None), device)
     known = torchvision_classifiers()
     if name not in known:
-        close = difflib.get_close_matches(name, [*known, *segmenters], n=5)
+        close = difflib.get_close_matches(name, [*known, *segmenters, *torchvision_detectors()], n=5)
         hint = f"close names: {', '.join(close)}" if close else "see torchvision.models.list_models()"
         raise UnknownModelError(f"unknown model {name!r} ({hint}; timm models: timm/<name>).")
     return _on_device(lambda: torchvision.models.get_model(name, weights=None), device)
