@@ -260,7 +260,8 @@ def deploy(
 
     Args:
         run_dir: an exported run (``torchgraft train --out RUN_DIR``, or :func:`torchgraft.export_model`).
-        format: ``"onnx"`` or ``"pt2"``.
+        format: ``"onnx"`` or ``"pt2"`` (detection: ``"onnx"`` only, see
+            :mod:`torchgraft.ship.detect_deploy`: outputs ``boxes``, ``scores``, ``labels``, padded per image).
         dynamic: a dynamic batch axis (and sequence axis for texts); ``False`` fixes the check batch's shape.
         dynamic_size: kept for scripts written before images were preprocessed inside the graph: an image
             model now always takes any height and width (with ``dynamic``).
@@ -268,6 +269,10 @@ def deploy(
         out: where to write the model file (default: inside ``run_dir``); its metadata goes beside it.
         tolerance: the largest absolute difference accepted between the file and the PyTorch model.
         on_check: called as ``on_check(done, total)`` after each check run of the file (progress).
+
+    A detection run's file always takes any batch and image size (``dynamic`` is not read) and is checked on
+    each image and on a batch of four, detections matched by label and box
+    (:func:`~torchgraft.ship.detect_deploy.compare_detections`).
 
     Raises:
         DeployError: the exporter failed (the module is named), an extra is missing, or outputs differ.
