@@ -34,6 +34,7 @@ from torch import nn
 from torchgraft.data.decode import decode_rgb
 from torchgraft.data.tokens import PadCollate, TextPreprocessing
 from torchgraft.grafting.body import Body
+from torchgraft.ship.detect_deploy import DetectionDeployable, export_detection
 from torchgraft.ship.export import Exported, load_exported
 from torchgraft.ship.graph_input import ImageInput
 from torchgraft.ship.program import DEPLOY_FORMATS, DeployError, export_program
@@ -131,15 +132,24 @@ def _image_input(exported: Exported) -> ImageInput | None:
     return None if isinstance(prep, TextPreprocessing) else ImageInput(prep, whole=exported.task.dense)
 
 
-def deployable(exported: Exported) -> Deployable:
-    """The :class:`Deployable` of a loaded export, taking uint8 images of any size (adapters exported
-    separately are merged first; a body cut inside the network is made traceable, which changes
-    ``exported.model``: load a fresh one to train on)."""
+def _wrapped(exported: Exported, model: nn.Module) -> Deployable | DetectionDeployable:
+    """``model`` with ``exported``'s task's final step: a :class:`DetectionDeployable` for detection."""
+    task = exported.task
+    if task.name == "detect":
+        offset, threshold = task.offset(model), task.score_threshold  # type: ignore[attr-defined]
+        return DetectionDeployable(model, label_offset=offset, score_threshold=threshold).eval()
+    return Deployable(model, task, _input_names(exported), _image_input(exported)).eval()
+
+
+def deployable(exported: Exported) -> Deployable | DetectionDeployable:
+    """The :class:`Deployable` (detection: :class:`DetectionDeployable`) of a loaded export, taking uint8
+    images of any size (adapters exported separately are merged first; a body cut inside the network is made
+    traceable, which changes ``exported.model``: load a fresh one to train on)."""
     model = merged(exported.model).eval()
     for module in model.modules():
         if isinstance(module, Body):
             module.make_traceable()
-    return Deployable(model, exported.task, _input_names(exported), _image_input(exported)).eval()
+    return _wrapped(exported, model)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -181,7 +191,19 @@ def _check_inputs(exported: Exported, names: Sequence[str], check: Sequence[str]
     return _image_inputs(exported, sources)
 
 
-def _preprocessing_record(exported: Exported, module: Deployable, format: str, path: Path) -> dict[str, Any]:
+def _detection_image(module: DetectionDeployable) -> dict[str, Any]:
+    """What the graph does to a detector's input: scaling to [0, 1], then the detector's own transform."""
+    transform = module.model.transform
+    inside = {"scale": "pixels / 255 to float32 in [0, 1]", "mean": list(transform.image_mean),
+              "std": list(transform.image_std), "resize_shorter_side": list(transform.min_size),
+              "longer_side_at_most": transform.max_size, "boxes": "in the input image's pixels"}  # fmt: skip
+    layout = "NHWC uint8 RGB, any batch, height and width (one size per batch): np.asarray(image.convert('RGB'))[None]"
+    return {"layout": layout, "in_graph": inside}
+
+
+def _preprocessing_record(
+    exported: Exported, module: Deployable | DetectionDeployable, format: str, path: Path
+) -> dict[str, Any]:
     prep = exported.preprocessing.as_dict()
     record: dict[str, Any] = {
         "model": path.name,
@@ -191,7 +213,9 @@ def _preprocessing_record(exported: Exported, module: Deployable, format: str, p
         "task": exported.task.name,
         "classes": exported.classes,
     }
-    if isinstance(exported.preprocessing, TextPreprocessing):
+    if isinstance(module, DetectionDeployable):
+        record |= {"output_names": list(module.output_names), "image": _detection_image(module), **module.record()}
+    elif isinstance(exported.preprocessing, TextPreprocessing):
         folder = Path(exported.config["directory"]) / prep["tokenizer"]
         record["text"] = {
             "tokenizer": os.path.relpath(folder, path.parent) + "/",  # tokenizer.json: the `tokenizers` library
@@ -236,7 +260,8 @@ def deploy(
 
     Args:
         run_dir: an exported run (``torchgraft train --out RUN_DIR``, or :func:`torchgraft.export_model`).
-        format: ``"onnx"`` or ``"pt2"``.
+        format: ``"onnx"`` or ``"pt2"`` (detection: ``"onnx"`` only, see
+            :mod:`torchgraft.ship.detect_deploy`: outputs ``boxes``, ``scores``, ``labels``, padded per image).
         dynamic: a dynamic batch axis (and sequence axis for texts); ``False`` fixes the check batch's shape.
         dynamic_size: kept for scripts written before images were preprocessed inside the graph: an image
             model now always takes any height and width (with ``dynamic``).
@@ -244,6 +269,10 @@ def deploy(
         out: where to write the model file (default: inside ``run_dir``); its metadata goes beside it.
         tolerance: the largest absolute difference accepted between the file and the PyTorch model.
         on_check: called as ``on_check(done, total)`` after each check run of the file (progress).
+
+    A detection run's file always takes any batch and image size (``dynamic`` is not read) and is checked on
+    each image and on a batch of four, detections matched by label and box
+    (:func:`~torchgraft.ship.detect_deploy.compare_detections`).
 
     Raises:
         DeployError: the exporter failed (the module is named), an extra is missing, or outputs differ.
@@ -257,27 +286,30 @@ def deploy(
     start = time.perf_counter()
     run_dir = Path(run_dir)
     exported = load_exported(run_dir)
-    untouched = Deployable(
-        merged(exported.model).eval(), exported.task, _input_names(exported), _image_input(exported)
-    ).eval()
+    untouched = _wrapped(exported, merged(exported.model).eval())
     module = deployable(load_exported(run_dir))
     checks, checked = _check_inputs(exported, module.input_names, check)
     path = Path(out) if out is not None else run_dir / f"model.{format}"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # torch.export.load wants the .pt2 suffix
-    difference = export_program(
-        module,
-        _example(checks[0], dynamic),
-        partial,
-        format=format,
-        input_names=module.input_names,
-        dynamic=dynamic,
-        dynamic_size=dynamic_size or module.image_input is not None,
-        tolerance=tolerance,
-        reference=untouched,
-        checks=checks,
-        on_check=on_check,
-    )
+    if isinstance(module, DetectionDeployable):  # its own exporter: a batch axis of its own
+        difference = export_detection(
+            module, checks, partial, format=format, tolerance=tolerance, reference=untouched, on_check=on_check
+        )
+    else:
+        difference = export_program(
+            module,
+            _example(checks[0], dynamic),
+            partial,
+            format=format,
+            input_names=module.input_names,
+            dynamic=dynamic,
+            dynamic_size=dynamic_size or module.image_input is not None,
+            tolerance=tolerance,
+            reference=untouched,
+            checks=checks,
+            on_check=on_check,
+        )
     os.replace(partial, path)
     prep_path = path.with_name(PREPROCESSING_FILES[format])  # each format its own: one never breaks another
     prep_path.write_text(json.dumps(_preprocessing_record(exported, module, format, path), indent=2) + "\n")

@@ -393,7 +393,8 @@ class Detect(Task):
         return files
 
     def deploy_record(self) -> dict[str, Any]:
-        """How the detections are read, and the score threshold."""
+        """How the detections are read, and the score threshold (applied inside a deployed file: detections
+        under it are padding)."""
         return {"boxes": "xyxy pixels of the input image, with scores and labels (0..C-1) per detection",
                 "score_threshold": self.score_threshold}  # fmt: skip
 
