@@ -127,3 +127,20 @@ def test_deploy_fcos_onnx_runs_any_batch_and_size(fcos_run):
     }
     for what, image in calls.items():
         print(f"{what}: largest difference {_onnx_matches(session, detector, image):.2e}")
+
+
+def test_compare_detections_takes_a_tie_at_the_cut_and_nothing_else():
+    boxes = np.array([[[0, 0, 10, 10], [5, 5, 20, 20]]], dtype=np.float32)
+    scores, labels = np.array([[0.9, 0.3]], np.float32), np.array([[0, 0]])
+    other = boxes.copy()
+    other[0, 1] = [6, 2, 18, 22]  # the last kept box, swapped for another of the same score
+    compare_detections((other, scores, labels), (boxes, scores, labels), tolerance=1e-4, threshold=0.1, side=20)
+    lower = scores.copy()
+    lower[0, 1] -= 1e-3  # not a tie
+    with pytest.raises(DeployError, match="no detection within"):
+        compare_detections((other, lower, labels), (boxes, scores, labels), tolerance=1e-4, threshold=0.1, side=20)
+    padded = (np.concatenate([boxes, np.zeros((1, 1, 4), np.float32)], 1), np.array([[0.9, 0.3, 0]], np.float32))
+    cut = np.array([[0, 0, -1]])  # a row left: nothing was cut, a different box is a different detection
+    with pytest.raises(DeployError, match="no detection within"):
+        moved = (np.concatenate([other, np.zeros((1, 1, 4), np.float32)], 1), padded[1], cut)
+        compare_detections(moved, (*padded, cut), tolerance=1e-4, threshold=0.1, side=20)

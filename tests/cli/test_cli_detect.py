@@ -9,12 +9,15 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 import torchvision
 
 from torchgraft.cli.main import main
 from torchgraft.data.decode import decode_rgb
+from torchgraft.ship.detect_deploy import DetectionDeployable, compare_detections
 from torchgraft.ship.export import load_exported
 from torchgraft.train.frozen_state import full_model_state
 
@@ -101,6 +104,20 @@ def test_a_torchvision_detector_from_a_weights_file_is_reheaded(scenes, tmp_path
     _bit_equal(run_dir, scenes.parent / "images" / "val_000.png")
     found = _json_of(["predict", str(run_dir), str(scenes.parent / "images"), "--score-threshold", "0"], capsys)
     assert len(found) == 24 and all(b["label"] in CLASSES for p in found for b in p["boxes"])
+
+    # the ONNX file (post-processing inside) computes the detections of the exported model, any batch size
+    assert main(["export", str(run_dir), "--quiet"]) == 0
+    meta = json.loads((run_dir / "preprocessing.json").read_text())
+    assert meta["task"] == "detect" and meta["classes"] == CLASSES and meta["score_threshold_applied"]
+    session = onnxruntime.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    module = DetectionDeployable(exported.model, label_offset=1, score_threshold=meta["score_threshold"]).eval()
+    images = [decode_rgb(scenes.parent / "images" / f"val_{i:03d}.png").permute(1, 2, 0) for i in range(4)]
+    for batch in (torch.stack(images[:1]), torch.stack(images)):
+        with torch.no_grad():
+            expected = [x.numpy() for x in module(batch)]
+        got = session.run(None, {"image": batch.numpy()})
+        assert [g.shape for g in got] == [e.shape for e in expected] and got[2].dtype == np.int64
+        compare_detections(got, expected, tolerance=1e-4, threshold=meta["score_threshold"], side=128.0)
 
 
 def test_detection_options_that_do_not_apply_are_refused(scenes, capsys) -> None:

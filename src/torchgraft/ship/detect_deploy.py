@@ -31,6 +31,7 @@ from torchgraft.ship.program import DeployError, _quietly
 __all__ = ["DetectionDeployable", "compare_detections", "detections_per_image", "export_detection", "traceable_nms"]
 
 OUTPUTS = ("boxes", "scores", "labels")
+_TIE = 1e-6  # scores this close are a tie: the model itself may keep either box
 
 
 def detections_per_image(detector: nn.Module) -> int:
@@ -128,15 +129,46 @@ def traceable_nms() -> Iterator[None]:
 
 
 def _export_one_image(module: DetectionDeployable, example: torch.Tensor) -> Any:
-    """The ONNX model of ``module`` for one image ``(1, H, W, 3)``, height and width dynamic."""
+    """The ONNX model of ``module`` for one image ``(1, H, W, 3)``, height and width dynamic: ``torch.export``
+    (strict) and the dynamo exporter, else (the R-CNNs' region pooling and proposal top-k stop the dynamo
+    tracer) the TorchScript tracer, whose paths through torchvision's detectors torchvision keeps exportable
+    (``torchvision._is_tracing()``: sizes kept as tensors)."""
+    if hasattr(module.model, "rpn"):  # an R-CNN: its proposal top-k and region pooling stop the dynamo tracer
+        return _traced_one_image(module, example)
     height, width = torch.export.Dim("height", min=16, max=8192), torch.export.Dim("width", min=16, max=8192)
     shapes = ({1: height, 2: width},)
-    with traceable_nms():
-        program = _quietly(lambda: torch.export.export(module, (example,), dynamic_shapes=shapes, strict=True))
+    try:
+        with traceable_nms():
+            program = _quietly(lambda: torch.export.export(module, (example,), dynamic_shapes=shapes, strict=True))
+    except Exception:  # noqa: BLE001  (any tracer failure: the TorchScript exporter is the fallback)
+        return _traced_one_image(module, example)
     onnx_program = _quietly(
         lambda: torch.onnx.export(program, (example,), input_names=["image"], output_names=list(OUTPUTS), dynamo=True)
     )
     return onnx_program.model_proto
+
+
+def _traced_one_image(module: DetectionDeployable, example: torch.Tensor) -> Any:
+    """``module`` for one image through the TorchScript exporter (opset 17), height and width dynamic."""
+    import io
+
+    import onnx
+
+    buffer = io.BytesIO()
+    axes = {"image": {1: "height", 2: "width"}}
+    _quietly(
+        lambda: torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            input_names=["image"],
+            output_names=list(OUTPUTS),
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def compare_detections(
@@ -148,7 +180,9 @@ def compare_detections(
 
     Each expected detection is matched to the unmatched one of the same label with the closest box (NMS may
     order near-equal scores either way); a detection without a match is accepted only when its score lies
-    within ``tolerance`` of ``threshold`` (it may fall on either side).
+    within ``tolerance`` of ``threshold`` (it may fall on either side), or, in an image whose detections fill
+    every row (the detector cut its list), when an unmatched detection of its label has its score to 1e-6 (a
+    tie at the cut: the top-k may keep either of two boxes of one score, as an untrained head's anchors have).
 
     Raises:
         DeployError: a detection has no match, or a matched pair differs by more than ``tolerance``.
@@ -158,11 +192,16 @@ def compare_detections(
         zip(*got, *expected, strict=True)
     ):
         free = list(np.flatnonzero(got_labels >= 0))
+        full = bool((labels >= 0).all())  # every row used: the detector cut its list at detections_per_img
         for j in np.flatnonzero(labels >= 0):
             same = [i for i in free if got_labels[i] == labels[j]]
             gaps = [float(np.abs(got_boxes[i] - boxes[j]).max()) / side for i in same]
             if not gaps or min(gaps) > tolerance or abs(got_scores[same[int(np.argmin(gaps))]] - scores[j]) > tolerance:
                 if abs(scores[j] - threshold) <= tolerance:
+                    continue
+                tied = [i for i in same if abs(float(got_scores[i]) - float(scores[j])) <= _TIE] if full else []
+                if tied:  # a cut list, boxes of one score: which of them the top-k keeps is a tie
+                    free.remove(tied[0])
                     continue
                 raise DeployError(
                     f"export: image {image}'s detection {j} (label {labels[j]}, score {scores[j]:.4f}, box "
