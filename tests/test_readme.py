@@ -417,6 +417,10 @@ def _offline_and_small(argv: list[str]) -> list[str]:
     model = argv[argv.index("--model") + 1] if "--model" in argv else "resnet50"  # the CLI's image default
     if "--task" in argv and argv[argv.index("--task") + 1] == "segment":
         return [*argv, "--size", "32"]
+    if argv[1].startswith("boxes/"):  # detection: images of 96 x 128 px, the detector resizes them to 64
+        model = model if "--model" in argv else "timm/efficientnet_lite0"  # the CLI's default for boxes
+        extra = [] if model in OFFLINE_IMAGE_MODELS or "--weights" in argv else ["--weights", "none"]
+        return [*argv, *extra, *(["--size", "64"] if "fasterrcnn" not in model else []), "--epochs", "1"]
     extra = [] if model in OFFLINE_IMAGE_MODELS or "--weights" in argv else ["--weights", "none"]
     if "_224" not in model:  # a ViT keeps the input size its position embeddings were made for
         extra += ["--size", "32"]

@@ -140,7 +140,7 @@ def _export_one_image(module: DetectionDeployable, example: torch.Tensor) -> Any
     try:
         with traceable_nms():
             program = _quietly(lambda: torch.export.export(module, (example,), dynamic_shapes=shapes, strict=True))
-    except Exception:  # noqa: BLE001  (any tracer failure: the TorchScript exporter is the fallback)
+    except Exception:  # any tracer failure: the TorchScript exporter is the fallback
         return _traced_one_image(module, example)
     onnx_program = _quietly(
         lambda: torch.onnx.export(program, (example,), input_names=["image"], output_names=list(OUTPUTS), dynamo=True)
