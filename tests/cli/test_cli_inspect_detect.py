@@ -98,6 +98,8 @@ def test_detector_option_is_refused_outside_detect(capsys):
     assert "--detector retinanet applies to --task detect" in error and "add --task detect" in error
     assert main(["inspect", "retinanet_resnet50_fpn", "--task", "detect", "--detector", "fcos"]) == 2
     assert "is a detector already" in capsys.readouterr().err
+    assert main(["inspect", "retinanet_resnet50_fpn"]) == 2  # a detector needs --task detect
+    assert "add --task detect to see it re-headed" in capsys.readouterr().err
     assert main(["inspect", "resnet18", "--task", "detect", "--pool", "avg"]) == 2
     assert capsys.readouterr().err.strip().endswith("--pool do not apply.")
 

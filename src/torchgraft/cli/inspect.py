@@ -174,9 +174,14 @@ def _grafted(args: argparse.Namespace) -> Any:
     from torchgraft.cli.inspect_detect import build_inspected_detector
     from torchgraft.grafting.dense import graft_dense
     from torchgraft.grafting.surgery import graft
+    from torchgraft.weights.zoo import torchvision_detectors
 
     if args.task == "detect":
         return build_inspected_detector(args)
+    if args.target in torchvision_detectors():
+        raise ValueError(
+            f"{args.target} is a torchvision detector; add --task detect to see it re-headed for --n-out classes."
+        )
     if args.task == "segment":
         options = (("--cut", args.cut), ("--pool", args.pool), ("--in-chans", args.in_chans))
         given = [flag for flag, value in options if value is not None] + (["--head"] if args.head != "linear" else [])
