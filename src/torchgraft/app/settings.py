@@ -39,7 +39,8 @@ class TrainSettings:
     ``"fasterrcnn"`` (a torchvision detector given as ``model`` is re-headed instead); ``threshold`` is then the
     score a detection needs to be predicted (default 0.5; never used by the mAP, which ranks every detection).
     ``keep_frozen`` layer groups stay frozen after the frozen epochs too (:meth:`torchgraft.Learner.fine_tune`;
-    -1: every body group; segmentation: -1 by default). ``save_every`` writes a resumable checkpoint every that many optimizer steps inside epochs;
+    -1: every body group; segmentation: -1 by default). ``save_every`` writes a resumable checkpoint every that many
+    optimizer steps inside epochs;
     ``batchnorm`` is the Learner's BatchNorm mode (``train``, ``eval``: statistics fixed, ``sync``: across GPUs);
     ``strategy`` how ``torchrun`` processes share the model (``ddp``: a copy each; ``fsdp``: FSDP2 shards).
     ``streaming`` reads a Hugging Face dataset as an ``IterableDataset``; ``valid_data`` is the validation
