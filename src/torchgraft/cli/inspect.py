@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchgraft.choices import DECODERS
+from torchgraft.choices import DECODERS, DETECTOR_HEADS
 from torchgraft.cli.pickles import add_trust_pickle, warn_if_trusted
 
 if TYPE_CHECKING:  # the parser builds without torch; run() imports what it uses
@@ -28,7 +28,8 @@ def add_parser(commands: Any) -> None:
         help="show the graft of a model, or the tensors of a checkpoint",
         description="Graft ARCH (a torchvision builder, timm/NAME, or a text encoder hf/FOLDER or hf/NAME, as "
         "train --model takes them) without its weights — nothing is downloaded — and print what was cut, the "
-        "body's output and the head; show the exported model of a RUN_DIR; or list the tensors of a checkpoint "
+        "body's output and the head (--task segment: a dense graft; --task detect: the detector train builds); "
+        "show the exported model of a RUN_DIR; or list the tensors of a checkpoint "
         "FILE (read with weights_only=True).",
     )
     parser.add_argument(
@@ -59,11 +60,20 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=("classify", "segment"),
+        choices=("classify", "segment", "detect"),
         default="classify",
-        help="segment: a dense graft (the taps found, the decoder, the groups); --n-out is then classes per pixel",
+        help="segment: a dense graft (the taps found, the decoder, the groups); --n-out is then classes per pixel. "
+        "detect: the detector train --task detect builds (taps, FPN, head, BatchNorm, image sizes, groups); "
+        "--n-out is then the number of object classes",
     )
     parser.add_argument("--decoder", choices=DECODERS, default="unet", help="with --task segment (default: unet)")
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_HEADS,
+        default=None,
+        help="with --task detect: the detector grafted on a backbone (default: fcos); a torchvision detector "
+        "(fasterrcnn_mobilenet_v3_large_320_fpn, ...) is re-headed instead",
+    )
     add_trust_pickle(parser, "a checkpoint FILE")
     parser.add_argument("--json", action="store_true", help="print the graft record as JSON")
     parser.set_defaults(run=run)
@@ -133,26 +143,45 @@ def _source(target: str) -> nn.Module:
 
 def _run_dir(target: Path, args: argparse.Namespace) -> int:
     """``inspect RUN_DIR``: the exported model of a run, rebuilt from its files, and its graft."""
+    from torchgraft.cli.inspect_detect import detection_lines, detection_record
+    from torchgraft.grafting.redetect import is_detector
     from torchgraft.ship.export import load_exported
     from torchgraft.tune.describe import describe
 
     exported = load_exported(target)
     config = exported.config
+    detector = is_detector(exported.model)
     what = f"{target}: {config['architecture']} trained for {exported.task.name}, {len(exported.classes)} outputs"
+    if detector:
+        what = f"{target}: {config['architecture']} trained for {exported.task.name}, {len(exported.classes)} classes"
     if args.json:
         record = {"run_dir": str(target), "architecture": config["architecture"], "task": exported.task.name}
-        print(json.dumps({**record, "classes": exported.classes, "graft": config.get("graft")}, indent=2, default=str))
+        record = {**record, "classes": exported.classes, "graft": config.get("graft")}
+        if detector:
+            record["detection"] = detection_record(exported.model)
+        print(json.dumps(record, indent=2, default=str))
         return 0
     print(f"{what} ({', '.join(exported.classes[:10])}{' ...' if len(exported.classes) > 10 else ''})")
     print(describe(exported.model, lr=args.lr))
+    if detector:
+        print("\n".join(detection_lines(detection_record(exported.model))))
     return 0
 
 
 def _grafted(args: argparse.Namespace) -> Any:
-    """The graft ``inspect`` shows: a classification head, or a dense graft for ``--task segment``."""
+    """The graft ``inspect`` shows: a classification head, a dense graft for ``--task segment``, or for
+    ``--task detect`` the detector ``train`` builds (:func:`.inspect_detect.build_inspected_detector`)."""
+    from torchgraft.cli.inspect_detect import build_inspected_detector
     from torchgraft.grafting.dense import graft_dense
     from torchgraft.grafting.surgery import graft
+    from torchgraft.weights.zoo import torchvision_detectors
 
+    if args.task == "detect":
+        return build_inspected_detector(args)
+    if args.target in torchvision_detectors():
+        raise ValueError(
+            f"{args.target} is a torchvision detector; add --task detect to see it re-headed for --n-out classes."
+        )
     if args.task == "segment":
         options = (("--cut", args.cut), ("--pool", args.pool), ("--in-chans", args.in_chans))
         given = [flag for flag, value in options if value is not None] + (["--head"] if args.head != "linear" else [])
@@ -174,12 +203,15 @@ def _grafted(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``inspect``."""
+    from torchgraft.cli.inspect_detect import check_detector_option, detection_lines, detection_record
     from torchgraft.grafting.dense import Segmenter
+    from torchgraft.grafting.redetect import is_detector
     from torchgraft.ship.export import CONFIG_FILE
     from torchgraft.tune.describe import describe
     from torchgraft.tune.groups import layer_groups
     from torchgraft.tune.optim import group_lrs
 
+    check_detector_option(args)
     target = Path(args.target)
     if target.suffix in _CHECKPOINT_SUFFIXES:
         if not target.is_file():
@@ -210,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
                 "pool",
             )
         }
-        record["pretrained_parameters"] = sum(p.numel() for _, p in model.pretrained_parameters())
-        record["new_parameters"] = sum(p.numel() for _, p in model.new_parameters())
+        kept = set(info.pretrained)  # by name: a detector is torchvision's class, without Grafted's methods
+        record["pretrained_parameters"] = sum(p.numel() for n, p in model.named_parameters() if n in kept)
+        record["new_parameters"] = sum(p.numel() for n, p in model.named_parameters() if n not in kept)
         record["groups"] = [
             {"name": g.name, "modules": g.modules, "parameters": g.n_params, "lr": lrs[i] if lrs else None}
             for i, g in enumerate(groups)
@@ -220,7 +253,12 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(model, Segmenter):
             record["taps"] = [vars(tap) for tap in model.taps]
             record["decoder"] = args.decoder
+        if is_detector(model):
+            record["detection"] = detection_record(model)
+            record["taps"] = record["detection"]["taps"]
         print(json.dumps(record, indent=2))
     else:
         print(describe(model, lr=args.lr))
+        if is_detector(model):
+            print("\n".join(detection_lines(detection_record(model))))
     return 0
