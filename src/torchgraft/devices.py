@@ -12,22 +12,13 @@ import torch
 
 from torchgraft.spelling import option
 
-__all__ = ["DEVICE_KINDS", "DeviceError", "available_devices", "check_device", "flush_denormals"]
+__all__ = ["DEVICE_KINDS", "DeviceError", "available_devices", "check_device"]
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
 
 class DeviceError(ValueError):
     """A device that is not a device name, or not on this machine."""
-
-
-def flush_denormals() -> bool:
-    """Make this process's CPU kernels treat denormal floats (magnitudes below about 1.2e-38) as zero, as GPUs
-    do by default; returns whether the CPU supports it (x86 with SSE3). The command line's commands call it:
-    tiny gradients and weights in denormal range make CPU convolutions many times slower (a detector's
-    training steps 7-16x on this project's 2-core machine, docs/benchmarks.md) while changing no result
-    beyond 1e-38. A library user decides for their own process (``torch.set_flush_denormal(True)``)."""
-    return bool(torch.set_flush_denormal(True))
 
 
 def available_devices() -> list[str]:

@@ -31,12 +31,13 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``demo``."""
     if args.epochs is not None and args.epochs < 1:  # before the run's imports (5 s): refused at once
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}.")
+    import torch
+
     from torchgraft.app.runrecord import RunClock, process_seconds
     from torchgraft.demo import DEMO_SETTINGS, run_demo
-    from torchgraft.devices import flush_denormals
     from torchgraft.train.distributed import is_main
 
-    flush_denormals()  # denormals make CPU convolutions several times slower
+    torch.set_flush_denormal(True)  # denormals make CPU convolutions several times slower
     settings = DEMO_SETTINGS if args.epochs is None else replace(DEMO_SETTINGS, epochs=args.epochs)
     start = time.perf_counter()
     clock = RunClock(startup=process_seconds())  # this process is the run: its start-up counts

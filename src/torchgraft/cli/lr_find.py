@@ -40,11 +40,9 @@ def run(args: argparse.Namespace) -> int:
     check_model_first(settings)
     from torchgraft.app.prepare import prepare_run
     from torchgraft.app.unreadable import UnreadableFiles, listed
-    from torchgraft.devices import flush_denormals
     from torchgraft.train.distributed import is_main
     from torchgraft.tune.freeze import freeze
 
-    flush_denormals()  # denormals make CPU convolutions several times slower
     say = (lambda _: None) if args.quiet or not is_main() else print
     prepared = prepare_run(args.data, Path(args.out), settings, say=say, quiet=args.quiet)
     if args.frozen:

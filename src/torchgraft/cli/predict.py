@@ -126,13 +126,11 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``predict``."""
     from torchgraft.cli.progress import count_progress
     from torchgraft.data.tokens import TextPreprocessing
-    from torchgraft.devices import flush_denormals
     from torchgraft.ship.export import load_exported
     from torchgraft.ship.predict import predict_images, predict_texts
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
-    flush_denormals()
     exported = load_exported(args.run_dir, device=args.device)
     if args.score_threshold is not None and exported.task.targets != "detect":
         raise ValueError(f"--score-threshold applies to detectors; {args.run_dir} holds a {exported.task.name} model.")

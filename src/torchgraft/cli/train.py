@@ -305,10 +305,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_first(settings)
     from torchgraft.app.run import train_run
     from torchgraft.app.runrecord import RunClock, process_seconds
-    from torchgraft.devices import flush_denormals
     from torchgraft.train.distributed import is_main
 
-    flush_denormals()  # denormals make CPU convolutions several times slower (this process is the run's)
     quiet = args.quiet or args.json
     say = (lambda _: None) if quiet or not is_main() else print
     try:
