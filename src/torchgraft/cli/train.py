@@ -212,7 +212,8 @@ def add_parser(commands: Any) -> None:
         "--lr",
         type=float,
         default=None,
-        help=f"the head's rate when unfrozen (default: {_RATES['image'].lr:g} images, {_RATES['text'].lr:g} texts)",
+        help=f"the head's rate when unfrozen (default: {_RATES['image'].lr:g} images, {_RATES['text'].lr:g} texts, "
+        f"{_RATES['detect'].lr:g} boxes)",
     )
     parser.add_argument(
         "--lr-mult",

@@ -7,11 +7,13 @@ kind       lr        lr_mult  frozen_lr  keep_frozen  measured by
 image      3e-3      1        (lr)       0            bench/finetune_targets.py
 text       1e-3      10       3e-2       0            bench/text.py (a head on cached features)
 segment    4e-3      1        4e-3       -1           bench/segment.py (the backbone stays frozen)
+detect     3e-4      1        (lr)       0            bench/detect.py (choosing targets)
 =========  ========  =======  =========  ===========  ==========================================
 
-The kind is ``segment`` for a segmentation task, ``text`` for a model that reads token ids (a Hugging Face
-text model inside, as :func:`torchgraft.graft` records it: a config with a vocabulary), else ``image``
-(docs/benchmarks.md has the measurements).
+The kind is ``segment`` for a segmentation task, ``detect`` for a task that trains on boxes, ``text`` for a
+model that reads token ids (a Hugging Face text model inside, as :func:`torchgraft.graft` records it: a config
+with a vocabulary), else ``image`` (docs/benchmarks.md has the measurements; detection's rate was chosen on
+bench/detect.py's choosing targets and is reported on the others).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # the command line reads RECIPES for its help without importi
 
 __all__ = ["RECIPES", "Kind", "Recipe", "model_kind", "recipe_for"]
 
-Kind = Literal["image", "text", "segment"]
+Kind = Literal["image", "text", "segment", "detect"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +66,19 @@ RECIPES: dict[str, Recipe] = {
     "image": Recipe(lr=3e-3, lr_mult=1.0, frozen_lr=None, keep_frozen=0),
     "text": Recipe(lr=1e-3, lr_mult=10.0, frozen_lr=3e-2, keep_frozen=0),
     "segment": Recipe(lr=4e-3, lr_mult=1.0, frozen_lr=4e-3, keep_frozen=-1),
+    "detect": Recipe(lr=3e-4, lr_mult=1.0, frozen_lr=None, keep_frozen=0),
 }
 
 
 def model_kind(model: nn.Module, task: Task) -> Kind:
-    """``"segment"`` for a segmentation task, ``"text"`` for a model that reads token ids, else ``"image"``."""
+    """``"segment"`` for a segmentation task, ``"detect"`` for one that trains on boxes, ``"text"`` for a model
+    that reads token ids, else ``"image"``."""
     from torchgraft.grafting.dryrun import default_example
 
     if task.name == "segment":
         return "segment"
+    if task.targets == "detect":
+        return "detect"
     return "text" if default_example(model) is not None else "image"
 
 
