@@ -123,6 +123,7 @@ def test_a_torchvision_detector_from_a_weights_file_is_reheaded(scenes, tmp_path
 def test_detection_options_that_do_not_apply_are_refused(scenes, capsys) -> None:
     for extra, needle in (
         (["--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--size", "128"], "keeps the image sizes"),
+        (["--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--detector", "retinanet"], "is re-headed"),
         (["--head", "mlp"], "--head"),
     ):
         assert main(["train", str(scenes), "--task", "detect", *extra, "--out", "unused"]) == 2

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
-from detect_scenes import fixed_set, tiny_faster_rcnn
 from torch.utils.data import DataLoader
 
+from detect_scenes import fixed_set, tiny_faster_rcnn
 from torchgraft import Learner
 from torchgraft.data.boxes import box_data
 from torchgraft.data.detection import box_transforms, collate_boxes

@@ -213,12 +213,13 @@ def test_a_learner_given_no_task_infers_detect_from_box_targets(scenes):
     assert isinstance(learner.task, Detect) and learner.metric_set.names == ["map", "map_50", "map_75"]
 
 
-def test_the_command_line_says_it_does_not_train_detectors_yet():
+def test_the_command_line_reads_boxes_for_the_detect_task(scenes):
     from torchgraft.app.inputs import target_layout
+    from torchgraft.app.prepare import input_recipe
     from torchgraft.app.settings import TrainSettings
 
-    with pytest.raises(ValueError, match=r"--task detect: the command line does not train detectors yet.*Learner"):
-        target_layout(TrainSettings(task="detect"))
+    assert target_layout(TrainSettings(task="detect")) == "detect"  # tests/cli/test_cli_detect.py trains it
+    assert input_recipe(scenes, TrainSettings(task="detect")).name == "boxes"
 
 
 @pytest.mark.slow  # 10 s on an idle CPU: a ResNet-18 forward and backward per step

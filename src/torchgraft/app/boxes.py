@@ -78,11 +78,17 @@ class BoxInput(InputRecipe):
     def check(self, settings: TrainSettings) -> None:
         """A known detector head; no classification-head or segmentation options; the model and weights exist."""
         assert settings.model is not None
-        if settings.detector not in DETECTOR_HEADS:
+        if settings.detector not in (None, *DETECTOR_HEADS):
             raise ValueError(f"--detector {settings.detector}: choose one of {', '.join(DETECTOR_HEADS)}.")
         if settings.head != "linear" or settings.lora is not None or settings.y_range is not None:
             raise ValueError("--task detect: --head, --lora and --y-range apply to classification heads, not to boxes.")
         if settings.model in torchvision_detectors():
+            if settings.detector is not None:
+                raise ValueError(
+                    f"--detector {settings.detector}: {settings.model} is a detector already and is re-headed (its "
+                    f"class layers replaced), keeping its own head; leave --detector out, or give a backbone "
+                    f"(timm/efficientnet_lite0, resnet50) to graft it on."
+                )
             if settings.size is not None:
                 raise ValueError(
                     f"--size: {settings.model} keeps the image sizes of its pretrained transform; leave --size out "
@@ -114,7 +120,8 @@ class BoxInput(InputRecipe):
             say(f"detector: {settings.model} re-headed for {len(data.classes)} classes ({len(kept)} kept their rows)")
         else:
             size = preprocessing_for(settings.model, size=settings.size).size
-            model = graft_detector(source, data.classes, head=settings.detector, input_size=(3, size, size))
+            head = settings.detector or "fcos"
+            model = graft_detector(source, data.classes, head=head, input_size=(3, size, size))
         return Built(model, origin, settings.model, detector_preprocessing(model))
 
     def loaders(

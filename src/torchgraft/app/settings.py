@@ -35,9 +35,10 @@ class TrainSettings:
     the weights; the export needs no peft) or ``"separate"`` (``adapter_model.safetensors``, peft's format).
     ``decoder`` is the segmentation decoder (``task="segment"``): ``"unet"`` or ``"fpn"``; ``dice_weight`` adds
     that much soft Dice loss to a segmentation's cross-entropy. ``detector`` is the detection head grafted on
-    a backbone (``task="detect"``; :func:`torchgraft.graft_detector`): ``"fcos"``, ``"retinanet"`` or
-    ``"fasterrcnn"`` (a torchvision detector given as ``model`` is re-headed instead); ``threshold`` is then the
-    score a detection needs to be predicted (default 0.5; never used by the mAP, which ranks every detection).
+    a backbone (``task="detect"``; :func:`torchgraft.graft_detector`): ``"fcos"`` (when ``None``), ``"retinanet"``
+    or ``"fasterrcnn"`` (a torchvision detector given as ``model`` is re-headed instead, and refuses it);
+    ``threshold`` is then the score a detection needs to be predicted (default 0.5; never used by the mAP, which
+    ranks every detection).
     ``keep_frozen`` layer groups stay frozen after the frozen epochs too (:meth:`torchgraft.Learner.fine_tune`;
     -1: every body group; segmentation: -1 by default). ``save_every`` writes a resumable checkpoint every that
     many optimizer steps inside epochs;
@@ -98,7 +99,7 @@ class TrainSettings:
     lora: int | None = None
     adapters: str = "merge"
     decoder: str = "unet"
-    detector: str = "fcos"
+    detector: str | None = None
     keep_frozen: int | None = None
     dice_weight: float | None = None
     save_every: int | None = None

@@ -47,7 +47,7 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--detector",
         choices=DETECTOR_HEADS,
-        default=_DEFAULTS.detector,
+        default=None,
         help="detect: the torchvision detector grafted on --model's backbone (default: fcos); a torchvision "
         "detector as --model (fasterrcnn_mobilenet_v3_large_fpn, ...) is re-headed instead",
     )

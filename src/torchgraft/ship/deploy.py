@@ -135,7 +135,7 @@ def _image_input(exported: Exported) -> ImageInput | None:
 def _wrapped(exported: Exported, model: nn.Module) -> Deployable | DetectionDeployable:
     """``model`` with ``exported``'s task's final step: a :class:`DetectionDeployable` for detection."""
     task = exported.task
-    if task.name == "detect":
+    if task.targets == "detect":  # boxes: the task's layout of targets
         offset, threshold = task.offset(model), task.score_threshold  # type: ignore[attr-defined]
         return DetectionDeployable(model, label_offset=offset, score_threshold=threshold).eval()
     return Deployable(model, task, _input_names(exported), _image_input(exported)).eval()
